@@ -1,0 +1,84 @@
+"""`CallDesk`: what the answer, input and event webhooks do — look facts up, let the call flow decide, record.
+
+The decisions themselves are `conference.callflow.CallFlow`'s; this class only gathers what it needs from the
+store and writes down what happened, so both backends (Vonage and the embedded engine) share one behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialbridge.conference.callflow import CallFlow, PinOutcome, Prompts
+from dialbridge.conference.ncco import Ncco
+from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PinInput
+from dialbridge.store.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    input_url: str
+    min_pin_length: int
+    input_timeout_s: int = 5
+    attempts_per_call: int = 3
+    caller_max_failures: int = 10
+    caller_window_s: float = 15 * 60
+    prompts: Prompts = field(default_factory=Prompts)
+
+
+class CallDesk:
+    def __init__(self, store: Store, policy: CallPolicy, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+
+    def _flow(self) -> CallFlow:
+        # maxDigits follows the longest PIN in use: PINs grow with the number of rooms.
+        longest = max(self.store.longest_pin(), self.policy.min_pin_length)
+        return CallFlow(
+            input_url=self.policy.input_url,
+            pin_max_digits=longest,
+            input_timeout_s=self.policy.input_timeout_s,
+            attempts_per_call=self.policy.attempts_per_call,
+            prompts=self.policy.prompts,
+        )
+
+    def _failures(self, uuid: str, caller: str, now: float) -> tuple[int, int]:
+        on_call, by_caller = self.store.pin_failures(uuid, caller, now - self.policy.caller_window_s)
+        return on_call, self.policy.caller_max_failures - by_caller
+
+    def answer(self, request: AnswerRequest) -> Ncco:
+        now = self.clock()
+        session_id = request.session_header
+        bridge_room = self.store.room_by_session(session_id) if session_id else None
+        guesses_left = 1
+        if bridge_room is None:
+            _, guesses_left = self._failures(request.call.uuid, request.call.caller, now)
+        ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
+        if bridge_room is not None:
+            self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
+        else:
+            self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
+        return ncco
+
+    def pin_entered(self, entry: PinInput) -> Ncco:
+        now = self.clock()
+        on_call, guesses_left = self._failures(entry.call.uuid, entry.call.caller, now)
+        guessed = bool(entry.digits)
+        room = self.store.room_by_pin(entry.digits) if guessed and guesses_left > 0 else None
+        decision = self._flow().pin_entered(
+            guessed=guessed, room=room, failures_on_call=on_call, caller_guesses_left=guesses_left
+        )
+        if decision.outcome is PinOutcome.ACCEPTED and decision.room is not None:
+            self.store.assign_call_to_room(entry.call, decision.room.room_id, now)
+        elif decision.is_failure:
+            self.store.record_pin_attempt(entry.call, decision.outcome.value, guessed, now)
+            if decision.outcome is PinOutcome.EXHAUSTED:
+                self.store.record_call(entry.call, "pin_refused", now)
+        else:
+            self.store.record_call(entry.call, "locked_out", now)
+        return decision.ncco
+
+    def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
+        return self.store.record_call_event(event, payload, self.clock())

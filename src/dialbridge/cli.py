@@ -1,0 +1,116 @@
+"""`dialbridge serve` and `dialbridge doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import secrets
+import socket
+import sys
+
+from pydantic import ValidationError
+
+from dialbridge.config import Settings
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "DIALBRIDGE_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"error: {name}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another dialbridge?); stop that program or "
+                    f"choose another port: DIALBRIDGE_PORT={port + 1} make run"
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{host} is not an address of this machine; set DIALBRIDGE_HOST=127.0.0.1 or 0.0.0.0"
+            if exc.errno == errno.EACCES:
+                return f"port {port} needs privileges; choose a port above 1023 with DIALBRIDGE_PORT"
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def doctor(settings: Settings) -> int:
+    problems = settings.problems()
+    port = _port_problem(settings.host, settings.port)
+    if port:
+        problems.append(port)
+    try:
+        from dialbridge.store.database import create_db_engine, migrate
+
+        migrate(create_db_engine(settings.database_url))
+    except Exception as exc:
+        problems.append(str(exc))
+    print(f"backend:      {settings.backend.value}")
+    print(f"database:     {settings.database_url}")
+    print(f"listening on: http://{settings.host}:{settings.port}")
+    print(f"webhook base: {settings.base_url}")
+    for warning in settings.warnings():
+        print(f"warning: {warning}")
+    for problem in problems:
+        print(f"error: {problem}")
+    if not problems:
+        print("ok: configuration is usable")
+    return 1 if problems else 0
+
+
+def serve(settings: Settings, workers: int) -> int:
+    import uvicorn
+
+    problems = settings.problems()
+    port = _port_problem(settings.host, settings.port)
+    if port:
+        problems.append(port)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    example = f"{settings.base_url}/room/{secrets.token_urlsafe(6)}"
+    print(f"dialbridge ({settings.backend.value} backend) on http://{settings.host}:{settings.port}")
+    print(f"  open a room:      {example}   (any room id works; share the URL)")
+    print(f"  answer webhook:   {settings.base_url}/webhooks/answer")
+    print(f"  event webhook:    {settings.base_url}/webhooks/events")
+    print(f"  health, metrics:  {settings.base_url}/healthz  {settings.base_url}/metrics", flush=True)
+    uvicorn.run(
+        "dialbridge.web.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers if workers > 1 else None,
+        log_level="info",
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dialbridge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the web server (settings from DIALBRIDGE_* / .env)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes (needs a shared database)")
+    commands.add_parser("doctor", help="check the configuration and say how to fix what is wrong")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = _load_settings()
+    if args.command == "doctor":
+        return doctor(settings)
+    return serve(settings, args.workers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Vonage Voice webhook payloads, parsed and checked.
+
+Vonage's own `AnswerWebhook` model drops the `SipHeader_X-*` fields, so answer payloads are read from the raw
+query or body here. Anything malformed raises `PayloadError`, which the web layer turns into a 422.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SESSION_HEADER = "X-OpenTok-SessionId"
+DIGITS = re.compile(r"^[0-9*#]{0,64}$")
+MAX_FIELD = 256
+
+
+class PayloadError(ValueError):
+    """A webhook payload that cannot be acted on; the message says which field is wrong."""
+
+
+def _text(fields: Mapping[str, Any], name: str, *, required: bool = False) -> str:
+    value = fields.get(name)
+    if value is None or value == "":
+        if required:
+            raise PayloadError(f"field {name!r} is required")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PayloadError(f"field {name!r} must be a string")
+    text = str(value)
+    if len(text) > MAX_FIELD:
+        raise PayloadError(f"field {name!r} is longer than {MAX_FIELD} characters")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class CallParty:
+    uuid: str
+    conversation_uuid: str
+    caller: str
+    callee: str
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> CallParty:
+        return cls(
+            uuid=_text(fields, "uuid", required=True),
+            conversation_uuid=_text(fields, "conversation_uuid"),
+            caller=_text(fields, "from"),
+            callee=_text(fields, "to"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRequest:
+    call: CallParty
+    sip_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> AnswerRequest:
+        headers = {
+            key[len("SipHeader_") :].lower(): str(value)
+            for key, value in fields.items()
+            if key.lower().startswith("sipheader_") and isinstance(value, str | int)
+        }
+        return cls(call=CallParty.parse(fields), sip_headers=headers)
+
+    def sip_header(self, name: str) -> str | None:
+        return self.sip_headers.get(name.lower()) or None
+
+    @property
+    def session_header(self) -> str | None:
+        return self.sip_header(SESSION_HEADER)
+
+
+@dataclass(frozen=True, slots=True)
+class PinInput:
+    call: CallParty
+    digits: str
+    timed_out: bool
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> PinInput:
+        dtmf = body.get("dtmf")
+        timed_out = False
+        if isinstance(dtmf, Mapping):  # current format: {"dtmf": {"digits": "1234", "timed_out": false}}
+            raw = dtmf.get("digits")
+            timed_out = bool(dtmf.get("timed_out", False))
+        else:  # the tutorial's legacy format: {"dtmf": "1234"}
+            raw = dtmf
+        if raw is None:
+            raw = ""
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise PayloadError("field 'dtmf.digits' must be a string of digits")
+        digits = str(raw).strip()
+        if not DIGITS.match(digits):
+            raise PayloadError("field 'dtmf.digits' may hold only 0-9, * and # (at most 64)")
+        return cls(call=CallParty.parse(body), digits=digits.rstrip("#"), timed_out=timed_out)
+
+
+CALL_STATUSES = frozenset(
+    {
+        "started",
+        "ringing",
+        "answered",
+        "busy",
+        "cancelled",
+        "unanswered",
+        "disconnected",
+        "rejected",
+        "failed",
+        "timeout",
+        "completed",
+        "machine",
+        "human",
+        "transfer",
+        "input",
+        "record",
+    }
+)
+FINAL_STATUSES = frozenset({"busy", "cancelled", "unanswered", "rejected", "failed", "timeout", "completed"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    call: CallParty
+    status: str
+    timestamp: str
+    start_time: str
+    end_time: str
+    duration: int | None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> CallEvent:
+        status = _text(fields, "status", required=True)
+        if status not in CALL_STATUSES:
+            raise PayloadError(f"field 'status' has unknown value {status!r}")
+        duration_raw = fields.get("duration")
+        duration: int | None = None
+        if duration_raw not in (None, ""):
+            try:
+                duration = int(str(duration_raw))
+            except ValueError:
+                raise PayloadError("field 'duration' must be a whole number of seconds") from None
+            if duration < 0:
+                raise PayloadError("field 'duration' must not be negative")
+        return cls(
+            call=CallParty.parse(fields),
+            status=status,
+            timestamp=_text(fields, "timestamp"),
+            start_time=_text(fields, "start_time"),
+            end_time=_text(fields, "end_time"),
+            duration=duration,
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES

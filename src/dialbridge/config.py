@@ -1,0 +1,171 @@
+"""Configuration from `DIALBRIDGE_*` environment variables or a `.env` file.
+
+Every setting has a default that works for `make run` on one machine (embedded backend, SQLite under ./var);
+`Settings.problems()` is what `dialbridge doctor` and the server's start-up report, each naming its fix.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Backend(StrEnum):
+    EMBEDDED = "embedded"
+    VONAGE = "vonage"
+
+
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DIALBRIDGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    public_base_url: str | None = Field(
+        default=None,
+        description="Base URL the outside world reaches this server at; webhook URLs are built from it.",
+    )
+    database_url: str = "sqlite:///./var/dialbridge.db"
+    backend: Backend = Backend.EMBEDDED
+    dial_in_number: str | None = Field(default=None, description="Phone number callers dial, E.164.")
+
+    # PINs and callers
+    pin_length: Annotated[int, Field(ge=6, le=20)] = 6
+    pin_max_fill: Annotated[float, Field(gt=0, le=0.05)] = 0.01
+    pin_attempts_per_call: Annotated[int, Field(ge=1, le=10)] = 3
+    caller_max_failures: Annotated[int, Field(ge=1)] = 10
+    caller_failure_window_s: Annotated[int, Field(ge=1)] = 15 * 60
+    pin_input_timeout_s: Annotated[int, Field(ge=1, le=10)] = 5
+
+    # Webhook signatures (Vonage "signed webhooks"): HS256 JWT with this secret.
+    signature_secret: SecretStr | None = None
+
+    # Participant tokens issued by dialbridge; generated and kept in the database when unset.
+    token_secret: SecretStr | None = None
+    token_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 4 * 3600
+
+    # Vonage: application id + private key (PEM text or a path to it) ...
+    vonage_application_id: str | None = None
+    vonage_private_key: SecretStr | None = None
+    # ... or the tutorial's legacy TokBox API key + secret (opentok SDK).
+    vonage_api_key: str | None = None
+    vonage_api_secret: SecretStr | None = None
+    # SIP credentials Vonage Video presents when it dials the conference number (tutorial: key + secret).
+    vonage_sip_username: str | None = None
+    vonage_sip_password: SecretStr | None = None
+    vonage_sip_domain: str = "sip.nexmo.com"
+    # Overridable hosts, for a regional endpoint (or a local stub in tests).
+    vonage_api_host: str = "api.nexmo.com"
+    vonage_video_host: str = "video.api.vonage.com"
+    vonage_browser_sdk_url: str = "https://unpkg.com/@vonage/client-sdk-video@2/dist/js/opentok.js"
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return self.public_base_url or f"http://{host}:{self.port}"
+
+    @property
+    def uses_legacy_opentok(self) -> bool:
+        return self.vonage_application_id is None and self.vonage_api_key is not None
+
+    def private_key_pem(self) -> str | None:
+        """The Vonage private key as PEM text, read from the file when the setting is a path."""
+        if self.vonage_private_key is None:
+            return None
+        value = self.vonage_private_key.get_secret_value()
+        if "-----BEGIN" in value:
+            return value.replace("\\n", "\n")
+        return Path(value).expanduser().read_text()
+
+    def problems(self) -> list[str]:
+        """What is wrong with this configuration, each entry saying how to fix it."""
+        found: list[str] = []
+        if self.dial_in_number and not E164.match(self.dial_in_number):
+            found.append(
+                f"DIALBRIDGE_DIAL_IN_NUMBER={self.dial_in_number!r} is not an E.164 number; "
+                "write it as + country code and number, e.g. +14155550100"
+            )
+        if not self.database_url.startswith(("sqlite:", "postgresql")):
+            found.append("DIALBRIDGE_DATABASE_URL must be a sqlite:///path or postgresql+psycopg://… URL")
+        if self.backend is Backend.VONAGE:
+            found.extend(self._vonage_problems())
+        return found
+
+    def warnings(self) -> list[str]:
+        found: list[str] = []
+        if self.signature_secret is None:
+            found.append(
+                "webhooks are accepted unsigned: set DIALBRIDGE_SIGNATURE_SECRET to your Vonage account's "
+                "signature secret (Dashboard → API settings) so forged webhooks are refused"
+            )
+        if not self.dial_in_number:
+            found.append(
+                "no dial-in number is shown to users: set DIALBRIDGE_DIAL_IN_NUMBER (E.164, e.g. +14155550100)"
+            )
+        if self.public_base_url is None and self.backend is Backend.VONAGE:
+            found.append(
+                "DIALBRIDGE_PUBLIC_BASE_URL is unset, so webhook URLs point at "
+                f"{self.base_url}, which Vonage cannot reach; set it to your public https URL"
+            )
+        return found
+
+    def _vonage_problems(self) -> list[str]:
+        found: list[str] = []
+        has_app = self.vonage_application_id is not None
+        has_legacy = self.vonage_api_key is not None
+        if not has_app and not has_legacy:
+            found.append(
+                "the vonage backend needs credentials: set DIALBRIDGE_VONAGE_APPLICATION_ID and "
+                "DIALBRIDGE_VONAGE_PRIVATE_KEY (path to the application's private.key), or the legacy "
+                "DIALBRIDGE_VONAGE_API_KEY and DIALBRIDGE_VONAGE_API_SECRET"
+            )
+        if has_app:
+            if self.vonage_private_key is None:
+                found.append(
+                    "DIALBRIDGE_VONAGE_APPLICATION_ID is set but DIALBRIDGE_VONAGE_PRIVATE_KEY is not: "
+                    "set it to the path of the private.key downloaded when the application was created"
+                )
+            else:
+                try:
+                    pem = self.private_key_pem()
+                except OSError as exc:
+                    found.append(
+                        f"cannot read DIALBRIDGE_VONAGE_PRIVATE_KEY ({exc.strerror}: {exc.filename}); "
+                        "point it at the application's private.key file or paste the PEM text"
+                    )
+                else:
+                    if pem is not None and "PRIVATE KEY" not in pem:
+                        found.append(
+                            "DIALBRIDGE_VONAGE_PRIVATE_KEY does not hold a PEM private key; use the "
+                            "private.key file Vonage gave you when the application was created"
+                        )
+        elif has_legacy and self.vonage_api_secret is None:
+            found.append("DIALBRIDGE_VONAGE_API_KEY is set but DIALBRIDGE_VONAGE_API_SECRET is not; set both")
+        if self.sip_credentials() is None:
+            found.append(
+                "dialling the conference from a room needs SIP credentials: set "
+                "DIALBRIDGE_VONAGE_SIP_USERNAME and DIALBRIDGE_VONAGE_SIP_PASSWORD (the tutorial used the "
+                "account API key and secret), or DIALBRIDGE_VONAGE_API_KEY/_API_SECRET"
+            )
+        return found
+
+    def sip_credentials(self) -> tuple[str, str] | None:
+        user = self.vonage_sip_username or self.vonage_api_key
+        secret = self.vonage_sip_password or self.vonage_api_secret
+        if user and secret:
+            return user, secret.get_secret_value()
+        return None

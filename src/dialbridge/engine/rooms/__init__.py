@@ -1,0 +1,1 @@
+"""Embedded video rooms: WebSocket signalling between browsers that exchange media peer-to-peer."""

@@ -1,0 +1,1 @@
+"""Video platforms a room can run on: dialbridge's own (embedded) or Vonage Video."""

@@ -1,0 +1,22 @@
+"""Alembic environment: dialbridge passes its engine in `config.attributes` (see store.database.migrate)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from dialbridge.store.tables import metadata
+
+config = context.config
+engine = config.attributes.get("engine")
+if engine is None:  # plain `alembic` command line: sqlalchemy.url from the ini file
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///./var/dialbridge.db")
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

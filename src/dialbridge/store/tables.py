@@ -1,0 +1,121 @@
+"""The schema. Times are Unix seconds (float) so that window queries are plain comparisons on every database."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# A room row is written in two steps: claimed (pin set, session_id NULL, lease running) while its video session
+# is created, then completed (session_id set). Only completed rooms are visible; an expired lease may be taken over.
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("room_id", String(64), primary_key=True),
+    Column("pin", String(20), nullable=False, unique=True),
+    Column("session_id", String(255), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+)
+Index("ix_rooms_pin_length", func.length(rooms.c.pin))
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("uuid", String(64), primary_key=True),
+    Column("conversation_uuid", String(64), nullable=False, default=""),
+    Column("room_id", String(64), ForeignKey("rooms.room_id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("caller", String(256), nullable=False, default=""),
+    Column("callee", String(256), nullable=False, default=""),
+    Column("status", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("duration_s", Integer, nullable=True),
+)
+Index("ix_calls_status", calls.c.status)
+
+call_events = Table(
+    "call_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_uuid", String(64), nullable=False, index=True),
+    Column("room_id", String(64), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("conversation_uuid", String(64), nullable=False, default=""),
+    Column("caller", String(256), nullable=False, default=""),
+    Column("callee", String(256), nullable=False, default=""),
+    Column("timestamp", String(64), nullable=False, default=""),
+    Column("start_time", String(64), nullable=False, default=""),
+    Column("end_time", String(64), nullable=False, default=""),
+    Column("duration_s", Integer, nullable=True),
+    Column("received_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+# One row per PIN decision that counts against a call or a caller number.
+pin_attempts = Table(
+    "pin_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_uuid", String(64), nullable=False, index=True),
+    Column("caller", String(256), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    # An empty entry (timeout, bare #) costs the call an attempt but is no guess against the caller's quota.
+    Column("guessed", Integer, nullable=False),
+)
+Index("ix_pin_attempts_caller_at", pin_attempts.c.caller, pin_attempts.c.at)
+
+server_keys = Table(
+    "server_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# SIP calls a room's video session placed (Vonage backend today; the embedded engine later).
+# `id` is dialbridge's own call id; at most one conference dial-out per room is open (dialling or live).
+dial_outs = Table(
+    "dial_outs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("room_id", String(64), ForeignKey("rooms.room_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # "conference" | "phone"
+    Column("target", String(512), nullable=False),
+    Column("state", String(16), nullable=False),  # "dialling" | "live" | "ended" | "failed"
+    Column("platform_call_id", String(128), nullable=True),
+    Column("connection_id", String(128), nullable=True),
+    Column("stream_id", String(128), nullable=True),
+    Column("call_uuid", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+)
+_OPEN_CONFERENCE = "kind = 'conference' AND state IN ('dialling', 'live')"
+Index(
+    "uq_dial_outs_open_conference",
+    dial_outs.c.room_id,
+    unique=True,
+    sqlite_where=text(_OPEN_CONFERENCE),
+    postgresql_where=text(_OPEN_CONFERENCE),
+)

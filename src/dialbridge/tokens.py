@@ -1,0 +1,91 @@
+"""Participant tokens issued by dialbridge: HS256 JWTs bound to one room's video session, with an expiry.
+
+On the embedded backend the same token admits a browser to the room's signalling; on every backend it is what the
+room's HTTP actions (dial-out, hang-up) require as `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+import jwt
+
+ISSUER = "dialbridge"
+AUDIENCE = "dialbridge-room"
+
+
+class Role(StrEnum):
+    PUBLISHER = "publisher"
+    SUBSCRIBER = "subscriber"
+    MODERATOR = "moderator"
+
+
+class TokenError(ValueError):
+    """A token that is malformed, forged, expired or for another session."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantClaims:
+    session_id: str
+    room_id: str
+    role: Role
+    data: str
+    connection_id: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantTokens:
+    secret: str
+    ttl_s: int = 4 * 3600
+
+    def issue(self, *, session_id: str, room_id: str, now: float, role: Role = Role.PUBLISHER, data: str = "") -> str:
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sid": session_id,
+            "room": room_id,
+            "role": role.value,
+            "data": data,
+            # The connection id is fixed when the token is issued so the server can name (and force-disconnect)
+            # a participant without trusting anything else the browser says.
+            "cid": secrets.token_urlsafe(12),
+            "iat": int(now),
+            "exp": int(now) + self.ttl_s,
+        }
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    def verify(self, token: str, *, now: float, session_id: str | None = None) -> ParticipantClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "sid", "room", "cid"], "verify_exp": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"invalid participant token: {exc}") from None
+        if int(claims["exp"]) <= now:
+            raise TokenError("participant token has expired: reload the room page for a new one")
+        if session_id is not None and claims["sid"] != session_id:
+            raise TokenError("participant token is for another room")
+        try:
+            role = Role(claims.get("role", Role.PUBLISHER))
+        except ValueError:
+            raise TokenError("participant token has an unknown role") from None
+        return ParticipantClaims(
+            session_id=str(claims["sid"]),
+            room_id=str(claims["room"]),
+            role=role,
+            data=str(claims.get("data", "")),
+            connection_id=str(claims["cid"]),
+            expires_at=int(claims["exp"]),
+        )
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(48)

@@ -1,0 +1,78 @@
+"""The room page, `/healthz` and `/metrics`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from dialbridge.conference.rooms import is_valid_room_id
+from dialbridge.web.errors import ApiError
+from dialbridge.web.services import Services, services
+
+router = APIRouter()
+templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+ServicesDep = Annotated[Services, Depends(services)]
+
+ROOM_ID_RULE = "a room id is 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+
+
+def check_room_id(room_id: str) -> str:
+    if not is_valid_room_id(room_id):
+        raise ApiError(400, "invalid_room_id", ROOM_ID_RULE)
+    return room_id
+
+
+@router.get("/room/{room_id}", response_class=HTMLResponse)
+async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Response:
+    check_room_id(room_id)
+    room = (await svc.rooms.get_or_create(room_id)).room
+    now = svc.clock()
+    participant = svc.tokens.issue(session_id=room.session_id, room_id=room.room_id, now=now)
+    browser = svc.platform.browser_config(
+        session_id=room.session_id, room_id=room.room_id, participant_token=participant, now=now
+    )
+    config: dict[str, Any] = {
+        "roomId": room.room_id,
+        "backend": svc.platform.name,
+        "apiKey": browser.api_key,
+        "sessionId": browser.session_id,
+        "token": browser.token,
+        "participantToken": participant,
+        "pin": room.pin,
+        "dialInNumber": svc.settings.dial_in_number,
+        **browser.extra,
+    }
+    return templates.TemplateResponse(
+        request,
+        "room.html",
+        {
+            "room": room,
+            "dial_in_number": svc.settings.dial_in_number,
+            "sdk_url": browser.sdk_url,
+            # Inside <script>, "</" would end the element early: escape it.
+            "config_json": orjson.dumps(config).decode().replace("</", "<\\/"),
+        },
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+@router.get("/healthz")
+async def healthz(svc: ServicesDep) -> dict[str, str]:
+    try:
+        with svc.store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise ApiError(503, "database_unavailable", f"database unreachable: {exc.__class__.__name__}") from exc
+    return {"status": "ok", "backend": svc.platform.name}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(svc: ServicesDep) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

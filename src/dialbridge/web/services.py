@@ -1,0 +1,95 @@
+"""`Services`: the objects one running dialbridge is made of, built once from `Settings`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from dialbridge.calls import CallDesk, CallPolicy
+from dialbridge.conference.pins import PinPolicy
+from dialbridge.config import Backend, Settings
+from dialbridge.engine.rooms.hub import SignallingHub
+from dialbridge.platforms.base import VideoPlatform
+from dialbridge.platforms.embedded import EmbeddedVideo
+from dialbridge.rooms import RoomDirectory
+from dialbridge.store.database import create_db_engine, migrate
+from dialbridge.store.store import Store
+from dialbridge.tokens import ParticipantTokens, new_secret
+from dialbridge.web.metrics import Metrics
+from dialbridge.web.signatures import WebhookSignatures
+
+log = logging.getLogger(__name__)
+
+INPUT_PATH = "/webhooks/input"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Callable[[], float]
+    store: Store
+    platform: VideoPlatform
+    hub: SignallingHub
+    rooms: RoomDirectory
+    calls: CallDesk
+    tokens: ParticipantTokens
+    signatures: WebhookSignatures | None
+    metrics: Metrics
+
+
+def build_services(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    platform: VideoPlatform | None = None,
+) -> Services:
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    store = Store(engine)
+    hub = SignallingHub()
+    if platform is None:
+        platform = make_platform(settings, hub)
+    secret = (
+        settings.token_secret.get_secret_value()
+        if settings.token_secret
+        else store.server_key("participant_token_secret", new_secret, clock())
+    )
+    signatures = WebhookSignatures(settings.signature_secret.get_secret_value()) if settings.signature_secret else None
+    policy = CallPolicy(
+        input_url=settings.base_url + INPUT_PATH,
+        min_pin_length=settings.pin_length,
+        input_timeout_s=settings.pin_input_timeout_s,
+        attempts_per_call=settings.pin_attempts_per_call,
+        caller_max_failures=settings.caller_max_failures,
+        caller_window_s=settings.caller_failure_window_s,
+    )
+    pins = PinPolicy(min_length=settings.pin_length, max_fill=settings.pin_max_fill)
+    return Services(
+        settings=settings,
+        clock=clock,
+        store=store,
+        platform=platform,
+        hub=hub,
+        rooms=RoomDirectory(store, platform, pins, clock),
+        calls=CallDesk(store, policy, clock),
+        tokens=ParticipantTokens(secret, settings.token_ttl_s),
+        signatures=signatures,
+        metrics=Metrics(store),
+    )
+
+
+def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
+    if settings.backend is Backend.VONAGE:
+        from dialbridge.platforms.vonage import make_vonage_platform
+
+        return make_vonage_platform(settings)
+    return EmbeddedVideo(hub)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
