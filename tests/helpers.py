@@ -1,0 +1,45 @@
+"""Small helpers the HTTP tests share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+
+def make_room(client: TestClient, room_id: str) -> dict[str, Any]:
+    response = client.post("/api/rooms", json={"room_id": room_id})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def answer(client: TestClient, uuid: str, caller: str = "447700900001", **extra: str) -> list[dict[str, Any]]:
+    params = {"uuid": uuid, "conversation_uuid": "CON-" + uuid, "from": caller, "to": "14155550100", **extra}
+    response = client.get("/webhooks/answer", params=params)
+    assert response.status_code == 200, response.text
+    ncco: list[dict[str, Any]] = response.json()
+    return ncco
+
+
+def enter(client: TestClient, uuid: str, digits: str, caller: str = "447700900001") -> list[dict[str, Any]]:
+    body = {
+        "dtmf": {"digits": digits, "timed_out": False},
+        "uuid": uuid,
+        "conversation_uuid": "CON-" + uuid,
+        "from": caller,
+        "to": "14155550100",
+    }
+    response = client.post("/webhooks/input", json=body)
+    assert response.status_code == 200, response.text
+    ncco: list[dict[str, Any]] = response.json()
+    return ncco
+
+
+def actions(ncco: list[dict[str, Any]]) -> list[str]:
+    return [action["action"] for action in ncco]
+
+
+def conversation_name(ncco: list[dict[str, Any]]) -> str | None:
+    names = [action["name"] for action in ncco if action["action"] == "conversation"]
+    return names[0] if names else None
