@@ -1,0 +1,92 @@
+"""/metrics, and what `dialbridge doctor` / `dialbridge serve` say when something is wrong."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from tests.helpers import answer, enter, make_room
+
+DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
+
+
+def metric_value(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_start} not in metrics")
+
+
+def test_metrics_count_requests_rooms_calls_and_webhook_latency(client: TestClient) -> None:
+    room = make_room(client, "standup")
+    make_room(client, "weekly")
+    answer(client, "c1")
+    enter(client, "c1", room["pin"])
+    answer(client, "c2")
+    client.get("/room/" + "x" * 70)
+    text = client.get("/metrics").text
+    assert metric_value(text, "dialbridge_rooms") == 2
+    assert metric_value(text, 'dialbridge_calls{state="in_conference"}') == 1
+    assert metric_value(text, 'dialbridge_calls{state="awaiting_pin"}') == 1
+    assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="answer"}') == 2
+    assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="input"}') == 1
+    assert metric_value(text, 'dialbridge_http_requests_total{method="GET",route="/room/{room_id}",status="400"}') == 1
+    assert "x" * 70 not in text  # labels carry route templates, never raw paths
+
+
+def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
+    clean.update({"DIALBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **env})
+    return subprocess.run(
+        [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
+    )
+
+
+def test_doctor_passes_on_the_defaults(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_PORT=str(free_port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: configuration is usable" in result.stdout
+    assert "DIALBRIDGE_SIGNATURE_SECRET" in result.stdout  # the unsigned-webhooks warning names its fix
+
+
+def test_doctor_names_the_missing_vonage_credentials(tmp_path: Path) -> None:
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_BACKEND="vonage", DIALBRIDGE_PORT="1")
+    assert result.returncode == 1
+    assert "DIALBRIDGE_VONAGE_APPLICATION_ID" in result.stdout
+    assert "DIALBRIDGE_VONAGE_PRIVATE_KEY" in result.stdout
+
+
+def test_doctor_names_an_unreadable_private_key(tmp_path: Path) -> None:
+    result = run_cli(
+        "doctor",
+        tmp_path=tmp_path,
+        DIALBRIDGE_BACKEND="vonage",
+        DIALBRIDGE_VONAGE_APPLICATION_ID="app",
+        DIALBRIDGE_VONAGE_PRIVATE_KEY=str(tmp_path / "missing.key"),
+    )
+    assert result.returncode == 1
+    assert "cannot read DIALBRIDGE_VONAGE_PRIVATE_KEY" in result.stdout
+
+
+def test_invalid_setting_names_the_variable(tmp_path: Path) -> None:
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_PIN_LENGTH="4")
+    assert result.returncode == 2
+    assert "DIALBRIDGE_PIN_LENGTH" in result.stderr
+
+
+def test_serve_on_a_port_in_use_says_how_to_fix_it(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", tmp_path=tmp_path, DIALBRIDGE_PORT=str(port))
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "DIALBRIDGE_PORT=" in result.stderr
