@@ -27,6 +27,15 @@ class CallPolicy:
     prompts: Prompts = field(default_factory=Prompts)
 
 
+# What a call's record says after each PIN decision.
+CALL_STATUS = {
+    PinOutcome.ACCEPTED: "in_conference",
+    PinOutcome.REJECTED: "awaiting_pin",
+    PinOutcome.EXHAUSTED: "pin_refused",
+    PinOutcome.LOCKED_OUT: "locked_out",
+}
+
+
 class CallDesk:
     def __init__(self, store: Store, policy: CallPolicy, clock: Callable[[], float]) -> None:
         self.store = store
@@ -70,14 +79,16 @@ class CallDesk:
         decision = self._flow().pin_entered(
             guessed=guessed, room=room, failures_on_call=on_call, caller_guesses_left=guesses_left
         )
-        if decision.outcome is PinOutcome.ACCEPTED and decision.room is not None:
-            self.store.assign_call_to_room(entry.call, decision.room.room_id, now)
-        elif decision.is_failure:
-            self.store.record_pin_attempt(entry.call, decision.outcome.value, guessed, now)
-            if decision.outcome is PinOutcome.EXHAUSTED:
-                self.store.record_call(entry.call, "pin_refused", now)
-        else:
-            self.store.record_call(entry.call, "locked_out", now)
+        room_id = decision.room.room_id if decision.room else None
+        self.store.record_pin_decision(
+            entry.call,
+            outcome=decision.outcome.value,
+            failed=decision.is_failure,
+            guessed=guessed,
+            now=now,
+            call_status=CALL_STATUS[decision.outcome],
+            room_id=room_id,
+        )
         return decision.ncco
 
     def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:

@@ -13,12 +13,10 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.conference.rooms import Room
 from dialbridge.platforms.base import PlatformError, VideoPlatform
-from dialbridge.store.store import Store
+from dialbridge.store.store import PinTaken, Store
 
 LEASE_S = 30.0
 POLL_S = 0.05
@@ -65,7 +63,7 @@ class RoomDirectory:
                 pin = self.pins.draw(self.pins.length_for(self.store.room_count()), secrets.randbelow)
                 try:
                     claimed = self.store.claim_room(room_id, pin, now, now + LEASE_S)
-                except IntegrityError:
+                except PinTaken:
                     continue  # the PIN was drawn twice: draw again
                 if claimed:
                     return RoomCreated(await self._create_session(room_id), created=True)

@@ -1,22 +1,32 @@
-"""`Store`: every read and write dialbridge makes, one short transaction each.
+"""`Store`: every read and write dialbridge makes of rooms, calls, PIN attempts and server keys.
 
-Methods are synchronous. With SQLite each is a few tens of microseconds on a local file, cheaper than a hop to a
-worker thread, so the async web layer calls them inline; a networked database goes through `Database.run`.
+Each method is one round trip or one short transaction on a connection the store keeps open, with SQL compiled
+once from the table definitions (see prepared.py for why). Methods are synchronous: on SQLite each takes a few
+microseconds, cheaper than a hop to a worker thread, so the async web layer calls them inline. Reads run in
+autocommit; writes run in `BEGIN IMMEDIATE … COMMIT` so that a second process waits for the write lock up front
+instead of failing half-way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import CallEvent, CallParty
 from dialbridge.store import tables as t
+from dialbridge.store.prepared import Prepared
+
+
+class PinTaken(Exception):
+    """The PIN drawn for a new room is already some room's: draw another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,204 +43,334 @@ class CallRecord:
     duration_s: int | None
 
 
+ROOM_COLUMNS = (t.rooms.c.room_id, t.rooms.c.session_id, t.rooms.c.pin)
+COMPLETE = t.rooms.c.session_id.is_not(None)
+FAILED = t.pin_attempts.c.outcome != "accepted"
+
+
+def _call_upsert(dialect_name: str) -> Any:
+    """INSERT a call, or merge into the existing row: blanks never erase what is known, and a call that has
+    ended keeps its final status when a late, out-of-order event arrives."""
+    module = postgresql if dialect_name == "postgresql" else sqlite
+    c = t.calls.c
+    statement = module.insert(t.calls).values(
+        uuid=bindparam("uuid"),
+        conversation_uuid=bindparam("conversation_uuid"),
+        room_id=bindparam("room_id"),
+        caller=bindparam("caller"),
+        callee=bindparam("callee"),
+        status=bindparam("status"),
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        ended_at=bindparam("ended_at"),
+        duration_s=bindparam("duration_s"),
+    )
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[c.uuid],
+        set_={
+            "status": case((and_(c.ended_at.is_not(None), new.ended_at.is_(None)), c.status), else_=new.status),
+            "updated_at": new.updated_at,
+            "room_id": func.coalesce(new.room_id, c.room_id),
+            "conversation_uuid": func.coalesce(func.nullif(new.conversation_uuid, ""), c.conversation_uuid),
+            "caller": func.coalesce(func.nullif(new.caller, ""), c.caller),
+            "callee": func.coalesce(func.nullif(new.callee, ""), c.callee),
+            "ended_at": func.coalesce(c.ended_at, new.ended_at),
+            "duration_s": func.coalesce(new.duration_s, c.duration_s),
+        },
+    )
+
+
+def _insert_all(table: Any) -> Any:
+    """INSERT binding every column but an autoincrement key, each by its own name."""
+    return insert(table).values(
+        {column.name: bindparam(column.name) for column in table.columns if column.autoincrement is not True}
+    )
+
+
+class _Statements:
+    def __init__(self, engine: Engine) -> None:
+        def p(statement: Any) -> Prepared:
+            return Prepared(statement, engine.dialect)
+
+        rooms, calls, attempts = t.rooms.c, t.calls.c, t.pin_attempts.c
+        self.room_by_id = p(select(*ROOM_COLUMNS).where(rooms.room_id == bindparam("key"), COMPLETE))
+        self.room_by_pin = p(select(*ROOM_COLUMNS).where(rooms.pin == bindparam("key"), COMPLETE))
+        self.room_by_session = p(select(*ROOM_COLUMNS).where(rooms.session_id == bindparam("key"), COMPLETE))
+        self.room_count = p(select(func.count()).select_from(t.rooms))
+        self.longest_pin = p(select(func.max(func.length(rooms.pin))))
+        self.room_state = p(select(rooms.session_id, rooms.lease_until).where(rooms.room_id == bindparam("room_id")))
+        self.claim_room = p(
+            insert(t.rooms).values(
+                room_id=bindparam("room_id"),
+                pin=bindparam("pin"),
+                created_at=bindparam("now"),
+                lease_until=bindparam("lease_until"),
+            )
+        )
+        self.take_over_room = p(
+            update(t.rooms)
+            .where(
+                rooms.room_id == bindparam("room_id"), rooms.session_id.is_(None), rooms.lease_until < bindparam("now")
+            )
+            .values(lease_until=bindparam("lease_until"))
+        )
+        self.complete_room = p(
+            update(t.rooms)
+            .where(rooms.room_id == bindparam("room_id"))
+            .values(session_id=bindparam("session_id"), lease_until=None)
+        )
+        self.room_pin = p(select(rooms.pin).where(rooms.room_id == bindparam("room_id")))
+        self.abandon_room = p(delete(t.rooms).where(rooms.room_id == bindparam("room_id"), rooms.session_id.is_(None)))
+
+        self.upsert_call = p(_call_upsert(engine.dialect.name))
+        self.call = p(select(t.calls).where(calls.uuid == bindparam("uuid")))
+        self.call_room = p(select(calls.room_id).where(calls.uuid == bindparam("uuid")))
+        self.calls_by_status = p(select(calls.status, func.count()).group_by(calls.status))
+        self.insert_event = p(_insert_all(t.call_events))
+        self.call_events = p(
+            select(t.call_events).where(t.call_events.c.call_uuid == bindparam("uuid")).order_by(t.call_events.c.id)
+        )
+
+        self.insert_attempt = p(_insert_all(t.pin_attempts))
+        self.failures_on_call = p(
+            select(func.count()).select_from(t.pin_attempts).where(attempts.call_uuid == bindparam("uuid"), FAILED)
+        )
+        self.guesses_by_caller = p(
+            select(func.count())
+            .select_from(t.pin_attempts)
+            .where(
+                attempts.caller == bindparam("caller"), attempts.at >= bindparam("since"), attempts.guessed == 1, FAILED
+            )
+        )
+
+        self.server_key = p(select(t.server_keys.c.value).where(t.server_keys.c.name == bindparam("name")))
+        self.insert_server_key = p(_insert_all(t.server_keys))
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sql = _Statements(engine)
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
+        self._lock = threading.RLock()
+        self._connection: Any = None
+
+    # ---- plumbing ----------------------------------------------------------------------------------------------
+    def _dbapi(self) -> Any:
+        if self._connection is None:
+            connection: Any = self.engine.raw_connection().driver_connection
+            if self._is_sqlite:
+                connection.isolation_level = None  # autocommit; transactions are explicit below
+            else:
+                connection.autocommit = True
+            self._connection = connection
+        return self._connection
+
+    def _fetch(self, statement: Prepared, **values: Any) -> list[Sequence[Any]]:
+        with self._lock:
+            cursor = self._dbapi().cursor()
+            try:
+                cursor.execute(statement.sql, statement.parameters(values))
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def _first(self, statement: Prepared, **values: Any) -> Sequence[Any] | None:
+        rows = self._fetch(statement, **values)
+        return rows[0] if rows else None
+
+    def _scalar(self, statement: Prepared, **values: Any) -> Any:
+        row = self._first(statement, **values)
+        return row[0] if row else None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Callable[..., Any]]:
+        """A write transaction; yields `run(statement, **values) -> cursor`."""
+        with self._lock:
+            cursor = self._dbapi().cursor()
+            cursor.execute("BEGIN IMMEDIATE" if self._is_sqlite else "BEGIN")
+            try:
+
+                def run(statement: Prepared, **values: Any) -> Any:
+                    cursor.execute(statement.sql, statement.parameters(values))
+                    return cursor
+
+                yield run
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            else:
+                cursor.execute("COMMIT")
+            finally:
+                cursor.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     # ---- rooms -------------------------------------------------------------------------------------------------
     def room(self, room_id: str) -> Room | None:
-        return self._one_room(t.rooms.c.room_id == room_id)
+        return self._room(self._sql.room_by_id, room_id)
 
     def room_by_pin(self, pin: str) -> Room | None:
-        return self._one_room(t.rooms.c.pin == pin)
+        return self._room(self._sql.room_by_pin, pin)
 
     def room_by_session(self, session_id: str) -> Room | None:
-        return self._one_room(t.rooms.c.session_id == session_id)
+        return self._room(self._sql.room_by_session, session_id)
 
-    def _one_room(self, condition: Any) -> Room | None:
-        query = select(t.rooms.c.room_id, t.rooms.c.session_id, t.rooms.c.pin).where(
-            condition, t.rooms.c.session_id.is_not(None)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return Room(row.room_id, row.session_id, row.pin) if row else None
+    def _room(self, statement: Prepared, key: str) -> Room | None:
+        row = self._first(statement, key=key)
+        return Room(row[0], row[1], row[2]) if row else None
 
     def room_count(self) -> int:
         """Rooms holding a PIN, completed or being created: what the PIN space is shared among."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(t.rooms)).scalar_one())
+        return int(self._scalar(self._sql.room_count) or 0)
 
     def longest_pin(self) -> int:
-        with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(func.length(t.rooms.c.pin)))).scalar_one()
-        return int(value or 0)
+        return int(self._scalar(self._sql.longest_pin) or 0)
 
     def room_state(self, room_id: str) -> tuple[str | None, float | None] | None:
         """(session_id, lease_until) of a room row, complete or not; None when there is no row."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.rooms.c.session_id, t.rooms.c.lease_until).where(t.rooms.c.room_id == room_id)
-            ).first()
-        return (row.session_id, row.lease_until) if row else None
+        row = self._first(self._sql.room_state, room_id=room_id)
+        return (row[0], row[1]) if row else None
 
     def claim_room(self, room_id: str, pin: str, now: float, lease_until: float) -> bool:
-        """Insert a room being created. False when the room id is taken; IntegrityError on a PIN collision."""
+        """Insert a room being created. False when the room id is taken; `PinTaken` when the PIN is."""
         try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(t.rooms).values(room_id=room_id, pin=pin, created_at=now, lease_until=lease_until))
-        except IntegrityError:
+            with self._transaction() as run:
+                run(self._sql.claim_room, room_id=room_id, pin=pin, now=now, lease_until=lease_until)
+        except self._integrity_error:
             if self.room_state(room_id) is not None:
                 return False
-            raise
+            raise PinTaken(pin) from None
         return True
 
     def take_over_room(self, room_id: str, now: float, lease_until: float) -> bool:
         """Take over the creation of a room whose creator let its lease run out (crashed, or hung)."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(t.rooms)
-                .where(
-                    t.rooms.c.room_id == room_id,
-                    t.rooms.c.session_id.is_(None),
-                    t.rooms.c.lease_until < now,
-                )
-                .values(lease_until=lease_until)
-            )
-        return result.rowcount == 1
+        with self._transaction() as run:
+            changed = run(self._sql.take_over_room, room_id=room_id, now=now, lease_until=lease_until).rowcount
+        return bool(changed == 1)
 
     def complete_room(self, room_id: str, session_id: str) -> Room:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(t.rooms).where(t.rooms.c.room_id == room_id).values(session_id=session_id, lease_until=None)
-            )
-            row = conn.execute(select(t.rooms.c.pin).where(t.rooms.c.room_id == room_id)).one()
-        return Room(room_id, session_id, row.pin)
+        with self._transaction() as run:
+            run(self._sql.complete_room, room_id=room_id, session_id=session_id)
+            pin = run(self._sql.room_pin, room_id=room_id).fetchone()[0]
+        return Room(room_id, session_id, pin)
 
     def abandon_room(self, room_id: str) -> None:
         """Remove a claimed room whose video session could not be created: nothing half-written stays."""
-        with self.engine.begin() as conn:
-            conn.execute(delete(t.rooms).where(t.rooms.c.room_id == room_id, t.rooms.c.session_id.is_(None)))
+        with self._transaction() as run:
+            run(self._sql.abandon_room, room_id=room_id)
 
     # ---- calls -------------------------------------------------------------------------------------------------
     def record_call(self, call: CallParty, status: str, now: float, room_id: str | None = None) -> None:
-        """Create the call if new, else refresh what is known of it."""
-        with self.engine.begin() as conn:
-            self._upsert_call(conn, call, status, now, room_id)
+        """Create the call if new, else merge what this moment tells of it."""
+        with self._transaction() as run:
+            self._upsert_call(run, call, status, now, room_id=room_id)
 
     def _upsert_call(
         self,
-        conn: Any,
+        run: Callable[..., Any],
         call: CallParty,
         status: str,
         now: float,
-        room_id: str | None,
+        *,
+        room_id: str | None = None,
         ended: bool = False,
         duration_s: int | None = None,
     ) -> None:
-        values: dict[str, Any] = {"status": status, "updated_at": now}
-        if room_id is not None:
-            values["room_id"] = room_id
-        if ended:
-            values["ended_at"] = now
-        if duration_s is not None:
-            values["duration_s"] = duration_s
-        for field in ("conversation_uuid", "caller", "callee"):
-            if getattr(call, field):
-                values[field] = getattr(call, field)
-        changed = conn.execute(update(t.calls).where(t.calls.c.uuid == call.uuid).values(**values)).rowcount
-        if changed:
-            return
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(t.calls).values({"uuid": call.uuid, "created_at": now, **values}))
-        except IntegrityError:  # another request inserted it first: fall back to the update
-            conn.execute(update(t.calls).where(t.calls.c.uuid == call.uuid).values(**values))
-
-    def assign_call_to_room(self, call: CallParty, room_id: str, now: float) -> None:
-        with self.engine.begin() as conn:
-            self._upsert_call(conn, call, "in_conference", now, room_id)
+        run(
+            self._sql.upsert_call,
+            uuid=call.uuid,
+            conversation_uuid=call.conversation_uuid,
+            room_id=room_id,
+            caller=call.caller,
+            callee=call.callee,
+            status=status,
+            now=now,
+            ended_at=now if ended else None,
+            duration_s=duration_s,
+        )
 
     def record_call_event(self, event: CallEvent, payload: Mapping[str, Any], now: float) -> str | None:
         """Store one event against its call (created if unknown) and return the call's room, where known."""
-        with self.engine.begin() as conn:
-            room_id = conn.execute(
-                select(t.calls.c.room_id).where(t.calls.c.uuid == event.call.uuid)
-            ).scalar_one_or_none()
-            conn.execute(
-                insert(t.call_events).values(
-                    call_uuid=event.call.uuid,
-                    room_id=room_id,
-                    status=event.status,
-                    conversation_uuid=event.call.conversation_uuid,
-                    caller=event.call.caller,
-                    callee=event.call.callee,
-                    timestamp=event.timestamp,
-                    start_time=event.start_time,
-                    end_time=event.end_time,
-                    duration_s=event.duration,
-                    received_at=now,
-                    payload=json.dumps(payload, separators=(",", ":"), default=str),
-                )
+        with self._transaction() as run:
+            row = run(self._sql.call_room, uuid=event.call.uuid).fetchone()
+            room_id = row[0] if row else None
+            run(
+                self._sql.insert_event,
+                call_uuid=event.call.uuid,
+                room_id=room_id,
+                status=event.status,
+                conversation_uuid=event.call.conversation_uuid,
+                caller=event.call.caller,
+                callee=event.call.callee,
+                timestamp=event.timestamp,
+                start_time=event.start_time,
+                end_time=event.end_time,
+                duration_s=event.duration,
+                received_at=now,
+                payload=json.dumps(payload, separators=(",", ":"), default=str),
             )
-            self._upsert_call(
-                conn, event.call, event.status, now, None, ended=event.is_final, duration_s=event.duration
-            )
+            self._upsert_call(run, event.call, event.status, now, ended=event.is_final, duration_s=event.duration)
         return room_id
 
     def call(self, uuid: str) -> CallRecord | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(t.calls).where(t.calls.c.uuid == uuid)).first()
-        return CallRecord(**row._mapping) if row else None
+        row = self._first(self._sql.call, uuid=uuid)
+        return CallRecord(*row) if row else None
 
     def call_events(self, uuid: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.call_events).where(t.call_events.c.call_uuid == uuid).order_by(t.call_events.c.id)
-            ).all()
-        return [dict(row._mapping) for row in rows]
+        names = [column.name for column in t.call_events.columns]
+        return [dict(zip(names, row, strict=True)) for row in self._fetch(self._sql.call_events, uuid=uuid)]
 
     def calls_by_status(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(t.calls.c.status, func.count()).group_by(t.calls.c.status)).all()
-        return {status: int(count) for status, count in rows}
+        return {str(status): int(count) for status, count in self._fetch(self._sql.calls_by_status)}
 
     # ---- PIN attempts ------------------------------------------------------------------------------------------
-    def record_pin_attempt(self, call: CallParty, outcome: str, guessed: bool, now: float) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(t.pin_attempts).values(
-                    call_uuid=call.uuid, caller=call.caller, at=now, outcome=outcome, guessed=int(guessed)
+    def record_pin_decision(
+        self,
+        call: CallParty,
+        *,
+        outcome: str,
+        failed: bool,
+        guessed: bool,
+        now: float,
+        call_status: str,
+        room_id: str | None = None,
+    ) -> None:
+        """Record a PIN decision — a failed one counts against the call and, if a guess, the caller — and the
+        call's resulting state, in one transaction."""
+        with self._transaction() as run:
+            if failed:
+                run(
+                    self._sql.insert_attempt,
+                    call_uuid=call.uuid,
+                    caller=call.caller,
+                    at=now,
+                    outcome=outcome,
+                    guessed=int(guessed),
                 )
-            )
+            self._upsert_call(run, call, call_status, now, room_id=room_id)
 
     def pin_failures(self, call_uuid: str, caller: str, since: float) -> tuple[int, int]:
-        """(failures on this call, wrong guesses from this caller number since `since`) in one round trip."""
-        failed = t.pin_attempts.c.outcome != "accepted"
-        a = t.pin_attempts.c
-        on_call = func.sum(case((a.call_uuid == call_uuid, 1), else_=0))
-        by_caller = func.sum(case((and_(a.caller == caller, a.at >= since, a.guessed == 1), 1), else_=0))
-        query = select(on_call, by_caller).where(
-            failed,
-            or_(
-                t.pin_attempts.c.call_uuid == call_uuid,
-                and_(t.pin_attempts.c.caller == caller, t.pin_attempts.c.at >= since),
-            ),
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).one()
-        return int(row[0] or 0), int(row[1] or 0)
+        """(failed entries on this call, wrong guesses from this caller number since `since`)."""
+        on_call = self._scalar(self._sql.failures_on_call, uuid=call_uuid)
+        by_caller = self._scalar(self._sql.guesses_by_caller, caller=caller, since=since)
+        return int(on_call or 0), int(by_caller or 0)
 
     # ---- server keys -------------------------------------------------------------------------------------------
-    def server_key(self, name: str, make: Any, now: float) -> str:
+    def server_key(self, name: str, make: Callable[[], str], now: float) -> str:
         """The named key, created with `make()` on first use; every instance sharing the database agrees on it."""
-        with self.engine.begin() as conn:
-            value = conn.execute(select(t.server_keys.c.value).where(t.server_keys.c.name == name)).scalar_one_or_none()
-            if value is not None:
-                return str(value)
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(t.server_keys).values(name=name, value=make(), created_at=now))
-        except IntegrityError:
-            pass
-        with self.engine.connect() as conn:
-            return str(conn.execute(select(t.server_keys.c.value).where(t.server_keys.c.name == name)).scalar_one())
+        value = self._scalar(self._sql.server_key, name=name)
+        if value is None:
+            try:
+                with self._transaction() as run:
+                    run(self._sql.insert_server_key, name=name, value=make(), created_at=now)
+            except self._integrity_error:
+                pass  # another instance made it first: use theirs
+            value = self._scalar(self._sql.server_key, name=name)
+        return str(value)

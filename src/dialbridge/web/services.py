@@ -90,6 +90,7 @@ def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
     return EmbeddedVideo(hub)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: a plain def dependency would be run in a worker thread, a measurable cost on every request
     found: Services = request.app.state.services
     return found

@@ -1,0 +1,35 @@
+-- Replays pre-signed webhook requests (one per line: method, path, authorization, body; tab-separated).
+-- JWTs cannot be made in wrk's Lua, so bench/webhooks.py signs a pool of requests just before the run.
+local requests = {}
+local index = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local method, path, auth, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local headers = { ["Authorization"] = "Bearer " .. auth }
+    if method == "POST" then
+      headers["Content-Type"] = "application/json"
+    else
+      body = nil
+    end
+    requests[#requests + 1] = wrk.format(method, path, headers, body)
+  end
+  index = math.random(#requests)
+end
+
+function request()
+  index = index % #requests + 1
+  return requests[index]
+end
+
+local statuses = {}
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d duration_us=%d errors_status=%d errors_connect=%d errors_timeout=%d\n",
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.timeout))
+  io.write(string.format("RESULT p50_us=%d p90_us=%d p99_us=%d max_us=%d\n",
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
