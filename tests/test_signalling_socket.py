@@ -141,3 +141,25 @@ def test_binary_frames_close_the_socket_with_unsupported_data(client: TestClient
         with pytest.raises(WebSocketDisconnect) as closed:
             socket.receive_text()
         assert closed.value.code == 1003
+
+
+def test_server_force_disconnect_closes_that_socket_and_tells_the_others(client: TestClient, clock: FakeClock) -> None:
+    hub = client.app.state.services.hub  # type: ignore[attr-defined]
+    with client.websocket_connect(url(issue(client, clock))) as alice:
+        hello(alice)
+        with client.websocket_connect(url(issue(client, clock))) as bob:
+            bob_id = hello(bob)["connectionId"]
+            alice.receive_json()  # connectionCreated for bob
+
+            assert client.portal.call(hub.force_disconnect, SESSION, bob_id) is True  # type: ignore[union-attr]
+
+            assert bob.receive_json() == {"type": "sessionDisconnected", "reason": "forceDisconnected"}
+            with pytest.raises(WebSocketDisconnect) as closed:
+                bob.receive_text()
+            assert closed.value.code == 4000
+        assert alice.receive_json() == {
+            "type": "connectionDestroyed",
+            "connectionId": bob_id,
+            "reason": "forceDisconnected",
+        }
+        assert client.portal.call(hub.force_disconnect, SESSION, bob_id) is False  # type: ignore[union-attr]

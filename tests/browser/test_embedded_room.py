@@ -83,12 +83,18 @@ def test_two_pages_in_a_room_each_see_the_others_video(context: BrowserContext, 
     assert size[0] > 0 and size[1] > 0
 
 
-def test_a_page_that_leaves_is_destroyed_in_the_other(context: BrowserContext, live_server: LiveServer) -> None:
+@pytest.mark.parametrize("leave", ["navigate away", "close the tab"])
+def test_a_page_that_leaves_is_destroyed_in_the_other(
+    context: BrowserContext, live_server: LiveServer, leave: str
+) -> None:
     alice, bob = two_in_a_room(context, live_server)
     bob_connection = own_connection_id(bob)
     [bob_stream] = events(alice, "streamCreated")
 
-    bob.goto("about:blank")
+    if leave == "navigate away":
+        bob.goto("about:blank")
+    else:
+        bob.close()
 
     wait_for_event(alice, "connectionDestroyed")
     assert events(alice, "streamDestroyed") == [{"type": "streamDestroyed", "streamId": bob_stream["streamId"]}]

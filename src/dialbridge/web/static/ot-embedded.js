@@ -155,7 +155,11 @@
 
       const wantAudio = props.publishAudio !== false && props.audioSource !== null && props.audioSource !== false;
       const wantVideo = props.publishVideo !== false && props.videoSource !== null && props.videoSource !== false;
-      this.ready = navigator.mediaDevices.getUserMedia({ audio: wantAudio, video: wantVideo }).then(
+      // Browsers offer cameras only to secure pages: https, or http on localhost.
+      const capture = navigator.mediaDevices && navigator.mediaDevices.getUserMedia
+        ? navigator.mediaDevices.getUserMedia({ audio: wantAudio, video: wantVideo })
+        : Promise.reject(new Error("this browser offers cameras only to https pages (or http://localhost)"));
+      this.ready = capture.then(
         (media) => {
           this.mediaStream = media;
           this.accessAllowed = true;
