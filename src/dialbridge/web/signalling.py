@@ -14,7 +14,7 @@ from typing import Final
 
 from fastapi import APIRouter, WebSocket
 
-from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, JoinRefused
+from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, CLOSE_IDLE, CLOSE_UNSUPPORTED_DATA, JoinRefused
 from dialbridge.platforms.embedded import SIGNALLING_PATH
 from dialbridge.tokens import ParticipantClaims, Role, TokenError
 from dialbridge.web.services import Services
@@ -24,8 +24,6 @@ router = APIRouter()
 
 # The browser module pings every 15 s; a socket silent for this long belongs to a frozen or vanished page.
 IDLE_TIMEOUT_S: Final = 45.0
-CLOSE_IDLE: Final = 4408
-CLOSE_UNSUPPORTED_DATA: Final = 1003
 
 
 @router.websocket(SIGNALLING_PATH)

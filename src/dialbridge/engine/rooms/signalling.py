@@ -35,7 +35,9 @@ CLOSE_FORCE_DISCONNECTED: Final = 4000
 CLOSE_BAD_TOKEN: Final = 4401
 CLOSE_SESSION_FULL: Final = 4403
 CLOSE_DUPLICATE_CONNECTION: Final = 4409
-CLOSE_SLOW_CONSUMER: Final = 4408
+CLOSE_IDLE: Final = 4408  # nothing, not even a keepalive, heard for a while
+CLOSE_SLOW_CONSUMER: Final = 4413  # too many messages queued unread
+CLOSE_UNSUPPORTED_DATA: Final = 1003  # a binary frame
 
 Message = dict[str, Any]
 
