@@ -1,0 +1,122 @@
+"""Two Chromium pages in one embedded room: real signalling, real peer-to-peer WebRTC over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from live_server import LiveServer
+from playwright.sync_api import Browser, BrowserContext, Page
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 30_000
+
+# Frames decoded by the first subscriber video on the page (0 until one exists and plays).
+DECODED_FRAMES = """() => {
+  const video = document.querySelector('#subscribers video');
+  return video && video.videoWidth > 0 ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
+}"""
+
+
+@pytest.fixture
+def context(chromium: Browser) -> Iterator[BrowserContext]:
+    browser_context = chromium.new_context()
+    yield browser_context
+    browser_context.close()
+
+
+def open_room(context: BrowserContext, server: LiveServer, room_id: str) -> Page:
+    page = context.new_page()
+    page.on("console", lambda message: print(f"[{page.url}] {message.type}: {message.text}"))
+    page.goto(f"{server.base_url}/room/{room_id}")
+    page.wait_for_function(
+        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
+    )
+    return page
+
+
+def events(page: Page, event_type: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = page.evaluate(
+        "(type) => window.dialbridgeRoom.events.filter(e => e.type === type)", event_type
+    )
+    return found
+
+
+def wait_for_event(page: Page, event_type: str) -> None:
+    page.wait_for_function(
+        "(type) => window.dialbridgeRoom.events.some(e => e.type === type)", arg=event_type, timeout=WAIT_MS
+    )
+
+
+def own_connection_id(page: Page) -> str:
+    connection_id: str = page.evaluate("() => window.dialbridgeRoom.session.connection.connectionId")
+    return connection_id
+
+
+def wait_for_decoding(page: Page) -> None:
+    """The other participant's video is playing: frames keep being decoded, not merely an element present."""
+    page.wait_for_function(f"() => ({DECODED_FRAMES})() > 0", timeout=WAIT_MS)
+    first = page.evaluate(DECODED_FRAMES)
+    page.wait_for_function(f"(first) => ({DECODED_FRAMES})() >= first + 10", arg=first, timeout=WAIT_MS)
+
+
+def two_in_a_room(context: BrowserContext, server: LiveServer) -> tuple[Page, Page]:
+    alice = open_room(context, server, "standup")
+    bob = open_room(context, server, "standup")
+    wait_for_decoding(alice)
+    wait_for_decoding(bob)
+    return alice, bob
+
+
+def test_two_pages_in_a_room_each_see_the_others_video(context: BrowserContext, live_server: LiveServer) -> None:
+    alice, bob = two_in_a_room(context, live_server)
+
+    # each heard of the other's connection and stream, and the stream is the other one's
+    assert own_connection_id(bob) in [e["connectionId"] for e in events(alice, "connectionCreated")]
+    assert own_connection_id(alice) in [e["connectionId"] for e in events(bob, "connectionCreated")]
+    assert len(events(alice, "streamCreated")) == 1 and len(events(bob, "streamCreated")) == 1
+    size = bob.evaluate(
+        "() => { const v = document.querySelector('#subscribers video'); return [v.videoWidth, v.videoHeight]; }"
+    )
+    assert size[0] > 0 and size[1] > 0
+
+
+@pytest.mark.parametrize("leave", ["navigate away", "close the tab"])
+def test_a_page_that_leaves_is_destroyed_in_the_other(
+    context: BrowserContext, live_server: LiveServer, leave: str
+) -> None:
+    alice, bob = two_in_a_room(context, live_server)
+    bob_connection = own_connection_id(bob)
+    [bob_stream] = events(alice, "streamCreated")
+
+    if leave == "navigate away":
+        bob.goto("about:blank")
+    else:
+        bob.close()
+
+    wait_for_event(alice, "connectionDestroyed")
+    assert events(alice, "streamDestroyed") == [{"type": "streamDestroyed", "streamId": bob_stream["streamId"]}]
+    assert events(alice, "connectionDestroyed") == [{"type": "connectionDestroyed", "connectionId": bob_connection}]
+    assert alice.locator("#subscribers video").count() == 0  # bob's picture is gone from alice's page
+
+
+def test_server_force_disconnect_ends_that_page_and_removes_its_stream_from_the_other(
+    context: BrowserContext, live_server: LiveServer
+) -> None:
+    alice, bob = two_in_a_room(context, live_server)
+    session_id = bob.evaluate("() => window.dialbridgeRoom.config.sessionId")
+    bob_connection = own_connection_id(bob)
+    [bob_stream] = events(alice, "streamCreated")
+
+    platform = live_server.services.platform
+    live_server.run(platform.disconnect(session_id, bob_connection))
+
+    wait_for_event(bob, "sessionDisconnected")
+    assert events(bob, "sessionDisconnected") == [{"type": "sessionDisconnected", "reason": "forceDisconnected"}]
+    wait_for_event(alice, "connectionDestroyed")
+    assert events(alice, "streamDestroyed") == [{"type": "streamDestroyed", "streamId": bob_stream["streamId"]}]
+    # the server no longer counts bob in the room, and alice stays
+    assert live_server.run(live_server.services.hub.force_disconnect(session_id, bob_connection)) is False
+    assert events(alice, "sessionDisconnected") == []

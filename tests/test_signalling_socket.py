@@ -1,0 +1,165 @@
+"""The signalling WebSocket through the ASGI app: who gets in, and what a bad client gets back."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from dialbridge.tokens import ParticipantTokens, Role
+
+SESSION = "emb_room_one"
+
+
+class FakeClock(Protocol):  # conftest's fixture
+    def __call__(self) -> float: ...
+    def advance(self, seconds: float) -> None: ...
+
+
+def tokens(client: TestClient) -> ParticipantTokens:
+    found: ParticipantTokens = client.app.state.services.tokens  # type: ignore[attr-defined]
+    return found
+
+
+def issue(client: TestClient, clock: FakeClock, session_id: str = SESSION, role: Role = Role.PUBLISHER) -> str:
+    return tokens(client).issue(session_id=session_id, room_id="one", now=clock(), role=role)
+
+
+def url(token: str, session_id: str = SESSION) -> str:
+    return f"/rt/signalling?sessionId={session_id}&token={token}"
+
+
+def refused_with(client: TestClient, path: str) -> tuple[int, str]:
+    """Connect and return the close code and reason; fails if any message arrives first."""
+    with client.websocket_connect(path) as socket, pytest.raises(WebSocketDisconnect) as closed:
+        socket.receive_text()
+    return closed.value.code, closed.value.reason
+
+
+def hello(socket: WebSocketTestSession) -> dict[str, Any]:
+    connected: dict[str, Any] = socket.receive_json()
+    assert connected["type"] == "connected"
+    return connected
+
+
+def test_a_forged_token_is_refused_before_any_message(client: TestClient, clock: FakeClock) -> None:
+    forged = ParticipantTokens("not-the-server-secret-" + "x" * 32).issue(
+        session_id=SESSION, room_id="one", now=clock()
+    )
+    code, reason = refused_with(client, url(forged))
+    assert code == 4401 and "invalid participant token" in reason
+
+
+def test_an_expired_token_is_refused_with_the_fix(client: TestClient, clock: FakeClock) -> None:
+    token = issue(client, clock)
+    clock.advance(tokens(client).ttl_s + 1)
+    code, reason = refused_with(client, url(token))
+    assert code == 4401 and "expired" in reason and "reload" in reason
+
+
+def test_a_token_for_another_session_is_refused(client: TestClient, clock: FakeClock) -> None:
+    token = issue(client, clock, session_id="emb_room_two")
+    code, reason = refused_with(client, url(token, session_id=SESSION))
+    assert code == 4401 and "another room" in reason
+
+
+@pytest.mark.parametrize("path", ["/rt/signalling", f"/rt/signalling?sessionId={SESSION}", "/rt/signalling?token=x"])
+def test_a_socket_without_token_or_session_is_refused(client: TestClient, path: str) -> None:
+    code, _ = refused_with(client, path)
+    assert code == 4401
+
+
+def test_a_second_socket_for_one_connection_is_refused_and_the_first_keeps_working(
+    client: TestClient, clock: FakeClock
+) -> None:
+    token = issue(client, clock)
+    with client.websocket_connect(url(token)) as first:
+        hello(first)
+        code, reason = refused_with(client, url(token))
+        assert code == 4409 and "already connected" in reason
+        first.send_json({"type": "ping"})
+        assert first.receive_json() == {"type": "pong"}
+
+
+def test_two_participants_hear_of_each_other_and_relay_signals(client: TestClient, clock: FakeClock) -> None:
+    with client.websocket_connect(url(issue(client, clock))) as alice:
+        hello_alice = hello(alice)
+        with client.websocket_connect(url(issue(client, clock))) as bob:
+            hello_bob = hello(bob)
+            assert [c["connectionId"] for c in hello_bob["connections"]] == [hello_alice["connectionId"]]
+            assert alice.receive_json()["type"] == "connectionCreated"
+
+            alice.send_json({"type": "publish", "requestId": 1, "hasAudio": True, "hasVideo": True})
+            published = alice.receive_json()
+            stream_id = published["stream"]["streamId"]
+            assert bob.receive_json() == {"type": "streamCreated", "stream": published["stream"]}
+
+            offer = {"type": "offer", "sdp": "v=0"}
+            bob.send_json(
+                {
+                    "type": "signal",
+                    "to": hello_alice["connectionId"],
+                    "streamId": stream_id,
+                    "kind": "offer",
+                    "data": offer,
+                }
+            )
+            relayed = alice.receive_json()
+            assert relayed == {
+                "type": "signal",
+                "from": hello_bob["connectionId"],
+                "streamId": stream_id,
+                "kind": "offer",
+                "data": offer,
+            }
+        assert alice.receive_json() == {
+            "type": "connectionDestroyed",
+            "connectionId": hello_bob["connectionId"],
+            "reason": "clientDisconnected",
+        }
+
+
+def test_bad_input_gets_an_error_and_the_socket_stays_usable(client: TestClient, clock: FakeClock) -> None:
+    with client.websocket_connect(url(issue(client, clock))) as socket:
+        hello(socket)
+        socket.send_text("{not json")
+        error = socket.receive_json()
+        assert error["type"] == "error" and "not JSON" in error["message"]
+        socket.send_text("x" * 100_000)
+        assert "longer than" in socket.receive_json()["message"]
+        socket.send_json({"type": "ping"})
+        assert socket.receive_json() == {"type": "pong"}
+
+
+def test_binary_frames_close_the_socket_with_unsupported_data(client: TestClient, clock: FakeClock) -> None:
+    with client.websocket_connect(url(issue(client, clock))) as socket:
+        hello(socket)
+        socket.send_bytes(b"\x00\x01")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+        assert closed.value.code == 1003
+
+
+def test_server_force_disconnect_closes_that_socket_and_tells_the_others(client: TestClient, clock: FakeClock) -> None:
+    hub = client.app.state.services.hub  # type: ignore[attr-defined]
+    with client.websocket_connect(url(issue(client, clock))) as alice:
+        hello(alice)
+        with client.websocket_connect(url(issue(client, clock))) as bob:
+            bob_id = hello(bob)["connectionId"]
+            alice.receive_json()  # connectionCreated for bob
+
+            assert client.portal.call(hub.force_disconnect, SESSION, bob_id) is True  # type: ignore[union-attr]
+
+            assert bob.receive_json() == {"type": "sessionDisconnected", "reason": "forceDisconnected"}
+            with pytest.raises(WebSocketDisconnect) as closed:
+                bob.receive_text()
+            assert closed.value.code == 4000
+        assert alice.receive_json() == {
+            "type": "connectionDestroyed",
+            "connectionId": bob_id,
+            "reason": "forceDisconnected",
+        }
+        assert client.portal.call(hub.force_disconnect, SESSION, bob_id) is False  # type: ignore[union-attr]
