@@ -58,7 +58,9 @@ def signed_requests(path: Path, pins: list[str], count: int, base: str) -> None:
             caller = f"44770{n:07d}"
             uuid = f"bench-call-{n}"
             if n % 2 == 0:
-                query = urlencode({"uuid": uuid, "conversation_uuid": "CON-" + uuid, "from": caller, "to": "14155550100"})
+                query = urlencode(
+                    {"uuid": uuid, "conversation_uuid": "CON-" + uuid, "from": caller, "to": "14155550100"}
+                )
                 out.write(f"GET\t/webhooks/answer?{query}\t{signer.sign(query.encode(), now)}\t\n")
             else:
                 digits = rng.choice(pins) if n % 4 == 1 else f"{rng.randrange(10**8):08d}"
@@ -132,7 +134,9 @@ def run(args: argparse.Namespace) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    figures = dict(re.findall(r"(\w+)=(\d+)", "\n".join(line for line in result.stdout.splitlines() if line.startswith("RESULT"))))
+    figures = dict(
+        re.findall(r"(\w+)=(\d+)", "\n".join(line for line in result.stdout.splitlines() if line.startswith("RESULT")))
+    )
     seconds = int(figures["duration_us"]) / 1e6
     errors = sum(int(figures[k]) for k in ("errors_status", "errors_connect", "errors_timeout"))
     print(f"workers={args.workers} connections={args.connections} rooms={args.rooms:,} signature=on db=sqlite")
@@ -157,7 +161,9 @@ def main() -> None:
     if os.environ.get("DIALBRIDGE_BENCH_NETNS") != "1" and shutil.which("unshare") and os.geteuid() == 0:
         # Re-run inside a private network namespace holding only loopback.
         argv = " ".join([sys.executable, *map(str, sys.argv)])
-        os.execvp("unshare", ["unshare", "-n", "sh", "-c", f"ip link set lo up && DIALBRIDGE_BENCH_NETNS=1 exec {argv}"])
+        os.execvp(
+            "unshare", ["unshare", "-n", "sh", "-c", f"ip link set lo up && DIALBRIDGE_BENCH_NETNS=1 exec {argv}"]
+        )
     run(args)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
+
+T = TypeVar("T")
 
 
 def make_room(client: TestClient, room_id: str) -> dict[str, Any]:
@@ -43,3 +48,10 @@ def actions(ncco: list[dict[str, Any]]) -> list[str]:
 def conversation_name(ncco: list[dict[str, Any]]) -> str | None:
     names = [action["name"] for action in ncco if action["action"] == "conversation"]
     return names[0] if names else None
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on its own loop in its own thread (Playwright's sync API keeps a loop
+    running in the main thread once the browser tests have started)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -16,7 +16,7 @@ from dialbridge.rooms import LEASE_S
 from dialbridge.store import tables as t
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
-from tests.helpers import make_room
+from tests.helpers import make_room, run_async
 
 
 class CountingVideo:
@@ -120,7 +120,7 @@ def test_twenty_concurrent_first_visits_create_one_session_and_one_pin(settings:
             for c in clients:
                 await c.aclose()
 
-    responses = asyncio.run(visit_all())
+    responses = run_async(visit_all())
     assert [r.status_code for r in responses] == [200] * 20
     assert video.sessions_created == 1
     store = apps[0].state.services.store
