@@ -57,6 +57,7 @@ class BrowserConfig:
 
 class VideoPlatform(Protocol):
     name: str
+    supports_sip: bool  # whether dial_sip / disconnect of SIP calls work on this platform
 
     async def create_session(self) -> str: ...
 
