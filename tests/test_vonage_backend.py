@@ -13,18 +13,18 @@ import httpx
 import jwt
 import pytest
 import trustme
-from conftest import FakeClock
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from vonage_stub import VonageStub
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
+from tests.conftest import FakeClock
+from tests.vonage_stub import VonageStub
 
 APPLICATION_ID = "5f2c5d1e-7a4b-4c61-9f0e-2b1d3c4a5e6f"
 LEGACY_API_KEY = "46000001"
-LEGACY_API_SECRET = "legacy-secret-0123456789abcdef"
+LEGACY_API_SECRET = "legacy-secret-0123456789abcdef0123456789"
 SIP_USER = "sip-user"
 SIP_PASSWORD = "sip-password"
 DIAL_IN = "+14155550100"
@@ -211,9 +211,8 @@ def test_conference_dial_out_sends_the_tutorials_sip_call(
     }
     sip_token = verified_app_jwt(body["token"], private_key)
     assert sip_token["session_id"] == session_id
-    assert json.loads(sip_token["connection_data"]) | {"sip": True, "role": "client"} == json.loads(
-        sip_token["connection_data"]
-    )
+    sip_connection = json.loads(sip_token["connection_data"])
+    assert (sip_connection["sip"], sip_connection["role"]) == (True, "client")  # the tutorial's phone-bridge mark
     assert placed["kind"] == "conference"
     assert placed["target"] == DIAL_IN
     assert placed["state"] == "live"
@@ -265,6 +264,23 @@ def test_hang_up_force_disconnects_the_sip_connection_and_frees_the_room(vonage:
     assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
 
 
+@pytest.mark.parametrize("backend", ["vonage", "legacy"])
+def test_hang_up_after_the_phone_side_left_ends_the_call(
+    backend: str, request: pytest.FixtureRequest, stub: VonageStub
+) -> None:
+    client: TestClient = request.getfixturevalue(backend)
+    config = visit(client, "standup")
+    placed = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    stub.connections.clear()  # Vonage no longer has the connection: it answers 404
+
+    response = client.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "ended"
+    assert len(stub.received("DELETE")) == 1
+    assert client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+
 def test_hang_up_of_an_unknown_call_is_404(vonage: TestClient, stub: VonageStub) -> None:
     config = visit(vonage, "standup")
 
@@ -285,8 +301,7 @@ def test_dial_out_failure_at_vonage_is_a_502_and_leaves_nothing_live(vonage: Tes
     assert "placing the SIP call at Vonage failed" in response.json()["error"]["message"]
     store = vonage.app.state.services.dial_outs.store  # type: ignore[attr-defined]
     assert [d.state for d in store.for_room("standup")] == ["failed"]
-    stub.fail("POST", "dial", 0)  # Vonage recovers: the failed attempt does not block the next one
-    stub._failures.clear()
+    stub.recover()  # the failed attempt does not block the next one
     assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
 
 
@@ -310,7 +325,10 @@ def test_dial_out_needs_a_participant_token_of_that_room(
     headers = {
         "missing": {},
         "not bearer": {"Authorization": f"Basic {config['participantToken']}"},
-        "forged": {"Authorization": "Bearer " + jwt.encode({"sid": config["sessionId"]}, "guess", algorithm="HS256")},
+        "forged": {
+            "Authorization": "Bearer "
+            + jwt.encode({"sid": config["sessionId"]}, "a-guessed-secret-of-enough-length-to-sign", algorithm="HS256")
+        },
         "other room": bearer(other),
         "expired": bearer(config),
     }[case]

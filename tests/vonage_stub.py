@@ -91,6 +91,9 @@ class VonageStub:
         """Make every later request of this kind ("session", "dial", "connection") answer `status`."""
         self._failures[(method, path_kind)] = Failure(status, {"code": status, "message": message})
 
+    def recover(self) -> None:
+        self._failures.clear()
+
     def received(self, method: str | None = None, path_prefix: str = "") -> list[RecordedRequest]:
         with self._lock:
             return [

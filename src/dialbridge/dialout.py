@@ -8,13 +8,14 @@ its id, so the answer webhook can link the phone call Vonage creates to this rec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Callable
 
 from dialbridge.conference.rooms import Room
 from dialbridge.config import Settings
-from dialbridge.platforms.base import NotSupported, SipDial, VideoPlatform
+from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
 from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
 
 SESSION_HEADER = "X-OpenTok-SessionId"
@@ -65,7 +66,8 @@ class DialOuts:
             raise UnknownDialOut(f"room {room.room_id!r} has no call {dial_out_id!r}")
         if dial_out.state != LIVE or dial_out.connection_id is None:
             raise DialOutNotLive(f"call {dial_out_id!r} is {dial_out.state}, not live: there is nothing to hang up")
-        await self.platform.disconnect(room.session_id, dial_out.connection_id)
+        with contextlib.suppress(ConnectionGone):  # the phone side hung up first: the call is over either way
+            await self.platform.disconnect(room.session_id, dial_out.connection_id)
         return self.store.mark_ended(dial_out_id, self.clock())
 
     async def _dial(

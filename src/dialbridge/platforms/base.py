@@ -20,6 +20,10 @@ class PlatformError(RuntimeError):
         self.detail = detail
 
 
+class ConnectionGone(PlatformError):
+    """The connection to disconnect is no longer in the session (the other side already left)."""
+
+
 class NotSupported(RuntimeError):
     """The platform cannot do this (yet); shown to the user with a 501."""
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from opentok import Client, MediaModes, Roles
+from opentok.exceptions import ForceDisconnectError
 
-from dialbridge.platforms.base import BrowserConfig, PlatformError, SipCall, SipDial
+from dialbridge.platforms.base import BrowserConfig, ConnectionGone, PlatformError, SipCall, SipDial
 from dialbridge.platforms.vonage import (
     HTTP_TIMEOUT_S,
     call_vonage,
@@ -66,7 +67,11 @@ class LegacyOpenTokVideo:
         return SipCall(call_id=str(placed.id or ""), connection_id=str(placed.connectionId), stream_id=placed.streamId)
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:
-        await call_vonage(
-            "disconnecting the SIP connection at Vonage",
-            lambda: self._client.force_disconnect(session_id, connection_id),
-        )
+        what = "disconnecting the SIP connection at Vonage"
+        try:
+            await call_vonage(what, lambda: self._client.force_disconnect(session_id, connection_id))
+        except PlatformError as exc:
+            # opentok raises ForceDisconnectError for both 400 and 404; only its 404 says "not connected".
+            if isinstance(exc.__cause__, ForceDisconnectError) and "not connected" in str(exc.__cause__):
+                raise ConnectionGone(what, exc.detail) from exc.__cause__
+            raise

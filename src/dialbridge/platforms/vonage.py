@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from vonage import Auth, HttpClientOptions, Vonage
+from vonage_http_client.errors import NotFoundError
 from vonage_video.models import (
     InitiateSipRequest,
     MediaMode,
@@ -28,7 +29,14 @@ from vonage_video.models import (
 )
 
 from dialbridge.config import Settings
-from dialbridge.platforms.base import BrowserConfig, PlatformError, SipCall, SipDial, VideoPlatform
+from dialbridge.platforms.base import (
+    BrowserConfig,
+    ConnectionGone,
+    PlatformError,
+    SipCall,
+    SipDial,
+    VideoPlatform,
+)
 from dialbridge.tokens import participant_id
 
 log = logging.getLogger(__name__)
@@ -142,10 +150,15 @@ class VonageVideo:
         return SipCall(call_id=str(placed.id or ""), connection_id=placed.connection_id, stream_id=placed.stream_id)
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:
-        await call_vonage(
-            "disconnecting the SIP connection at Vonage",
-            lambda: self._clients.get("calls").video.disconnect_client(session_id, connection_id),
-        )
+        what = "disconnecting the SIP connection at Vonage"
+        try:
+            await call_vonage(
+                what, lambda: self._clients.get("calls").video.disconnect_client(session_id, connection_id)
+            )
+        except PlatformError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise ConnectionGone(what, exc.detail) from exc.__cause__
+            raise
 
 
 def make_vonage_platform(settings: Settings) -> VideoPlatform:
