@@ -54,6 +54,19 @@ def test_a_closed_conference_dial_out_frees_the_room(close: str, dial_outs: Dial
     assert dial_outs.open_conference("standup") == dial_outs.get("do_2")
 
 
+def test_a_dial_out_left_dialling_by_a_dead_server_stops_blocking_the_room(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    with pytest.raises(ConferenceDialOutOpen):
+        dial_outs.start(dial_out_id="do_2", room_id="standup", kind="conference", target="+1", now=NOW + 60)
+
+    dial_outs.start(dial_out_id="do_3", room_id="standup", kind="conference", target="+1", now=NOW + 121)
+
+    stale = dial_outs.get("do_1")
+    assert stale is not None
+    assert stale.state == "failed"
+    assert dial_outs.open_conference("standup") == dial_outs.get("do_3")
+
+
 def test_a_late_answer_does_not_reopen_a_failed_dial_out(dial_outs: DialOutStore) -> None:
     start_conference(dial_outs, "do_1")
     dial_outs.mark_failed("do_1", NOW + 1)

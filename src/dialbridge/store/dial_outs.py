@@ -2,7 +2,9 @@
 
 States: dialling → live → ended, or dialling → failed. A conference dial-out is inserted as `dialling` before the
 platform is asked to dial, so the partial unique index (one open conference dial-out per room) decides races between
-requests and instances; a refused insert is `ConferenceDialOutOpen`.
+requests and instances; a refused insert is `ConferenceDialOutOpen`. A dial-out still `dialling` after
+`STALE_DIALLING_S` belongs to a server that died mid-request (the SDK's HTTP timeout is far shorter): the next
+attempt for that room marks it failed rather than staying blocked.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ LIVE = "live"
 ENDED = "ended"
 FAILED = "failed"
 OPEN_STATES = (DIALLING, LIVE)
+STALE_DIALLING_S = 120.0
 
 CONFERENCE = "conference"
 PHONE = "phone"
@@ -51,6 +54,15 @@ class DialOutStore:
     def start(self, *, dial_out_id: str, room_id: str, kind: str, target: str, now: float) -> DialOut:
         try:
             with self.engine.begin() as conn:
+                conn.execute(
+                    update(t.dial_outs)
+                    .where(
+                        t.dial_outs.c.room_id == room_id,
+                        t.dial_outs.c.state == DIALLING,
+                        t.dial_outs.c.created_at < now - STALE_DIALLING_S,
+                    )
+                    .values(state=FAILED, ended_at=now)
+                )
                 conn.execute(
                     insert(t.dial_outs).values(
                         id=dial_out_id, room_id=room_id, kind=kind, target=target, state=DIALLING, created_at=now
