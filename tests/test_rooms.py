@@ -23,6 +23,7 @@ class CountingVideo:
     """The real embedded platform, slowed down and counted, to make concurrent first visits overlap."""
 
     name = "embedded"
+    supports_sip = False
 
     def __init__(self, fail: bool = False) -> None:
         self.inner = EmbeddedVideo(hub=None)  # type: ignore[arg-type]

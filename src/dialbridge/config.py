@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     # Overridable hosts, for a regional endpoint (or a local stub in tests).
     vonage_api_host: str = "api.nexmo.com"
     vonage_video_host: str = "video.api.vonage.com"
+    vonage_opentok_host: str = "api.opentok.com"  # the legacy API key + secret's REST host
     vonage_browser_sdk_url: str = "https://unpkg.com/@vonage/client-sdk-video@2/dist/js/opentok.js"
 
     @field_validator("public_base_url")

@@ -20,6 +20,10 @@ class PlatformError(RuntimeError):
         self.detail = detail
 
 
+class ConnectionGone(PlatformError):
+    """The connection to disconnect is no longer in the session (the other side already left)."""
+
+
 class NotSupported(RuntimeError):
     """The platform cannot do this (yet); shown to the user with a 501."""
 
@@ -57,6 +61,7 @@ class BrowserConfig:
 
 class VideoPlatform(Protocol):
     name: str
+    supports_sip: bool  # whether dial_sip / disconnect of SIP calls work on this platform
 
     async def create_session(self) -> str: ...
 

@@ -21,6 +21,7 @@ class ConnectionCloser(Protocol):
 
 class EmbeddedVideo:
     name = "embedded"
+    supports_sip = False
 
     def __init__(self, hub: ConnectionCloser) -> None:
         self.hub = hub

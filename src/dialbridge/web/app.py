@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from dialbridge import __version__
 from dialbridge.config import Settings
 from dialbridge.platforms.base import VideoPlatform
-from dialbridge.web import api, pages, signalling, webhooks
+from dialbridge.web import api, dialout, pages, signalling, webhooks
 from dialbridge.web.errors import install_error_handlers
 from dialbridge.web.metrics import RequestMetricsMiddleware
 from dialbridge.web.responses import JsonResponse
@@ -46,6 +46,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(dialout.router)
     app.include_router(webhooks.router)
     app.include_router(signalling.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

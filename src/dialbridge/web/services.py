@@ -12,11 +12,13 @@ from fastapi import Request
 from dialbridge.calls import CallDesk, CallPolicy
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.config import Backend, Settings
+from dialbridge.dialout import DialOuts
 from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.platforms.embedded import EmbeddedVideo
 from dialbridge.rooms import RoomDirectory
 from dialbridge.store.database import create_db_engine, migrate
+from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
 from dialbridge.tokens import ParticipantTokens, new_secret
 from dialbridge.web.metrics import Metrics
@@ -36,6 +38,7 @@ class Services:
     hub: SignallingHub
     rooms: RoomDirectory
     calls: CallDesk
+    dial_outs: DialOuts
     tokens: ParticipantTokens
     signatures: WebhookSignatures | None
     metrics: Metrics
@@ -76,6 +79,7 @@ def build_services(
         hub=hub,
         rooms=RoomDirectory(store, platform, pins, clock),
         calls=CallDesk(store, policy, clock),
+        dial_outs=DialOuts(DialOutStore(engine), platform, settings, clock),
         tokens=ParticipantTokens(secret, settings.token_ttl_s),
         signatures=signatures,
         metrics=Metrics(store),

@@ -1,0 +1,119 @@
+"""`DialOuts`: a room's video session dials the phone conference (the phone bridge) or a phone, and hangs up.
+
+As in Vonage's tutorial, the conference dial-out calls our own dial-in number over SIP with the header
+`X-OpenTok-SessionId`, which makes the answer webhook put the call straight into the room's conversation; a phone
+dial-out calls that number through Vonage's SIP endpoint. Every dial-out also carries `X-dialbridge-dial-out` with
+its id, so the answer webhook can link the phone call Vonage creates to this record (`DialOutStore.mark_call`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Callable
+
+from dialbridge.conference.rooms import Room
+from dialbridge.config import Settings
+from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
+from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
+
+SESSION_HEADER = "X-OpenTok-SessionId"
+DIAL_OUT_HEADER = "X-dialbridge-dial-out"
+
+
+class DialOutUnavailable(Exception):
+    """This server is not configured to dial out; the message names the setting to fix."""
+
+
+class UnknownDialOut(LookupError):
+    pass
+
+
+class DialOutNotLive(Exception):
+    pass
+
+
+class DialOuts:
+    def __init__(
+        self, store: DialOutStore, platform: VideoPlatform, settings: Settings, clock: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.platform = platform
+        self.settings = settings
+        self.clock = clock
+
+    async def dial_conference(self, room: Room) -> DialOut:
+        self._require_sip()
+        if not self.settings.dial_in_number:
+            raise DialOutUnavailable(
+                "no conference number to dial: set DIALBRIDGE_DIAL_IN_NUMBER to the Vonage number callers dial"
+            )
+        token_data = {"sip": True, "role": "client", "name": "phone bridge", "dialOut": CONFERENCE}
+        return await self._dial(
+            room, CONFERENCE, self.settings.dial_in_number, token_data, {SESSION_HEADER: room.session_id}
+        )
+
+    async def dial_phone(self, room: Room, number: str) -> DialOut:
+        self._require_sip()
+        token_data = {"sip": True, "role": "client", "name": number, "dialOut": PHONE}
+        return await self._dial(room, PHONE, number, token_data, {})
+
+    async def hang_up(self, room: Room, dial_out_id: str) -> DialOut:
+        self._require_sip()
+        dial_out = self.store.get(dial_out_id)
+        if dial_out is None or dial_out.room_id != room.room_id:
+            raise UnknownDialOut(f"room {room.room_id!r} has no call {dial_out_id!r}")
+        if dial_out.state != LIVE or dial_out.connection_id is None:
+            raise DialOutNotLive(f"call {dial_out_id!r} is {dial_out.state}, not live: there is nothing to hang up")
+        with contextlib.suppress(ConnectionGone):  # the phone side hung up first: the call is over either way
+            await self.platform.disconnect(room.session_id, dial_out.connection_id)
+        return self.store.mark_ended(dial_out_id, self.clock())
+
+    async def _dial(
+        self, room: Room, kind: str, number: str, token_data: dict[str, object], headers: dict[str, str]
+    ) -> DialOut:
+        credentials = self.settings.sip_credentials()
+        if credentials is None:
+            raise DialOutUnavailable(
+                "Vonage's SIP endpoint needs credentials: set DIALBRIDGE_VONAGE_SIP_USERNAME and "
+                "DIALBRIDGE_VONAGE_SIP_PASSWORD (or DIALBRIDGE_VONAGE_API_KEY/_API_SECRET)"
+            )
+        dial_out_id = "do_" + secrets.token_urlsafe(12)
+        caller = self.settings.dial_in_number
+        dial = SipDial(
+            uri=self.sip_uri(number),
+            headers={**headers, DIAL_OUT_HEADER: dial_out_id},
+            username=credentials[0],
+            password=credentials[1],
+            from_=f"{digits(caller)}@{self.settings.vonage_sip_domain}" if kind == PHONE and caller else None,
+            token_data=json.dumps(token_data, separators=(",", ":")),
+            secure=True,
+        )
+        # Recorded before Vonage is asked, so a second conference dial-out is refused even while this one dials.
+        self.store.start(dial_out_id=dial_out_id, room_id=room.room_id, kind=kind, target=number, now=self.clock())
+        try:
+            placed = await self.platform.dial_sip(room.session_id, room.room_id, dial, self.clock())
+        except BaseException:
+            self.store.mark_failed(dial_out_id, self.clock())
+            raise
+        return self.store.mark_live(
+            dial_out_id,
+            platform_call_id=placed.call_id,
+            connection_id=placed.connection_id,
+            stream_id=placed.stream_id,
+        )
+
+    def sip_uri(self, number: str) -> str:
+        return f"sip:{digits(number)}@{self.settings.vonage_sip_domain};transport=tls"
+
+    def _require_sip(self) -> None:
+        if not self.platform.supports_sip:
+            raise NotSupported(
+                f"the {self.platform.name} backend cannot dial phones or hang them up yet: its SIP voice engine "
+                "is still being built; run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
+            )
+
+
+def digits(e164: str) -> str:
+    return e164.removeprefix("+")

@@ -1,0 +1,77 @@
+"""Vonage Video with the tutorial's legacy TokBox API key + secret, through the `opentok` SDK.
+
+The opentok client builds fresh headers for every request (plain `requests.post`), so one client serves all threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentok import Client, MediaModes, Roles
+from opentok.exceptions import ForceDisconnectError
+
+from dialbridge.platforms.base import BrowserConfig, ConnectionGone, PlatformError, SipCall, SipDial
+from dialbridge.platforms.vonage import (
+    HTTP_TIMEOUT_S,
+    call_vonage,
+    failure_detail,
+    participant_connection_data,
+    token_expiry,
+)
+
+
+class LegacyOpenTokVideo:
+    name = "vonage"
+    supports_sip = True
+
+    def __init__(self, *, api_key: str, api_secret: str, api_url: str, browser_sdk_url: str, token_ttl_s: int) -> None:
+        self.api_key = api_key
+        self.browser_sdk_url = browser_sdk_url
+        self.token_ttl_s = token_ttl_s
+        self._client = Client(api_key, api_secret, api_url=api_url, timeout=HTTP_TIMEOUT_S)
+
+    async def create_session(self) -> str:
+        def create() -> str:
+            return str(self._client.create_session(media_mode=MediaModes.routed).session_id)
+
+        return await call_vonage("creating a video session at Vonage", create)
+
+    def client_token(self, session_id: str, connection_data: str) -> str:
+        token: bytes | str = self._client.generate_token(
+            session_id, role=Roles.publisher, expire_time=token_expiry(self.token_ttl_s), data=connection_data or None
+        )
+        return token.decode() if isinstance(token, bytes) else token
+
+    def browser_config(self, *, session_id: str, room_id: str, participant_token: str, now: float) -> BrowserConfig:
+        return BrowserConfig(
+            sdk_url=self.browser_sdk_url,
+            api_key=self.api_key,
+            session_id=session_id,
+            token=self.client_token(session_id, participant_connection_data(room_id, participant_token)),
+        )
+
+    async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall:
+        what = "placing the SIP call at Vonage"
+        try:
+            token = self.client_token(session_id, dial.token_data)
+        except Exception as exc:
+            raise PlatformError(what, failure_detail(exc)) from exc
+        options: dict[str, Any] = {"headers": dict(dial.headers), "secure": dial.secure}
+        if dial.from_:
+            options["from"] = dial.from_
+        if dial.username and dial.password:
+            options["auth"] = {"username": dial.username, "password": dial.password}
+        placed: Any = await call_vonage(what, lambda: self._client.dial(session_id, token, dial.uri, options))
+        if not placed.connectionId:
+            raise PlatformError(what, "Vonage's answer names no connection id")
+        return SipCall(call_id=str(placed.id or ""), connection_id=str(placed.connectionId), stream_id=placed.streamId)
+
+    async def disconnect(self, session_id: str, connection_id: str) -> None:
+        what = "disconnecting the SIP connection at Vonage"
+        try:
+            await call_vonage(what, lambda: self._client.force_disconnect(session_id, connection_id))
+        except PlatformError as exc:
+            # opentok raises ForceDisconnectError for both 400 and 404; only its 404 says "not connected".
+            if isinstance(exc.__cause__, ForceDisconnectError) and "not connected" in str(exc.__cause__):
+                raise ConnectionGone(what, exc.detail) from exc.__cause__
+            raise

@@ -1,0 +1,148 @@
+"""`DialOutStore`: SIP calls placed from a room's video session, one short transaction each.
+
+States: dialling → live → ended, or dialling → failed. A conference dial-out is inserted as `dialling` before the
+platform is asked to dial, so the partial unique index (one open conference dial-out per room) decides races between
+requests and instances; a refused insert is `ConferenceDialOutOpen`. A dial-out still `dialling` after
+`STALE_DIALLING_S` belongs to a server that died mid-request (the SDK's HTTP timeout is far shorter): the next
+attempt for that room marks it failed rather than staying blocked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dialbridge.store import tables as t
+
+DIALLING = "dialling"
+LIVE = "live"
+ENDED = "ended"
+FAILED = "failed"
+OPEN_STATES = (DIALLING, LIVE)
+STALE_DIALLING_S = 120.0
+
+CONFERENCE = "conference"
+PHONE = "phone"
+
+
+class ConferenceDialOutOpen(Exception):
+    """The room already has a conference dial-out dialling or live."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialOut:
+    id: str
+    room_id: str
+    kind: str
+    target: str
+    state: str
+    platform_call_id: str | None
+    connection_id: str | None
+    stream_id: str | None
+    call_uuid: str | None
+    created_at: float
+    ended_at: float | None
+
+
+class DialOutStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start(self, *, dial_out_id: str, room_id: str, kind: str, target: str, now: float) -> DialOut:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(t.dial_outs)
+                    .where(
+                        t.dial_outs.c.room_id == room_id,
+                        t.dial_outs.c.state == DIALLING,
+                        t.dial_outs.c.created_at < now - STALE_DIALLING_S,
+                    )
+                    .values(state=FAILED, ended_at=now)
+                )
+                conn.execute(
+                    insert(t.dial_outs).values(
+                        id=dial_out_id, room_id=room_id, kind=kind, target=target, state=DIALLING, created_at=now
+                    )
+                )
+        except IntegrityError:
+            if kind == CONFERENCE and self.open_conference(room_id) is not None:
+                raise ConferenceDialOutOpen(room_id) from None
+            raise
+        return self._get_existing(dial_out_id)
+
+    def mark_live(
+        self, dial_out_id: str, *, platform_call_id: str, connection_id: str, stream_id: str | None
+    ) -> DialOut:
+        self._set(
+            dial_out_id,
+            (DIALLING,),
+            state=LIVE,
+            platform_call_id=platform_call_id,
+            connection_id=connection_id,
+            stream_id=stream_id,
+        )
+        return self._get_existing(dial_out_id)
+
+    def mark_failed(self, dial_out_id: str, now: float) -> None:
+        self._set(dial_out_id, (DIALLING,), state=FAILED, ended_at=now)
+
+    def mark_ended(self, dial_out_id: str, now: float) -> DialOut:
+        self._set(dial_out_id, OPEN_STATES, state=ENDED, ended_at=now)
+        return self._get_existing(dial_out_id)
+
+    def mark_call(self, dial_out_id: str, call_uuid: str) -> bool:
+        """Link the phone call Vonage created for this dial-out (the answer webhook sees its SIP header)."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(t.dial_outs).where(t.dial_outs.c.id == dial_out_id).values(call_uuid=call_uuid)
+            ).rowcount
+        return changed == 1
+
+    def end_by_call(self, call_uuid: str, now: float) -> DialOut | None:
+        """The linked phone call ended (event webhook): close the dial-out, so the room may dial again."""
+        with self.engine.begin() as conn:
+            dial_out_id = conn.execute(
+                select(t.dial_outs.c.id).where(t.dial_outs.c.call_uuid == call_uuid)
+            ).scalar_one_or_none()
+        if dial_out_id is None:
+            return None
+        return self.mark_ended(dial_out_id, now)
+
+    def get(self, dial_out_id: str) -> DialOut | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.dial_outs).where(t.dial_outs.c.id == dial_out_id)).first()
+        return DialOut(**row._mapping) if row else None
+
+    def open_conference(self, room_id: str) -> DialOut | None:
+        query = select(t.dial_outs).where(
+            t.dial_outs.c.room_id == room_id,
+            t.dial_outs.c.kind == CONFERENCE,
+            t.dial_outs.c.state.in_(OPEN_STATES),
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return DialOut(**row._mapping) if row else None
+
+    def for_room(self, room_id: str) -> list[DialOut]:
+        query = select(t.dial_outs).where(t.dial_outs.c.room_id == room_id).order_by(t.dial_outs.c.created_at)
+        with self.engine.connect() as conn:
+            return [DialOut(**row._mapping) for row in conn.execute(query)]
+
+    def _set(self, dial_out_id: str, from_states: tuple[str, ...], **values: Any) -> None:
+        # Transitions only from the states named: a late answer never reopens an ended or failed dial-out.
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.dial_outs)
+                .where(t.dial_outs.c.id == dial_out_id, t.dial_outs.c.state.in_(from_states))
+                .values(**values)
+            )
+
+    def _get_existing(self, dial_out_id: str) -> DialOut:
+        found = self.get(dial_out_id)
+        if found is None:
+            raise LookupError(f"dial-out {dial_out_id} vanished")
+        return found

@@ -1,0 +1,105 @@
+"""`POST /api/rooms/{room_id}/dial-out` and `/hang-up`: a room participant (Bearer participant token) dials out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header
+from pydantic import BaseModel, ConfigDict, Field
+
+from dialbridge.conference.rooms import Room
+from dialbridge.config import E164
+from dialbridge.dialout import DialOutNotLive, DialOutUnavailable, UnknownDialOut
+from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut
+from dialbridge.tokens import TokenError
+from dialbridge.web.errors import ApiError
+from dialbridge.web.pages import check_room_id
+from dialbridge.web.responses import JsonResponse
+from dialbridge.web.services import Services, services
+
+router = APIRouter(prefix="/api")
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+class DialOutRequest(BaseModel):
+    """`{}` dials the room into the phone conference; `{"number": "+E164"}` dials that phone."""
+
+    model_config = ConfigDict(extra="forbid")
+    number: str | None = Field(default=None, pattern=E164.pattern, description="E.164, e.g. +14155550100")
+
+
+class HangUpRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(min_length=1, max_length=64)
+
+
+class DialOutOut(BaseModel):
+    call_id: str
+    connection_id: str | None
+    stream_id: str | None
+    kind: str
+    target: str
+    state: str
+
+
+def dial_out_out(dial_out: DialOut) -> dict[str, object]:
+    return DialOutOut(
+        call_id=dial_out.id,
+        connection_id=dial_out.connection_id,
+        stream_id=dial_out.stream_id,
+        kind=dial_out.kind,
+        target=dial_out.target,
+        state=dial_out.state,
+    ).model_dump()
+
+
+def participant_room(room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Room:
+    """The room, when the caller holds a valid participant token of it (401 otherwise; 404 for no such room)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenError("send the room's participant token as 'Authorization: Bearer <token>'")
+    now = svc.clock()
+    svc.tokens.verify(token.strip(), now=now)  # a forged or expired token learns nothing about rooms
+    check_room_id(room_id)
+    room = svc.rooms.find(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", f"no room {room_id!r}")
+    svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
+    return room
+
+
+RoomDep = Annotated[Room, Depends(participant_room)]
+
+
+@router.post("/rooms/{room_id}/dial-out", status_code=201, response_model=DialOutOut)
+async def dial_out(
+    room: RoomDep, svc: ServicesDep, body: Annotated[DialOutRequest | None, Body()] = None
+) -> JsonResponse:
+    number = body.number if body else None
+    try:
+        if number is None:
+            placed = await svc.dial_outs.dial_conference(room)
+        else:
+            placed = await svc.dial_outs.dial_phone(room, number)
+    except DialOutUnavailable as exc:
+        raise ApiError(409, "dial_out_unavailable", str(exc)) from exc
+    except ConferenceDialOutOpen as exc:
+        open_call = svc.dial_outs.store.open_conference(room.room_id)
+        which = f" (call {open_call.id}, {open_call.state})" if open_call else ""
+        raise ApiError(
+            409,
+            "dial_out_in_progress",
+            f"room {room.room_id!r} is already dialled into the conference{which}; hang up first",
+        ) from exc
+    return JsonResponse(dial_out_out(placed), status_code=201)
+
+
+@router.post("/rooms/{room_id}/hang-up", response_model=DialOutOut)
+async def hang_up(room: RoomDep, svc: ServicesDep, body: HangUpRequest) -> JsonResponse:
+    try:
+        ended = await svc.dial_outs.hang_up(room, body.call_id)
+    except UnknownDialOut as exc:
+        raise ApiError(404, "call_not_found", str(exc)) from exc
+    except DialOutNotLive as exc:
+        raise ApiError(409, "call_not_live", str(exc)) from exc
+    return JsonResponse(dial_out_out(ended))

@@ -1,0 +1,95 @@
+"""`DialOutStore`: the states a dial-out moves through, and the links the call webhooks will use."""
+
+from __future__ import annotations
+
+import pytest
+
+from dialbridge.store.database import create_db_engine, migrate
+from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutStore
+from dialbridge.store.store import Store
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def dial_outs(db_url: str) -> DialOutStore:
+    engine = create_db_engine(db_url)
+    migrate(engine)
+    rooms = Store(engine)
+    for room_id, pin in (("standup", "123456"), ("retro", "654321")):
+        rooms.claim_room(room_id, pin, NOW, NOW + 30)
+        rooms.complete_room(room_id, f"session-{room_id}")
+    return DialOutStore(engine)
+
+
+def start_conference(store: DialOutStore, dial_out_id: str, room_id: str = "standup") -> None:
+    store.start(dial_out_id=dial_out_id, room_id=room_id, kind="conference", target="+14155550100", now=NOW)
+
+
+def test_one_open_conference_dial_out_per_room_while_phones_and_other_rooms_may_dial(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+
+    with pytest.raises(ConferenceDialOutOpen):
+        start_conference(dial_outs, "do_2")
+    dial_outs.start(dial_out_id="do_3", room_id="standup", kind="phone", target="+447700900123", now=NOW)
+    start_conference(dial_outs, "do_4", room_id="retro")
+
+    assert [d.id for d in dial_outs.for_room("standup")] == ["do_1", "do_3"]
+
+
+@pytest.mark.parametrize("close", ["failed", "ended"])
+def test_a_closed_conference_dial_out_frees_the_room(close: str, dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    if close == "failed":
+        dial_outs.mark_failed("do_1", NOW + 1)
+    else:
+        dial_outs.mark_live("do_1", platform_call_id="sip-1", connection_id="conn-1", stream_id="stream-1")
+        dial_outs.mark_ended("do_1", NOW + 1)
+
+    start_conference(dial_outs, "do_2")
+
+    closed = dial_outs.get("do_1")
+    assert closed is not None
+    assert (closed.state, closed.ended_at) == (close, NOW + 1)
+    assert dial_outs.open_conference("standup") == dial_outs.get("do_2")
+
+
+def test_a_dial_out_left_dialling_by_a_dead_server_stops_blocking_the_room(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    with pytest.raises(ConferenceDialOutOpen):
+        dial_outs.start(dial_out_id="do_2", room_id="standup", kind="conference", target="+1", now=NOW + 60)
+
+    dial_outs.start(dial_out_id="do_3", room_id="standup", kind="conference", target="+1", now=NOW + 121)
+
+    stale = dial_outs.get("do_1")
+    assert stale is not None
+    assert stale.state == "failed"
+    assert dial_outs.open_conference("standup") == dial_outs.get("do_3")
+
+
+def test_a_late_answer_does_not_reopen_a_failed_dial_out(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    dial_outs.mark_failed("do_1", NOW + 1)
+
+    dial_outs.mark_live("do_1", platform_call_id="sip-1", connection_id="conn-1", stream_id=None)
+
+    found = dial_outs.get("do_1")
+    assert found is not None
+    assert (found.state, found.connection_id) == ("failed", None)
+
+
+def test_the_phone_call_vonage_creates_is_linked_and_its_end_closes_the_dial_out(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    dial_outs.mark_live("do_1", platform_call_id="sip-1", connection_id="conn-1", stream_id="stream-1")
+
+    assert dial_outs.mark_call("do_1", "CALL-UUID-1") is True
+    ended = dial_outs.end_by_call("CALL-UUID-1", NOW + 60)
+
+    assert ended is not None
+    assert (ended.id, ended.state, ended.call_uuid, ended.ended_at) == ("do_1", "ended", "CALL-UUID-1", NOW + 60)
+    assert dial_outs.open_conference("standup") is None
+
+
+def test_unknown_ids_link_nothing(dial_outs: DialOutStore) -> None:
+    assert dial_outs.mark_call("do_unknown", "CALL-UUID-1") is False
+    assert dial_outs.end_by_call("CALL-UUID-unknown", NOW) is None

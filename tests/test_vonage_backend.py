@@ -1,0 +1,451 @@
+"""The Vonage backend against a local TLS stub of Vonage's REST API: what the SDKs send, and what users get back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
+
+from dialbridge.config import Settings
+from dialbridge.web.app import create_app
+from tests.conftest import FakeClock
+from tests.helpers import run_async
+from tests.vonage_stub import VonageStub
+
+APPLICATION_ID = "5f2c5d1e-7a4b-4c61-9f0e-2b1d3c4a5e6f"
+LEGACY_API_KEY = "46000001"
+LEGACY_API_SECRET = "legacy-secret-0123456789abcdef0123456789"
+SIP_USER = "sip-user"
+SIP_PASSWORD = "sip-password"
+DIAL_IN = "+14155550100"
+SDK_URL = "https://unpkg.com/@vonage/client-sdk-video@2/dist/js/opentok.js"
+CONFIG = re.compile(r'<script id="room-config" type="application/json">(.*?)</script>', re.S)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def stub(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VonageStub]:
+    bundle = tmp_path / "stub-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    server = VonageStub(ca)
+    server.start()
+    yield server
+    server.close()
+
+
+def vonage_settings(db_url: str, stub: VonageStub, **credentials: Any) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        backend="vonage",
+        database_url=db_url,
+        public_base_url="https://dialbridge.example.test",
+        dial_in_number=DIAL_IN,
+        vonage_api_host=stub.host,
+        vonage_video_host=stub.host,
+        vonage_opentok_host=stub.host,
+        vonage_sip_username=SIP_USER,
+        vonage_sip_password=SIP_PASSWORD,
+        **credentials,
+    )
+
+
+@pytest.fixture
+def app_settings(db_url: str, stub: VonageStub, private_key: rsa.RSAPrivateKey) -> Settings:
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return vonage_settings(db_url, stub, vonage_application_id=APPLICATION_ID, vonage_private_key=pem)
+
+
+@pytest.fixture
+def vonage(app_settings: Settings, clock: FakeClock) -> Iterator[TestClient]:
+    with TestClient(create_app(app_settings, clock=clock)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def legacy(db_url: str, stub: VonageStub, clock: FakeClock) -> Iterator[TestClient]:
+    settings = vonage_settings(db_url, stub, vonage_api_key=LEGACY_API_KEY, vonage_api_secret=LEGACY_API_SECRET)
+    with TestClient(create_app(settings, clock=clock)) as test_client:
+        yield test_client
+
+
+def page_config(html: str) -> dict[str, Any]:
+    found = CONFIG.search(html)
+    assert found, "the room page carries its JSON config"
+    config: dict[str, Any] = json.loads(found.group(1).replace("<\\/", "</"))
+    return config
+
+
+def visit(client: TestClient, room_id: str) -> dict[str, Any]:
+    response = client.get(f"/room/{room_id}")
+    assert response.status_code == 200, response.text
+    return page_config(response.text)
+
+
+def bearer(config: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {config['participantToken']}"}
+
+
+def verified_app_jwt(token: str, private_key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, private_key.public_key(), algorithms=["RS256"])
+    return claims
+
+
+# ---- the room page ---------------------------------------------------------------------------------------------
+def test_room_page_loads_vonage_sdk_with_application_id_session_and_client_token(
+    vonage: TestClient, stub: VonageStub, private_key: rsa.RSAPrivateKey
+) -> None:
+    response = vonage.get("/room/standup")
+
+    assert response.status_code == 200
+    assert f'<script src="{SDK_URL}"></script>' in response.text
+    config = page_config(response.text)
+    assert config["backend"] == "vonage"
+    assert config["apiKey"] == APPLICATION_ID
+    assert config["sessionId"] in stub.sessions
+    claims = verified_app_jwt(config["token"], private_key)
+    assert claims["application_id"] == APPLICATION_ID
+    assert claims["session_id"] == config["sessionId"]
+    assert claims["role"] == "publisher"
+    assert json.loads(claims["connection_data"])["room"] == "standup"
+    assert config["participantToken"] != config["token"]
+
+
+def test_session_is_created_routed_with_application_jwt(
+    vonage: TestClient, stub: VonageStub, private_key: rsa.RSAPrivateKey
+) -> None:
+    visit(vonage, "standup")
+
+    [create] = stub.received("POST", "/session/create")
+    assert create.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert create.form()["p2p.preference"] == "disabled"  # routed: SIP dial-out needs the Media Router
+    auth = create.headers["authorization"].removeprefix("Bearer ")
+    assert verified_app_jwt(auth, private_key)["application_id"] == APPLICATION_ID
+
+
+def test_twenty_concurrent_first_visits_create_one_session_and_one_pin(
+    app_settings: Settings, clock: FakeClock, stub: VonageStub
+) -> None:
+    app = create_app(app_settings, clock=clock)
+
+    async def visit_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dialbridge.test") as client:
+            return await asyncio.gather(*(client.get("/room/launch") for _ in range(20)))
+
+    responses = run_async(visit_all())
+
+    assert [r.status_code for r in responses] == [200] * 20
+    configs = [page_config(r.text) for r in responses]
+    assert len(stub.received("POST", "/session/create")) == 1
+    assert len({c["sessionId"] for c in configs}) == 1
+    assert len({c["pin"] for c in configs}) == 1
+
+
+def test_session_creation_failure_is_a_502_naming_it_and_leaves_no_room(vonage: TestClient, stub: VonageStub) -> None:
+    stub.fail("POST", "session", 403, "Invalid credentials")
+
+    response = vonage.get("/room/standup")
+
+    assert response.status_code == 502
+    assert "creating a video session at Vonage failed" in response.json()["error"]["message"]
+    assert vonage.get("/api/rooms/standup").status_code == 404
+
+
+def test_session_creation_after_a_dial_out_is_still_sent_as_a_form(vonage: TestClient, stub: VonageStub) -> None:
+    # The SDK's client keeps a JSON Content-Type from earlier requests; session creation must not inherit it.
+    config = visit(vonage, "standup")
+    assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+    visit(vonage, "retro")
+
+    creates = stub.received("POST", "/session/create")
+    assert [c.headers["content-type"] for c in creates] == ["application/x-www-form-urlencoded"] * 2
+
+
+# ---- dial-out and hang-up ----------------------------------------------------------------------------------------
+def test_conference_dial_out_sends_the_tutorials_sip_call(
+    vonage: TestClient, stub: VonageStub, private_key: rsa.RSAPrivateKey
+) -> None:
+    config = visit(vonage, "standup")
+    session_id = config["sessionId"]
+
+    response = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    assert response.status_code == 201, response.text
+    placed = response.json()
+    [dial] = stub.received("POST", "/v2/")
+    assert dial.path == f"/v2/project/{APPLICATION_ID}/dial"
+    auth = dial.headers["authorization"].removeprefix("Bearer ")
+    assert verified_app_jwt(auth, private_key)["application_id"] == APPLICATION_ID
+    body = dial.json()
+    assert body["sessionId"] == session_id
+    assert body["sip"] == {
+        "uri": "sip:14155550100@sip.nexmo.com;transport=tls",
+        "headers": {"X-OpenTok-SessionId": session_id, "X-dialbridge-dial-out": placed["call_id"]},
+        "auth": {"username": SIP_USER, "password": SIP_PASSWORD},
+        "secure": True,
+    }
+    sip_token = verified_app_jwt(body["token"], private_key)
+    assert sip_token["session_id"] == session_id
+    sip_connection = json.loads(sip_token["connection_data"])
+    assert (sip_connection["sip"], sip_connection["role"]) == (True, "client")  # the tutorial's phone-bridge mark
+    assert placed["kind"] == "conference"
+    assert placed["target"] == DIAL_IN
+    assert placed["state"] == "live"
+    assert (session_id, placed["connection_id"]) in stub.connections
+    assert placed["stream_id"]
+
+
+def test_phone_dial_out_calls_that_number_from_the_dial_in_number(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+
+    response = vonage.post("/api/rooms/standup/dial-out", json={"number": "+447700900123"}, headers=bearer(config))
+
+    assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "phone"
+    assert response.json()["target"] == "+447700900123"
+    sip = stub.received("POST", "/v2/")[0].json()["sip"]
+    assert sip["uri"] == "sip:447700900123@sip.nexmo.com;transport=tls"
+    assert sip["from"] == "14155550100@sip.nexmo.com"
+    assert "X-OpenTok-SessionId" not in sip["headers"]  # not the phone bridge: no conference for it to join
+
+
+def test_second_conference_dial_out_while_one_is_live_is_409(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+    first = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    second = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    assert second.status_code == 409
+    assert second.json()["error"]["code"] == "dial_out_in_progress"
+    assert first.json()["call_id"] in second.json()["error"]["message"]
+    assert len(stub.received("POST", "/v2/")) == 1
+
+
+def test_hang_up_force_disconnects_the_sip_connection_and_frees_the_room(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+
+    response = vonage.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "ended"
+    [delete] = stub.received("DELETE")
+    assert delete.path == (
+        f"/v2/project/{APPLICATION_ID}/session/{config['sessionId']}/connection/{placed['connection_id']}"
+    )
+    assert "authorization" in delete.headers
+    again = vonage.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+    assert again.status_code == 409
+    assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+
+@pytest.mark.parametrize("backend", ["vonage", "legacy"])
+def test_hang_up_after_the_phone_side_left_ends_the_call(
+    backend: str, request: pytest.FixtureRequest, stub: VonageStub
+) -> None:
+    client: TestClient = request.getfixturevalue(backend)
+    config = visit(client, "standup")
+    placed = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    stub.connections.clear()  # Vonage no longer has the connection: it answers 404
+
+    response = client.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "ended"
+    assert len(stub.received("DELETE")) == 1
+    assert client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+
+def test_hang_up_of_an_unknown_call_is_404(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+
+    response = vonage.post("/api/rooms/standup/hang-up", json={"call_id": "do_nope"}, headers=bearer(config))
+
+    assert response.status_code == 404
+    assert stub.received("DELETE") == []
+
+
+def test_dial_out_failure_at_vonage_is_a_502_and_leaves_nothing_live(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+    stub.fail("POST", "dial", 500, "Internal error")
+
+    response = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "platform_error"
+    assert "placing the SIP call at Vonage failed" in response.json()["error"]["message"]
+    store = vonage.app.state.services.dial_outs.store  # type: ignore[attr-defined]
+    assert [d.state for d in store.for_room("standup")] == ["failed"]
+    stub.recover()  # the failed attempt does not block the next one
+    assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+
+def test_hang_up_failure_at_vonage_is_a_502_naming_it(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    stub.fail("DELETE", "connection", 403, "Forbidden")
+
+    response = vonage.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+
+    assert response.status_code == 502
+    assert "disconnecting the SIP connection at Vonage failed" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("case", ["missing", "not bearer", "forged", "other room", "expired"])
+def test_dial_out_needs_a_participant_token_of_that_room(
+    case: str, vonage: TestClient, stub: VonageStub, clock: FakeClock, app_settings: Settings
+) -> None:
+    config = visit(vonage, "standup")
+    other = visit(vonage, "retro")
+    headers = {
+        "missing": {},
+        "not bearer": {"Authorization": f"Basic {config['participantToken']}"},
+        "forged": {
+            "Authorization": "Bearer "
+            + jwt.encode({"sid": config["sessionId"]}, "a-guessed-secret-of-enough-length-to-sign", algorithm="HS256")
+        },
+        "other room": bearer(other),
+        "expired": bearer(config),
+    }[case]
+    if case == "expired":
+        clock.advance(app_settings.token_ttl_s + 1)
+
+    dial = vonage.post("/api/rooms/standup/dial-out", json={}, headers=headers)
+    hang = vonage.post("/api/rooms/standup/hang-up", json={"call_id": "do_x"}, headers=headers)
+
+    assert (dial.status_code, hang.status_code) == (401, 401)
+    assert dial.json()["error"]["code"] == "invalid_token"
+    assert dial.headers["www-authenticate"] == "Bearer"
+    assert stub.received("POST", "/v2/") == []
+
+
+def test_dial_out_to_an_unknown_room_is_404(vonage: TestClient) -> None:
+    config = visit(vonage, "standup")
+
+    response = vonage.post("/api/rooms/nowhere/dial-out", json={}, headers=bearer(config))
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body", [{"number": "0044 7700 900123"}, {"number": "447700900123"}, {"room": "x"}, {"call_id": "x"}, [1]]
+)
+def test_dial_out_refuses_anything_but_empty_or_an_e164_number(body: Any, vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+
+    response = vonage.post("/api/rooms/standup/dial-out", json=body, headers=bearer(config))
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_payload"
+    assert stub.received("POST", "/v2/") == []
+
+
+@pytest.mark.parametrize("path", ["dial-out", "hang-up"])
+def test_dial_out_and_hang_up_are_post_only(path: str, vonage: TestClient) -> None:
+    config = visit(vonage, "standup")
+
+    response = vonage.get(f"/api/rooms/standup/{path}", headers=bearer(config))
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "POST"
+
+
+def test_conference_dial_out_without_a_dial_in_number_names_the_setting(
+    app_settings: Settings, clock: FakeClock, stub: VonageStub
+) -> None:
+    settings = app_settings.model_copy(update={"dial_in_number": None})
+    with TestClient(create_app(settings, clock=clock)) as client:
+        config = visit(client, "standup")
+        response = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    assert response.status_code == 409
+    assert "DIALBRIDGE_DIAL_IN_NUMBER" in response.json()["error"]["message"]
+    assert stub.received("POST", "/v2/") == []
+
+
+# ---- the legacy API key + secret (opentok SDK) -----------------------------------------------------------------
+def test_legacy_api_key_creates_sessions_dials_and_hangs_up_through_opentok(
+    legacy: TestClient, stub: VonageStub
+) -> None:
+    config = visit(legacy, "standup")
+
+    [create] = stub.received("POST", "/session/create")
+    assert jwt.decode(create.headers["x-opentok-auth"], LEGACY_API_SECRET, algorithms=["HS256"])["iss"] == (
+        LEGACY_API_KEY
+    )
+    assert create.form()["p2p.preference"] == "disabled"
+    assert config["apiKey"] == LEGACY_API_KEY
+    assert config["sessionId"] in stub.sessions
+    page_token = jwt.decode(config["token"], LEGACY_API_SECRET, algorithms=["HS256"])
+    assert page_token["session_id"] == config["sessionId"]
+    assert page_token["role"] == "publisher"
+
+    placed = legacy.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+
+    assert placed.status_code == 201, placed.text
+    [dial] = stub.received("POST", "/v2/")
+    assert dial.path == f"/v2/project/{LEGACY_API_KEY}/dial"
+    assert dial.json()["sip"] == {
+        "uri": "sip:14155550100@sip.nexmo.com;transport=tls",
+        "headers": {"X-OpenTok-SessionId": config["sessionId"], "X-dialbridge-dial-out": placed.json()["call_id"]},
+        "auth": {"username": SIP_USER, "password": SIP_PASSWORD},
+        "secure": True,
+    }
+
+    hung = legacy.post("/api/rooms/standup/hang-up", json={"call_id": placed.json()["call_id"]}, headers=bearer(config))
+
+    assert hung.status_code == 200, hung.text
+    [delete] = stub.received("DELETE")
+    assert delete.path == (
+        f"/v2/project/{LEGACY_API_KEY}/session/{config['sessionId']}/connection/{placed.json()['connection_id']}"
+    )
+
+
+def test_legacy_session_creation_failure_is_a_502(legacy: TestClient, stub: VonageStub) -> None:
+    stub.fail("POST", "session", 500)
+
+    response = legacy.get("/room/standup")
+
+    assert response.status_code == 502
+    assert "creating a video session at Vonage failed" in response.json()["error"]["message"]
+
+
+# ---- the embedded backend ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "body"), [("dial-out", {}), ("hang-up", {"call_id": "do_x"})])
+def test_embedded_backend_answers_501_for_dial_out_and_hang_up(path: str, body: Any, client: TestClient) -> None:
+    config = visit(client, "standup")
+
+    response = client.post(f"/api/rooms/standup/{path}", json=body, headers=bearer(config))
+
+    assert response.status_code == 501
+    assert response.json()["error"]["code"] == "not_implemented"
+    assert "DIALBRIDGE_BACKEND=vonage" in response.json()["error"]["message"]
+    store = client.app.state.services.dial_outs.store  # type: ignore[attr-defined]
+    assert store.for_room("standup") == []
