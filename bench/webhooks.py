@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> None:
         f"p99 {int(figures['p99_us']) / 1000:.2f} ms  max {int(figures['max_us']) / 1000:.2f} ms"
     )
     print(f"non-2xx or failed requests: {errors}")
+    if errors:
+        log = (work / "server.log").read_text().splitlines()
+        print("server log (last error lines):", *[line for line in log if "rror" in line][-5:], sep="\n  ")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.web.signatures import SignatureError, WebhookSignatures
 from tests.conftest import FakeClock
 from tests.helpers import make_room
 
@@ -127,3 +127,60 @@ def test_signer_and_verifier_agree() -> None:
     payload = b'{"uuid": "x"}'
     claims = signatures.verify("Bearer " + signatures.sign(payload), payload)
     assert claims["payload_hash"] == hashlib.sha256(payload).hexdigest()
+
+
+def pyjwt_accepts(token: str, payload: bytes, now: float) -> bool:
+    """The reference: PyJWT's own HS256 verification plus the payload hash comparison."""
+    try:
+        claims = jwt.decode(
+            token,
+            SECRET,
+            algorithms=["HS256"],
+            leeway=300,
+            options={"require": ["iat", "payload_hash"], "verify_iat": False},
+        )
+    except jwt.PyJWTError:
+        return False
+    if not isinstance(claims["iat"], int | float) or claims["iat"] > now + 300:
+        return False
+    return bool(claims["payload_hash"] == hashlib.sha256(payload).hexdigest())
+
+
+def ours_accepts(token: str, payload: bytes, now: float) -> bool:
+    try:
+        WebhookSignatures(SECRET).verify("Bearer " + token, payload, now=now)
+    except SignatureError:
+        return False
+    return True
+
+
+def test_the_verifier_agrees_with_pyjwt_on_good_and_bad_tokens() -> None:
+    now = time.time()
+    payload = b'{"uuid": "c1"}'
+    good = vonage_token(payload)
+    header, claims, signature = good.split(".")
+    other_alg = jwt.encode({"iat": int(now), "payload_hash": hashlib.sha256(payload).hexdigest()}, SECRET, "HS512")
+    candidates = {
+        "good": good,
+        "wrong-secret": vonage_token(payload, secret="x" * 40),
+        "other-payload": vonage_token(b"{}"),
+        "expired": vonage_token(payload, exp=int(now) - 3600),
+        "future": vonage_token(payload, iat=int(now) + 3600),
+        "no-iat": jwt.encode({"payload_hash": hashlib.sha256(payload).hexdigest()}, SECRET, "HS256"),
+        "string-iat": vonage_token(payload, iat="yesterday"),
+        "hs512": other_alg,
+        "alg-none": jwt.encode({"iat": int(now), "payload_hash": hashlib.sha256(payload).hexdigest()}, None, "none"),
+        "tampered-claims": f"{header}.{claims[:-2]}AA.{signature}",
+        "tampered-signature": f"{header}.{claims}.{signature[:-2]}AA",
+        "padded": f"{header}.{claims}.{signature}==",
+        "two-parts": f"{header}.{claims}",
+        "four-parts": f"{good}.x",
+        "not-base64": f"{header}.{claims}.!!!",
+        "empty": "",
+    }
+    verdicts = {
+        name: (ours_accepts(tok, payload, now), pyjwt_accepts(tok, payload, now)) for name, tok in candidates.items()
+    }
+    assert all(ours == reference for ours, reference in verdicts.values()), verdicts
+    assert verdicts["good"] == (True, True)
+    assert sum(ours for ours, _ in verdicts.values()) == 1

@@ -6,6 +6,7 @@ store and writes down what happened, so both backends (Vonage and the embedded e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ class CallPolicy:
     prompts: Prompts = field(default_factory=Prompts)
 
 
+LONGEST_PIN_TTL_S = 5.0
+
 # What a call's record says after each PIN decision.
 CALL_STATUS = {
     PinOutcome.ACCEPTED: "in_conference",
@@ -41,23 +44,32 @@ class CallDesk:
         self.store = store
         self.policy = policy
         self.clock = clock
+        self._longest_pin_cached = policy.min_pin_length
+        self._longest_pin_until = 0.0
 
     def _flow(self) -> CallFlow:
-        # maxDigits follows the longest PIN in use: PINs grow with the number of rooms.
-        longest = max(self.store.longest_pin(), self.policy.min_pin_length)
         return CallFlow(
             input_url=self.policy.input_url,
-            pin_max_digits=longest,
+            pin_max_digits=self._longest_pin(),
             input_timeout_s=self.policy.input_timeout_s,
             attempts_per_call=self.policy.attempts_per_call,
             prompts=self.policy.prompts,
         )
 
+    def _longest_pin(self) -> int:
+        """maxDigits follows the longest PIN in use (PINs grow with the number of rooms). It changes only when the
+        PIN length grows, so it is looked up at most once every few seconds rather than on every call."""
+        now = time.monotonic()
+        if now >= self._longest_pin_until:
+            self._longest_pin_cached = max(self.store.longest_pin(), self.policy.min_pin_length)
+            self._longest_pin_until = now + LONGEST_PIN_TTL_S
+        return self._longest_pin_cached
+
     def _failures(self, uuid: str, caller: str, now: float) -> tuple[int, int]:
         on_call, by_caller = self.store.pin_failures(uuid, caller, now - self.policy.caller_window_s)
         return on_call, self.policy.caller_max_failures - by_caller
 
-    def answer(self, request: AnswerRequest) -> Ncco:
+    async def answer(self, request: AnswerRequest) -> Ncco:
         now = self.clock()
         session_id = request.session_header
         bridge_room = self.store.room_by_session(session_id) if session_id else None
@@ -66,12 +78,12 @@ class CallDesk:
             _, guesses_left = self._failures(request.call.uuid, request.call.caller, now)
         ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
-            self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
+            await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
         else:
-            self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
+            await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
         return ncco
 
-    def pin_entered(self, entry: PinInput) -> Ncco:
+    async def pin_entered(self, entry: PinInput) -> Ncco:
         now = self.clock()
         on_call, guesses_left = self._failures(entry.call.uuid, entry.call.caller, now)
         guessed = bool(entry.digits)
@@ -80,7 +92,7 @@ class CallDesk:
             guessed=guessed, room=room, failures_on_call=on_call, caller_guesses_left=guesses_left
         )
         room_id = decision.room.room_id if decision.room else None
-        self.store.record_pin_decision(
+        await self.store.record_pin_decision(
             entry.call,
             outcome=decision.outcome.value,
             failed=decision.is_failure,
@@ -91,5 +103,5 @@ class CallDesk:
         )
         return decision.ncco
 
-    def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
-        return self.store.record_call_event(event, payload, self.clock())
+    async def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
+        return await self.store.record_call_event(event, payload, self.clock())

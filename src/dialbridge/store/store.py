@@ -1,20 +1,20 @@
 """`Store`: every read and write dialbridge makes of rooms, calls, PIN attempts and server keys.
 
-Each method is one round trip or one short transaction on a connection the store keeps open, with SQL compiled
-once from the table definitions (see prepared.py for why). Methods are synchronous: on SQLite each takes a few
-microseconds, cheaper than a hop to a worker thread, so the async web layer calls them inline. Reads run in
-autocommit; writes run in `BEGIN IMMEDIATE … COMMIT` so that a second process waits for the write lock up front
-instead of failing half-way.
+SQL is compiled once from the table definitions and run on connections the store keeps open (prepared.py says
+why). Reads are synchronous, in autocommit, on a connection of the calling thread: on SQLite an indexed read takes
+a few microseconds, cheaper than a hop to a worker thread, so the async web layer calls them inline. Writes go to
+the group-commit writer (writer.py): the call paths' writes are awaited and share one transaction per turn of
+the event loop; room creation, which must know the outcome before it goes on, writes at once. Write transactions
+are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front instead of failing half-way.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,6 +23,9 @@ from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import CallEvent, CallParty
 from dialbridge.store import tables as t
 from dialbridge.store.prepared import Prepared
+from dialbridge.store.writer import GroupCommitWriter, Run
+
+T = TypeVar("T")
 
 
 class PinTaken(Exception):
@@ -133,16 +136,22 @@ class _Statements:
         )
 
         self.insert_attempt = p(_insert_all(t.pin_attempts))
-        self.failures_on_call = p(
-            select(func.count()).select_from(t.pin_attempts).where(attempts.call_uuid == bindparam("uuid"), FAILED)
+        # Both counts in one round trip: each subquery walks its own index.
+        on_call = (
+            select(func.count())
+            .select_from(t.pin_attempts)
+            .where(attempts.call_uuid == bindparam("uuid"), FAILED)
+            .scalar_subquery()
         )
-        self.guesses_by_caller = p(
+        by_caller = (
             select(func.count())
             .select_from(t.pin_attempts)
             .where(
                 attempts.caller == bindparam("caller"), attempts.at >= bindparam("since"), attempts.guessed == 1, FAILED
             )
+            .scalar_subquery()
         )
+        self.pin_failures = p(select(on_call, by_caller))
 
         self.server_key = p(select(t.server_keys.c.value).where(t.server_keys.c.name == bindparam("name")))
         self.insert_server_key = p(_insert_all(t.server_keys))
@@ -154,28 +163,37 @@ class Store:
         self._sql = _Statements(engine)
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
-        self._lock = threading.RLock()
-        self._connection: Any = None
+        self._readers = threading.local()
+        self._held: list[Any] = []  # pool proxies of the connections in use, so the pool never hands them out
+        self._held_lock = threading.Lock()
+        self._writer = GroupCommitWriter(self._open, "BEGIN IMMEDIATE" if self._is_sqlite else "BEGIN")
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
-    def _dbapi(self) -> Any:
-        if self._connection is None:
-            connection: Any = self.engine.raw_connection().driver_connection
-            if self._is_sqlite:
-                connection.isolation_level = None  # autocommit; transactions are explicit below
-            else:
-                connection.autocommit = True
-            self._connection = connection
-        return self._connection
+    def _open(self) -> Any:
+        """A DBAPI connection in autocommit mode: reads see every commit, writes bracket their own transaction."""
+        proxy = self.engine.raw_connection()
+        with self._held_lock:
+            self._held.append(proxy)
+        connection: Any = proxy.driver_connection
+        if self._is_sqlite:
+            connection.isolation_level = None
+        else:
+            connection.autocommit = True
+        return connection
+
+    def _reader(self) -> Any:
+        connection = getattr(self._readers, "connection", None)
+        if connection is None:
+            connection = self._readers.connection = self._open()
+        return connection
 
     def _fetch(self, statement: Prepared, **values: Any) -> list[Sequence[Any]]:
-        with self._lock:
-            cursor = self._dbapi().cursor()
-            try:
-                cursor.execute(statement.sql, statement.parameters(values))
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
+        cursor = self._reader().cursor()
+        try:
+            cursor.execute(statement.sql, statement.parameters(values))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def _first(self, statement: Prepared, **values: Any) -> Sequence[Any] | None:
         rows = self._fetch(statement, **values)
@@ -185,32 +203,18 @@ class Store:
         row = self._first(statement, **values)
         return row[0] if row else None
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Callable[..., Any]]:
-        """A write transaction; yields `run(statement, **values) -> cursor`."""
-        with self._lock:
-            cursor = self._dbapi().cursor()
-            cursor.execute("BEGIN IMMEDIATE" if self._is_sqlite else "BEGIN")
-            try:
+    def _write(self, work: Callable[[Run], T]) -> Awaitable[T]:
+        return self._writer.write(work)
 
-                def run(statement: Prepared, **values: Any) -> Any:
-                    cursor.execute(statement.sql, statement.parameters(values))
-                    return cursor
-
-                yield run
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            else:
-                cursor.execute("COMMIT")
-            finally:
-                cursor.close()
+    def _write_now(self, work: Callable[[Run], T]) -> T:
+        return self._writer.write_now(work)
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self._writer.close()
+        with self._held_lock:
+            for proxy in self._held:
+                proxy.invalidate()  # these connections were changed to autocommit: never back into the pool
+            self._held.clear()
 
     # ---- rooms -------------------------------------------------------------------------------------------------
     def room(self, room_id: str) -> Room | None:
@@ -241,8 +245,9 @@ class Store:
     def claim_room(self, room_id: str, pin: str, now: float, lease_until: float) -> bool:
         """Insert a room being created. False when the room id is taken; `PinTaken` when the PIN is."""
         try:
-            with self._transaction() as run:
-                run(self._sql.claim_room, room_id=room_id, pin=pin, now=now, lease_until=lease_until)
+            self._write_now(
+                lambda run: run(self._sql.claim_room, room_id=room_id, pin=pin, now=now, lease_until=lease_until)
+            )
         except self._integrity_error:
             if self.room_state(room_id) is not None:
                 return False
@@ -251,26 +256,26 @@ class Store:
 
     def take_over_room(self, room_id: str, now: float, lease_until: float) -> bool:
         """Take over the creation of a room whose creator let its lease run out (crashed, or hung)."""
-        with self._transaction() as run:
-            changed = run(self._sql.take_over_room, room_id=room_id, now=now, lease_until=lease_until).rowcount
+        changed = self._write_now(
+            lambda run: run(self._sql.take_over_room, room_id=room_id, now=now, lease_until=lease_until).rowcount
+        )
         return bool(changed == 1)
 
     def complete_room(self, room_id: str, session_id: str) -> Room:
-        with self._transaction() as run:
+        def complete(run: Run) -> str:
             run(self._sql.complete_room, room_id=room_id, session_id=session_id)
-            pin = run(self._sql.room_pin, room_id=room_id).fetchone()[0]
-        return Room(room_id, session_id, pin)
+            return str(run(self._sql.room_pin, room_id=room_id).fetchone()[0])
+
+        return Room(room_id, session_id, self._write_now(complete))
 
     def abandon_room(self, room_id: str) -> None:
         """Remove a claimed room whose video session could not be created: nothing half-written stays."""
-        with self._transaction() as run:
-            run(self._sql.abandon_room, room_id=room_id)
+        self._write_now(lambda run: run(self._sql.abandon_room, room_id=room_id))
 
     # ---- calls -------------------------------------------------------------------------------------------------
-    def record_call(self, call: CallParty, status: str, now: float, room_id: str | None = None) -> None:
+    def record_call(self, call: CallParty, status: str, now: float, room_id: str | None = None) -> Awaitable[None]:
         """Create the call if new, else merge what this moment tells of it."""
-        with self._transaction() as run:
-            self._upsert_call(run, call, status, now, room_id=room_id)
+        return self._write(lambda run: self._upsert_call(run, call, status, now, room_id=room_id))
 
     def _upsert_call(
         self,
@@ -296,9 +301,11 @@ class Store:
             duration_s=duration_s,
         )
 
-    def record_call_event(self, event: CallEvent, payload: Mapping[str, Any], now: float) -> str | None:
-        """Store one event against its call (created if unknown) and return the call's room, where known."""
-        with self._transaction() as run:
+    def record_call_event(self, event: CallEvent, payload: Mapping[str, Any], now: float) -> Awaitable[str | None]:
+        """Store one event against its call (created if unknown); yields the call's room, where known."""
+        serialized = json.dumps(payload, separators=(",", ":"), default=str)
+
+        def record(run: Run) -> str | None:
             row = run(self._sql.call_room, uuid=event.call.uuid).fetchone()
             room_id = row[0] if row else None
             run(
@@ -314,10 +321,12 @@ class Store:
                 end_time=event.end_time,
                 duration_s=event.duration,
                 received_at=now,
-                payload=json.dumps(payload, separators=(",", ":"), default=str),
+                payload=serialized,
             )
             self._upsert_call(run, event.call, event.status, now, ended=event.is_final, duration_s=event.duration)
-        return room_id
+            return room_id
+
+        return self._write(record)
 
     def call(self, uuid: str) -> CallRecord | None:
         row = self._first(self._sql.call, uuid=uuid)
@@ -341,10 +350,11 @@ class Store:
         now: float,
         call_status: str,
         room_id: str | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record a PIN decision — a failed one counts against the call and, if a guess, the caller — and the
         call's resulting state, in one transaction."""
-        with self._transaction() as run:
+
+        def record(run: Run) -> None:
             if failed:
                 run(
                     self._sql.insert_attempt,
@@ -356,11 +366,12 @@ class Store:
                 )
             self._upsert_call(run, call, call_status, now, room_id=room_id)
 
+        return self._write(record)
+
     def pin_failures(self, call_uuid: str, caller: str, since: float) -> tuple[int, int]:
         """(failed entries on this call, wrong guesses from this caller number since `since`)."""
-        on_call = self._scalar(self._sql.failures_on_call, uuid=call_uuid)
-        by_caller = self._scalar(self._sql.guesses_by_caller, caller=caller, since=since)
-        return int(on_call or 0), int(by_caller or 0)
+        row = self._first(self._sql.pin_failures, uuid=call_uuid, caller=caller, since=since)
+        return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
 
     # ---- server keys -------------------------------------------------------------------------------------------
     def server_key(self, name: str, make: Callable[[], str], now: float) -> str:
@@ -368,8 +379,8 @@ class Store:
         value = self._scalar(self._sql.server_key, name=name)
         if value is None:
             try:
-                with self._transaction() as run:
-                    run(self._sql.insert_server_key, name=name, value=make(), created_at=now)
+                value = make()
+                self._write_now(lambda run: run(self._sql.insert_server_key, name=name, value=value, created_at=now))
             except self._integrity_error:
                 pass  # another instance made it first: use theirs
             value = self._scalar(self._sql.server_key, name=name)
