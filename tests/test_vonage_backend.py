@@ -449,3 +449,38 @@ def test_embedded_backend_answers_501_for_dial_out_and_hang_up(path: str, body: 
     assert "DIALBRIDGE_BACKEND=vonage" in response.json()["error"]["message"]
     store = client.app.state.services.dial_outs.store  # type: ignore[attr-defined]
     assert store.for_room("standup") == []
+
+
+def test_the_bridge_call_ending_frees_the_room_to_dial_again(vonage: TestClient, stub: VonageStub) -> None:
+    """Vonage dials the conference number; the answer webhook sees the dial-out's headers and links the phone call;
+    when that call completes (the event webhook), the room may pull the conference in again."""
+    config = visit(vonage, "standup")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    [dial] = stub.received("POST", "/v2/")
+    headers = json.loads(dial.body)["sip"]["headers"]
+    bridge = {"uuid": "bridge-1", "from": "sip-bridge", "to": "14155550100"}
+    bridge.update({f"SipHeader_{name}": value for name, value in headers.items()})
+    ncco = vonage.get("/webhooks/answer", params=bridge).json()
+    assert ncco == [{"action": "conversation", "name": config["sessionId"]}]
+    assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 409
+
+    assert vonage.post("/webhooks/events", json={"uuid": "bridge-1", "status": "completed"}).status_code == 204
+
+    again = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+    assert again.status_code == 201, again.text
+    assert again.json()["call_id"] != placed["call_id"]
+
+
+def test_a_dial_out_header_on_another_rooms_call_links_nothing(vonage: TestClient, stub: VonageStub) -> None:
+    standup = visit(vonage, "standup")
+    other = visit(vonage, "other")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(standup)).json()
+    forged = {
+        "uuid": "intruder",
+        "SipHeader_X-OpenTok-SessionId": other["sessionId"],
+        "SipHeader_X-dialbridge-dial-out": placed["call_id"],
+    }
+    vonage.get("/webhooks/answer", params=forged)
+    vonage.post("/webhooks/events", json={"uuid": "intruder", "status": "completed"})
+    # The standup room's dial-out is still live: the other room's call could not end it.
+    assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(standup)).status_code == 409

@@ -13,7 +13,8 @@ from typing import Any
 
 from dialbridge.conference.callflow import CallFlow, PinOutcome, Prompts
 from dialbridge.conference.ncco import Ncco
-from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PinInput
+from dialbridge.conference.webhooks import DIAL_OUT_HEADER, AnswerRequest, CallEvent, PinInput
+from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
 
 
@@ -40,8 +41,15 @@ CALL_STATUS = {
 
 
 class CallDesk:
-    def __init__(self, store: Store, policy: CallPolicy, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: CallPolicy,
+        clock: Callable[[], float],
+        dial_outs: DialOutStore | None = None,
+    ) -> None:
         self.store = store
+        self.dial_outs = dial_outs
         self.policy = policy
         self.clock = clock
         self._longest_pin_cached = policy.min_pin_length
@@ -79,6 +87,7 @@ class CallDesk:
         ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
+            self._link_dial_out(request, bridge_room.room_id)
         else:
             await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
         return ncco
@@ -104,4 +113,18 @@ class CallDesk:
         return decision.ncco
 
     async def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
-        return await self.store.record_call_event(event, payload, self.clock())
+        room_id = await self.store.record_call_event(event, payload, self.clock())
+        if event.is_final and self.dial_outs is not None:
+            # The room's phone bridge hung up (or never connected): the room may dial the conference again.
+            self.dial_outs.end_by_call(event.call.uuid, self.clock())
+        return room_id
+
+    def _link_dial_out(self, request: AnswerRequest, room_id: str) -> None:
+        """A call that a room's dial-out placed carries that dial-out's id; remember which call it became, but only
+        for a dial-out of the very room the call is bridged into (the header alone proves nothing)."""
+        dial_out_id = request.sip_header(DIAL_OUT_HEADER)
+        if self.dial_outs is None or not dial_out_id:
+            return
+        dial_out = self.dial_outs.get(dial_out_id)
+        if dial_out is not None and dial_out.room_id == room_id and dial_out.call_uuid is None:
+            self.dial_outs.mark_call(dial_out_id, request.call.uuid)

@@ -14,12 +14,10 @@ import secrets
 from collections.abc import Callable
 
 from dialbridge.conference.rooms import Room
+from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER
 from dialbridge.config import Settings
 from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
 from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
-
-SESSION_HEADER = "X-OpenTok-SessionId"
-DIAL_OUT_HEADER = "X-dialbridge-dial-out"
 
 
 class DialOutUnavailable(Exception):

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SESSION_HEADER = "X-OpenTok-SessionId"
+SESSION_HEADER = "X-OpenTok-SessionId"  # what Vonage Video puts on the SIP calls a session places
+DIAL_OUT_HEADER = "X-dialbridge-dial-out"  # which of a room's dial-outs placed the call
 DIGITS = re.compile(r"^[0-9*#]{0,64}$")
 MAX_FIELD = 256
 

@@ -71,6 +71,7 @@ def build_services(
         caller_window_s=settings.caller_failure_window_s,
     )
     pins = PinPolicy(min_length=settings.pin_length, max_fill=settings.pin_max_fill)
+    dial_out_store = DialOutStore(engine)
     return Services(
         settings=settings,
         clock=clock,
@@ -78,8 +79,8 @@ def build_services(
         platform=platform,
         hub=hub,
         rooms=RoomDirectory(store, platform, pins, clock),
-        calls=CallDesk(store, policy, clock),
-        dial_outs=DialOuts(DialOutStore(engine), platform, settings, clock),
+        calls=CallDesk(store, policy, clock, dial_out_store),
+        dial_outs=DialOuts(dial_out_store, platform, settings, clock),
         tokens=ParticipantTokens(secret, settings.token_ttl_s),
         signatures=signatures,
         metrics=Metrics(store),
