@@ -27,6 +27,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.web.signatures import WebhookSignatures
@@ -106,8 +109,21 @@ def run(args: argparse.Namespace) -> None:
     print(f"seeded {args.rooms:,} rooms in {time.monotonic() - started:.1f} s", flush=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # Webhooks at scale are the Vonage deployment (the embedded backend serves its rooms from one process). The
+    # webhooks never call Vonage, so a locally made key and made-up ids are enough to start it.
+    key = work / "private.key"
+    key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     env = {
         **os.environ,
+        "DIALBRIDGE_BACKEND": "vonage",
+        "DIALBRIDGE_VONAGE_APPLICATION_ID": "00000000-0000-4000-8000-000000000000",
+        "DIALBRIDGE_VONAGE_PRIVATE_KEY": str(key),
+        "DIALBRIDGE_VONAGE_SIP_USERNAME": "bench",
+        "DIALBRIDGE_VONAGE_SIP_PASSWORD": "bench",
         "DIALBRIDGE_DATABASE_URL": f"sqlite:///{db}",
         "DIALBRIDGE_SIGNATURE_SECRET": SECRET,
         "DIALBRIDGE_PORT": str(port),
@@ -139,7 +155,10 @@ def run(args: argparse.Namespace) -> None:
     )
     seconds = int(figures["duration_us"]) / 1e6
     errors = sum(int(figures[k]) for k in ("errors_status", "errors_connect", "errors_timeout"))
-    print(f"workers={args.workers} connections={args.connections} rooms={args.rooms:,} signature=on db=sqlite")
+    print(
+        f"backend=vonage workers={args.workers} connections={args.connections} rooms={args.rooms:,} "
+        "signature=on db=sqlite"
+    )
     print(f"requests/s: {int(figures['requests']) / seconds:,.0f}  ({figures['requests']} in {seconds:.1f} s)")
     print(
         f"latency: p50 {int(figures['p50_us']) / 1000:.2f} ms  p90 {int(figures['p90_us']) / 1000:.2f} ms  "

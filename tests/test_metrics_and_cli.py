@@ -90,3 +90,9 @@ def test_serve_on_a_port_in_use_says_how_to_fix_it(tmp_path: Path) -> None:
         result = run_cli("serve", tmp_path=tmp_path, DIALBRIDGE_PORT=str(port))
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "DIALBRIDGE_PORT=" in result.stderr
+
+
+def test_serve_refuses_several_workers_on_the_embedded_backend(tmp_path: Path) -> None:
+    result = run_cli("serve", "--workers", "2", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "one worker" in result.stderr and "DIALBRIDGE_BACKEND=vonage" in result.stderr

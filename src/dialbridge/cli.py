@@ -11,7 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
-from dialbridge.config import Settings
+from dialbridge.config import Backend, Settings
 
 
 def _load_settings() -> Settings:
@@ -109,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = _load_settings()
     if args.command == "doctor":
         return doctor(settings)
+    if args.workers > 1 and settings.backend is Backend.EMBEDDED:
+        # Embedded rooms keep their signalling (who is in the room, relayed offers) in the serving process.
+        print(
+            "error: the embedded backend serves each room's browsers from one process: run one worker "
+            "(drop --workers), or use DIALBRIDGE_BACKEND=vonage to spread webhooks over several",
+            file=sys.stderr,
+        )
+        return 2
     return serve(settings, args.workers)
 
 
