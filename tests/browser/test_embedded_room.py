@@ -120,3 +120,16 @@ def test_server_force_disconnect_ends_that_page_and_removes_its_stream_from_the_
     # the server no longer counts bob in the room, and alice stays
     assert live_server.run(live_server.services.hub.force_disconnect(session_id, bob_connection)) is False
     assert events(alice, "sessionDisconnected") == []
+
+
+def test_phone_panel_reports_what_the_server_says(context: BrowserContext, live_server: LiveServer) -> None:
+    """The room page's phone controls reach the room's API with the page's participant token and show its answer:
+    on the embedded backend dialling is not built yet (501), and a malformed number is refused (422)."""
+    page = context.new_page()
+    page.goto(f"{live_server.base_url}/room/phone-panel")
+    page.click("#dial-conference")
+    page.wait_for_function("document.getElementById('phone-status').textContent.includes('DIALBRIDGE_BACKEND')")
+    page.fill("#number", "12345")
+    page.click("#dial-number button")
+    page.wait_for_function("document.getElementById('phone-status').textContent.startsWith('number')")
+    assert page.locator("#phone-calls li").count() == 0
