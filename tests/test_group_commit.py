@@ -1,0 +1,77 @@
+"""Group commit: writes made in one loop turn share a transaction, yet each succeeds or fails on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import bindparam, insert, select
+
+from dialbridge.store import tables as t
+from dialbridge.store.database import create_db_engine, migrate
+from dialbridge.store.prepared import Prepared
+from dialbridge.store.store import Store
+from tests.helpers import run_async
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    return Store(engine)
+
+
+def key_insert(store: Store) -> Prepared:
+    statement = insert(t.server_keys).values(name=bindparam("name"), value=bindparam("value"), created_at=0.0)
+    return Prepared(statement, store.engine.dialect)
+
+
+def stored_keys(store: Store) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        return {row.name: row.value for row in conn.execute(select(t.server_keys))}
+
+
+def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
+    statement = key_insert(store)
+    store._write_now(lambda run: run(statement, name="taken", value="first"))
+
+    async def one_turn() -> list[object]:
+        writes = [
+            store._write(lambda run: run(statement, name="a", value="1") and "a"),
+            store._write(lambda run: run(statement, name="taken", value="second")),  # primary key clash
+            store._write(lambda run: run(statement, name="b", value="2") and "b"),
+        ]
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    outcomes = run_async(one_turn())
+    assert outcomes[0] == "a" and outcomes[2] == "b"
+    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert stored_keys(store) == {"taken": "first", "a": "1", "b": "2"}
+
+
+def test_a_write_is_durable_before_its_caller_hears_of_it(store: Store, tmp_path: Path) -> None:
+    statement = key_insert(store)
+
+    async def write_then_look() -> dict[str, str]:
+        await store._write(lambda run: run(statement, name="k", value="v"))
+        # Another connection — another process, say — sees it as soon as the await returns.
+        with sqlite3.connect(tmp_path / "db.sqlite") as other:
+            return dict(other.execute("SELECT name, value FROM server_keys").fetchall())
+
+    assert run_async(write_then_look()) == {"k": "v"}
+
+
+def test_an_immediate_write_runs_after_what_is_already_queued(store: Store) -> None:
+    statement = key_insert(store)
+    order: list[str] = []
+
+    async def queue_then_write_now() -> None:
+        queued = store._write(lambda run: order.append("queued") or run(statement, name="q", value="1"))
+        store._write_now(lambda run: order.append("now") or run(statement, name="n", value="2"))
+        await queued
+
+    run_async(queue_then_write_now())
+    assert order == ["queued", "now"]
+    assert stored_keys(store) == {"q": "1", "n": "2"}
