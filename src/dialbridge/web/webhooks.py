@@ -105,9 +105,9 @@ class WebhookEndpoints:
             status, body, extra = 500, {"error": {"code": "internal_error", "message": message}}, {}
         else:
             extra = {}
-            svc.metrics.webhook_seconds.labels(webhook.name).observe(timed() - started)
+            svc.metrics.observe_webhook(webhook.name, timed() - started)
         await _respond(send, status, body, extra)
-        svc.metrics.requests.labels(webhook.template, method, str(status)).inc()
+        svc.metrics.count_request(webhook.template, method, str(status))
 
     async def _signed_fields(self, scope: Scope, receive: Receive, method: str) -> Mapping[str, Any]:
         """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required."""
