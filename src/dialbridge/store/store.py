@@ -157,6 +157,15 @@ class _Statements:
         self.insert_server_key = p(_insert_all(t.server_keys))
 
 
+SQLITE_BUSY = 5
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    """Another connection holds the write lock (SQLITE_BUSY or one of its extended codes)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == SQLITE_BUSY
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -171,7 +180,7 @@ class Store:
         self._checkpointer: Any = None
         if self._is_sqlite:
             self._writer = GroupCommitWriter(
-                self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None
+                self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None, _sqlite_busy
             )
         else:
             self._writer = GroupCommitWriter(self._open, "BEGIN")
@@ -194,6 +203,7 @@ class Store:
         connection = self._open()
         if self._wal:
             connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute("PRAGMA busy_timeout=0")  # the writer waits for the lock itself, off the loop's clock
         return connection
 
     def _checkpoint(self) -> None:

@@ -21,6 +21,13 @@ loop for up to tens of milliseconds (measured: 17 of 1,014 batches over 2 ms, on
 waited. The store turns SQLite's automatic checkpoint off on this connection and hands `checkpoint` here; it is run
 on the loop's executor thread at most every `CHECKPOINT_INTERVAL_S` while writes are being committed (SQLite
 releases the GIL while it copies and syncs).
+
+Waiting for another process's write lock (several workers on one SQLite file) does not stop the loop either:
+SQLite's busy handler sleeps inside BEGIN, in 1-100 ms steps, with every request in flight waiting. When the store
+gives an `is_busy` test, its connection does not wait (busy_timeout=0): a batch whose BEGIN finds the lock taken
+goes back in the queue and is retried `BUSY_RETRY_S` later, collecting the writes that arrive meanwhile; after
+`BUSY_TIMEOUT_S` of that it fails, as SQLite's own timeout did. Outside the loop (`write_now`, `close`) the wait
+is a plain sleep, as before.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ Work = Callable[[Run], Any]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL_S = 0.5
+BUSY_RETRY_S = 0.001
+BUSY_TIMEOUT_S = 10.0
 
 
 class _Failed:
@@ -48,8 +57,16 @@ class _Failed:
 
 
 class GroupCommitWriter:
-    def __init__(self, connect: Callable[[], Any], begin: str, checkpoint: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        begin: str,
+        checkpoint: Callable[[], None] | None = None,
+        is_busy: Callable[[BaseException], bool] | None = None,
+    ) -> None:
         self._connect = connect
+        self._is_busy = is_busy
+        self._busy_since: float | None = None
         self._begin = begin
         self._connection: Any = None
         self._lock = threading.Lock()
@@ -74,19 +91,22 @@ class GroupCommitWriter:
     def write_now(self, work: Callable[[Run], T]) -> T:
         """Run `work` in a transaction of its own, now (after anything queued), and return its result."""
         with self._lock:
-            self._flush_locked()
-            (outcome,) = self._commit([work])
+            self._flush_locked(wait=True)
+            outcomes = self._commit([work], wait=True)
+        assert outcomes is not None  # waiting, _commit either commits or fails
+        (outcome,) = outcomes
         if isinstance(outcome, _Failed):
             raise outcome.error
         return outcome  # type: ignore[no-any-return]
 
     def flush(self) -> None:
+        """The loop's end-of-turn callback: commit what is queued, or retry shortly if another process writes."""
         with self._lock:
-            self._flush_locked()
+            self._flush_locked(wait=False)
 
     def close(self) -> None:
         with self._lock:
-            self._flush_locked()
+            self._flush_locked(wait=True)
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
@@ -119,13 +139,19 @@ class GroupCommitWriter:
         finally:
             self._checkpoint_running = False
 
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, wait: bool) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         if not batch:
             return
         live = [(work, future) for work, future in batch if not future.cancelled()]
-        for (_work, future), outcome in zip(live, self._commit([work for work, _ in live]), strict=True):
+        outcomes = self._commit([work for work, _ in live], wait=wait)
+        if outcomes is None:  # another process holds the write lock: try again shortly, with what arrives meanwhile
+            self._pending = live
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(BUSY_RETRY_S, self.flush)
+            return
+        for (_work, future), outcome in zip(live, outcomes, strict=True):
             if future.cancelled():
                 continue
             if isinstance(outcome, _Failed):
@@ -133,8 +159,32 @@ class GroupCommitWriter:
             else:
                 future.set_result(outcome)
 
-    def _commit(self, works: list[Work]) -> list[Any]:
-        """Run every work item in one transaction; each item's result, or its `_Failed`, in order."""
+    def _begin_transaction(self, cursor: Any, wait: bool) -> bool:
+        """BEGIN; False if the write lock is another process's and `wait` is False (nothing has run then)."""
+        delay = BUSY_RETRY_S
+        while True:
+            try:
+                cursor.execute(self._begin)
+            except Exception as exc:
+                if self._is_busy is None or not self._is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if self._busy_since is None:
+                    self._busy_since = now
+                if now - self._busy_since >= BUSY_TIMEOUT_S:
+                    self._busy_since = None
+                    raise
+                if not wait:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            else:
+                self._busy_since = None
+                return True
+
+    def _commit(self, works: list[Work], wait: bool) -> list[Any] | None:
+        """Run every work item in one transaction; each item's result, or its `_Failed`, in order. None when
+        `wait` is False and another process holds the write lock: nothing ran, try again later."""
         if self._connection is None:
             self._connection = self._connect()
         cursor = self._connection.cursor()
@@ -145,7 +195,8 @@ class GroupCommitWriter:
 
         outcomes: list[Any] = []
         try:
-            cursor.execute(self._begin)
+            if not self._begin_transaction(cursor, wait):
+                return None
             try:
                 outcomes = [work(run) for work in works]
             except Exception:
