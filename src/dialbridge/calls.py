@@ -54,15 +54,23 @@ class CallDesk:
         self.clock = clock
         self._longest_pin_cached = policy.min_pin_length
         self._longest_pin_until = 0.0
+        self._flow_cached: CallFlow | None = None
+        self._flow_policy: CallPolicy | None = None
 
     def _flow(self) -> CallFlow:
-        return CallFlow(
-            input_url=self.policy.input_url,
-            pin_max_digits=self._longest_pin(),
-            input_timeout_s=self.policy.input_timeout_s,
-            attempts_per_call=self.policy.attempts_per_call,
-            prompts=self.policy.prompts,
-        )
+        """The call flow for the current longest PIN; it is immutable, so it is rebuilt only when that changes."""
+        pin_max_digits = self._longest_pin()
+        flow = self._flow_cached
+        if flow is None or flow.pin_max_digits != pin_max_digits or self._flow_policy is not self.policy:
+            self._flow_policy = self.policy
+            flow = self._flow_cached = CallFlow(
+                input_url=self.policy.input_url,
+                pin_max_digits=pin_max_digits,
+                input_timeout_s=self.policy.input_timeout_s,
+                attempts_per_call=self.policy.attempts_per_call,
+                prompts=self.policy.prompts,
+            )
+        return flow
 
     def _longest_pin(self) -> int:
         """maxDigits follows the longest PIN in use (PINs grow with the number of rooms). It changes only when the

@@ -8,7 +8,8 @@ portably, from the table definitions — and runs the compiled text itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Dialect
@@ -17,7 +18,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 
 class Prepared:
-    __slots__ = ("defaults", "names", "sql")
+    __slots__ = ("_pick", "defaults", "names", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -25,9 +26,20 @@ class Prepared:
         self.sql: str = compiled.string
         self.defaults: dict[str, Any] = dict(compiled.params)
         self.names: Sequence[str] | None = list(compiled.positiontup or ()) if compiled.positional else None
+        self._pick: Callable[[Mapping[str, Any]], Sequence[Any]] = _picker(self.names or ())
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         if self.names is None:
             return {**self.defaults, **values}
-        merged = {**self.defaults, **values}
-        return tuple(merged[name] for name in self.names)
+        return self._pick({**self.defaults, **values})
+
+
+def _picker(names: Sequence[str]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """The positional parameters, in order, from a mapping: `itemgetter` does it in C (a third of the cost of a
+    generator expression; these run three or four times per webhook)."""
+    if not names:
+        return lambda _merged: ()
+    if len(names) == 1:
+        (name,) = names
+        return lambda merged: (merged[name],)
+    return itemgetter(*names)

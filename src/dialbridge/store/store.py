@@ -157,6 +157,15 @@ class _Statements:
         self.insert_server_key = p(_insert_all(t.server_keys))
 
 
+SQLITE_BUSY = 5
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    """Another connection holds the write lock (SQLITE_BUSY or one of its extended codes)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == SQLITE_BUSY
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -166,7 +175,15 @@ class Store:
         self._readers = threading.local()
         self._held: list[Any] = []  # pool proxies of the connections in use, so the pool never hands them out
         self._held_lock = threading.Lock()
-        self._writer = GroupCommitWriter(self._open, "BEGIN IMMEDIATE" if self._is_sqlite else "BEGIN")
+        database = engine.url.database if self._is_sqlite else None
+        self._wal = bool(database) and database != ":memory:" and not str(database).startswith("file::memory:")
+        self._checkpointer: Any = None
+        if self._is_sqlite:
+            self._writer = GroupCommitWriter(
+                self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None, _sqlite_busy
+            )
+        else:
+            self._writer = GroupCommitWriter(self._open, "BEGIN")
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
     def _open(self) -> Any:
@@ -180,6 +197,20 @@ class Store:
         else:
             connection.autocommit = True
         return connection
+
+    def _open_writer(self) -> Any:
+        """The SQLite connection that commits: its checkpoints are the writer's to schedule (writer.py says why)."""
+        connection = self._open()
+        if self._wal:
+            connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute("PRAGMA busy_timeout=0")  # the writer waits for the lock itself, off the loop's clock
+        return connection
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file as far as readers allow; never waits for anyone."""
+        if self._checkpointer is None:
+            self._checkpointer = self._open()
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
     def _reader(self) -> Any:
         connection = getattr(self._readers, "connection", None)

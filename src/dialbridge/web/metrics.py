@@ -49,6 +49,25 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
+        self._request_counters: dict[tuple[str, str, str], Any] = {}
+        self._webhook_timers: dict[str, Any] = {}
+
+    def count_request(self, route: str, method: str, status: str) -> None:
+        """`requests.labels(...).inc()`, with the labelled child looked up in a dict of our own: `labels()` costs
+        a few microseconds (argument checks, a lock), paid on every webhook. The dict holds exactly the children
+        the metric itself holds, so it grows no further than the label set does."""
+        key = (route, method, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(route, method, status)
+        counter.inc()
+
+    def observe_webhook(self, webhook: str, seconds: float) -> None:
+        """`webhook_seconds.labels(webhook).observe(seconds)`, the child looked up as in `count_request`."""
+        timer = self._webhook_timers.get(webhook)
+        if timer is None:
+            timer = self._webhook_timers[webhook] = self.webhook_seconds.labels(webhook)
+        timer.observe(seconds)
 
 
 class RequestMetricsMiddleware:
