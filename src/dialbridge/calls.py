@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
-from dialbridge.conference.callflow import CallFlow, PinOutcome, Prompts
+from dialbridge.conference.callflow import CallerQuota, CallFlow, PinOutcome
 from dialbridge.conference.ncco import Ncco
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER, AnswerRequest, CallEvent, PinInput
 from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
-
-
-@dataclass(frozen=True, slots=True)
-class CallPolicy:
-    input_url: str
-    min_pin_length: int
-    input_timeout_s: int = 5
-    attempts_per_call: int = 3
-    caller_max_failures: int = 10
-    caller_window_s: float = 15 * 60
-    prompts: Prompts = field(default_factory=Prompts)
-
 
 LONGEST_PIN_TTL_S = 5.0
 
@@ -44,46 +32,40 @@ class CallDesk:
     def __init__(
         self,
         store: Store,
-        policy: CallPolicy,
+        flow: CallFlow,
+        quota: CallerQuota,
         clock: Callable[[], float],
         dial_outs: DialOutStore | None = None,
     ) -> None:
+        """`flow.pin_max_digits` is the shortest PIN length; the flow used grows with the longest PIN in use."""
         self.store = store
-        self.dial_outs = dial_outs
-        self.policy = policy
+        self.quota = quota
         self.clock = clock
-        self._longest_pin_cached = policy.min_pin_length
+        self.dial_outs = dial_outs
+        self._min_pin_length = flow.pin_max_digits
+        self._flow_now = flow
+        self._longest_pin_cached = flow.pin_max_digits
         self._longest_pin_until = 0.0
-        self._flow_cached: CallFlow | None = None
-        self._flow_policy: CallPolicy | None = None
 
     def _flow(self) -> CallFlow:
         """The call flow for the current longest PIN; it is immutable, so it is rebuilt only when that changes."""
         pin_max_digits = self._longest_pin()
-        flow = self._flow_cached
-        if flow is None or flow.pin_max_digits != pin_max_digits or self._flow_policy is not self.policy:
-            self._flow_policy = self.policy
-            flow = self._flow_cached = CallFlow(
-                input_url=self.policy.input_url,
-                pin_max_digits=pin_max_digits,
-                input_timeout_s=self.policy.input_timeout_s,
-                attempts_per_call=self.policy.attempts_per_call,
-                prompts=self.policy.prompts,
-            )
-        return flow
+        if self._flow_now.pin_max_digits != pin_max_digits:
+            self._flow_now = replace(self._flow_now, pin_max_digits=pin_max_digits)
+        return self._flow_now
 
     def _longest_pin(self) -> int:
         """maxDigits follows the longest PIN in use (PINs grow with the number of rooms). It changes only when the
         PIN length grows, so it is looked up at most once every few seconds rather than on every call."""
         now = time.monotonic()
         if now >= self._longest_pin_until:
-            self._longest_pin_cached = max(self.store.longest_pin(), self.policy.min_pin_length)
+            self._longest_pin_cached = max(self.store.longest_pin(), self._min_pin_length)
             self._longest_pin_until = now + LONGEST_PIN_TTL_S
         return self._longest_pin_cached
 
     def _failures(self, uuid: str, caller: str, now: float) -> tuple[int, int]:
-        on_call, by_caller = self.store.pin_failures(uuid, caller, now - self.policy.caller_window_s)
-        return on_call, self.policy.caller_max_failures - by_caller
+        on_call, by_caller = self.store.pin_failures(uuid, caller, now - self.quota.window_s)
+        return on_call, self.quota.max_failures - by_caller
 
     async def answer(self, request: AnswerRequest) -> Ncco:
         now = self.clock()

@@ -30,6 +30,14 @@ class Prompts:
     locked_out: str = "Sorry, too many wrong PINs have been entered from this number. Please try later. Goodbye."
 
 
+@dataclass(frozen=True, slots=True)
+class CallerQuota:
+    """Wrong PIN guesses one caller number may make within a sliding window before it is refused outright."""
+
+    max_failures: int = 10
+    window_s: float = 15 * 60
+
+
 class PinOutcome(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"  # counts as a failure; the caller may try again

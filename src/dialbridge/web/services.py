@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from dialbridge.calls import CallDesk, CallPolicy
+from dialbridge.calls import CallDesk
+from dialbridge.conference.callflow import CallerQuota, CallFlow
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.config import Backend, Settings
 from dialbridge.dialout import DialOuts
@@ -62,14 +63,13 @@ def build_services(
         else store.server_key("participant_token_secret", new_secret, clock())
     )
     signatures = WebhookSignatures(settings.signature_secret.get_secret_value()) if settings.signature_secret else None
-    policy = CallPolicy(
+    flow = CallFlow(
         input_url=settings.base_url + INPUT_PATH,
-        min_pin_length=settings.pin_length,
+        pin_max_digits=settings.pin_length,
         input_timeout_s=settings.pin_input_timeout_s,
         attempts_per_call=settings.pin_attempts_per_call,
-        caller_max_failures=settings.caller_max_failures,
-        caller_window_s=settings.caller_failure_window_s,
     )
+    quota = CallerQuota(max_failures=settings.caller_max_failures, window_s=settings.caller_failure_window_s)
     pins = PinPolicy(min_length=settings.pin_length, max_fill=settings.pin_max_fill)
     dial_out_store = DialOutStore(engine)
     return Services(
@@ -79,7 +79,7 @@ def build_services(
         platform=platform,
         hub=hub,
         rooms=RoomDirectory(store, platform, pins, clock),
-        calls=CallDesk(store, policy, clock, dial_out_store),
+        calls=CallDesk(store, flow, quota, clock, dial_out_store),
         dial_outs=DialOuts(dial_out_store, platform, settings, clock),
         tokens=ParticipantTokens(secret, settings.token_ttl_s),
         signatures=signatures,
