@@ -202,7 +202,7 @@ class GroupCommitWriter:
             except Exception:
                 # Someone's write failed: start again, each write in its own savepoint this time.
                 cursor.execute("ROLLBACK")
-                cursor.execute(self._begin)
+                self._begin_transaction(cursor, wait=True)  # rare path: a short wait for the lock is fine here
                 outcomes = []
                 for work in works:
                     cursor.execute("SAVEPOINT write")
