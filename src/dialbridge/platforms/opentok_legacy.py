@@ -10,22 +10,20 @@ from typing import Any
 from opentok import Client, MediaModes, Roles
 from opentok.exceptions import ForceDisconnectError
 
-from dialbridge.platforms.base import BrowserConfig, ConnectionGone, PlatformError, SipCall, SipDial
+from dialbridge.platforms.base import ConnectionGone, PlatformError, SipCall, SipDial
 from dialbridge.platforms.vonage import (
     HTTP_TIMEOUT_S,
+    SIP_DIAL,
+    VonageVideoBase,
     call_vonage,
-    failure_detail,
-    participant_connection_data,
     token_expiry,
 )
 
 
-class LegacyOpenTokVideo:
-    name = "vonage"
-    supports_sip = True
-
+class LegacyOpenTokVideo(VonageVideoBase):
     def __init__(self, *, api_key: str, api_secret: str, api_url: str, browser_sdk_url: str, token_ttl_s: int) -> None:
         self.api_key = api_key
+        self.browser_api_key = api_key
         self.browser_sdk_url = browser_sdk_url
         self.token_ttl_s = token_ttl_s
         self._client = Client(api_key, api_secret, api_url=api_url, timeout=HTTP_TIMEOUT_S)
@@ -42,28 +40,16 @@ class LegacyOpenTokVideo:
         )
         return token.decode() if isinstance(token, bytes) else token
 
-    def browser_config(self, *, session_id: str, room_id: str, participant_token: str, now: float) -> BrowserConfig:
-        return BrowserConfig(
-            sdk_url=self.browser_sdk_url,
-            api_key=self.api_key,
-            session_id=session_id,
-            token=self.client_token(session_id, participant_connection_data(room_id, participant_token)),
-        )
-
     async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall:
-        what = "placing the SIP call at Vonage"
-        try:
-            token = self.client_token(session_id, dial.token_data)
-        except Exception as exc:
-            raise PlatformError(what, failure_detail(exc)) from exc
+        token = self.sip_token(session_id, dial)
         options: dict[str, Any] = {"headers": dict(dial.headers), "secure": dial.secure}
         if dial.from_:
             options["from"] = dial.from_
         if dial.username and dial.password:
             options["auth"] = {"username": dial.username, "password": dial.password}
-        placed: Any = await call_vonage(what, lambda: self._client.dial(session_id, token, dial.uri, options))
+        placed: Any = await call_vonage(SIP_DIAL, lambda: self._client.dial(session_id, token, dial.uri, options))
         if not placed.connectionId:
-            raise PlatformError(what, "Vonage's answer names no connection id")
+            raise PlatformError(SIP_DIAL, "Vonage's answer names no connection id")
         return SipCall(call_id=str(placed.id or ""), connection_id=str(placed.connectionId), stream_id=placed.streamId)
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:

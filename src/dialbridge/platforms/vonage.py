@@ -82,10 +82,37 @@ class _ClientsPerThread:
         return clients[purpose]
 
 
-class VonageVideo:
+SIP_DIAL = "placing the SIP call at Vonage"
+
+
+class VonageVideoBase:
+    """What both Vonage SDK adapters share: the browser's arguments and the token a SIP call joins with."""
+
     name = "vonage"
     supports_sip = True
+    browser_api_key: str  # what OT.initSession takes: the application id, or the legacy API key
+    browser_sdk_url: str
+    token_ttl_s: int
 
+    def client_token(self, session_id: str, connection_data: str) -> str:
+        raise NotImplementedError
+
+    def browser_config(self, *, session_id: str, room_id: str, participant_token: str, now: float) -> BrowserConfig:
+        return BrowserConfig(
+            sdk_url=self.browser_sdk_url,
+            api_key=self.browser_api_key,
+            session_id=session_id,
+            token=self.client_token(session_id, participant_connection_data(room_id, participant_token)),
+        )
+
+    def sip_token(self, session_id: str, dial: SipDial) -> str:
+        try:
+            return self.client_token(session_id, dial.token_data)
+        except Exception as exc:
+            raise PlatformError(SIP_DIAL, failure_detail(exc)) from exc
+
+
+class VonageVideo(VonageVideoBase):
     def __init__(
         self,
         *,
@@ -97,6 +124,7 @@ class VonageVideo:
         token_ttl_s: int,
     ) -> None:
         self.application_id = application_id
+        self.browser_api_key = application_id
         self.browser_sdk_url = browser_sdk_url
         self.token_ttl_s = token_ttl_s
 
@@ -124,29 +152,17 @@ class VonageVideo:
         token: bytes | str = self._token_client.video.generate_client_token(options)
         return token.decode() if isinstance(token, bytes) else token
 
-    def browser_config(self, *, session_id: str, room_id: str, participant_token: str, now: float) -> BrowserConfig:
-        return BrowserConfig(
-            sdk_url=self.browser_sdk_url,
-            api_key=self.application_id,
-            session_id=session_id,
-            token=self.client_token(session_id, participant_connection_data(room_id, participant_token)),
-        )
-
     async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall:
-        what = "placing the SIP call at Vonage"
-        try:
-            token = self.client_token(session_id, dial.token_data)
-        except Exception as exc:
-            raise PlatformError(what, failure_detail(exc)) from exc
+        token = self.sip_token(session_id, dial)
         auth = SipAuth(username=dial.username, password=dial.password) if dial.username and dial.password else None
         request = InitiateSipRequest(
             session_id=session_id,
             token=token,
             sip=SipOptions(uri=dial.uri, from_=dial.from_, headers=dict(dial.headers), auth=auth, secure=dial.secure),
         )
-        placed: Any = await call_vonage(what, lambda: self._clients.get("calls").video.initiate_sip_call(request))
+        placed: Any = await call_vonage(SIP_DIAL, lambda: self._clients.get("calls").video.initiate_sip_call(request))
         if not placed.connection_id:
-            raise PlatformError(what, "Vonage's answer names no connection id")
+            raise PlatformError(SIP_DIAL, "Vonage's answer names no connection id")
         return SipCall(call_id=str(placed.id or ""), connection_id=placed.connection_id, stream_id=placed.stream_id)
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:
