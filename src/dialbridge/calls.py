@@ -84,9 +84,10 @@ class CallDesk:
 
     async def pin_entered(self, entry: PinInput) -> Ncco:
         now = self.clock()
-        on_call, guesses_left = self._failures(entry.call.uuid, entry.call.caller, now)
+        since = now - self.quota.window_s
+        on_call, by_caller, room = self.store.pin_entry(entry.call.uuid, entry.call.caller, since, entry.digits)
+        guesses_left = self.quota.max_failures - by_caller
         guessed = bool(entry.digits)
-        room = self.store.room_by_pin(entry.digits) if guessed and guesses_left > 0 else None
         decision = self._flow().pin_entered(
             guessed=guessed, room=room, failures_on_call=on_call, caller_guesses_left=guesses_left
         )

@@ -152,6 +152,10 @@ class _Statements:
             .scalar_subquery()
         )
         self.pin_failures = p(select(on_call, by_caller))
+        # What the input webhook needs, in one round trip: the two counts and the room the digits are the PIN of.
+        pin_room = select(rooms.room_id).where(rooms.pin == bindparam("pin"), COMPLETE).scalar_subquery()
+        pin_session = select(rooms.session_id).where(rooms.pin == bindparam("pin"), COMPLETE).scalar_subquery()
+        self.pin_entry = p(select(on_call, by_caller, pin_room, pin_session))
 
         self.server_key = p(select(t.server_keys.c.value).where(t.server_keys.c.name == bindparam("name")))
         self.insert_server_key = p(_insert_all(t.server_keys))
@@ -398,6 +402,14 @@ class Store:
             self._upsert_call(run, call, call_status, now, room_id=room_id)
 
         return self._write(record)
+
+    def pin_entry(self, call_uuid: str, caller: str, since: float, pin: str) -> tuple[int, int, Room | None]:
+        """`pin_failures` and `room_by_pin(pin)` together, in one statement."""
+        row = self._first(self._sql.pin_entry, uuid=call_uuid, caller=caller, since=since, pin=pin)
+        if row is None:
+            return 0, 0, None
+        room = Room(row[2], row[3], pin) if row[2] is not None else None
+        return int(row[0] or 0), int(row[1] or 0), room
 
     def pin_failures(self, call_uuid: str, caller: str, since: float) -> tuple[int, int]:
         """(failed entries on this call, wrong guesses from this caller number since `since`)."""
