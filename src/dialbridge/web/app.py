@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -36,7 +37,14 @@ def create_app(
     for warning in settings.warnings():
         log.warning("%s", warning)
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Requests have finished (uvicorn waits for them); commit anything still queued, close the connections.
+        services.store.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="dialbridge",
         version=__version__,
         default_response_class=JsonResponse,
