@@ -70,6 +70,8 @@ def doctor(settings: Settings) -> int:
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
+    from dialbridge.web.http import JoiningHttpToolsProtocol
+
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
@@ -93,6 +95,7 @@ def serve(settings: Settings, workers: int) -> int:
         log_level="info",
         access_log=False,
         proxy_headers=True,
+        http=JoiningHttpToolsProtocol,
     )
     return 0
 
