@@ -98,7 +98,6 @@ class _Statements:
 
         rooms, calls, attempts = t.rooms.c, t.calls.c, t.pin_attempts.c
         self.room_by_id = p(select(*ROOM_COLUMNS).where(rooms.room_id == bindparam("key"), COMPLETE))
-        self.room_by_pin = p(select(*ROOM_COLUMNS).where(rooms.pin == bindparam("key"), COMPLETE))
         self.room_by_session = p(select(*ROOM_COLUMNS).where(rooms.session_id == bindparam("key"), COMPLETE))
         self.room_count = p(select(func.count()).select_from(t.rooms))
         self.longest_pin = p(select(func.max(func.length(rooms.pin))))
@@ -255,9 +254,6 @@ class Store:
     def room(self, room_id: str) -> Room | None:
         return self._room(self._sql.room_by_id, room_id)
 
-    def room_by_pin(self, pin: str) -> Room | None:
-        return self._room(self._sql.room_by_pin, pin)
-
     def room_by_session(self, session_id: str) -> Room | None:
         return self._room(self._sql.room_by_session, session_id)
 
@@ -404,7 +400,7 @@ class Store:
         return self._write(record)
 
     def pin_entry(self, call_uuid: str, caller: str, since: float, pin: str) -> tuple[int, int, Room | None]:
-        """`pin_failures` and `room_by_pin(pin)` together, in one statement."""
+        """`pin_failures` and the room `pin` is the PIN of, together, in one statement."""
         row = self._first(self._sql.pin_entry, uuid=call_uuid, caller=caller, since=since, pin=pin)
         if row is None:
             return 0, 0, None
