@@ -63,17 +63,14 @@ class CallDesk:
             self._longest_pin_until = now + LONGEST_PIN_TTL_S
         return self._longest_pin_cached
 
-    def _failures(self, uuid: str, caller: str, now: float) -> tuple[int, int]:
-        on_call, by_caller = self.store.pin_failures(uuid, caller, now - self.quota.window_s)
-        return on_call, self.quota.max_failures - by_caller
-
     async def answer(self, request: AnswerRequest) -> Ncco:
         now = self.clock()
         session_id = request.session_header
         bridge_room = self.store.room_by_session(session_id) if session_id else None
         guesses_left = 1
         if bridge_room is None:
-            _, guesses_left = self._failures(request.call.uuid, request.call.caller, now)
+            _, by_caller = self.store.pin_failures(request.call.uuid, request.call.caller, now - self.quota.window_s)
+            guesses_left = self.quota.max_failures - by_caller
         ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)

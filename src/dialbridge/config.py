@@ -79,10 +79,6 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return self.public_base_url or f"http://{host}:{self.port}"
 
-    @property
-    def uses_legacy_opentok(self) -> bool:
-        return self.vonage_application_id is None and self.vonage_api_key is not None
-
     def private_key_pem(self) -> str | None:
         """The Vonage private key as PEM text, read from the file when the setting is a path."""
         if self.vonage_private_key is None:

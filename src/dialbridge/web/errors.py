@@ -8,7 +8,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dialbridge.conference.webhooks import PayloadError
 from dialbridge.platforms.base import NotSupported, PlatformError
 from dialbridge.tokens import TokenError
 from dialbridge.web.responses import JsonResponse
@@ -61,10 +60,6 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         message = str(first.get("msg", "invalid request"))
         return error_response(422, "invalid_payload", f"{where}: {message}" if where else message)
-
-    @app.exception_handler(PayloadError)
-    async def _payload(_: Request, exc: PayloadError) -> JsonResponse:
-        return error_response(422, "invalid_payload", str(exc))
 
     @app.exception_handler(TokenError)
     async def _token(_: Request, exc: TokenError) -> JsonResponse:

@@ -94,7 +94,7 @@ class RequestMetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.count_request(template, scope["method"], str(status))
 
 
 def timed() -> float:

@@ -12,7 +12,6 @@ route template.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput
@@ -84,8 +83,6 @@ class WebhookEndpoints:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         webhook = WEBHOOKS.get(scope["path"]) if scope["type"] == "http" else None
         if webhook is None:
-            if scope["type"] == "lifespan":
-                send = _freeze_after_startup(send)
             await self.app(scope, receive, send)
             return
         started = timed()
@@ -132,22 +129,6 @@ class WebhookEndpoints:
         if not isinstance(fields, dict):
             raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
         return fields
-
-
-def _freeze_after_startup(send: Send) -> Send:
-    """Once the application has started, move everything alive to the collector's permanent generation.
-
-    What start-up loads (FastAPI, pydantic, SQLAlchemy, Alembic: some 150,000 tracked objects) lives as long as
-    the process, but every full collection walked it again: measured in-process, each took ~100 ms with the event
-    loop stopped, every few thousand webhooks, and every request in flight waited. Frozen, they are skipped; what
-    the requests allocate later is collected as before."""
-
-    async def send_then_freeze(message: Message) -> None:
-        await send(message)
-        if message["type"] == "lifespan.startup.complete":
-            gc.freeze()
-
-    return send_then_freeze
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
