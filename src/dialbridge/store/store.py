@@ -1,8 +1,10 @@
 """`Store`: every read and write dialbridge makes of rooms, calls, PIN attempts and server keys.
 
 SQL is compiled once from the table definitions and run on connections the store keeps open (prepared.py says
-why). Reads are synchronous, in autocommit, on a connection of the calling thread: on SQLite an indexed read takes
-a few microseconds, cheaper than a hop to a worker thread, so the async web layer calls them inline. Writes go to
+why). Reads are synchronous: on SQLite an indexed read takes a few microseconds, cheaper than a hop to a worker
+thread, so the async web layer calls them inline. On the event loop they run on the writer's connection in one
+snapshot per loop turn (`GroupCommitWriter.read` says why); elsewhere (threads, start-up) each is its own
+transaction on a connection of the calling thread. Writes go to
 the group-commit writer (writer.py): the call paths' writes are awaited and share one transaction per turn of
 the event loop; room creation, which must know the outcome before it goes on, writes at once. Write transactions
 are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front instead of failing half-way.
@@ -10,6 +12,7 @@ are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front ins
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -163,6 +166,14 @@ class _Statements:
 SQLITE_BUSY = 5
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _sqlite_busy(exc: BaseException) -> bool:
     """Another connection holds the write lock (SQLITE_BUSY or one of its extended codes)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -222,6 +233,8 @@ class Store:
         return connection
 
     def _fetch(self, statement: Prepared, **values: Any) -> list[Sequence[Any]]:
+        if self._is_sqlite and _on_event_loop():
+            return self._writer.read(statement.sql, statement.parameters(values))
         cursor = self._reader().cursor()
         try:
             cursor.execute(statement.sql, statement.parameters(values))

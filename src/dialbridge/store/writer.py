@@ -88,6 +88,41 @@ class GroupCommitWriter:
                 loop.call_soon(self.flush)
         return future
 
+    def read(self, sql: str, parameters: Any) -> list[Any]:
+        """Run a query on the writer's own connection, inside this loop turn's read snapshot.
+
+        Why the writer's connection: SQLite throws a connection's page cache away whenever the database changed
+        since its last transaction. A separate reader connection saw a change after every one of this process's
+        commits, so each lookup re-read its B-tree pages; the connection that made the change keeps its cache.
+        Why a snapshot per turn: starting a read transaction takes the WAL's read lock (fcntl on the -shm file)
+        and, after another process's commit, drops the cache too — once per turn instead of once per query. A
+        turn's reads see the database as it was at the first of them, which is all they could see anyway (the
+        turn's writes commit at its end), and every commit here ends the snapshot, so a later read sees it.
+        Call only with a running event loop; other threads keep connections of their own (store.py).
+        """
+        with self._lock:
+            if self._connection is None:
+                self._connection = self._connect()
+            connection = self._connection
+            if not connection.in_transaction:
+                connection.execute("BEGIN")
+                asyncio.get_running_loop().call_soon(self._end_read)
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, parameters)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def _end_read(self) -> None:
+        with self._lock:
+            self._end_snapshot()
+
+    def _end_snapshot(self) -> None:
+        """End the read snapshot, if one is open (outside `_commit` a transaction here is only ever a read)."""
+        if self._connection is not None and self._connection.in_transaction:
+            self._connection.execute("COMMIT")
+
     def write_now(self, work: Callable[[Run], T]) -> T:
         """Run `work` in a transaction of its own, now (after anything queued), and return its result."""
         with self._lock:
@@ -107,6 +142,7 @@ class GroupCommitWriter:
     def close(self) -> None:
         with self._lock:
             self._flush_locked(wait=True)
+            self._end_snapshot()
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
@@ -187,6 +223,7 @@ class GroupCommitWriter:
         `wait` is False and another process holds the write lock: nothing ran, try again later."""
         if self._connection is None:
             self._connection = self._connect()
+        self._end_snapshot()
         cursor = self._connection.cursor()
 
         def run(statement: Any, **values: Any) -> Any:
