@@ -1,5 +1,7 @@
 -- Replays pre-signed webhook requests (one per line: method, path, authorization, body; tab-separated).
 -- JWTs cannot be made in wrk's Lua, so bench/webhooks.py signs a pool of requests just before the run.
+-- No response() callback: wrk counts non-2xx answers itself (errors.status), and a Lua callback on every
+-- response makes wrk hand each one's headers to Lua, CPU taken from the server on a 2-core machine.
 local requests = {}
 local index = 0
 
@@ -20,11 +22,6 @@ end
 function request()
   index = index % #requests + 1
   return requests[index]
-end
-
-local statuses = {}
-function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
 end
 
 function done(summary, latency, requests)

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
         f"latency: p50 {int(figures['p50_us']) / 1000:.2f} ms  p90 {int(figures['p90_us']) / 1000:.2f} ms  "
         f"p99 {int(figures['p99_us']) / 1000:.2f} ms  max {int(figures['max_us']) / 1000:.2f} ms"
     )
-    print(f"non-2xx or failed requests: {errors}")
+    print(f"error answers (4xx/5xx), failed or timed-out requests: {errors}")
     if errors:
         log = (work / "server.log").read_text().splitlines()
         print("server log (last error lines):", *[line for line in log if "rror" in line][-5:], sep="\n  ")
