@@ -47,6 +47,17 @@ def _b64url(segment: str) -> bytes:
         raise SignatureError("webhook signature rejected: malformed token") from None
 
 
+def _json_segment(segment: str) -> dict[str, Any]:
+    """A JWT segment holding a JSON object (the header, the claims)."""
+    try:
+        value = orjson.loads(_b64url(segment))
+    except orjson.JSONDecodeError:
+        raise SignatureError("webhook signature rejected: malformed token") from None
+    if not isinstance(value, dict):
+        raise SignatureError("webhook signature rejected: malformed token")
+    return value
+
+
 class WebhookSignatures:
     def __init__(self, secret: str, leeway_s: int = 300) -> None:
         self._secret = secret
@@ -69,12 +80,7 @@ class WebhookSignatures:
         header_b64, claims_b64, signature_b64 = parts
         if header_b64 not in self._good_headers:
             self._check_header(header_b64)
-        try:
-            claims = orjson.loads(_b64url(claims_b64))
-        except orjson.JSONDecodeError:
-            raise SignatureError("webhook signature rejected: malformed token") from None
-        if not isinstance(claims, dict):
-            raise SignatureError("webhook signature rejected: malformed token")
+        claims = _json_segment(claims_b64)
         expected = hmac.digest(self._key, f"{header_b64}.{claims_b64}".encode(), "sha256")
         if not hmac.compare_digest(expected, _b64url(signature_b64)):
             raise SignatureError("webhook signature rejected: signature does not match the signature secret")
@@ -85,12 +91,7 @@ class WebhookSignatures:
         return claims
 
     def _check_header(self, header_b64: str) -> None:
-        try:
-            header = orjson.loads(_b64url(header_b64))
-        except orjson.JSONDecodeError:
-            raise SignatureError("webhook signature rejected: malformed token") from None
-        if not isinstance(header, dict):
-            raise SignatureError("webhook signature rejected: malformed token")
+        header = _json_segment(header_b64)
         if header.get("alg") != ALGORITHM:
             raise SignatureError(f"webhook signature rejected: algorithm must be {ALGORITHM}")
         if len(self._good_headers) < MAX_REMEMBERED_HEADERS:
