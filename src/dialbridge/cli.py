@@ -70,7 +70,7 @@ def doctor(settings: Settings) -> int:
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
-    from dialbridge.web.http import JoiningHttpToolsProtocol
+    from dialbridge.web.http import DialbridgeHttpProtocol
 
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
@@ -95,7 +95,7 @@ def serve(settings: Settings, workers: int) -> int:
         log_level="info",
         access_log=False,
         proxy_headers=True,
-        http=JoiningHttpToolsProtocol,
+        http=DialbridgeHttpProtocol,
     )
     return 0
 

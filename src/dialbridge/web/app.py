@@ -79,10 +79,10 @@ class DialbridgeApp:
         self.api = api
         self.state = api.state
         self.services = services
-        self._entry = WebhookEndpoints(api, services)
+        self.webhook_endpoints = WebhookEndpoints(api, services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._entry(scope, receive, send)
+        await self.webhook_endpoints(scope, receive, send)
 
 
 def app_from_environment() -> DialbridgeApp:

@@ -38,6 +38,10 @@ class WebhookRefused(Exception):
         self.headers = headers or {}
 
 
+def too_large() -> WebhookRefused:
+    return WebhookRefused(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
+
+
 async def _answer(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
     return 200, ncco_json(await svc.calls.answer(AnswerRequest.parse(fields)))
 
@@ -73,8 +77,18 @@ WEBHOOKS: dict[str, Webhook] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookAnswer:
+    status: int
+    content: bytes
+    headers: Mapping[str, str]
+
+
 class WebhookEndpoints:
-    """Serves the webhook paths; every other request goes on to `app`."""
+    """Serves the webhook paths; every other request goes on to `app`.
+
+    `answer` is the whole of a webhook once its bytes are in hand; the ASGI entry below and the HTTP protocol's
+    direct path (web/http.py) both end there, so both give the same answers, errors and metrics."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
@@ -85,37 +99,69 @@ class WebhookEndpoints:
         if webhook is None:
             await self.app(scope, receive, send)
             return
-        started = timed()
-        svc = self.services
         method = scope["method"]
+        answer = self.refuse_early(webhook, method, _header(scope, b"content-length"))
+        if answer is None:
+            try:
+                payload = scope["query_string"] if method == "GET" else await _read_body(receive)
+            except WebhookRefused as refusal:
+                answer = self.refused(webhook, method, refusal)
+            else:
+                answer = await self.answer(webhook, method, payload, _header(scope, b"authorization"))
+        headers = [(key.encode(), value.encode()) for key, value in answer.headers.items()]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.content})
+
+    def refuse_early(self, webhook: Webhook, method: str, content_length: str | None) -> WebhookAnswer | None:
+        """The answer to a request refused before its body is read (wrong method, body declared too large)."""
+        if method not in webhook.methods:
+            allowed = ", ".join(sorted(webhook.methods))
+            return self.refused(
+                webhook, method, WebhookRefused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
+            )
+        if content_length is not None and content_length.isdigit() and int(content_length) > MAX_BODY:
+            return self.refused(webhook, method, too_large())
+        return None
+
+    def refused(self, webhook: Webhook, method: str, refusal: WebhookRefused) -> WebhookAnswer:
+        body = {"error": {"code": refusal.code, "message": refusal.message}}
+        return self._answered(webhook, method, refusal.status, body, refusal.headers)
+
+    async def answer(self, webhook: Webhook, method: str, payload: bytes, authorization: str | None) -> WebhookAnswer:
+        """Check the signature, parse, act, and say what to send back: never raises."""
+        started = timed()
         try:
-            if method not in webhook.methods:
-                allowed = ", ".join(sorted(webhook.methods))
-                raise WebhookRefused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
-            fields = await self._signed_fields(scope, receive, method)
-            status, body = await webhook.handle(svc, fields)
+            fields = self._signed_fields(payload, authorization, method)
+            status, body = await webhook.handle(self.services, fields)
         except WebhookRefused as refusal:
-            status, body = refusal.status, {"error": {"code": refusal.code, "message": refusal.message}}
-            extra = refusal.headers
+            return self.refused(webhook, method, refusal)
         except PayloadError as exc:
-            status, body, extra = 422, {"error": {"code": "invalid_payload", "message": str(exc)}}, {}
+            return self._answered(webhook, method, 422, {"error": {"code": "invalid_payload", "message": str(exc)}})
         except Exception:
             log.exception("webhook %s failed", webhook.name)
             message = "internal error; the server log has the details"
-            status, body, extra = 500, {"error": {"code": "internal_error", "message": message}}, {}
-        else:
-            extra = {}
-            svc.metrics.observe_webhook(webhook.name, timed() - started)
-        await _respond(send, status, body, extra)
-        svc.metrics.count_request(webhook.template, method, str(status))
+            return self._answered(webhook, method, 500, {"error": {"code": "internal_error", "message": message}})
+        self.services.metrics.observe_webhook(webhook.name, timed() - started)
+        return self._answered(webhook, method, status, body)
 
-    async def _signed_fields(self, scope: Scope, receive: Receive, method: str) -> Mapping[str, Any]:
+    def _answered(
+        self, webhook: Webhook, method: str, status: int, body: Any, extra: Mapping[str, str] | None = None
+    ) -> WebhookAnswer:
+        self.services.metrics.count_request(webhook.template, method, str(status))
+        content = b"" if body is None else orjson.dumps(body)
+        headers = {"content-length": str(len(content))}
+        if body is not None:
+            headers["content-type"] = "application/json"
+        if extra:
+            headers.update(extra)
+        return WebhookAnswer(status, content, headers)
+
+    def _signed_fields(self, payload: bytes, authorization: str | None, method: str) -> Mapping[str, Any]:
         """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required."""
-        payload = scope["query_string"] if method == "GET" else await _read_body(scope, receive)
         signatures = self.services.signatures
         if signatures is not None:
             try:
-                signatures.verify(_header(scope, b"authorization"), payload)
+                signatures.verify(authorization, payload)
             except SignatureError as exc:
                 raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
         if method == "GET":
@@ -138,11 +184,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive) -> bytes:
-    too_large = WebhookRefused(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
-    declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_large
+async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -152,17 +194,7 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
-            raise too_large
+            raise too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _respond(send: Send, status: int, body: Any, extra: Mapping[str, str]) -> None:
-    content = b"" if body is None else orjson.dumps(body)
-    headers = [(b"content-length", str(len(content)).encode())]
-    if body is not None:
-        headers.append((b"content-type", b"application/json"))
-    headers.extend((key.encode(), value.encode()) for key, value in extra.items())
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
