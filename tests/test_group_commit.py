@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, insert, select
 
+from dialbridge.store import store as store_module
 from dialbridge.store import tables as t
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.prepared import Prepared
@@ -124,3 +126,38 @@ def test_a_failing_write_leaves_no_trace_and_the_rest_of_its_batch_commits(tmp_p
     assert isinstance(failed, sqlite3.IntegrityError)
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",)]
+
+
+def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process reading throughout every commit keeps SQLite from starting the log over by itself; the
+    store's checkpoint makes sure the next commit does, once the log has grown past its threshold."""
+    monkeypatch.setattr(store_module, "WAL_REWIND_FRAMES", 50)
+    statement = key_insert(store)
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, check_same_thread=False)
+
+    def write(name: str) -> None:
+        store._write_now(lambda run: run(statement, name=name, value="v"))
+
+    for n in range(200):
+        other.execute("BEGIN")
+        other.execute("SELECT count(*) FROM server_keys").fetchone()  # a snapshot held across the commit
+        write(f"key-{n}")
+        other.execute("COMMIT")
+    # As under load: when the checkpoint runs, a reader still uses a snapshot older than the last commit.
+    other.execute("BEGIN")
+    other.execute("SELECT count(*) FROM server_keys").fetchone()
+    write("last-before-checkpoint")
+    release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
+    release.start()
+    store._checkpoint()
+    release.join()
+    write("first-after-checkpoint")
+
+    probe = sqlite3.connect(tmp_path / "db.sqlite")
+    _busy, log_frames, _copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    probe.close()
+    other.close()
+    assert log_frames < 10  # started over, not appended after 200 commits' frames
+    assert len(stored_keys(store)) == 202
