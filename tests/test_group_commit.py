@@ -134,6 +134,7 @@ def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
     """Another process reading throughout every commit keeps SQLite from starting the log over by itself; the
     store's checkpoint makes sure the next commit does, once the log has grown past its threshold."""
     monkeypatch.setattr(store_module, "WAL_REWIND_FRAMES", 50)
+    monkeypatch.setattr(store_module, "WAL_REWIND_WAIT_MS", 5000)  # the mechanism, not the timing, on trial here
     statement = key_insert(store)
     other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, check_same_thread=False)
 
