@@ -69,7 +69,7 @@ class CallDesk:
         bridge_room = self.store.room_by_session(session_id) if session_id else None
         guesses_left = 1
         if bridge_room is None:
-            _, by_caller = self.store.pin_failures(request.call.uuid, request.call.caller, now - self.quota.window_s)
+            by_caller = self.store.caller_failures(request.call.caller, now - self.quota.window_s)
             guesses_left = self.quota.max_failures - by_caller
         ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, insert, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dialbridge.conference.rooms import Room
@@ -154,10 +154,15 @@ class _Statements:
             .scalar_subquery()
         )
         self.pin_failures = p(select(on_call, by_caller))
-        # What the input webhook needs, in one round trip: the two counts and the room the digits are the PIN of.
-        pin_room = select(rooms.room_id).where(rooms.pin == bindparam("pin"), COMPLETE).scalar_subquery()
-        pin_session = select(rooms.session_id).where(rooms.pin == bindparam("pin"), COMPLETE).scalar_subquery()
-        self.pin_entry = p(select(on_call, by_caller, pin_room, pin_session))
+        self.caller_failures = p(select(by_caller))
+        # What the input webhook needs, in one round trip: the two counts and the room the digits are the PIN of
+        # (an outer join, so the PIN index is walked once for both of the room's columns).
+        pin_room = select(rooms.room_id, rooms.session_id).where(rooms.pin == bindparam("pin"), COMPLETE).subquery()
+        self.pin_entry = p(
+            select(on_call, by_caller, pin_room.c.room_id, pin_room.c.session_id)
+            .select_from(select(literal(1).label("one")).subquery())
+            .outerjoin(pin_room, true())
+        )
 
         self.server_key = p(select(t.server_keys.c.value).where(t.server_keys.c.name == bindparam("name")))
         self.insert_server_key = p(_insert_all(t.server_keys))
@@ -436,6 +441,10 @@ class Store:
             return 0, 0, None
         room = Room(row[2], row[3], pin) if row[2] is not None else None
         return int(row[0] or 0), int(row[1] or 0), room
+
+    def caller_failures(self, caller: str, since: float) -> int:
+        """Wrong guesses from this caller number since `since` (what answering a call needs to know)."""
+        return int(self._scalar(self._sql.caller_failures, caller=caller, since=since) or 0)
 
     def pin_failures(self, call_uuid: str, caller: str, since: float) -> tuple[int, int]:
         """(failed entries on this call, wrong guesses from this caller number since `since`)."""
