@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from dialbridge.store.store import Store
 from tests.helpers import answer, enter, make_room
 
 DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
@@ -96,3 +99,23 @@ def test_serve_refuses_several_workers_on_the_embedded_backend(tmp_path: Path) -
     result = run_cli("serve", "--workers", "2", tmp_path=tmp_path)
     assert result.returncode == 2
     assert "one worker" in result.stderr and "DIALBRIDGE_BACKEND=vonage" in result.stderr
+
+
+def test_rooms_are_counted_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting rooms scans the whole table (milliseconds at a million rooms): neither a scrape nor a room's
+    creation may do it on the event loop, where every webhook in flight would wait for it."""
+    on_loop: list[bool] = []
+    count_rooms = Store.room_count
+
+    def recording(self: Store) -> int:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return count_rooms(self)
+
+    monkeypatch.setattr(Store, "room_count", recording)
+    assert client.post("/api/rooms", json={"room_id": "counted"}).status_code == 201
+    assert client.get("/metrics").status_code == 200
+    assert len(on_loop) == 2 and not any(on_loop)
