@@ -51,8 +51,10 @@ calls = Table(
     Column("updated_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
     Column("duration_s", Integer, nullable=True),
+    # Failed PIN entries on this call, kept on the call's own row: the input webhook reads it with the call, and a
+    # failure updates a page that the call's status change dirties anyway (migration 0002 says more).
+    Column("pin_failures", Integer, nullable=False, default=0, server_default="0"),
 )
-Index("ix_calls_status", calls.c.status)
 
 call_events = Table(
     "call_events",
@@ -72,19 +74,29 @@ call_events = Table(
     Column("payload", Text, nullable=False),
 )
 
-# One row per PIN decision that counts against a call or a caller number.
+# One row per failed PIN decision (wrong PIN, or an empty entry); accepted entries are not recorded here.
 pin_attempts = Table(
     "pin_attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("call_uuid", String(64), nullable=False, index=True),
+    Column("call_uuid", String(64), nullable=False),
     Column("caller", String(256), nullable=False),
     Column("at", Float, nullable=False),
     Column("outcome", String(16), nullable=False),
     # An empty entry (timeout, bare #) costs the call an attempt but is no guess against the caller's quota.
     Column("guessed", Integer, nullable=False),
 )
-Index("ix_pin_attempts_caller_at", pin_attempts.c.caller, pin_attempts.c.at)
+# The caller-number lockout counts wrong guesses by caller within a window: only guesses are indexed, and the count
+# is read from the index alone.
+_GUESSES = text("guessed = 1")
+Index(
+    "ix_pin_attempts_caller_guesses",
+    pin_attempts.c.caller,
+    pin_attempts.c.at,
+    pin_attempts.c.guessed,  # redundant with the WHERE, but it lets SQLite answer from the index alone
+    sqlite_where=_GUESSES,
+    postgresql_where=_GUESSES,
+)
 
 server_keys = Table(
     "server_keys",
