@@ -38,6 +38,9 @@ def test_metrics_count_requests_rooms_calls_and_webhook_latency(client: TestClie
     assert metric_value(text, 'dialbridge_calls{state="awaiting_pin"}') == 1
     assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="answer"}') == 2
     assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="input"}') == 1
+    assert metric_value(text, 'dialbridge_webhook_seconds_bucket{le="+Inf",webhook="answer"}') == 2
+    assert metric_value(text, 'dialbridge_webhook_seconds_bucket{le="1.0",webhook="answer"}') == 2  # cumulative
+    assert 0 < metric_value(text, 'dialbridge_webhook_seconds_sum{webhook="answer"}') < 2
     assert metric_value(text, 'dialbridge_http_requests_total{method="GET",route="/room/{room_id}",status="400"}') == 1
     assert "x" * 70 not in text  # labels carry route templates, never raw paths
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dialbridge.web.webhooks import MAX_BODY, WEBHOOKS, Webhook, WebhookAnswer, WebhookEndpoints, too_large
@@ -151,11 +150,9 @@ class _WebhookExchange:
         self.response_complete = True
         if self.disconnected or protocol.transport.is_closing():
             return
-        head = [STATUS_LINE[answer.status]]
-        for name, value in protocol.server_state.default_headers:
+        head = [STATUS_LINE[answer.status], protocol.default_head()]
+        for name, value in answer.headers:
             head += [name, b": ", value, b"\r\n"]
-        for key, text in answer.headers.items():
-            head += [key.encode(), b": ", text.encode(), b"\r\n"]
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head += [b"\r\n", answer.content]
@@ -167,6 +164,17 @@ class _WebhookExchange:
 
 class DialbridgeHttpProtocol(HttpToolsProtocol):
     endpoints: WebhookEndpoints | None = None
+    _default_headers: list[tuple[bytes, bytes]] | None = None
+    _default_head = b""
+
+    def default_head(self) -> bytes:
+        """uvicorn's default response headers (date, server) as header lines; uvicorn replaces the list when the
+        date changes, so they are rendered once per list, not per response."""
+        headers = self.server_state.default_headers
+        if headers is not self._default_headers:
+            self._default_headers = headers
+            self._default_head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        return self._default_head
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.joining = _JoiningTransport(transport, asyncio.get_running_loop())
@@ -198,10 +206,10 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
         method = self.parser.get_method().decode("ascii")
         if method == "HEAD":  # its answer has no body: uvicorn knows how to leave it out
             return None
-        parsed = httptools.parse_url(self.url)
-        if b"%" in parsed.path:
+        raw_path, _, query = self.url.partition(b"?")
+        if b"%" in raw_path or not raw_path.startswith(b"/") or not raw_path.isascii():  # uvicorn handles those
             return None
-        webhook = WEBHOOKS.get(self.root_path + parsed.path.decode("ascii"))
+        webhook = WEBHOOKS.get(self.root_path + raw_path.decode("ascii"))
         if webhook is None:
             return None
         http_version = self.parser.get_http_version()
@@ -210,7 +218,7 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
             endpoints,
             webhook,
             method,
-            parsed.query or b"",
+            query.partition(b"#")[0],
             self._header(b"authorization"),
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
         )

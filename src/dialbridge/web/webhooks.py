@@ -29,6 +29,7 @@ from dialbridge.web.signatures import SignatureError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class WebhookRefused(Exception):
@@ -81,7 +82,7 @@ WEBHOOKS: dict[str, Webhook] = {
 class WebhookAnswer:
     status: int
     content: bytes
-    headers: Mapping[str, str]
+    headers: list[tuple[bytes, bytes]]  # as ASGI sends them
 
 
 class WebhookEndpoints:
@@ -108,8 +109,7 @@ class WebhookEndpoints:
                 answer = self.refused(webhook, method, refusal)
             else:
                 answer = await self.answer(webhook, method, payload, _header(scope, b"authorization"))
-        headers = [(key.encode(), value.encode()) for key, value in answer.headers.items()]
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.content})
 
     def refuse_early(self, webhook: Webhook, method: str, content_length: str | None) -> WebhookAnswer | None:
@@ -149,11 +149,11 @@ class WebhookEndpoints:
     ) -> WebhookAnswer:
         self.services.metrics.count_request(webhook.template, method, str(status))
         content = b"" if body is None else orjson.dumps(body)
-        headers = {"content-length": str(len(content))}
+        headers = [(b"content-length", b"%d" % len(content))]
         if body is not None:
-            headers["content-type"] = "application/json"
+            headers.append(JSON_TYPE)
         if extra:
-            headers.update(extra)
+            headers.extend((key.encode(), value.encode()) for key, value in extra.items())
         return WebhookAnswer(status, content, headers)
 
     def _signed_fields(self, payload: bytes, authorization: str | None, method: str) -> Mapping[str, Any]:
