@@ -101,6 +101,23 @@ def baseline_command(work: Path, pins: list[str], port: int) -> list[str]:
     return ["node", str(folder / "server.js"), str(port), str(pins_file)]
 
 
+def server_cpu_seconds(leader: int) -> float:
+    """CPU time (user + system) used so far by the server process and its workers (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name: state, ppid, pgrp, ...; utime and stime are the 12th and 13th fields.
+        if int(fields[2]) == leader:  # the server was started in its own process group
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,7 +189,9 @@ def run(args: argparse.Namespace) -> None:
         ]  # fmt: skip
         # Warm-up, then the measured run.
         subprocess.run([*command[:3], "-d3s", *command[4:]], capture_output=True, check=True)
+        cpu_before = server_cpu_seconds(server.pid)
         result = subprocess.run(command, capture_output=True, text=True, check=True)
+        server_cpu = server_cpu_seconds(server.pid) - cpu_before
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -188,6 +207,11 @@ def run(args: argparse.Namespace) -> None:
         f"p99 {int(figures['p99_us']) / 1000:.2f} ms  max {int(figures['max_us']) / 1000:.2f} ms"
     )
     print(f"error answers (4xx/5xx), failed or timed-out requests: {errors}")
+    # On a shared machine a slow run is often a starved one: say how much CPU the server actually had.
+    print(
+        f"server CPU: {server_cpu / seconds:.2f} of {os.cpu_count()} cores, "
+        f"{1e6 * server_cpu / int(figures['requests']):.0f} us per request"
+    )
     if errors:
         log = (work / "server.log").read_text().splitlines()
         print("server log (last error lines):", *[line for line in log if "rror" in line][-5:], sep="\n  ")
