@@ -484,3 +484,32 @@ def test_a_dial_out_header_on_another_rooms_call_links_nothing(vonage: TestClien
     vonage.post("/webhooks/events", json={"uuid": "intruder", "status": "completed"})
     # The standup room's dial-out is still live: the other room's call could not end it.
     assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(standup)).status_code == 409
+
+
+def test_phone_dial_out_is_held_to_the_configured_prefixes(
+    app_settings: Settings, clock: FakeClock, stub: VonageStub
+) -> None:
+    """Anyone with a room's link may dial out at the account's cost: the operator limits where to."""
+    settings = app_settings.model_copy(update={"dial_out_prefixes": "+1, +33"})
+    with TestClient(create_app(settings, clock=clock)) as client:
+        config = visit(client, "standup")
+        refused = client.post("/api/rooms/standup/dial-out", json={"number": "+447700900123"}, headers=bearer(config))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "dial_out_not_allowed"
+        assert "DIALBRIDGE_DIAL_OUT_PREFIXES" in refused.json()["error"]["message"]
+        assert stub.received("POST", "/v2/") == []  # nothing was dialled
+
+        allowed = client.post("/api/rooms/standup/dial-out", json={"number": "+14155550123"}, headers=bearer(config))
+        assert allowed.status_code == 201, allowed.text
+        conference = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+        assert conference.status_code == 201  # the room's own conference number is not a phone dial-out
+    assert len(stub.received("POST", "/v2/")) == 2
+
+
+def test_dial_out_prefixes_are_checked_and_unrestricted_dialling_is_warned_of(app_settings: Settings) -> None:
+    assert "rooms may dial any phone number" in " ".join(app_settings.warnings())
+    restricted = app_settings.model_copy(update={"dial_out_prefixes": "+44"})
+    assert not any("DIALBRIDGE_DIAL_OUT_PREFIXES" in w for w in restricted.warnings())
+    malformed = app_settings.model_copy(update={"dial_out_prefixes": "+44, 1, +33x"})
+    problem = " ".join(malformed.problems())
+    assert "'1'" in problem and "'+33x'" in problem and "DIALBRIDGE_DIAL_OUT_PREFIXES" in problem

@@ -21,6 +21,7 @@ class Backend(StrEnum):
 
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+DIAL_PREFIX = re.compile(r"^\+[0-9]{1,15}$")
 
 
 class Settings(BaseSettings):
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./var/dialbridge.db"
     backend: Backend = Backend.EMBEDDED
     dial_in_number: str | None = Field(default=None, description="Phone number callers dial, E.164.")
+    # Phone dial-out from a room costs the Vonage account per minute, and anyone holding a room's link holds a
+    # participant token: the country codes (or longer prefixes) rooms may call, comma-separated. Empty: any.
+    dial_out_prefixes: str = Field(default="", description="E.164 prefixes rooms may dial, e.g. +1,+44")
 
     # PINs and callers
     pin_length: Annotated[int, Field(ge=6, le=20)] = 6
@@ -88,6 +92,11 @@ class Settings(BaseSettings):
             return value.replace("\\n", "\n")
         return Path(value).expanduser().read_text()
 
+    @property
+    def allowed_dial_out_prefixes(self) -> list[str]:
+        """The prefixes of DIALBRIDGE_DIAL_OUT_PREFIXES; empty when any number may be dialled."""
+        return [prefix.strip() for prefix in self.dial_out_prefixes.split(",") if prefix.strip()]
+
     def problems(self) -> list[str]:
         """What is wrong with this configuration, each entry saying how to fix it."""
         found: list[str] = []
@@ -95,6 +104,12 @@ class Settings(BaseSettings):
             found.append(
                 f"DIALBRIDGE_DIAL_IN_NUMBER={self.dial_in_number!r} is not an E.164 number; "
                 "write it as + country code and number, e.g. +14155550100"
+            )
+        bad = [prefix for prefix in self.allowed_dial_out_prefixes if not DIAL_PREFIX.match(prefix)]
+        if bad:
+            found.append(
+                f"DIALBRIDGE_DIAL_OUT_PREFIXES has {', '.join(map(repr, bad))}: list + and digits, comma-separated, "
+                "e.g. +1,+44"
             )
         if not self.database_url.startswith(("sqlite:", "postgresql")):
             found.append("DIALBRIDGE_DATABASE_URL must be a sqlite:///path or postgresql+psycopg://… URL")
@@ -112,6 +127,11 @@ class Settings(BaseSettings):
         if not self.dial_in_number:
             found.append(
                 "no dial-in number is shown to users: set DIALBRIDGE_DIAL_IN_NUMBER (E.164, e.g. +14155550100)"
+            )
+        if self.backend is Backend.VONAGE and not self.allowed_dial_out_prefixes:
+            found.append(
+                "rooms may dial any phone number at your Vonage account's cost: set DIALBRIDGE_DIAL_OUT_PREFIXES "
+                "to the country codes they may call (e.g. +1,+44)"
             )
         if self.public_base_url is None and self.backend is Backend.VONAGE:
             found.append(

@@ -24,6 +24,10 @@ class DialOutUnavailable(Exception):
     """This server is not configured to dial out; the message names the setting to fix."""
 
 
+class DialOutNotAllowed(Exception):
+    """The number is outside the prefixes this server may call (DIALBRIDGE_DIAL_OUT_PREFIXES)."""
+
+
 class UnknownDialOut(LookupError):
     pass
 
@@ -54,6 +58,12 @@ class DialOuts:
 
     async def dial_phone(self, room: Room, number: str) -> DialOut:
         self._require_sip()
+        allowed = self.settings.allowed_dial_out_prefixes
+        if allowed and not number.startswith(tuple(allowed)):
+            raise DialOutNotAllowed(
+                f"{number} is not among the numbers this server may call ({', '.join(allowed)}); "
+                "the operator sets these in DIALBRIDGE_DIAL_OUT_PREFIXES"
+            )
         token_data = {"sip": True, "role": "client", "name": number, "dialOut": PHONE}
         return await self._dial(room, PHONE, number, token_data, {})
 

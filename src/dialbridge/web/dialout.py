@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
-from dialbridge.dialout import DialOutNotLive, DialOutUnavailable, UnknownDialOut
+from dialbridge.dialout import DialOutNotAllowed, DialOutNotLive, DialOutUnavailable, UnknownDialOut
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut
 from dialbridge.tokens import TokenError
 from dialbridge.web.errors import ApiError
@@ -83,6 +83,8 @@ async def dial_out(
             placed = await svc.dial_outs.dial_phone(room, number)
     except DialOutUnavailable as exc:
         raise ApiError(409, "dial_out_unavailable", str(exc)) from exc
+    except DialOutNotAllowed as exc:
+        raise ApiError(403, "dial_out_not_allowed", str(exc)) from exc
     except ConferenceDialOutOpen as exc:
         open_call = svc.dial_outs.store.open_conference(room.room_id)
         which = f" (call {open_call.id}, {open_call.state})" if open_call else ""
