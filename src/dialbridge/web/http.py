@@ -93,7 +93,6 @@ class _WebhookExchange:
         "disconnected",
         "endpoints",
         "keep_alive",
-        "message_event",
         "method",
         "more_body",
         "protocol",
@@ -125,7 +124,12 @@ class _WebhookExchange:
         self.response_complete = False
         self.disconnected = False
         self.started = False
-        self.message_event = self
+
+    @property
+    def message_event(self) -> _WebhookExchange:
+        """What uvicorn signals on; a property rather than an attribute, so no exchange refers to itself (a
+        reference cycle per request would be left to the garbage collector)."""
+        return self
 
     def set(self) -> None:
         if self.started or self.disconnected:
