@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
@@ -68,10 +71,6 @@ def doctor(settings: Settings) -> int:
 
 
 def serve(settings: Settings, workers: int) -> int:
-    import uvicorn
-
-    from dialbridge.web.http import DialbridgeHttpProtocol
-
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
@@ -86,6 +85,24 @@ def serve(settings: Settings, workers: int) -> int:
     print(f"  answer webhook:   {settings.base_url}/webhooks/answer")
     print(f"  event webhook:    {settings.base_url}/webhooks/events")
     print(f"  health, metrics:  {settings.base_url}/healthz  {settings.base_url}/metrics", flush=True)
+    shared_metrics = None
+    if workers > 1 and settings.metrics_dir is None:
+        # Each worker counts its own requests; they meet in this folder so that any worker's /metrics has them all.
+        shared_metrics = tempfile.mkdtemp(prefix="dialbridge-metrics-")
+        os.environ["DIALBRIDGE_METRICS_DIR"] = shared_metrics
+    try:
+        _run_uvicorn(settings, workers)
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
+    return 0
+
+
+def _run_uvicorn(settings: Settings, workers: int) -> None:
+    import uvicorn
+
+    from dialbridge.web.http import DialbridgeHttpProtocol
+
     uvicorn.run(
         "dialbridge.web.app:app_from_environment",
         factory=True,
@@ -97,7 +114,6 @@ def serve(settings: Settings, workers: int) -> int:
         proxy_headers=True,
         http=DialbridgeHttpProtocol,
     )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

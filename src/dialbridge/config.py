@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     token_secret: SecretStr | None = None
     token_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 4 * 3600
 
+    # Where worker processes share their request counts, so a scrape of any one reports them all. `dialbridge
+    # serve --workers N` sets it; set it yourself for several instances on one machine under another supervisor.
+    metrics_dir: str | None = None
+
     # Vonage: application id + private key (PEM text or a path to it) ...
     vonage_application_id: str | None = None
     vonage_private_key: SecretStr | None = None

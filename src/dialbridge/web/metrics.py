@@ -1,15 +1,20 @@
 """Prometheus metrics: HTTP requests, webhook latency, rooms, and calls by state.
 
 Rooms and calls are read from the database when scraped, so every instance reports the same shared truth and
-nothing has to be kept in step in memory.
+nothing has to be kept in step in memory. Requests and latency are counted in each process; when several worker
+processes serve one port (`dialbridge serve --workers N`), a scrape lands on any one of them, so each publishes its
+counts to a shared folder about once a second and every scrape adds up all of them (`Metrics.publish`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
 from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -46,13 +51,58 @@ class Metrics:
     HTTP handling. Here an update is a dict lookup and an increment on the event loop's thread; the scrape (on a
     worker thread) copies the numbers first, so it never sees a dict change size under it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, shared_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         self._requests: dict[tuple[str, str, str], int] = {}
         self._webhook_buckets: dict[str, list[int]] = {}  # per webhook: count per bucket, the last one +Inf
         self._webhook_sums: dict[str, float] = {}
+        self.shared_dir = shared_dir
+        self._own_file = shared_dir / f"{os.getpid()}.json" if shared_dir else None
         self.registry.register(_RequestCollector(self))
         self.registry.register(StoreCollector(store))
+
+    def publish(self) -> None:
+        """Write this process's counts where the other workers' scrapes read them (replaced whole, atomically).
+        A worker that has exited leaves its file: its requests happened, and counters must never go down."""
+        if self._own_file is None:
+            return
+        snapshot = self._snapshot()
+        temporary = self._own_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(snapshot))
+        os.replace(temporary, self._own_file)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """This process's counts, copied in single steps (the scrape runs on another thread)."""
+        return {
+            "requests": [[*labels, count] for labels, count in list(self._requests.items())],
+            "buckets": {name: list(counts) for name, counts in list(self._webhook_buckets.items())},
+            "sums": dict(self._webhook_sums),
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """This process's counts plus what every other worker last published."""
+        snapshots = [self._snapshot()]
+        if self.shared_dir is not None:
+            for path in self.shared_dir.glob("*.json"):
+                if path == self._own_file:
+                    continue
+                try:
+                    snapshots.append(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue  # being replaced right now, or gone: its next publication will count
+        requests: dict[tuple[str, ...], int] = {}
+        buckets: dict[str, list[int]] = {}
+        sums: dict[str, float] = {}
+        for snapshot in snapshots:
+            for *labels, count in snapshot["requests"]:
+                key = tuple(labels)
+                requests[key] = requests.get(key, 0) + count
+            for name, counts in snapshot["buckets"].items():
+                total = buckets.setdefault(name, [0] * len(counts))
+                buckets[name] = [a + b for a, b in zip(total, counts, strict=True)]
+            for name, value in snapshot["sums"].items():
+                sums[name] = sums.get(name, 0.0) + value
+        return {"requests": requests, "buckets": buckets, "sums": sums}
 
     def count_request(self, route: str, method: str, status: str) -> None:
         key = (route, method, status)
@@ -72,23 +122,22 @@ class _RequestCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
+        totals = self.metrics.totals()
         requests = CounterMetricFamily(
             "dialbridge_http_requests",
             "HTTP requests by route template, method and status",
             labels=["route", "method", "status"],
         )
-        for labels, count in sorted(list(self.metrics._requests.items())):
+        for labels, count in sorted(totals["requests"].items()):
             requests.add_metric(list(labels), count)
         yield requests
         latency = HistogramMetricFamily(
             "dialbridge_webhook_seconds", "Time to answer a webhook, signature check included", labels=["webhook"]
         )
-        sums = dict(self.metrics._webhook_sums)
-        taken = list(self.metrics._webhook_buckets.items())  # one step under the GIL: a consistent copy
-        for webhook, counts in sorted((name, list(counts)) for name, counts in taken):
+        bounds = [*map(str, WEBHOOK_BUCKETS), "+Inf"]
+        for webhook, counts in sorted(totals["buckets"].items()):
             cumulative = list(accumulate(counts))
-            bounds = [*map(str, WEBHOOK_BUCKETS), "+Inf"]
-            latency.add_metric([webhook], list(zip(bounds, cumulative, strict=True)), sums.get(webhook, 0.0))
+            latency.add_metric([webhook], list(zip(bounds, cumulative, strict=True)), totals["sums"].get(webhook, 0.0))
         yield latency
 
 

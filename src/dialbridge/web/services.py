@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
 
@@ -83,7 +84,7 @@ def build_services(
         dial_outs=DialOuts(dial_out_store, platform, settings, clock),
         tokens=ParticipantTokens(secret, settings.token_ttl_s),
         signatures=signatures,
-        metrics=Metrics(store),
+        metrics=Metrics(store, Path(settings.metrics_dir) if settings.metrics_dir else None),
     )
 
 
