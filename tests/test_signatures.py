@@ -103,7 +103,7 @@ def test_anything_else_is_refused_with_401_and_changes_nothing(signed_client: Te
     assert response.json()["error"]["code"] == "invalid_signature"
     svc = signed_client.app.state.services  # type: ignore[attr-defined]
     assert svc.store.call("c1") is None
-    assert svc.store.pin_failures("c1", "1", 0) == (0, 0)
+    assert svc.store.caller_failures("1", 0) == 0
 
 
 def test_events_and_answer_need_signatures_too(signed_client: TestClient) -> None:

@@ -167,7 +167,6 @@ class _Statements:
             )
             .scalar_subquery()
         )
-        self.pin_failures = p(select(on_call, by_caller))
         self.caller_failures = p(select(by_caller))
         # What the input webhook needs, in one round trip: the two counts and the room the digits are the PIN of
         # (an outer join, so the PIN index is walked once for both of the room's columns).
@@ -451,7 +450,8 @@ class Store:
         return self._write(record)
 
     def pin_entry(self, call_uuid: str, caller: str, since: float, pin: str) -> tuple[int, int, Room | None]:
-        """`pin_failures` and the room `pin` is the PIN of, together, in one statement."""
+        """(failed entries on this call, wrong guesses from this caller since `since`, the room `pin` is the PIN
+        of), in one statement."""
         row = self._first(self._sql.pin_entry, uuid=call_uuid, caller=caller, since=since, pin=pin)
         if row is None:
             return 0, 0, None
@@ -461,11 +461,6 @@ class Store:
     def caller_failures(self, caller: str, since: float) -> int:
         """Wrong guesses from this caller number since `since` (what answering a call needs to know)."""
         return int(self._scalar(self._sql.caller_failures, caller=caller, since=since) or 0)
-
-    def pin_failures(self, call_uuid: str, caller: str, since: float) -> tuple[int, int]:
-        """(failed entries on this call, wrong guesses from this caller number since `since`)."""
-        row = self._first(self._sql.pin_failures, uuid=call_uuid, caller=caller, since=since)
-        return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
 
     # ---- server keys -------------------------------------------------------------------------------------------
     def server_key(self, name: str, make: Callable[[], str], now: float) -> str:
