@@ -186,12 +186,11 @@ WAL_REWIND_FRAMES = 65536  # 256 MB of 4 KB pages
 WAL_REWIND_WAIT_MS = 20  # readers leave the log within a loop turn; if not, the next checkpoint tries again
 
 
-def _on_event_loop() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def _sqlite_busy(exc: BaseException) -> bool:
@@ -268,8 +267,9 @@ class Store:
         return connection
 
     def _fetch(self, statement: Prepared, **values: Any) -> list[Sequence[Any]]:
-        if self._is_sqlite and _on_event_loop():
-            return self._writer.read(statement.sql, statement.parameters(values))
+        loop = _running_loop() if self._is_sqlite else None
+        if loop is not None:
+            return self._writer.read(statement.sql, statement.parameters(values), loop)
         cursor = self._reader().cursor()
         try:
             cursor.execute(statement.sql, statement.parameters(values))
@@ -453,8 +453,7 @@ class Store:
         """(failed entries on this call, wrong guesses from this caller since `since`, the room `pin` is the PIN
         of), in one statement."""
         row = self._first(self._sql.pin_entry, uuid=call_uuid, caller=caller, since=since, pin=pin)
-        if row is None:
-            return 0, 0, None
+        assert row is not None  # the outer join from one constant row yields exactly one row
         room = Room(row[2], row[3], pin) if row[2] is not None else None
         return int(row[0] or 0), int(row[1] or 0), room
 

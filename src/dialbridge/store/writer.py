@@ -88,7 +88,7 @@ class GroupCommitWriter:
                 loop.call_soon(self.flush)
         return future
 
-    def read(self, sql: str, parameters: Any) -> list[Any]:
+    def read(self, sql: str, parameters: Any, loop: asyncio.AbstractEventLoop) -> list[Any]:
         """Run a query on the writer's own connection, inside this loop turn's read snapshot.
 
         Why the writer's connection: SQLite throws a connection's page cache away whenever the database changed
@@ -98,21 +98,24 @@ class GroupCommitWriter:
         and, after another process's commit, drops the cache too — once per turn instead of once per query. A
         turn's reads see the database as it was at the first of them, which is all they could see anyway (the
         turn's writes commit at its end), and every commit here ends the snapshot, so a later read sees it.
-        Call only with a running event loop; other threads keep connections of their own (store.py).
+        Call only on `loop`'s thread, while it runs; other threads keep connections of their own (store.py).
         """
         with self._lock:
-            if self._connection is None:
-                self._connection = self._connect()
-            connection = self._connection
+            connection = self._connected()
             if not connection.in_transaction:
                 connection.execute("BEGIN")
-                asyncio.get_running_loop().call_soon(self._end_read)
+                loop.call_soon(self._end_read)
             cursor = connection.cursor()
             try:
                 cursor.execute(sql, parameters)
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
+
+    def _connected(self) -> Any:
+        if self._connection is None:
+            self._connection = self._connect()
+        return self._connection
 
     def _end_read(self) -> None:
         with self._lock:
@@ -221,10 +224,9 @@ class GroupCommitWriter:
     def _commit(self, works: list[Work], wait: bool) -> list[Any] | None:
         """Run every work item in one transaction; each item's result, or its `_Failed`, in order. None when
         `wait` is False and another process holds the write lock: nothing ran, try again later."""
-        if self._connection is None:
-            self._connection = self._connect()
+        connection = self._connected()
         self._end_snapshot()
-        cursor = self._connection.cursor()
+        cursor = connection.cursor()
 
         def run(statement: Any, **values: Any) -> Any:
             cursor.execute(statement.sql, statement.parameters(values))

@@ -26,7 +26,6 @@ from dialbridge.web.webhooks import WebhookEndpoints
 
 log = logging.getLogger("dialbridge")
 STATIC = Path(__file__).with_name("static")
-METRICS_PUBLISH_S = 1.0
 
 
 def create_app(
@@ -46,7 +45,7 @@ def create_app(
         # the process, yet every full collection walked it again with the event loop stopped (~100 ms each, every
         # few thousand webhooks, measured in-process). Frozen, it is skipped; later allocations are collected.
         gc.freeze()
-        publishing = asyncio.create_task(_publish_metrics(services)) if services.metrics.shared_dir else None
+        publishing = asyncio.create_task(services.metrics.keep_publishing()) if services.metrics.shared_dir else None
         yield
         if publishing is not None:
             publishing.cancel()
@@ -72,16 +71,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     return DialbridgeApp(app, services)
-
-
-async def _publish_metrics(services: Services) -> None:
-    """Share this worker's request counts with the others' scrapes, about once a second (web/metrics.py)."""
-    while True:
-        try:
-            services.metrics.publish()
-        except OSError:
-            log.warning("could not publish metrics to %s", services.metrics.shared_dir, exc_info=True)
-        await asyncio.sleep(METRICS_PUBLISH_S)
 
 
 class DialbridgeApp:

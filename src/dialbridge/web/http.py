@@ -25,7 +25,15 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from dialbridge.web.webhooks import MAX_BODY, WEBHOOKS, Webhook, WebhookAnswer, WebhookEndpoints, too_large
+from dialbridge.web.webhooks import (
+    MAX_BODY,
+    WEBHOOKS,
+    Webhook,
+    WebhookAnswer,
+    WebhookEndpoints,
+    header,
+    too_large,
+)
 
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
@@ -192,7 +200,9 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         self.cycle = exchange  # type: ignore[assignment]
-        early = exchange.endpoints.refuse_early(exchange.webhook, exchange.method, self._header(b"content-length"))
+        early = exchange.endpoints.refuse_early(
+            exchange.webhook, exchange.method, header(self.headers, b"content-length")
+        )
         if early is not None:
             exchange.start(early)
 
@@ -223,12 +233,6 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
             webhook,
             method,
             query.partition(b"#")[0],
-            self._header(b"authorization"),
+            header(self.headers, b"authorization"),
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
         )
-
-    def _header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None

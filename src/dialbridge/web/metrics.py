@@ -8,7 +8,9 @@ counts to a shared folder about once a second and every scrape adds up all of th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 from bisect import bisect_left
@@ -39,6 +41,8 @@ class StoreCollector(Collector):
         yield calls
 
 
+log = logging.getLogger(__name__)
+PUBLISH_EVERY_S = 1.0
 WEBHOOK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -70,6 +74,15 @@ class Metrics:
         temporary = self._own_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(snapshot))
         os.replace(temporary, self._own_file)
+
+    async def keep_publishing(self) -> None:
+        """Publish about once a second, for as long as the server runs (the app's lifespan cancels it)."""
+        while True:
+            try:
+                self.publish()
+            except OSError:
+                log.warning("could not publish metrics to %s", self.shared_dir, exc_info=True)
+            await asyncio.sleep(PUBLISH_EVERY_S)
 
     def _snapshot(self) -> dict[str, Any]:
         """This process's counts, copied in single steps (the scrape runs on another thread)."""

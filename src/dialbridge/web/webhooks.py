@@ -13,7 +13,7 @@ route template.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -101,14 +101,14 @@ class WebhookEndpoints:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        answer = self.refuse_early(webhook, method, _header(scope, b"content-length"))
+        answer = self.refuse_early(webhook, method, header(scope["headers"], b"content-length"))
         if answer is None:
             try:
                 payload = scope["query_string"] if method == "GET" else await _read_body(receive)
             except WebhookRefused as refusal:
                 answer = self.refused(webhook, method, refusal)
             else:
-                answer = await self.answer(webhook, method, payload, _header(scope, b"authorization"))
+                answer = await self.answer(webhook, method, payload, header(scope["headers"], b"authorization"))
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.content})
 
@@ -177,10 +177,11 @@ class WebhookEndpoints:
         return fields
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header `name` (lower-case, as ASGI and uvicorn's parser give them), if present."""
+    for key, value in headers:
         if key == name:
-            return str(value.decode("latin-1"))
+            return value.decode("latin-1")
     return None
 
 
