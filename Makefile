@@ -1,13 +1,23 @@
 # The two entry points: `make run` and `make test`. Everything they need is installed from here.
-PYTHON ?= python3
+# The interpreter the virtualenv is made from: scripts/pick-python says which and why.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell bash scripts/pick-python)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+MADE_BY := $(VENV)/.made-by
+
+# A virtualenv made from another interpreter than the chosen one is made again.
+ifneq ($(shell cat $(MADE_BY) 2>/dev/null),$(PYTHON))
+.PHONY: $(STAMP)
+endif
 
 .PHONY: run test lint typecheck system-deps bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ "$$(cat $(MADE_BY) 2>/dev/null)" != "$(PYTHON)" ]; then \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && echo "$(PYTHON)" > $(MADE_BY); fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
