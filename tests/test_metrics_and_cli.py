@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from dialbridge.store.store import Store
 from dialbridge.web.metrics import Metrics
 from tests.helpers import answer, enter, make_room
-
-DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
+from tests.served import DIALBRIDGE, serving
 
 
 def metric_value(text: str, line_start: str) -> float:
@@ -112,6 +107,12 @@ def test_serve_refuses_several_workers_on_the_embedded_backend(tmp_path: Path) -
     assert "one worker" in result.stderr and "DIALBRIDGE_BACKEND=vonage" in result.stderr
 
 
+def test_serve_refuses_no_workers(tmp_path: Path) -> None:
+    result = run_cli("serve", "--workers", "0", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "at least one worker" in result.stderr
+
+
 def test_rooms_are_counted_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counting rooms scans the whole table (milliseconds at a million rooms): neither a scrape nor a room's
     creation may do it on the event loop, where every webhook in flight would wait for it."""
@@ -175,51 +176,13 @@ def test_workers_sharing_a_folder_each_report_all_of_their_requests(tmp_path: Pa
 
 def test_serve_with_two_workers_reports_every_workers_requests(tmp_path: Path) -> None:
     """A scrape lands on either worker; each must report the requests both answered."""
-    key = tmp_path / "private.key"
-    key.write_bytes(
-        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
-    env.update(
-        DIALBRIDGE_BACKEND="vonage",
-        DIALBRIDGE_VONAGE_APPLICATION_ID="00000000-0000-4000-8000-000000000000",
-        DIALBRIDGE_VONAGE_PRIVATE_KEY=str(key),
-        DIALBRIDGE_VONAGE_SIP_USERNAME="u",
-        DIALBRIDGE_VONAGE_SIP_PASSWORD="p",
-        DIALBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
-        DIALBRIDGE_PORT=str(port),
-    )
-    server = subprocess.Popen(
-        [DIALBRIDGE, "serve", "--workers", "2"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base)
-        for n in range(20):  # a new connection each: the kernel hands them to either worker
-            with urllib.request.urlopen(f"{base}/webhooks/answer?uuid=w-{n}&from=447700900{n:03d}", timeout=5) as r:
+    with serving(tmp_path, "--workers", "2") as served:
+        for n in range(20):  # a new connection each: they go to either worker
+            url = f"{served.base}/webhooks/answer?uuid=w-{n}&from=447700900{n:03d}"
+            with urllib.request.urlopen(url, timeout=5) as r:
                 assert r.status == 200
         time.sleep(2.5)  # each worker publishes about once a second
         for _ in range(6):
-            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"{served.base}/metrics", timeout=5) as r:
                 text = r.read().decode()
             assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="answer"}') == 20
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _wait_healthy(base: str) -> None:
-    for _ in range(150):
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{base} did not become healthy")

@@ -154,6 +154,7 @@ def ours_accepts(verifier: WebhookSignatures, token: str, payload: bytes, now: f
     return True
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the HS512 token is meant to fail
 def test_the_verifier_agrees_with_pyjwt_on_good_and_bad_tokens() -> None:
     now = time.time()
     payload = b'{"uuid": "c1"}'

@@ -11,6 +11,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -102,18 +103,45 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     import uvicorn
 
     from dialbridge.web.http import DialbridgeHttpProtocol
+    from dialbridge.web.workers import WorkerPool, WorkerStartupFailed
 
-    uvicorn.run(
-        "dialbridge.web.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers if workers > 1 else None,
-        log_level="info",
-        access_log=False,
-        proxy_headers=True,
-        http=DialbridgeHttpProtocol,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "access_log": False,
+        "proxy_headers": True,
+        "http": DialbridgeHttpProtocol,
+    }
+    app = "dialbridge.web.app:app_from_environment"
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    # Several workers: dialbridge's own pool rather than uvicorn's (web/workers.py says why).
+    config = uvicorn.Config(app, **options)
+    config.configure_logging()
+    listener = _listen(settings.host, settings.port, config.backlog)
+    print(f"  {workers} worker processes; each new connection goes to the one holding the fewest", flush=True)
+    try:
+        WorkerPool(config, workers, listener).run()
+    except WorkerStartupFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        problem = _port_problem(host, port) or f"cannot listen on {host}:{port}"
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+    listener.listen(backlog)
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = _load_settings()
     if args.command == "doctor":
         return doctor(settings)
+    if args.workers < 1:
+        print(f"error: --workers {args.workers}: run at least one worker (--workers 1, the default)", file=sys.stderr)
+        return 2
     if args.workers > 1 and settings.backend is Backend.EMBEDDED:
         # Embedded rooms keep their signalling (who is in the room, relayed offers) in the serving process.
         print(

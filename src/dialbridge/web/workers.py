@@ -1,0 +1,370 @@
+"""Several worker processes behind one port, each connection handed to the worker holding the fewest.
+
+Why not uvicorn's own `--workers`: there every worker accepts from the one shared listening socket, and whichever
+is awake first takes every connection waiting (uvloop accepts until the queue is empty). Webhook clients keep a
+few connections open and reuse them, so the split stays as it fell: measured with the benchmark's 32 keep-alive
+connections, 22/10, 27/5, even 32/0 — one worker saturated while the other idled, throughput down to that of a
+single worker and the tail latency of an overloaded one. SO_REUSEPORT would only make the split random
+(binomial). Node's cluster module has the same problem and the same answer: the supervisor accepts and hands each
+connection to a worker (SCM_RIGHTS over a Unix socket); here, to the one with the fewest open connections, so the
+split also holds as connections come and go.
+
+The supervisor's choice is `LeastConnections` (no I/O, unit-tested); `WorkerPool` is the supervisor's loop
+(accept, hand over, read the workers' reports, restart a worker that died, stop on SIGINT/SIGTERM);
+`HandedConnectionsServer` is uvicorn's server inside each worker, taking its connections from the supervisor
+instead of a listening socket. Everything else — HTTP, keep-alive, graceful shutdown — is uvicorn's as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("dialbridge.workers")
+READY = b"ready"
+STOP_GRACE_S = 30.0  # how long stopping workers may take to finish their responses before they are killed
+FDS_PER_READ = 64
+
+
+@dataclass
+class LeastConnections:
+    """Which worker gets the next connection: the one holding the fewest (the lowest index among equals).
+
+    A worker's count is what it last reported plus the connections handed to it that it had not yet received
+    when it reported, so connections in transit count from the moment they are handed over."""
+
+    workers: int
+    handed: list[int] = field(init=False)  # connections handed to each worker, ever
+    received: list[int] = field(init=False)  # of those, how many the worker had received at its last report
+    live: list[int] = field(init=False)  # open connections at the worker's last report
+    available: list[bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.handed = [0] * self.workers
+        self.received = [0] * self.workers
+        self.live = [0] * self.workers
+        self.available = [False] * self.workers
+
+    def load(self, worker: int) -> int:
+        return self.live[worker] + self.handed[worker] - self.received[worker]
+
+    def pick(self, exclude: Iterable[int] = ()) -> int | None:
+        """The worker for the next connection, or None when no worker can take one."""
+        skipped = set(exclude)
+        candidates = [n for n in range(self.workers) if self.available[n] and n not in skipped]
+        return min(candidates, key=self.load) if candidates else None
+
+    def handed_to(self, worker: int) -> None:
+        self.handed[worker] += 1
+
+    def reported(self, worker: int, received: int, live: int) -> None:
+        self.received[worker] = received
+        self.live[worker] = live
+
+    def started(self, worker: int) -> None:
+        """A (re)started worker: nothing handed, nothing open."""
+        self.handed[worker] = self.received[worker] = self.live[worker] = 0
+        self.available[worker] = True
+
+    def stopped(self, worker: int) -> None:
+        self.available[worker] = False
+
+
+def parse_report(message: bytes) -> tuple[int, int] | None:
+    """A worker's report `b"<received> <live>"`, or None if it is not one."""
+    fields = message.split()
+    if len(fields) != 2 or not all(part.isdigit() for part in fields):
+        return None
+    return int(fields[0]), int(fields[1])
+
+
+class _CountedConnections(set[Any]):
+    """uvicorn's set of open connections (its protocols add and discard themselves), telling when it changes."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self._changed()
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        self._changed()
+
+
+class HandedConnectionsServer(uvicorn.Server):
+    """uvicorn's server in a worker: no listening socket; connections arrive over `channel` from the supervisor,
+    and the worker reports back how many it received and how many are open."""
+
+    def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
+        super().__init__(config)
+        self.channel = channel
+        self.received = 0
+        self._report_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.server_state.connections = _CountedConnections(self._connections_changed)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])
+        loop = self._loop = asyncio.get_running_loop()
+        self.channel.setblocking(False)
+        loop.add_reader(self.channel.fileno(), self._receive)
+        self._send(READY)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.channel.fileno())
+        await super().shutdown(sockets=sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
+
+    def _receive(self) -> None:
+        assert self._loop is not None
+        while True:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(self.channel, 16, FDS_PER_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                message, fds = b"", []
+            if not message and not fds:  # the supervisor is gone: stop, as on SIGTERM
+                self._loop.remove_reader(self.channel.fileno())
+                self.should_exit = True
+                return
+            for fd in fds:
+                self.received += 1
+                connection = socket.socket(fileno=fd)
+                self._loop.create_task(self._take_over(connection))
+            self._connections_changed()
+
+    async def _take_over(self, connection: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(self._protocol, connection)
+        except OSError:  # the client left before the worker took the connection over
+            log.debug("a handed-over connection could not be served", exc_info=True)
+            connection.close()
+
+    def _connections_changed(self) -> None:
+        """Report once per loop turn, however many connections came and went in it."""
+        if self._report_scheduled or self._loop is None:
+            return
+        self._report_scheduled = True
+        self._loop.call_soon(self._report)
+
+    def _report(self) -> None:
+        self._report_scheduled = False
+        self._send(b"%d %d" % (self.received, len(self.server_state.connections)))
+
+    def _send(self, message: bytes) -> None:
+        try:
+            self.channel.send(message)
+        except BlockingIOError:  # the supervisor is behind: the next report says the same and more
+            pass
+        except OSError:
+            self.should_exit = True  # the supervisor is gone
+
+
+def worker_main(config: uvicorn.Config, channel: socket.socket) -> None:
+    """A worker process: uvicorn's logging, then its server on handed-over connections."""
+    config.configure_logging()
+    HandedConnectionsServer(config, channel).run()
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing's SpawnProcess
+    channel: socket.socket
+    started_at: float
+    ready: bool = False
+
+
+class WorkerStartupFailed(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """The supervisor: owns the listening socket, runs `count` workers and hands them the connections."""
+
+    def __init__(self, config: uvicorn.Config, count: int, listener: socket.socket) -> None:
+        self.config = config
+        self.count = count
+        self.listener = listener
+        self.balance = LeastConnections(count)
+        self.workers: list[_Worker | None] = [None] * count
+        self.selector = selectors.DefaultSelector()
+        self._spawn = multiprocessing.get_context("spawn")
+        self._stopping = False
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM; raises `WorkerStartupFailed` if a worker dies before it is ready."""
+        self.listener.setblocking(False)
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno())
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for slot in range(self.count):
+                self._start(slot)
+            self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+            self.selector.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
+            while not self._stopping:
+                for key, _events in self.selector.select():
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wakeup":
+                        self._drain_wakeup()
+                    elif isinstance(key.data, tuple) and key.data[0] == "channel":
+                        self._read_channel(key.data[1])
+                    elif isinstance(key.data, tuple) and key.data[0] == "exited":
+                        self._exited(key.data[1])
+        finally:
+            self._stop_all()
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    # ---- workers -----------------------------------------------------------------------------------------------
+    def _start(self, slot: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = self._spawn.Process(target=worker_main, args=(self.config, theirs), name=f"dialbridge-worker-{slot}")
+        process.start()
+        theirs.close()
+        ours.setblocking(False)
+        self.workers[slot] = _Worker(process, ours, time.monotonic())
+        self.balance.started(slot)
+        self.selector.register(ours, selectors.EVENT_READ, ("channel", slot))
+        self.selector.register(process.sentinel, selectors.EVENT_READ, ("exited", slot))
+        log.info("started worker process [%d]", process.pid)
+
+    def _forget(self, slot: int) -> _Worker | None:
+        worker = self.workers[slot]
+        if worker is None:
+            return None
+        self.workers[slot] = None
+        self.balance.stopped(slot)
+        for registered in (worker.channel, worker.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(registered)
+        worker.channel.close()
+        return worker
+
+    def _exited(self, slot: int) -> None:
+        worker = self._forget(slot)
+        if worker is None:
+            return
+        worker.process.join()
+        if self._stopping:
+            return
+        if not worker.ready:
+            self._stopping = True
+            raise WorkerStartupFailed(
+                f"worker process [{worker.process.pid}] exited during start-up (exit code "
+                f"{worker.process.exitcode}); the lines above say why"
+            )
+        log.warning(
+            "worker process [%d] exited (code %s); starting another", worker.process.pid, worker.process.exitcode
+        )
+        self._start(slot)
+
+    def _read_channel(self, slot: int) -> None:
+        worker = self.workers[slot]
+        if worker is None:
+            return
+        while True:
+            try:
+                message = worker.channel.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:  # closed: its exit is handled when its process sentinel fires
+                self.selector.unregister(worker.channel)
+                self.balance.stopped(slot)
+                return
+            if message == READY:
+                worker.ready = True
+                continue
+            report = parse_report(message)
+            if report is not None:
+                self.balance.reported(slot, *report)
+
+    # ---- connections -------------------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # e.g. out of file descriptors: log, and try again on the next wake-up
+                log.warning("accepting a connection failed: %s", exc)
+                return
+            with connection:
+                self._hand_over(connection)
+
+    def _hand_over(self, connection: socket.socket) -> None:
+        # Per socket, so set here once for whichever worker: without it, small responses wait for delayed ACKs.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tried: list[int] = []
+        while (slot := self.balance.pick(exclude=tried)) is not None:
+            worker = self.workers[slot]
+            assert worker is not None
+            try:
+                socket.send_fds(worker.channel, [b"c"], [connection.fileno()])
+            except OSError:  # this worker's queue is full (it is stuck) or it is gone: the next one
+                tried.append(slot)
+                continue
+            self.balance.handed_to(slot)
+            return
+        log.warning("no worker could take a connection; it is closed")
+
+    # ---- stopping ----------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stopping = True
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wakeup_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _stop_all(self) -> None:
+        """Stop accepting, ask every worker to stop (they finish what is in flight), kill what is left."""
+        self._stopping = True
+        self.listener.close()
+        workers = [worker for worker in self.workers if worker is not None]
+        for worker in workers:
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for worker in workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.warning("worker process [%d] did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                worker.process.join()
+        for slot in range(self.count):
+            self._forget(slot)
+        self.selector.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()

@@ -1,0 +1,152 @@
+"""`dialbridge serve` as a real process, for the tests that need one (several workers, signals, start-up)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vonage_environment(tmp_path: Path, port: int) -> dict[str, str]:
+    """The Vonage backend (the one that may run several workers) with a locally made key: the webhooks never call
+    Vonage, so made-up ids are enough."""
+    key = tmp_path / "private.key"
+    if not key.exists():
+        key.write_bytes(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
+    env.update(
+        DIALBRIDGE_BACKEND="vonage",
+        DIALBRIDGE_VONAGE_APPLICATION_ID="00000000-0000-4000-8000-000000000000",
+        DIALBRIDGE_VONAGE_PRIVATE_KEY=str(key),
+        DIALBRIDGE_VONAGE_SIP_USERNAME="u",
+        DIALBRIDGE_VONAGE_SIP_PASSWORD="p",
+        DIALBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
+        DIALBRIDGE_PORT=str(port),
+    )
+    return env
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers(self) -> list[int]:
+        """Process ids of the server's worker processes (its children but multiprocessing's resource tracker)."""
+        return [pid for pid in children(self.process.pid) if b"resource_tracker" not in _command_line(pid)]
+
+
+def start(tmp_path: Path, *args: str, stderr: Any = subprocess.DEVNULL) -> Served:
+    port = free_port()
+    process = subprocess.Popen(
+        [DIALBRIDGE, "serve", *args], env=vonage_environment(tmp_path, port), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
+    )  # fmt: skip
+    return Served(process, port)
+
+
+@contextmanager
+def serving(tmp_path: Path, *args: str) -> Iterator[Served]:
+    served = start(tmp_path, *args, stderr=(tmp_path / "server.log").open("w"))
+    try:
+        wait_healthy(served.base)
+        yield served
+    finally:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGTERM)
+            served.process.wait(timeout=30)
+
+
+def wait_healthy(base: str) -> None:
+    for _ in range(150):
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{base} did not become healthy")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def established_inodes(port: int) -> set[str]:
+    """Socket inodes of the TCP connections open on the server's side of `port` (Linux /proc/net)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    return inodes
+
+
+def connections_held(pids: list[int], port: int) -> dict[int, int]:
+    """How many of the server's TCP connections on `port` each process holds."""
+    inodes = established_inodes(port)
+    held = {}
+    for pid in pids:
+        count = 0
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    count += 1
+        except OSError:
+            pass
+        held[pid] = count
+    return held
