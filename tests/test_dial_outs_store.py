@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from dialbridge.store.database import create_db_engine, migrate
-from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutStore
+from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutLimitReached, DialOutStore
 from dialbridge.store.store import Store
 
 NOW = 1_800_000_000.0
@@ -93,3 +95,30 @@ def test_the_phone_call_vonage_creates_is_linked_and_its_end_closes_the_dial_out
 def test_unknown_ids_link_nothing(dial_outs: DialOutStore) -> None:
     assert dial_outs.mark_call("do_unknown", "CALL-UUID-1") is False
     assert dial_outs.end_by_call("CALL-UUID-unknown", NOW) is None
+
+
+def test_concurrent_dial_outs_never_exceed_the_rooms_limit(db_url: str, dial_outs: DialOutStore) -> None:
+    """Twenty requests from two server processes (two engines on one file) race for the room's last five places."""
+    other_process = DialOutStore(create_db_engine(db_url))
+    barrier = threading.Barrier(20)
+    outcomes: list[str] = []
+
+    def dial(n: int) -> None:
+        store = dial_outs if n % 2 else other_process
+        barrier.wait()
+        try:
+            store.start(
+                dial_out_id=f"do_{n}", room_id="standup", kind="phone", target="+447700900123", now=NOW, limit=5
+            )
+            outcomes.append("placed")
+        except DialOutLimitReached as refused:
+            outcomes.append(f"refused {refused.retry_after_s}")
+
+    threads = [threading.Thread(target=dial, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["placed"] * 5 + ["refused 3600"] * 15
+    assert len(dial_outs.for_room("standup")) == 5

@@ -506,6 +506,39 @@ def test_phone_dial_out_is_held_to_the_configured_prefixes(
     assert len(stub.received("POST", "/v2/")) == 2
 
 
+def test_a_room_may_place_only_so_many_dial_outs_an_hour(
+    app_settings: Settings, clock: FakeClock, stub: VonageStub
+) -> None:
+    """A leaked room link must not become an unbounded phone bill: past the hourly limit the room gets a 429 with
+    Retry-After, Vonage is not asked, and other rooms are unaffected."""
+    settings = app_settings.model_copy(update={"dial_outs_per_room_per_hour": 2})
+    with TestClient(create_app(settings, clock=clock)) as client:
+        config = visit(client, "standup")
+        for n in range(2):
+            placed = client.post(
+                "/api/rooms/standup/dial-out", json={"number": f"+1415555010{n}"}, headers=bearer(config)
+            )
+            assert placed.status_code == 201, placed.text
+            clock.advance(600)
+        refused = client.post("/api/rooms/standup/dial-out", json={"number": "+14155550109"}, headers=bearer(config))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "dial_out_limit_reached"
+        assert "DIALBRIDGE_DIAL_OUTS_PER_ROOM_PER_HOUR" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"] == str(3600 - 1200)  # when the first of the two leaves the hour
+        assert len(stub.received("POST", "/v2/")) == 2  # the refused one never reached Vonage
+        assert [d.target for d in client.app.state.services.dial_outs.store.for_room("standup")] == [
+            "+14155550100",
+            "+14155550101",
+        ]  # and left no record behind
+
+        other = visit(client, "retro")
+        assert client.post("/api/rooms/retro/dial-out", json={}, headers=bearer(other)).status_code == 201
+
+        clock.advance(3600 - 1200)
+        again = client.post("/api/rooms/standup/dial-out", json={"number": "+14155550109"}, headers=bearer(config))
+        assert again.status_code == 201, again.text
+
+
 def test_dial_out_prefixes_are_checked_and_unrestricted_dialling_is_warned_of(app_settings: Settings) -> None:
     assert "rooms may dial any phone number" in " ".join(app_settings.warnings())
     restricted = app_settings.model_copy(update={"dial_out_prefixes": "+44"})

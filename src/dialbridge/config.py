@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Phone dial-out from a room costs the Vonage account per minute, and anyone holding a room's link holds a
     # participant token: the country codes (or longer prefixes) rooms may call, comma-separated. Empty: any.
     dial_out_prefixes: str = Field(default="", description="E.164 prefixes rooms may dial, e.g. +1,+44")
+    # For the same reason, how many dial-outs (conference or phone) one room may place within an hour.
+    dial_outs_per_room_per_hour: Annotated[int, Field(ge=1)] = 30
 
     # PINs and callers
     pin_length: Annotated[int, Field(ge=6, le=20)] = 6

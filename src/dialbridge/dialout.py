@@ -99,7 +99,14 @@ class DialOuts:
             secure=True,
         )
         # Recorded before Vonage is asked, so a second conference dial-out is refused even while this one dials.
-        self.store.start(dial_out_id=dial_out_id, room_id=room.room_id, kind=kind, target=number, now=self.clock())
+        self.store.start(
+            dial_out_id=dial_out_id,
+            room_id=room.room_id,
+            kind=kind,
+            target=number,
+            now=self.clock(),
+            limit=self.settings.dial_outs_per_room_per_hour,
+        )
         try:
             placed = await self.platform.dial_sip(room.session_id, room.room_id, dial, self.clock())
         except BaseException:

@@ -9,10 +9,11 @@ attempt for that room marks it failed rather than staying blocked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dialbridge.store import tables as t
@@ -23,6 +24,7 @@ ENDED = "ended"
 FAILED = "failed"
 OPEN_STATES = (DIALLING, LIVE)
 STALE_DIALLING_S = 120.0
+RATE_WINDOW_S = 3600.0
 
 CONFERENCE = "conference"
 PHONE = "phone"
@@ -30,6 +32,14 @@ PHONE = "phone"
 
 class ConferenceDialOutOpen(Exception):
     """The room already has a conference dial-out dialling or live."""
+
+
+class DialOutLimitReached(Exception):
+    """The room has placed as many dial-outs as it may within the window."""
+
+    def __init__(self, room_id: str, retry_after_s: int) -> None:
+        super().__init__(room_id)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +61,32 @@ class DialOutStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def start(self, *, dial_out_id: str, room_id: str, kind: str, target: str, now: float) -> DialOut:
+    def start(
+        self,
+        *,
+        dial_out_id: str,
+        room_id: str,
+        kind: str,
+        target: str,
+        now: float,
+        limit: int | None = None,
+        window_s: float = RATE_WINDOW_S,
+    ) -> DialOut:
+        """Record a dial-out as dialling; with `limit`, only if the room placed fewer than that within `window_s`
+        (`DialOutLimitReached` otherwise). The count and the insert are one statement, so concurrent requests
+        cannot both take the last place."""
+        recent = (
+            select(func.count())
+            .select_from(t.dial_outs)
+            .where(t.dial_outs.c.room_id == room_id, t.dial_outs.c.created_at > now - window_s)
+            .scalar_subquery()
+        )
+        row = select(
+            literal(dial_out_id), literal(room_id), literal(kind), literal(target), literal(DIALLING), literal(now)
+        )
+        if limit is not None:
+            row = row.where(recent < limit)
+        columns = ["id", "room_id", "kind", "target", "state", "created_at"]
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -63,15 +98,21 @@ class DialOutStore:
                     )
                     .values(state=FAILED, ended_at=now)
                 )
-                conn.execute(
-                    insert(t.dial_outs).values(
-                        id=dial_out_id, room_id=room_id, kind=kind, target=target, state=DIALLING, created_at=now
-                    )
-                )
+                inserted = conn.execute(insert(t.dial_outs).from_select(columns, row)).rowcount
+                oldest = None
+                if inserted == 0:
+                    oldest = conn.execute(
+                        select(func.min(t.dial_outs.c.created_at)).where(
+                            t.dial_outs.c.room_id == room_id, t.dial_outs.c.created_at > now - window_s
+                        )
+                    ).scalar_one()
         except IntegrityError:
             if kind == CONFERENCE and self.open_conference(room_id) is not None:
                 raise ConferenceDialOutOpen(room_id) from None
             raise
+        if inserted == 0:
+            retry_after = math.ceil((oldest if oldest is not None else now) + window_s - now)
+            raise DialOutLimitReached(room_id, max(1, retry_after))
         return self._get_existing(dial_out_id)
 
     def mark_live(

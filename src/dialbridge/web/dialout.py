@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
 from dialbridge.dialout import DialOutNotAllowed, DialOutNotLive, DialOutUnavailable, UnknownDialOut
-from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut
+from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut, DialOutLimitReached
 from dialbridge.tokens import TokenError
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import check_room_id
@@ -85,6 +85,15 @@ async def dial_out(
         raise ApiError(409, "dial_out_unavailable", str(exc)) from exc
     except DialOutNotAllowed as exc:
         raise ApiError(403, "dial_out_not_allowed", str(exc)) from exc
+    except DialOutLimitReached as exc:
+        limit = svc.settings.dial_outs_per_room_per_hour
+        raise ApiError(
+            429,
+            "dial_out_limit_reached",
+            f"room {room.room_id!r} has placed {limit} calls within the last hour, as many as this server allows "
+            f"(DIALBRIDGE_DIAL_OUTS_PER_ROOM_PER_HOUR); try again in {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        ) from exc
     except ConferenceDialOutOpen as exc:
         open_call = svc.dial_outs.store.open_conference(room.room_id)
         which = f" (call {open_call.id}, {open_call.state})" if open_call else ""
