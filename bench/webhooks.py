@@ -119,7 +119,7 @@ def server_cpu_seconds(leader: int) -> float:
     return total
 
 
-def warm_up(command: list[str], wal: Path, step_s: int = 3, limit_s: int = 60) -> None:
+def warm_up(command: list[str], wal: Path | None, step_s: int = 3, limit_s: int = 60) -> None:
     """Load the server until SQLite's write-ahead log has started over once, i.e. reached its working size.
 
     After a start the log file grows until the server's checkpoints make SQLite start it over (about 270 MB
@@ -130,6 +130,9 @@ def warm_up(command: list[str], wal: Path, step_s: int = 3, limit_s: int = 60) -
     first = None
     while time.monotonic() - started < limit_s:
         subprocess.run([*command[:3], f"-d{step_s}s", *command[4:]], capture_output=True, check=True)
+        if wal is None:
+            print(f"warm-up: {step_s} s", flush=True)
+            return
         sequence = wal_checkpoint_sequence(wal)
         if first is None:
             first = sequence
@@ -218,7 +221,7 @@ def run(args: argparse.Namespace) -> None:
             "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
             "-s", str(HERE / "webhooks.lua"), base, "--", str(pool),
         ]  # fmt: skip
-        warm_up(command, Path(f"{db}-wal"))
+        warm_up(command, None if args.baseline else Path(f"{db}-wal"))  # the baseline has no database
         cpu_before = server_cpu_seconds(server.pid)
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         server_cpu = server_cpu_seconds(server.pid) - cpu_before
