@@ -116,6 +116,7 @@ class HandedConnectionsServer(uvicorn.Server):
         self.received = 0
         self._report_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._taking_over: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.server_state.connections = _CountedConnections(self._connections_changed)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -151,8 +152,9 @@ class HandedConnectionsServer(uvicorn.Server):
                 return
             for fd in fds:
                 self.received += 1
-                connection = socket.socket(fileno=fd)
-                self._loop.create_task(self._take_over(connection))
+                task = self._loop.create_task(self._take_over(socket.socket(fileno=fd)))
+                self._taking_over.add(task)
+                task.add_done_callback(self._taking_over.discard)
             self._connections_changed()
 
     async def _take_over(self, connection: socket.socket) -> None:
