@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -59,3 +61,26 @@ def test_upgrading_a_0001_database_keeps_each_calls_pin_failures(tmp_path: Path)
     # And back down, and up again: both directions run.
     command.downgrade(alembic_config(engine), "0001")
     migrate(engine)
+
+
+def _migrate_in_own_process(url: str, start: Any) -> None:
+    start.wait()
+    migrate(create_db_engine(url))
+
+
+def test_processes_starting_together_migrate_a_new_database_once(tmp_path: Path) -> None:
+    """`serve --workers N` starts N processes that each migrate at start-up; on a new database they used to race
+    and all but one failed with "table ... already exists" (seen in this suite, intermittently)."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Event()
+    processes = [spawn.Process(target=_migrate_in_own_process, args=(url, start)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    start.set()
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0] * 6
+    engine = create_db_engine(url)
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), t.metadata) == []

@@ -13,6 +13,11 @@ if engine is None:  # plain `alembic` command line: sqlalchemy.url from the ini 
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///./var/dialbridge.db")
 
 with engine.connect() as connection:
+    if connection.dialect.name == "sqlite":
+        # Several processes start at once (`serve --workers N`, or two instances on one file): take SQLite's write
+        # lock before Alembic reads the current revision, so the others wait (busy_timeout) and then find the
+        # schema current, instead of running the same migration again ("table ... already exists").
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -20,3 +25,5 @@ with engine.connect() as connection:
     )
     with context.begin_transaction():
         context.run_migrations()
+    if connection.in_transaction():  # the transaction begun above is ours to end
+        connection.commit()
