@@ -64,18 +64,18 @@ class Served:
         return [pid for pid in children(self.process.pid) if b"resource_tracker" not in _command_line(pid)]
 
 
-def start(tmp_path: Path, *args: str, stderr: Any = subprocess.DEVNULL) -> Served:
+def start(tmp_path: Path, *args: str, stderr: Any = subprocess.DEVNULL, **env: str) -> Served:
     port = free_port()
     process = subprocess.Popen(
-        [DIALBRIDGE, "serve", *args], env=vonage_environment(tmp_path, port), cwd=tmp_path,
+        [DIALBRIDGE, "serve", *args], env={**vonage_environment(tmp_path, port), **env}, cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
     )  # fmt: skip
     return Served(process, port)
 
 
 @contextmanager
-def serving(tmp_path: Path, *args: str) -> Iterator[Served]:
-    served = start(tmp_path, *args, stderr=(tmp_path / "server.log").open("w"))
+def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
+    served = start(tmp_path, *args, stderr=(tmp_path / "server.log").open("w"), **env)
     try:
         wait_healthy(served.base)
         yield served

@@ -3,6 +3,7 @@ a worker that dies is replaced; the server stops cleanly; a worker that cannot s
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dialbridge.web.workers import LeastConnections, parse_report
-from tests.served import connections_held, serving, start, wait_healthy
+from tests.served import Served, connections_held, serving, start, wait_healthy
 
 
 def test_the_next_connection_goes_to_the_worker_holding_fewest() -> None:
@@ -116,9 +117,16 @@ def _connections_of(pid: int, port: int, clients: list[socket.socket]) -> list[s
     return [c for c in clients if c.getsockname()[1] in server_side_peers]
 
 
+def _all_ready(served: Served) -> list[int]:
+    """The workers, once each has answered (two connections go one to each)."""
+    for connection in _open(served.port, 2):
+        connection.close()
+    return served.workers()
+
+
 def test_a_worker_that_dies_is_replaced_and_serving_goes_on(tmp_path: Path) -> None:
     with serving(tmp_path, "--workers", "2") as served:
-        pids = served.workers()
+        pids = _all_ready(served)
         os.kill(pids[0], signal.SIGKILL)
         for _ in range(150):
             now = served.workers()
@@ -132,6 +140,75 @@ def test_a_worker_that_dies_is_replaced_and_serving_goes_on(tmp_path: Path) -> N
         assert sorted(held.values()) == [4, 4], held  # the replacement takes its share
         for connection in connections:
             connection.close()
+
+
+def _replaced(served: Served, old: list[int], count: int = 2, timeout_s: float = 30) -> list[int]:
+    """The worker pids once none of `old` is among them and `count` are running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = served.workers()
+        if len(now) == count and not set(now) & set(old):
+            return now
+        time.sleep(0.1)
+    raise AssertionError(f"workers {old} were not replaced: {served.workers()}")
+
+
+def _get_healthz(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_worker_killed_while_starting_is_replaced_not_taken_for_a_start_up_failure(tmp_path: Path) -> None:
+    served = start(tmp_path, "--workers", "2")
+    try:
+        for _ in range(100):  # as soon as both exist, long before they are ready (imports, migrations)
+            pids = served.workers()
+            if len(pids) == 2:
+                break
+            time.sleep(0.02)
+        os.kill(pids[0], signal.SIGKILL)
+        wait_healthy(served.base)
+        assert len(_replaced(served, [pids[0]], count=2)) == 2
+        assert served.process.poll() is None
+    finally:
+        os.killpg(served.process.pid, signal.SIGTERM)
+        served.process.wait(timeout=30)
+
+
+def test_sighup_replaces_every_worker_without_refusing_a_connection(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as served:
+        old = _all_ready(served)
+        idle = _open(served.port, 4)  # keep-alive connections held by the old workers
+        served.process.send_signal(signal.SIGHUP)
+        statuses = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # new connections all the while the workers are swapped
+            statuses.append(_get_healthz(served.port))
+            now = served.workers()
+            if len(now) == 2 and not set(now) & set(old):
+                break
+        new = _replaced(served, old)
+        assert statuses and set(statuses) == {200}
+        for connection in idle:  # the old workers closed their idle connections on the way out
+            assert connection.recv(1) == b""
+            connection.close()
+        fresh = _open(served.port, 8)
+        assert sorted(_held(new, served.port, 8).values()) == [4, 4]
+        for connection in fresh:
+            connection.close()
+
+
+def test_a_worker_whose_loop_is_stuck_is_replaced(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2", DIALBRIDGE_WORKER_TIMEOUT_S="2") as served:
+        stuck, other = _all_ready(served)
+        os.kill(stuck, signal.SIGSTOP)  # as good as a loop that never comes back
+        now = _replaced(served, [stuck], timeout_s=20)
+        assert other in now
+        assert _get_healthz(served.port) == 200
 
 
 def test_sigterm_stops_the_server_and_its_workers(tmp_path: Path) -> None:

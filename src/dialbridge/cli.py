@@ -124,7 +124,7 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     listener = _listen(settings.host, settings.port, config.backlog)
     print(f"  {workers} worker processes; each new connection goes to the one holding the fewest", flush=True)
     try:
-        WorkerPool(config, workers, listener).run()
+        WorkerPool(config, workers, listener, liveness_timeout_s=settings.worker_timeout_s).run()
     except WorkerStartupFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None

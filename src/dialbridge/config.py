@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # Where worker processes share their request counts, so a scrape of any one reports them all. `dialbridge
     # serve --workers N` sets it; set it yourself for several instances on one machine under another supervisor.
     metrics_dir: str | None = None
+    # `serve --workers N`: a worker whose event loop has not answered its supervisor for this long is replaced.
+    worker_timeout_s: Annotated[int, Field(ge=2)] = 30
 
     # Vonage: application id + private key (PEM text or a path to it) ...
     vonage_application_id: str | None = None

@@ -10,7 +10,8 @@ connection to a worker (SCM_RIGHTS over a Unix socket); here, to the one with th
 split also holds as connections come and go.
 
 The supervisor's choice is `LeastConnections` (no I/O, unit-tested); `WorkerPool` is the supervisor's loop
-(accept, hand over, read the workers' reports, restart a worker that died, stop on SIGINT/SIGTERM);
+(accept, hand over, read the workers' reports, replace a worker that died or hangs, replace all on SIGHUP, stop on
+SIGINT/SIGTERM);
 `HandedConnectionsServer` is uvicorn's server inside each worker, taking its connections from the supervisor
 instead of a listening socket. Everything else — HTTP, keep-alive, graceful shutdown — is uvicorn's as before.
 """
@@ -131,6 +132,11 @@ class HandedConnectionsServer(uvicorn.Server):
             self._loop.remove_reader(self.channel.fileno())
         await super().shutdown(sockets=sockets)
 
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # uvicorn ticks every 0.1 s: a report at least every second tells the supervisor
+            self._connections_changed()  # this worker's loop is alive
+        return await super().on_tick(counter)
+
     def _protocol(self) -> asyncio.Protocol:
         protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
             config=self.config, server_state=self.server_state, app_state=self.lifespan.state
@@ -154,7 +160,7 @@ class HandedConnectionsServer(uvicorn.Server):
                 self.received += 1
                 task = self._loop.create_task(self._take_over(socket.socket(fileno=fd)))
                 self._taking_over.add(task)
-                task.add_done_callback(self._taking_over.discard)
+                task.add_done_callback(self._took_over)
             self._connections_changed()
 
     async def _take_over(self, connection: socket.socket) -> None:
@@ -165,6 +171,10 @@ class HandedConnectionsServer(uvicorn.Server):
             log.debug("a handed-over connection could not be served", exc_info=True)
             connection.close()
 
+    def _took_over(self, task: asyncio.Task[None]) -> None:
+        self._taking_over.discard(task)
+        self._connections_changed()
+
     def _connections_changed(self) -> None:
         """Report once per loop turn, however many connections came and went in it."""
         if self._report_scheduled or self._loop is None:
@@ -174,6 +184,11 @@ class HandedConnectionsServer(uvicorn.Server):
 
     def _report(self) -> None:
         self._report_scheduled = False
+        if self._taking_over:
+            # A connection being taken over may or may not be in uvicorn's set yet: a count now could be one off
+            # either way, and the supervisor would hand the next connections unevenly. The last hand-over's end
+            # reports instead; until then the supervisor counts these connections as in transit.
+            return
         self._send(b"%d %d" % (self.received, len(self.server_state.connections)))
 
     def _send(self, message: bytes) -> None:
@@ -191,11 +206,12 @@ def worker_main(config: uvicorn.Config, channel: socket.socket) -> None:
     HandedConnectionsServer(config, channel).run()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
+    slot: int
     process: Any  # multiprocessing's SpawnProcess
     channel: socket.socket
-    started_at: float
+    last_heard: float
     ready: bool = False
 
 
@@ -204,17 +220,27 @@ class WorkerStartupFailed(RuntimeError):
 
 
 class WorkerPool:
-    """The supervisor: owns the listening socket, runs `count` workers and hands them the connections."""
+    """The supervisor: owns the listening socket, runs `count` workers and hands them the connections.
 
-    def __init__(self, config: uvicorn.Config, count: int, listener: socket.socket) -> None:
+    Signals, as with uvicorn's own supervisor: SIGINT/SIGTERM stop everything gracefully; SIGHUP replaces every
+    worker (new code, new settings) without refusing a connection — each replacement starts at once and takes the
+    new connections while the old one finishes what it holds. A worker silent for `liveness_timeout_s` (its loop
+    stuck: each worker reports at least once a second) is killed and replaced."""
+
+    def __init__(
+        self, config: uvicorn.Config, count: int, listener: socket.socket, liveness_timeout_s: float = 30.0
+    ) -> None:
         self.config = config
         self.count = count
         self.listener = listener
+        self.liveness_timeout_s = liveness_timeout_s
         self.balance = LeastConnections(count)
         self.workers: list[_Worker | None] = [None] * count
+        self.retiring: list[_Worker] = []
         self.selector = selectors.DefaultSelector()
         self._spawn = multiprocessing.get_context("spawn")
         self._stopping = False
+        self._replace_all = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     def run(self) -> None:
@@ -223,22 +249,27 @@ class WorkerPool:
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(self._wakeup_w.fileno())
-        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             for slot in range(self.count):
                 self._start(slot)
             self.selector.register(self.listener, selectors.EVENT_READ, "accept")
             self.selector.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
             while not self._stopping:
-                for key, _events in self.selector.select():
+                for key, _events in self.selector.select(timeout=1.0):
                     if key.data == "accept":
                         self._accept()
                     elif key.data == "wakeup":
                         self._drain_wakeup()
-                    elif isinstance(key.data, tuple) and key.data[0] == "channel":
+                    elif key.data[0] == "channel":
                         self._read_channel(key.data[1])
-                    elif isinstance(key.data, tuple) and key.data[0] == "exited":
+                    elif key.data[0] == "exited":
                         self._exited(key.data[1])
+                if self._replace_all and not self._stopping:
+                    self._replace_all = False
+                    self._replace_workers()
+                self._check_liveness()
         finally:
             self._stop_all()
             signal.set_wakeup_fd(previous_wakeup)
@@ -252,45 +283,76 @@ class WorkerPool:
         process.start()
         theirs.close()
         ours.setblocking(False)
-        self.workers[slot] = _Worker(process, ours, time.monotonic())
+        worker = _Worker(slot, process, ours, time.monotonic())
+        self.workers[slot] = worker
         self.balance.started(slot)
-        self.selector.register(ours, selectors.EVENT_READ, ("channel", slot))
-        self.selector.register(process.sentinel, selectors.EVENT_READ, ("exited", slot))
+        self.selector.register(ours, selectors.EVENT_READ, ("channel", worker))
+        self.selector.register(process.sentinel, selectors.EVENT_READ, ("exited", worker))
         log.info("started worker process [%d]", process.pid)
 
-    def _forget(self, slot: int) -> _Worker | None:
-        worker = self.workers[slot]
-        if worker is None:
-            return None
-        self.workers[slot] = None
-        self.balance.stopped(slot)
-        for registered in (worker.channel, worker.process.sentinel):
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(registered)
-        worker.channel.close()
-        return worker
+    def _retire(self, worker: _Worker) -> None:
+        """Take `worker` out of the pool: it gets no more connections; its slot is free for a replacement."""
+        if self.workers[worker.slot] is worker:
+            self.workers[worker.slot] = None
+            self.balance.stopped(worker.slot)
+        self.retiring.append(worker)
 
-    def _exited(self, slot: int) -> None:
-        worker = self._forget(slot)
-        if worker is None:
-            return
+    def _replace_workers(self) -> None:
+        log.info("SIGHUP: replacing every worker")
+        for slot in range(self.count):
+            old = self.workers[slot]
+            if old is not None:
+                self._retire(old)
+                self._signal(old, signal.SIGTERM)
+            self._start(slot)
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            # Only once ready: start-up (imports, migrations) may take long and says so itself if it fails.
+            if worker is not None and worker.ready and now - worker.last_heard > self.liveness_timeout_s:
+                log.warning(
+                    "worker process [%d] has not answered for %.0f s; killing and replacing it",
+                    worker.process.pid,
+                    now - worker.last_heard,
+                )
+                self._retire(worker)
+                self._signal(worker, signal.SIGKILL)
+                self._start(worker.slot)
+
+    def _in_pool(self, worker: _Worker) -> bool:
+        """Whether `worker` still holds its slot (not retired, not replaced after it died)."""
+        return self.workers[worker.slot] is worker
+
+    def _exited(self, worker: _Worker) -> None:
+        self._forget(worker)
         worker.process.join()
-        if self._stopping:
+        if self._stopping or not self._in_pool(worker):
             return
-        if not worker.ready:
+        self.workers[worker.slot] = None
+        self.balance.stopped(worker.slot)
+        if not worker.ready and worker.process.exitcode >= 0:
+            # It gave up by itself (a database it cannot migrate, say): another would too. One killed by a signal
+            # (the OOM killer, an operator) is replaced like any other.
             self._stopping = True
             raise WorkerStartupFailed(
                 f"worker process [{worker.process.pid}] exited during start-up (exit code "
                 f"{worker.process.exitcode}); the lines above say why"
             )
-        log.warning(
-            "worker process [%d] exited (code %s); starting another", worker.process.pid, worker.process.exitcode
-        )
-        self._start(slot)
+        pid, code = worker.process.pid, worker.process.exitcode
+        log.warning("worker process [%d] exited (code %s); starting another", pid, code)
+        self._start(worker.slot)
 
-    def _read_channel(self, slot: int) -> None:
-        worker = self.workers[slot]
-        if worker is None:
+    def _forget(self, worker: _Worker) -> None:
+        for registered in (worker.channel, worker.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(registered)
+        worker.channel.close()
+        if worker in self.retiring:
+            self.retiring.remove(worker)
+
+    def _read_channel(self, worker: _Worker) -> None:
+        if worker.channel.fileno() == -1:  # forgotten earlier in this round of events (its process exited)
             return
         while True:
             try:
@@ -300,15 +362,24 @@ class WorkerPool:
             except OSError:
                 message = b""
             if not message:  # closed: its exit is handled when its process sentinel fires
-                self.selector.unregister(worker.channel)
-                self.balance.stopped(slot)
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(worker.channel)
+                if self._in_pool(worker):
+                    self.balance.stopped(worker.slot)
                 return
+            worker.last_heard = time.monotonic()
             if message == READY:
                 worker.ready = True
                 continue
             report = parse_report(message)
-            if report is not None:
-                self.balance.reported(slot, *report)
+            if report is not None and self._in_pool(worker):
+                self.balance.reported(worker.slot, *report)
+
+    @staticmethod
+    def _signal(worker: _Worker, signum: int) -> None:
+        if worker.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, signum)
 
     # ---- connections -------------------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -341,7 +412,10 @@ class WorkerPool:
 
     # ---- stopping ----------------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stopping = True
+        if signum == signal.SIGHUP:
+            self._replace_all = True
+        else:
+            self._stopping = True
 
     def _drain_wakeup(self) -> None:
         try:
@@ -354,10 +428,10 @@ class WorkerPool:
         """Stop accepting, ask every worker to stop (they finish what is in flight), kill what is left."""
         self._stopping = True
         self.listener.close()
-        workers = [worker for worker in self.workers if worker is not None]
+        workers = [worker for worker in self.workers if worker is not None] + self.retiring
         for worker in workers:
-            if worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGTERM)
+            self._signal(worker, signal.SIGTERM)
+            self._signal(worker, signal.SIGCONT)  # a stopped worker could not act on SIGTERM
         deadline = time.monotonic() + STOP_GRACE_S
         for worker in workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -365,8 +439,8 @@ class WorkerPool:
                 log.warning("worker process [%d] did not stop in time; killing it", worker.process.pid)
                 worker.process.kill()
                 worker.process.join()
-        for slot in range(self.count):
-            self._forget(slot)
+        for worker in workers:
+            self._forget(worker)
         self.selector.close()
         self._wakeup_r.close()
         self._wakeup_w.close()
