@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dialbridge.store import tables as t
+from dialbridge.store.database import writing
 
 DIALLING = "dialling"
 LIVE = "live"
@@ -88,7 +89,7 @@ class DialOutStore:
             row = row.where(recent < limit)
         columns = ["id", "room_id", "kind", "target", "state", "created_at"]
         try:
-            with self.engine.begin() as conn:
+            with writing(self.engine) as conn:
                 conn.execute(
                     update(t.dial_outs)
                     .where(
@@ -137,7 +138,7 @@ class DialOutStore:
 
     def mark_call(self, dial_out_id: str, call_uuid: str) -> bool:
         """Link the phone call Vonage created for this dial-out (the answer webhook sees its SIP header)."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             changed = conn.execute(
                 update(t.dial_outs).where(t.dial_outs.c.id == dial_out_id).values(call_uuid=call_uuid)
             ).rowcount
@@ -145,7 +146,7 @@ class DialOutStore:
 
     def end_by_call(self, call_uuid: str, now: float) -> DialOut | None:
         """The linked phone call ended (event webhook): close the dial-out, so the room may dial again."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             dial_out_id = conn.execute(
                 select(t.dial_outs.c.id).where(t.dial_outs.c.call_uuid == call_uuid)
             ).scalar_one_or_none()
@@ -175,7 +176,7 @@ class DialOutStore:
 
     def _set(self, dial_out_id: str, from_states: tuple[str, ...], **values: Any) -> None:
         # Transitions only from the states named: a late answer never reopens an ended or failed dial-out.
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 update(t.dial_outs)
                 .where(t.dial_outs.c.id == dial_out_id, t.dial_outs.c.state.in_(from_states))

@@ -206,7 +206,7 @@ class Store:
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         self._readers = threading.local()
-        self._held: list[Any] = []  # pool proxies of the connections in use, so the pool never hands them out
+        self._held: list[Any] = []  # the connections taken from the pool (and detached from it), to close
         self._held_lock = threading.Lock()
         database = engine.url.database if self._is_sqlite else None
         self._wal = bool(database) and database != ":memory:" and not str(database).startswith("file::memory:")
@@ -222,9 +222,13 @@ class Store:
     def _open(self) -> Any:
         """A DBAPI connection in autocommit mode: reads see every commit, writes bracket their own transaction."""
         proxy = self.engine.raw_connection()
+        connection: Any = proxy.driver_connection
+        # These connections are changed (autocommit, the writer's busy_timeout=0): never let the pool hand them to
+        # anyone else — not even if this store is dropped without close(), when the pool would take back what the
+        # garbage collector returns (found: another writer then got "database is locked" at once).
+        proxy.detach()
         with self._held_lock:
             self._held.append(proxy)
-        connection: Any = proxy.driver_connection
         if self._is_sqlite:
             connection.isolation_level = None
         else:
@@ -295,7 +299,7 @@ class Store:
         self._writer.close()
         with self._held_lock:
             for proxy in self._held:
-                proxy.invalidate()  # these connections were changed to autocommit: never back into the pool
+                proxy.close()  # detached: this closes the connection itself
             self._held.clear()
 
     # ---- rooms -------------------------------------------------------------------------------------------------
