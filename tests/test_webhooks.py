@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from urllib.parse import parse_qsl
 
 import pytest
 from fastapi.testclient import TestClient
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
+from dialbridge.web.webhooks import query_fields
 from tests.conftest import FakeClock
 from tests.helpers import actions, answer, conversation_name, enter, make_room
 from tests.test_callflow import VONAGE_MODELS
@@ -193,3 +195,17 @@ def test_state_survives_a_restart(settings: Settings, clock: FakeClock) -> None:
         svc = second.app.state.services  # type: ignore[attr-defined]
         call = svc.store.call("call-1")
         assert call is not None and call.pin_failures == 1
+
+
+def test_answer_queries_are_read_exactly_as_parse_qsl_reads_them() -> None:
+    """The answer webhook's own query parser must agree with the standard library's on every input: plain fields,
+    percent- and plus-encoding, UTF-8, broken escapes, blank values, repeated names (the last wins)."""
+    rng = random.Random(7)
+    pieces = ["a", "B", "=", "&", "%", "%2", "%41", "%C3%A9", "%ZZ", "+", " ", "é", "x=1", "&&", "==", "SipHeader_X-1"]
+    for _ in range(20_000):
+        query = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12))).encode()
+        assert query_fields(query) == dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)), query
+    assert query_fields(b"region_url=https%3A%2F%2Fapi-eu-1.vonage.com&from=447700900001&from=2") == {
+        "region_url": "https://api-eu-1.vonage.com",
+        "from": "2",
+    }

@@ -63,14 +63,29 @@ class CallFlow:
     input_timeout_s: int = 5
     attempts_per_call: int = 3
     prompts: Prompts = field(default_factory=Prompts)
+    # The NCCOs that depend on nothing but the fields above, built once: every call hears one of them.
+    _asking: Ncco = field(init=False, repr=False, compare=False)
+    _asking_again: Ncco = field(init=False, repr=False, compare=False)
+    _locked_out: Ncco = field(init=False, repr=False, compare=False)
+    _too_many_failures: Ncco = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fixed = {
+            "_asking": self._ask(self.prompts.ask_pin),
+            "_asking_again": (Talk(self.prompts.wrong_pin), *self._ask(self.prompts.ask_again)),
+            "_locked_out": (Talk(self.prompts.locked_out),),
+            "_too_many_failures": (Talk(self.prompts.too_many_failures),),
+        }
+        for name, ncco in fixed.items():
+            object.__setattr__(self, name, ncco)  # frozen: set once, here
 
     def answer(self, *, bridge_room: Room | None, caller_guesses_left: int) -> Ncco:
         """NCCO for a new call; `bridge_room` is the room whose session header the call carries, if any."""
         if bridge_room is not None:
             return (Conversation(bridge_room.session_id),)
         if caller_guesses_left <= 0:
-            return (Talk(self.prompts.locked_out),)
-        return self._ask(self.prompts.ask_pin)
+            return self._locked_out
+        return self._asking
 
     def pin_entered(
         self, *, guessed: bool, room: Room | None, failures_on_call: int, caller_guesses_left: int
@@ -78,15 +93,15 @@ class CallFlow:
         """Decide on an entry: `guessed` is False for an empty one (timeout, bare #); `room` is the room the
         digits are the PIN of, if any; `caller_guesses_left` is what the caller number's quota still allows."""
         if caller_guesses_left <= 0:
-            return PinDecision(PinOutcome.LOCKED_OUT, (Talk(self.prompts.locked_out),))
+            return PinDecision(PinOutcome.LOCKED_OUT, self._locked_out)
         if room is not None:
             ncco = (Talk(self.prompts.joining), Conversation(room.session_id))
             return PinDecision(PinOutcome.ACCEPTED, ncco, room)
         if guessed and caller_guesses_left == 1:  # this wrong guess used up the caller's quota
-            return PinDecision(PinOutcome.EXHAUSTED, (Talk(self.prompts.locked_out),))
+            return PinDecision(PinOutcome.EXHAUSTED, self._locked_out)
         if failures_on_call + 1 >= self.attempts_per_call:
-            return PinDecision(PinOutcome.EXHAUSTED, (Talk(self.prompts.too_many_failures),))
-        return PinDecision(PinOutcome.REJECTED, (Talk(self.prompts.wrong_pin), *self._ask(self.prompts.ask_again)))
+            return PinDecision(PinOutcome.EXHAUSTED, self._too_many_failures)
+        return PinDecision(PinOutcome.REJECTED, self._asking_again)
 
     def _ask(self, text: str) -> Ncco:
         return (

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -165,7 +165,7 @@ class WebhookEndpoints:
             except SignatureError as exc:
                 raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
         if method == "GET":
-            return dict(parse_qsl(payload.decode("latin-1"), keep_blank_values=True))
+            return query_fields(payload)
         if not payload:
             return {}
         try:
@@ -175,6 +175,22 @@ class WebhookEndpoints:
         if not isinstance(fields, dict):
             raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
         return fields
+
+
+def query_fields(query: bytes) -> dict[str, str]:
+    """A query string's fields, exactly as `dict(parse_qsl(query, keep_blank_values=True))` gives them (the last of
+    a repeated name wins). parse_qsl unquotes every name and value; here only those holding `%` or `+` are, which
+    made parsing an answer webhook's query ~3.5x cheaper (3.7 us -> 1.1 us; most of its fields are plain)."""
+    fields = {}
+    for pair in query.decode("latin-1").split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote(name.replace("+", " "))
+            if "%" in value or "+" in value:
+                value = unquote(value.replace("+", " "))
+            fields[name] = value
+    return fields
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
