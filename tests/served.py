@@ -116,9 +116,9 @@ def _command_line(pid: int) -> bytes:
         return b""
 
 
-def established_inodes(port: int) -> set[str]:
-    """Socket inodes of the TCP connections open on the server's side of `port` (Linux /proc/net)."""
-    inodes = set()
+def server_side_connections(port: int) -> dict[str, int]:
+    """The TCP connections open on the server's side of `port` (Linux /proc/net): socket inode -> client port."""
+    connections = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -128,25 +128,33 @@ def established_inodes(port: int) -> set[str]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
             if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
-                inodes.add(fields[9])
+                connections[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)
+    return connections
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process `pid` has open (none if it is gone)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
     return inodes
 
 
 def connections_held(pids: list[int], port: int) -> dict[int, int]:
     """How many of the server's TCP connections on `port` each process holds."""
-    inodes = established_inodes(port)
-    held = {}
-    for pid in pids:
-        count = 0
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                try:
-                    target = os.readlink(fd)
-                except OSError:
-                    continue
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    count += 1
-        except OSError:
-            pass
-        held[pid] = count
-    return held
+    connections = server_side_connections(port)
+    return {pid: len(socket_inodes(pid) & connections.keys()) for pid in pids}
+
+
+def client_ports_held(pid: int, port: int) -> set[int]:
+    """The client ports of the connections on `port` whose server side process `pid` holds."""
+    connections = server_side_connections(port)
+    return {connections[inode] for inode in socket_inodes(pid) & connections.keys()}

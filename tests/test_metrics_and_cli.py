@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from dialbridge.store.store import Store
 from dialbridge.web.metrics import Metrics
 from tests.helpers import answer, enter, make_room
-from tests.served import DIALBRIDGE, serving
+from tests.served import DIALBRIDGE, serving, vonage_environment
 
 
 def metric_value(text: str, line_start: str) -> float:
@@ -186,3 +186,18 @@ def test_serve_with_two_workers_reports_every_workers_requests(tmp_path: Path) -
             with urllib.request.urlopen(f"{served.base}/metrics", timeout=5) as r:
                 text = r.read().decode()
             assert metric_value(text, 'dialbridge_webhook_seconds_count{webhook="answer"}') == 20
+
+
+@pytest.mark.parametrize("command", [("serve",), ("doctor",), ("serve", "--workers", "2")])
+def test_a_port_in_use_is_named_with_the_fix(command: tuple[str, ...], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"DIALBRIDGE_PORT": str(port)}
+        if "--workers" in command:
+            env.update(vonage_environment(tmp_path, port))
+        result = run_cli(*command, tmp_path=tmp_path, **env)
+    assert result.returncode != 0
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr + result.stdout
+    assert f"DIALBRIDGE_PORT={port + 1}" in result.stderr + result.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dialbridge.web.workers import LeastConnections, parse_report
-from tests.served import Served, connections_held, serving, start, wait_healthy
+from tests.served import Served, client_ports_held, connections_held, serving, start, wait_healthy
 
 
 def test_the_next_connection_goes_to_the_worker_holding_fewest() -> None:
@@ -105,16 +105,9 @@ def test_connections_opened_together_are_split_evenly_and_stay_so(tmp_path: Path
 
 
 def _connections_of(pid: int, port: int, clients: list[socket.socket]) -> list[socket.socket]:
-    """The client sockets whose server side is held by process `pid` (matched by the client's port)."""
-    server_side_peers = set()
-    inodes = {
-        os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd).startswith("socket:[")
-    }
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            server_side_peers.add(int(fields[2].rsplit(":", 1)[1], 16))
-    return [c for c in clients if c.getsockname()[1] in server_side_peers]
+    """The client sockets whose server side is held by process `pid`."""
+    held = client_ports_held(pid, port)
+    return [c for c in clients if c.getsockname()[1] in held]
 
 
 def _all_ready(served: Served) -> list[int]:

@@ -28,22 +28,37 @@ def _load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _bound(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (OSError if it cannot be)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    """What a failed bind means to the person starting the server, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another dialbridge?); stop that program or "
+            f"choose another port: DIALBRIDGE_PORT={port + 1} make run"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine; set DIALBRIDGE_HOST=127.0.0.1 or 0.0.0.0"
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs privileges; choose a port above 1023 with DIALBRIDGE_PORT"
+    return f"cannot listen on {host}:{port}: {exc.strerror}"
+
+
 def _port_problem(host: str, port: int) -> str | None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"port {port} on {host} is already in use (another dialbridge?); stop that program or "
-                    f"choose another port: DIALBRIDGE_PORT={port + 1} make run"
-                )
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"{host} is not an address of this machine; set DIALBRIDGE_HOST=127.0.0.1 or 0.0.0.0"
-            if exc.errno == errno.EACCES:
-                return f"port {port} needs privileges; choose a port above 1023 with DIALBRIDGE_PORT"
-            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    try:
+        _bound(host, port).close()
+    except OSError as exc:
+        return _bind_problem(host, port, exc)
     return None
 
 
@@ -131,14 +146,10 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((host, port))
-    except OSError:
-        listener.close()
-        problem = _port_problem(host, port) or f"cannot listen on {host}:{port}"
-        print(f"error: {problem}", file=sys.stderr)
+        listener = _bound(host, port)
+    except OSError as exc:  # taken since serve's check a moment ago
+        print(f"error: {_bind_problem(host, port, exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     listener.listen(backlog)
     return listener
