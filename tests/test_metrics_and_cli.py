@@ -201,3 +201,19 @@ def test_a_port_in_use_is_named_with_the_fix(command: tuple[str, ...], tmp_path:
     assert result.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr + result.stdout
     assert f"DIALBRIDGE_PORT={port + 1}" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", ["serve", "doctor", "voice"])
+def test_a_sip_port_in_use_is_named_with_the_fix(command: str, tmp_path: Path) -> None:
+    """The voice engine needs its SIP port on UDP (and TCP): a softphone or PBX holding it is named, with the fix."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with socket.socket() as web:
+            web.bind(("127.0.0.1", 0))
+            web_port = web.getsockname()[1]
+        result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_SIP_PORT=str(port), DIALBRIDGE_PORT=str(web_port))
+    assert result.returncode == 1
+    said = result.stderr + result.stdout
+    assert f"SIP port {port} on 127.0.0.1 is already in use" in said
+    assert f"DIALBRIDGE_SIP_PORT={port + 1}" in said

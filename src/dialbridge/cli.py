@@ -1,4 +1,4 @@
-"""`dialbridge serve` and `dialbridge doctor`."""
+"""`dialbridge serve`, `dialbridge voice` and `dialbridge doctor`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -28,10 +30,11 @@ def _load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _bound(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port (OSError if it cannot be)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bound(host: str, port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+    """A socket bound to host:port (OSError if it cannot be)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    if kind == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -40,17 +43,17 @@ def _bound(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_problem(host: str, port: int, exc: OSError) -> str:
+def _bind_problem(host: str, port: int, exc: OSError, what: str = "port", setting: str = "PORT") -> str:
     """What a failed bind means to the person starting the server, and what to do."""
     if exc.errno == errno.EADDRINUSE:
         return (
-            f"port {port} on {host} is already in use (another dialbridge?); stop that program or "
-            f"choose another port: DIALBRIDGE_PORT={port + 1} make run"
+            f"{what} {port} on {host} is already in use (another dialbridge?); stop that program or "
+            f"choose another port: DIALBRIDGE_{setting}={port + 1} make run"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{host} is not an address of this machine; set DIALBRIDGE_HOST=127.0.0.1 or 0.0.0.0"
+        return f"{host} is not an address of this machine; set DIALBRIDGE_{setting[:-4]}HOST=127.0.0.1 or 0.0.0.0"
     if exc.errno == errno.EACCES:
-        return f"port {port} needs privileges; choose a port above 1023 with DIALBRIDGE_PORT"
+        return f"{what} {port} needs privileges; choose a port above 1023 with DIALBRIDGE_{setting}"
     return f"cannot listen on {host}:{port}: {exc.strerror}"
 
 
@@ -62,11 +65,25 @@ def _port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def _sip_port_problem(settings: Settings) -> str | None:
+    """Why the voice engine could not take its SIP port (UDP and TCP), naming the fix; None when it can."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        try:
+            _bound(settings.sip_host, settings.sip_port, kind).close()
+        except OSError as exc:
+            return _bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT")
+    return None
+
+
 def doctor(settings: Settings) -> int:
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
         problems.append(port)
+    if settings.backend is Backend.EMBEDDED:
+        sip = _sip_port_problem(settings)
+        if sip:
+            problems.append(sip)
     try:
         from dialbridge.store.database import create_db_engine, migrate
 
@@ -91,6 +108,11 @@ def serve(settings: Settings, workers: int) -> int:
     port = _port_problem(settings.host, settings.port)
     if port:
         problems.append(port)
+    embedded = settings.backend is Backend.EMBEDDED
+    if embedded:
+        sip = _sip_port_problem(settings)
+        if sip:
+            problems.append(sip)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -101,6 +123,7 @@ def serve(settings: Settings, workers: int) -> int:
     print(f"  answer webhook:   {settings.base_url}/webhooks/answer")
     print(f"  event webhook:    {settings.base_url}/webhooks/events")
     print(f"  health, metrics:  {settings.base_url}/healthz  {settings.base_url}/metrics", flush=True)
+    voice = _start_voice_engine(settings) if embedded else None
     shared_metrics = None
     if workers > 1 and settings.metrics_dir is None:
         # Each worker counts its own requests; they meet in this folder so that any worker's /metrics has them all.
@@ -109,8 +132,73 @@ def serve(settings: Settings, workers: int) -> int:
     try:
         _run_uvicorn(settings, workers)
     finally:
+        if voice is not None:
+            _stop(voice)
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
+    return 0
+
+
+def _start_voice_engine(settings: Settings) -> subprocess.Popen[bytes]:
+    """The voice engine in a process of its own: media timing must not wait behind HTTP work (and `--workers N`
+    must not start N engines). It inherits the environment, so it reads the same settings."""
+    host = settings.sip_contact_host
+    print(f"  phones dial in:   sip:{settings.sip_dial_in_user}@{host}:{settings.sip_port} (UDP or TCP)", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "dialbridge.cli", "voice"])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def voice(settings: Settings) -> int:
+    """Run the voice engine alone (`dialbridge serve` starts it beside the web server on the embedded backend)."""
+    problems = [p for p in settings.problems() if "VONAGE" not in p]
+    sip = _sip_port_problem(settings)
+    if sip:
+        problems.append(sip)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    # numpy's BLAS threads would fight the 20 ms clock for the cores (the DTMF bank's matrix product): one thread.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from dialbridge.engine.core import EngineSettings
+    from dialbridge.engine.shell import VoiceServer, run_voice_engine
+
+    engine_settings = EngineSettings(
+        contact_host=settings.sip_contact_host,
+        contact_port=settings.sip_port,
+        answer_url=settings.answer_url,
+        event_url=settings.event_url,
+        dial_in_user=settings.sip_dial_in_user,
+        dial_in_number=settings.dial_in_number,
+        allowed_networks=tuple(settings.sip_allowed_networks),
+        max_calls=settings.max_calls,
+        invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
+    )
+    secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
+    server = VoiceServer(
+        settings=engine_settings,
+        sip_host=settings.sip_host,
+        sip_port=settings.sip_port,
+        rtp_ports=settings.rtp_port_range,
+        signature_secret=secret,
+    )
+    logging.getLogger("dialbridge").info(
+        "voice engine: SIP on %s:%d (UDP, TCP), RTP %s, answer webhook %s",
+        settings.sip_host,
+        settings.sip_port,
+        settings.rtp_ports,
+        settings.answer_url,
+    )
+    run_voice_engine(server)
     return 0
 
 
@@ -160,13 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the web server (settings from DIALBRIDGE_* / .env)")
     run.add_argument("--workers", type=int, default=1, help="worker processes (needs a shared database)")
+    commands.add_parser("voice", help="run the embedded voice engine alone (SIP/RTP; serve starts it itself)")
     commands.add_parser("doctor", help="check the configuration and say how to fix what is wrong")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook the voice engine sends
     settings = _load_settings()
     if args.command == "doctor":
         return doctor(settings)
+    if args.command == "voice":
+        return voice(settings)
     if args.workers < 1:
         print(f"error: --workers {args.workers}: run at least one worker (--workers 1, the default)", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Every setting has a default that works for `make run` on one machine (embedded b
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -65,6 +66,22 @@ class Settings(BaseSettings):
     # `serve --workers N`: a worker whose event loop has not answered its supervisor for this long is replaced.
     worker_timeout_s: Annotated[int, Field(ge=2)] = 30
 
+    # The embedded voice engine (its own process beside the web server): SIP on UDP and TCP, RTP from a port range.
+    sip_host: str = "127.0.0.1"
+    sip_port: Annotated[int, Field(ge=1, le=65535)] = 5060
+    # The address put in Contact and SDP when peers reach this machine at another one (NAT); default sip_host.
+    sip_public_host: str | None = None
+    sip_dial_in_user: str = Field(default="dialin", pattern=r"^[A-Za-z0-9_.!~*'()+-]{1,64}$")
+    # CIDRs that may place calls, comma-separated (e.g. 10.0.0.0/8,203.0.113.7/32); empty: anyone.
+    sip_allow_from: str = ""
+    # INVITEs one source address may send per minute before it is refused (a SIP scanner must not exhaust the engine).
+    sip_invites_per_source_per_minute: Annotated[int, Field(ge=1)] = 120
+    rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
+    max_calls: Annotated[int, Field(ge=1)] = 500
+    # The NCCO application the engine drives; default: this server's own webhooks.
+    voice_answer_url: str | None = None
+    voice_event_url: str | None = None
+
     # Vonage: application id + private key (PEM text or a path to it) ...
     vonage_application_id: str | None = None
     vonage_private_key: SecretStr | None = None
@@ -90,6 +107,32 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return self.public_base_url or f"http://{host}:{self.port}"
+
+    @property
+    def sip_contact_host(self) -> str:
+        """The address peers are told to send SIP and RTP to."""
+        if self.sip_public_host:
+            return self.sip_public_host
+        return "127.0.0.1" if self.sip_host in ("0.0.0.0", "::") else self.sip_host
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.rtp_ports.partition("-")
+        return int(low), int(high)
+
+    @property
+    def sip_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(cidr.strip(), strict=False) for cidr in self.sip_allow_from.split(",") if cidr.strip()
+        ]
+
+    @property
+    def answer_url(self) -> str:
+        return self.voice_answer_url or f"{self.base_url}/webhooks/answer"
+
+    @property
+    def event_url(self) -> str:
+        return self.voice_event_url or f"{self.base_url}/webhooks/events"
 
     def private_key_pem(self) -> str | None:
         """The Vonage private key as PEM text, read from the file when the setting is a path."""
@@ -121,8 +164,27 @@ class Settings(BaseSettings):
             )
         if not self.database_url.startswith(("sqlite:", "postgresql")):
             found.append("DIALBRIDGE_DATABASE_URL must be a sqlite:///path or postgresql+psycopg://… URL")
+        if self.backend is Backend.EMBEDDED:
+            found.extend(self._voice_problems())
         if self.backend is Backend.VONAGE:
             found.extend(self._vonage_problems())
+        return found
+
+    def _voice_problems(self) -> list[str]:
+        found: list[str] = []
+        low, high = self.rtp_port_range
+        if not 1024 <= low < high <= 65535 or high - low < 3:
+            found.append(
+                f"DIALBRIDGE_RTP_PORTS={self.rtp_ports!r} must be a range of at least four ports within "
+                "1024-65535, e.g. 30000-39999"
+            )
+        try:
+            self.sip_allowed_networks  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            found.append(
+                f"DIALBRIDGE_SIP_ALLOW_FROM: {exc}; list networks in CIDR form, comma-separated, "
+                "e.g. 10.0.0.0/8,203.0.113.7/32"
+            )
         return found
 
     def warnings(self) -> list[str]:

@@ -1,0 +1,823 @@
+"""The voice engine's calls, sans-I/O: SIP and RTP bytes, webhook answers and the clock in; bytes and requests out.
+
+The engine is a local stand-in for the call side of Vonage's Voice API. For every call it asks the application's
+answer webhook what to do, runs the NCCO it gets (talk, stream, input, conversation, notify) and reports each
+state to the event webhook — it never sees rooms or PINs, so one call flow serves both backends.
+
+`VoiceEngine` owns no socket, thread or clock. The shell (`engine/shell.py`) feeds it datagrams with `receive_*`,
+calls `tick(now)` every 20 ms, carries out the `EngineRequest`s it emits (HTTP, speech synthesis, file loading)
+and hands their results back. Everything with a deadline is checked on `tick`, so a test drives a whole call —
+retransmissions, input timeouts, audio — with a fake clock.
+
+Media, per tick, for every call at once: each call's RTP session yields 160 encoded bytes; one numpy step decodes
+them all, the in-band DTMF bank and the conference mixer run over the decoded matrix, prompts are added to the
+calls playing one, one step encodes them all, and each session packetises its row.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random as random_module
+import re
+import uuid as uuid_module
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from dialbridge.engine import sdp
+from dialbridge.engine.calls import (
+    Action,
+    CallInfo,
+    Command,
+    Conversation,
+    Hangup,
+    JoinConversation,
+    LeaveConversation,
+    NccoRunner,
+    Play,
+    PostWebhook,
+    StopPlayback,
+    StreamSource,
+    TalkSource,
+    WebhookResult,
+    answer_query,
+    event_payload,
+)
+from dialbridge.engine.media import g711, tones
+from dialbridge.engine.media.dtmf import InbandDtmfBank
+from dialbridge.engine.media.mixer import ConferenceMixer
+from dialbridge.engine.playback import FRAME, Playback
+from dialbridge.engine.rtp.session import RtpSession
+from dialbridge.engine.sip.agent import (
+    CallCancelled,
+    CallConfirmed,
+    CallEnded,
+    IncomingCall,
+    InfoReceived,
+    OfferAnswered,
+    OfferReceived,
+    Outgoing,
+    SipAgent,
+)
+
+log = logging.getLogger(__name__)
+Address = tuple[str, int]
+DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9*#A-Da-d])", re.IGNORECASE)
+RATE_WINDOW_S = 60.0
+
+
+class MediaPorts(Protocol):
+    """Where calls get their RTP port (even) and RTCP port (+1); the shell binds the sockets."""
+
+    def open(self) -> int: ...  # raises OSError when no port pair is free
+
+    def close(self, port: int) -> None: ...
+
+
+# What the engine asks its shell to do; each result comes back through the matching VoiceEngine method.
+@dataclass(frozen=True, slots=True)
+class FetchAnswer:
+    call_uuid: str
+    url: str
+    query: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SendWebhook:
+    call_uuid: str
+    request_id: int
+    url: str
+    method: str
+    payload: dict[str, Any]
+    purpose: str  # "input" | "notify": both may answer with an NCCO that replaces the rest of the call's
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    url: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareAudio:
+    """Synthesise a talk or load a stream; answer with `audio_ready`."""
+
+    call_uuid: str
+    playback_id: int
+    source: TalkSource | StreamSource
+
+
+EngineRequest = FetchAnswer | SendWebhook | SendEvent | PrepareAudio
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    contact_host: str
+    contact_port: int
+    answer_url: str
+    event_url: str
+    dial_in_user: str = "dialin"
+    dial_in_number: str | None = None  # E.164 with +
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_calls: int = 500
+    invites_per_source_per_minute: int = 120
+    join_tone: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CallSnapshot:
+    """A call as the call-control API shows it."""
+
+    uuid: str
+    conversation_uuid: str
+    from_: str
+    to: str
+    status: str
+    start_time: float
+    end_time: float | None
+    duration: int | None
+    muted: bool
+    earmuffed: bool
+    conversation: str | None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    calls_by_state: dict[str, int] = field(default_factory=dict)
+    calls_total: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+    rtp_in: int = 0
+    rtp_out: int = 0
+    digits: int = 0
+
+
+class Call:
+    """One phone call: its SIP leg, its media, its NCCO, and what it is hearing."""
+
+    __slots__ = (
+        "alaw",
+        "answered_at",
+        "conference",
+        "conversation",
+        "conversation_uuid",
+        "earmuffed",
+        "end_reason",
+        "ended",
+        "ended_at",
+        "from_",
+        "inband",
+        "leg_id",
+        "local_sdp",
+        "muted",
+        "overlay",
+        "playback",
+        "port",
+        "rtp",
+        "runner",
+        "sdp_version",
+        "source",
+        "started_at",
+        "state",
+        "to",
+        "uuid",
+        "x_headers",
+    )
+
+    def __init__(self, leg_id: str, uuid: str, conversation_uuid: str, from_: str, to: str, now: float) -> None:
+        self.leg_id = leg_id
+        self.uuid = uuid
+        self.conversation_uuid = conversation_uuid
+        self.from_ = from_
+        self.to = to
+        self.state = "started"
+        self.started_at = now
+        self.answered_at: float | None = None
+        self.ended = False
+        self.end_reason = ""
+        self.port: int | None = None
+        self.rtp: RtpSession | None = None
+        self.alaw = False
+        self.local_sdp: bytes | None = None
+        self.sdp_version = 1
+        self.runner: NccoRunner | None = None
+        self.playback: Playback | _PendingPlayback | None = None
+        self.overlay: Playback | _PendingPlayback | None = None  # PUT /talk, /stream: on top of everything
+        self.ended_at: float | None = None
+        self.muted = False
+        self.earmuffed = False
+        self.conference: str | None = None
+        self.conversation: Conversation | None = None
+        self.inband = False  # in-band DTMF detection runs on this call (until a signalled digit arrives)
+        self.source: Address = ("", 0)
+        self.x_headers: dict[str, str] = {}
+
+    @property
+    def info(self) -> CallInfo:
+        return CallInfo(uuid=self.uuid, conversation_uuid=self.conversation_uuid, from_=self.from_, to=self.to)
+
+
+class VoiceEngine:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        ports: MediaPorts,
+        now: float,
+        *,
+        random: random_module.Random | None = None,
+        new_uuid: Callable[[], str] = lambda: str(uuid_module.uuid4()),
+    ) -> None:
+        self.settings = settings
+        self._ports = ports
+        self._random = random or random_module.Random()
+        self._new_uuid = new_uuid
+        self.agent = SipAgent(contact_host=settings.contact_host, contact_port=settings.contact_port)
+        self.mixer = ConferenceMixer()
+        self._dtmf = InbandDtmfBank()
+        self.calls: dict[str, Call] = {}  # by uuid
+        self._by_leg: dict[str, Call] = {}
+        self._by_port: dict[int, Call] = {}
+        self._media: list[Call] = []  # calls with an RTP session, in the rows of the tick's matrices
+        self._alaw = np.zeros(0, np.bool_)
+        self._requests: list[EngineRequest] = []
+        self._rtp_out: list[tuple[int, bytes, Address]] = []
+        self._sip_out: list[Outgoing] = []
+        self._next_id = 0
+        self._invites: dict[str, deque[float]] = {}
+        self.stats = EngineStats()
+        self._ended: deque[CallSnapshot] = deque(maxlen=1000)
+        self._join_tone = tones.join_tone() if settings.join_tone else None
+        self._leave_tone = tones.leave_tone() if settings.join_tone else None
+
+    # ---- input ---------------------------------------------------------------------------------------------
+
+    def receive_sip(self, data: bytes, source: Address, now: float, transport: str = "udp") -> None:
+        self.agent.receive(data, source, now, transport)
+        self._after_sip(now)
+
+    def transport_failed(self, peer: Address, now: float) -> None:
+        """A TCP connection to `peer` is gone: its calls cannot be reached any more."""
+        self.agent.transport_failed(peer, now)
+        self._after_sip(now)
+
+    def receive_rtp(self, port: int, data: bytes, source: Address, now: float) -> None:
+        call = self._by_port.get(port)
+        if call is None or call.rtp is None:
+            return
+        self.stats.rtp_in += 1
+        for digit in call.rtp.receive(data, source, now):
+            self._signalled_digit(call, digit.digit, now)
+
+    def receive_rtcp(self, port: int, data: bytes, source: Address, now: float) -> None:
+        call = self._by_port.get(port)
+        if call is not None and call.rtp is not None:
+            call.rtp.receive_rtcp(data, source, now)
+
+    def answer_fetched(self, call_uuid: str, result: WebhookResult, now: float) -> None:
+        call = self.calls.get(call_uuid)
+        if call is None or call.ended:
+            return
+        if result.ok and result.ncco is not None:
+            self._answer(call, result.ncco, now)
+            return
+        # Never silence, never a hang: the caller is answered, hears an apology, and the event says why.
+        log.warning("answer webhook for call %s failed: %s", call.uuid, result.error)
+        self._answer(call, None, now, failure=f"answer webhook failed: {result.error}")
+
+    def webhook_answered(self, call_uuid: str, request_id: int, result: WebhookResult, now: float) -> None:
+        call = self.calls.get(call_uuid)
+        if call is None or call.ended or call.runner is None:
+            return
+        self._run(call, call.runner.webhook_answered(request_id, result, now), now)
+
+    def audio_ready(self, call_uuid: str, playback_id: int, samples: npt.NDArray[np.int16] | None, now: float) -> None:
+        """The audio of a `PrepareAudio`; None when it could not be made (the playback counts as finished)."""
+        call = self.calls.get(call_uuid)
+        if call is None or call.ended or call.runner is None:
+            return
+        if playback_id < 0:
+            overlay = call.overlay
+            if isinstance(overlay, _PendingPlayback) and overlay.playback_id == playback_id:
+                call.overlay = None if samples is None else Playback(playback_id, samples, overlay.loop_count)
+            return
+        if call.playback is not None and call.playback.playback_id == playback_id:
+            if samples is None:
+                call.playback = None
+                self._run(call, call.runner.playback_finished(playback_id, now), now)
+            else:
+                loop = call.playback.loop_count if isinstance(call.playback, _PendingPlayback) else 1
+                call.playback = Playback(playback_id, samples, loop)
+
+    # ---- call control (the REST API's verbs) ---------------------------------------------------------------
+
+    def snapshots(self, conversation_uuid: str | None = None) -> list[CallSnapshot]:
+        """Live calls, then the most recent ended ones (Vonage lists both)."""
+        live = [self._snapshot(call) for call in self.calls.values()]
+        found = [*live, *reversed(self._ended)]
+        if conversation_uuid is not None:
+            found = [snap for snap in found if snap.conversation_uuid == conversation_uuid]
+        return found
+
+    def snapshot(self, call_uuid: str) -> CallSnapshot | None:
+        call = self.calls.get(call_uuid)
+        if call is not None:
+            return self._snapshot(call)
+        return next((snap for snap in self._ended if snap.uuid == call_uuid), None)
+
+    def hangup(self, call_uuid: str, now: float, reason: str = "hangup") -> bool:
+        call = self._live(call_uuid)
+        if call is None:
+            return False
+        self._end(call, now, reason, send_bye=True)
+        return True
+
+    def set_muted(self, call_uuid: str, muted: bool) -> bool:
+        call = self._live(call_uuid)
+        if call is None:
+            return False
+        call.muted = muted
+        if call.conference is not None:
+            self.mixer.set_can_speak(call.uuid, self._can_speak(call))
+        return True
+
+    def set_earmuffed(self, call_uuid: str, earmuffed: bool) -> bool:
+        call = self._live(call_uuid)
+        if call is None:
+            return False
+        call.earmuffed = earmuffed
+        if call.conference is not None:
+            self.mixer.set_can_hear(call.uuid, not earmuffed)
+        return True
+
+    def transfer(self, call_uuid: str, ncco: tuple[Action, ...], now: float) -> bool:
+        call = self._live(call_uuid)
+        if call is None or call.runner is None:
+            return False
+        if call.conference is not None:
+            self._leave_conference(call, now)
+        call.playback = None
+        self._run(call, call.runner.transfer(ncco, now), now)
+        return True
+
+    def play_into_call(self, call_uuid: str, source: TalkSource | StreamSource) -> bool:
+        """PUT /talk or /stream: heard on top of whatever the call hears, until it ends or is stopped."""
+        call = self._live(call_uuid)
+        if call is None:
+            return False
+        self._next_id -= 1  # negative ids: never one of the runner's playbacks
+        call.overlay = _PendingPlayback(self._next_id, source.loop)
+        self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
+        return True
+
+    def stop_playing_into_call(self, call_uuid: str) -> bool:
+        call = self._live(call_uuid)
+        if call is None or call.overlay is None:
+            return False
+        call.overlay = None
+        return True
+
+    def send_dtmf(self, call_uuid: str, digits: str, now: float) -> bool:
+        call = self._live(call_uuid)
+        if call is None or call.rtp is None:
+            return False
+        call.rtp.send_dtmf(digits, now)
+        return True
+
+    def _live(self, call_uuid: str) -> Call | None:
+        call = self.calls.get(call_uuid)
+        return None if call is None or call.ended else call
+
+    def _snapshot(self, call: Call) -> CallSnapshot:
+        end = call.ended_at
+        start = call.answered_at
+        return CallSnapshot(
+            uuid=call.uuid,
+            conversation_uuid=call.conversation_uuid,
+            from_=call.from_,
+            to=call.to,
+            status=call.state,
+            start_time=call.started_at,
+            end_time=end,
+            duration=None if start is None else round((end if end is not None else start) - start),
+            muted=call.muted,
+            earmuffed=call.earmuffed,
+            conversation=call.conference,
+        )
+
+    # ---- the clock -----------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Every 20 ms: timers, then one frame of audio in and out for every call."""
+        self.agent.on_timer(now)
+        self._after_sip(now)
+        for call in list(self.calls.values()):
+            runner = call.runner
+            if runner is not None and not call.ended:
+                due = runner.next_timer()
+                if due is not None and due <= now:
+                    self._run(call, runner.on_timer(now), now)
+        self._mix(now)
+        for call in list(self._media):
+            rtp = call.rtp
+            if rtp is not None and call.port is not None:
+                report = rtp.rtcp_due(now)
+                if report is not None and rtp.rtcp_destination is not None:
+                    self._rtp_out.append((call.port + 1, report, rtp.rtcp_destination))
+
+    def drain(self) -> tuple[list[Outgoing], list[tuple[int, bytes, Address]], list[EngineRequest]]:
+        """SIP to send, RTP/RTCP to send (from local port, data, destination), and requests for the shell."""
+        sip, self._sip_out = self._sip_out, []
+        rtp, self._rtp_out = self._rtp_out, []
+        requests, self._requests = self._requests, []
+        return sip, rtp, requests
+
+    # ---- SIP events ----------------------------------------------------------------------------------------
+
+    def _after_sip(self, now: float) -> None:
+        events, outgoing = self.agent.drain()
+        self._sip_out.extend(outgoing)
+        for event in events:
+            if isinstance(event, IncomingCall):
+                self._incoming(event, now)
+                continue
+            call = self._by_leg.get(event.leg_id)
+            if call is None:
+                continue
+            if isinstance(event, CallConfirmed):
+                self._confirmed(call, event.sdp, now)
+            elif isinstance(event, CallCancelled):
+                call.state = "cancelled"
+                self._end(call, now, "cancelled", send_bye=False)
+            elif isinstance(event, CallEnded):
+                self._end(call, now, event.reason, send_bye=False)
+            elif isinstance(event, OfferReceived):
+                self._reoffer(call, event.sdp, now)
+            elif isinstance(event, InfoReceived):
+                match = DTMF_RELAY.search(event.body) if "dtmf" in event.content_type.lower() else None
+                if match:
+                    self._signalled_digit(call, match.group(1).decode().upper(), now)
+            elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
+                try:
+                    params = sdp.accept_answer(event.sdp)
+                except sdp.SdpError:
+                    log.warning("call %s: unusable SDP answer to our re-offer; keeping the media as it was", call.uuid)
+                else:
+                    call.rtp.update(params, now)
+                    self._set_codec(call, params)
+        if events:
+            extra_events, extra = self.agent.drain()
+            self._sip_out.extend(extra)
+            if extra_events:  # commands issued while handling events may produce events (e.g. CallEnded)
+                self._replay(extra_events, now)
+
+    def _replay(self, events: Iterable[object], now: float) -> None:
+        for event in events:
+            if isinstance(event, CallEnded):
+                call = self._by_leg.get(event.leg_id)
+                if call is not None:
+                    self._end(call, now, event.reason, send_bye=False)
+
+    def _refuse(self, event: IncomingCall, status: int, now: float, headers: dict[str, str] | None = None) -> None:
+        self.stats.refused[status] = self.stats.refused.get(status, 0) + 1
+        self.agent.reject(event.leg_id, status, now, headers=headers)
+
+    def _incoming(self, event: IncomingCall, now: float) -> None:
+        settings = self.settings
+        if settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
+            self._refuse(event, 403, now)
+            return
+        if not self._within_rate(event.source[0], now):
+            self._refuse(event, 503, now, {"Retry-After": "60"})
+            return
+        if not self._is_dial_in(event.request_user):
+            self._refuse(event, 404, now)
+            return
+        if sum(1 for call in self.calls.values() if not call.ended) >= settings.max_calls:
+            self._refuse(event, 503, now, {"Retry-After": "30"})
+            return
+        try:
+            port = self._ports.open()
+        except OSError:
+            log.warning("no RTP port free for a call from %s", event.source[0])
+            self._refuse(event, 503, now, {"Retry-After": "30"})
+            return
+        session_id = self._random.getrandbits(48)
+        params: sdp.AudioParameters | None = None
+        try:
+            if event.sdp:
+                params, local = sdp.answer_offer(
+                    event.sdp,
+                    local_host=settings.contact_host,
+                    local_port=port,
+                    session_id=session_id,
+                    session_version=1,
+                )
+            else:  # no offer in the INVITE: ours goes in the 200, theirs comes back in the ACK
+                local = sdp.make_offer(
+                    local_host=settings.contact_host, local_port=port, session_id=session_id, session_version=1
+                )
+        except sdp.NoUsableMedia:
+            self._ports.close(port)
+            self._refuse(event, 488, now)
+            return
+        except sdp.SdpError:
+            self._ports.close(port)
+            self._refuse(event, 400, now)
+            return
+        call = Call(
+            event.leg_id,
+            self._new_uuid(),
+            "CON-" + self._new_uuid(),
+            from_=event.from_user,
+            to=(settings.dial_in_number or "").lstrip("+") or event.request_user,
+            now=now,
+        )
+        call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
+        self.calls[call.uuid] = call
+        self._by_leg[call.leg_id] = call
+        self._by_port[port] = call
+        self.stats.calls_total += 1
+        if params is not None:
+            self._start_media(call, params, now)
+        self.agent.ringing(call.leg_id, now)
+        self._event(call, "started", now)
+        call.state = "ringing"
+        self._event(call, "ringing", now)
+        self._requests.append(FetchAnswer(call.uuid, settings.answer_url, answer_query(call.info, call.x_headers)))
+
+    def _is_dial_in(self, user: str) -> bool:
+        if user == self.settings.dial_in_user:
+            return True
+        number = self.settings.dial_in_number
+        return bool(number) and user.lstrip("+") == (number or "").lstrip("+")
+
+    def _within_rate(self, host: str, now: float) -> bool:
+        seen = self._invites.setdefault(host, deque())
+        while seen and seen[0] <= now - RATE_WINDOW_S:
+            seen.popleft()
+        if len(seen) >= self.settings.invites_per_source_per_minute:
+            return False
+        seen.append(now)
+        if len(self._invites) > 10_000:  # forget quiet sources so a spoofed flood cannot grow this without bound
+            for quiet in [h for h, times in self._invites.items() if not times or times[-1] <= now - RATE_WINDOW_S]:
+                del self._invites[quiet]
+        return True
+
+    def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
+        assert call.local_sdp is not None
+        self.agent.accept(call.leg_id, call.local_sdp, now)
+        call.answered_at = now
+        self._event(call, "answered", now)
+        call.runner = NccoRunner(call.info, event_url=self.settings.event_url)
+        commands = call.runner.start(ncco, now) if ncco is not None else call.runner.fail(failure, now)
+        self._run(call, commands, now)
+
+    def _confirmed(self, call: Call, answer: bytes | None, now: float) -> None:
+        if call.rtp is not None or answer is None:
+            return
+        try:
+            params = sdp.accept_answer(answer)
+        except sdp.SdpError:
+            log.warning("call %s: unusable SDP answer in the ACK; hanging up", call.uuid)
+            self._end(call, now, "failed: unusable SDP answer", send_bye=True)
+            return
+        self._start_media(call, params, now)
+
+    def _reoffer(self, call: Call, offer: bytes | None, now: float) -> None:
+        assert call.port is not None
+        call.sdp_version += 1
+        try:
+            if offer is None:
+                local = sdp.make_offer(
+                    local_host=self.settings.contact_host,
+                    local_port=call.port,
+                    session_id=self._random.getrandbits(48),
+                    session_version=call.sdp_version,
+                )
+                self.agent.answer_offer(call.leg_id, local, now)
+                return
+            params, local = sdp.answer_offer(
+                offer,
+                local_host=self.settings.contact_host,
+                local_port=call.port,
+                session_id=self._random.getrandbits(48),
+                session_version=call.sdp_version,
+            )
+        except sdp.SdpError:
+            self.agent.reject_offer(call.leg_id, 488, now)
+            return
+        call.local_sdp = local
+        self.agent.answer_offer(call.leg_id, local, now)
+        if call.rtp is None:
+            self._start_media(call, params, now)
+        else:
+            call.rtp.update(params, now)
+            self._set_codec(call, params)
+
+    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float) -> None:
+        call.rtp = RtpSession(params, ssrc=self._random.getrandbits(32), now=now, random=self._random)
+        self._set_codec(call, params)
+        self._media.append(call)
+        self._dtmf.add(call.uuid)
+        call.inband = True
+        self._rows_changed()
+
+    def _set_codec(self, call: Call, params: sdp.AudioParameters) -> None:
+        call.alaw = params.codec == "PCMA"
+        self._rows_changed()
+
+    def _rows_changed(self) -> None:
+        self._alaw = np.array([call.alaw for call in self._media], np.bool_)
+
+    # ---- NCCO ----------------------------------------------------------------------------------------------
+
+    def _signalled_digit(self, call: Call, digit: str, now: float) -> None:
+        """A digit sent as RFC 4733 or SIP INFO: from now on this call's digits are signalled, so in-band detection
+        stops for it — a phone sending both would otherwise count every key twice."""
+        if call.inband:
+            call.inband = False
+            self._dtmf.remove(call.uuid)
+        self._digit(call, digit, now)
+
+    def _digit(self, call: Call, digit: str, now: float) -> None:
+        self.stats.digits += 1
+        if call.runner is not None and not call.ended:
+            self._run(call, call.runner.digit(digit, now), now)
+
+    def _run(self, call: Call, commands: list[Command], now: float) -> None:
+        for command in commands:
+            if call.ended:
+                return
+            if isinstance(command, Play):
+                call.playback = _PendingPlayback(command.playback_id, command.source.loop)
+                self._requests.append(PrepareAudio(call.uuid, command.playback_id, command.source))
+            elif isinstance(command, StopPlayback):
+                if call.playback is not None and call.playback.playback_id == command.playback_id:
+                    call.playback = None
+            elif isinstance(command, PostWebhook):
+                self._requests.append(
+                    SendWebhook(
+                        call.uuid,
+                        command.request_id,
+                        command.url,
+                        command.method,
+                        command.payload,
+                        command.purpose,
+                    )
+                )
+            elif isinstance(command, LeaveConversation):
+                self._leave_conference(call, now)
+            elif isinstance(command, JoinConversation):
+                self._join(call, command.name, command.conversation, now)
+            elif isinstance(command, Hangup):
+                self._end(call, now, command.reason, send_bye=True)
+
+    def _join(self, call: Call, name: str, conversation: Conversation, now: float) -> None:
+        if call.conference is not None:
+            self._leave_conference(call, now)
+        others = self.mixer.members(name) if name in self.mixer.conferences() else []
+        call.conference, call.conversation = name, conversation
+        self.mixer.join(call.uuid, name, can_speak=self._can_speak(call), can_hear=not call.earmuffed)
+        if others and self._join_tone is not None:
+            self.mixer.play_to_conference(name, self._join_tone)
+
+    @staticmethod
+    def _can_speak(call: Call) -> bool:
+        conversation = call.conversation
+        if call.muted or conversation is None or conversation.mute:
+            return False
+        return conversation.can_speak is None or bool(conversation.can_speak)
+
+    def _leave_conference(self, call: Call, now: float) -> None:
+        name = call.conference
+        if name is None:
+            return
+        self.mixer.leave(call.uuid)
+        call.conference = None
+        remaining = self.mixer.members(name) if name in self.mixer.conferences() else []
+        if call.conversation is not None and call.conversation.end_on_exit:
+            for uuid in remaining:
+                other = self.calls.get(uuid)
+                if other is not None and other.runner is not None:
+                    self.mixer.leave(uuid)
+                    other.conference = None
+                    self._run(other, other.runner.conversation_left(now), now)
+        elif remaining and self._leave_tone is not None:
+            self.mixer.play_to_conference(name, self._leave_tone)
+
+    def _end(self, call: Call, now: float, reason: str, *, send_bye: bool) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        if send_bye:
+            self.agent.hangup(call.leg_id, now)
+        self._leave_conference(call, now)
+        call.playback = None
+        if call.rtp is not None:
+            self._media.remove(call)
+            self._rows_changed()
+        if call.inband:
+            call.inband = False
+            self._dtmf.remove(call.uuid)
+        if call.port is not None:
+            self._by_port.pop(call.port, None)
+            self._ports.close(call.port)
+        self._by_leg.pop(call.leg_id, None)
+        del self.calls[call.uuid]
+        if call.state == "cancelled" or (call.answered_at is None and reason == "cancelled"):
+            self._event(call, "cancelled", now)
+        elif call.answered_at is None and reason == "rejected":
+            self._event(call, "rejected", now)
+        elif call.answered_at is None:
+            self._event(call, "failed" if reason.startswith("failed") else "cancelled", now, reason=reason)
+        else:
+            self._event(call, "completed", now, start_time=call.answered_at, end_time=now, reason=reason)
+        call.ended_at = now
+        self._ended.append(self._snapshot(call))
+
+    def _event(self, call: Call, status: str, now: float, **extra: Any) -> None:
+        call.state = status
+        self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
+        self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
+
+    # ---- media ---------------------------------------------------------------------------------------------
+
+    def _mix(self, now: float) -> None:
+        calls = self._media
+        if not calls:
+            return
+        frames = []
+        for call in calls:
+            assert call.rtp is not None
+            frames.append(call.rtp.playout(now)[0])
+        encoded = np.frombuffer(b"".join(frames), np.uint8).reshape(len(calls), FRAME)
+        decoded = g711.decode_rows(encoded, self._alaw)
+        listening = [i for i, call in enumerate(calls) if call.inband]
+        if listening:
+            bank = self._dtmf
+            bank.inputs[[bank.row(calls[i].uuid) for i in listening]] = decoded[listening]
+            for uuid, digit in bank.detect():
+                keyed = self.calls.get(uuid)
+                if keyed is not None:
+                    self._digit(keyed, digit, now)
+        out = np.zeros_like(decoded)
+        members = [i for i, call in enumerate(calls) if call.conference is not None]
+        if members:
+            rows = np.array([self.mixer.row(calls[i].uuid) for i in members], np.intp)
+            self.mixer.inputs[rows] = decoded[members]
+            mixed = self.mixer.mix()
+            out[members] = mixed.outputs[rows]
+        for i, call in enumerate(calls):
+            playback = call.playback
+            if playback is None or isinstance(playback, _PendingPlayback):
+                continue
+            frame = playback.next_frame()
+            if frame is None:
+                call.playback = None
+                if call.runner is not None:
+                    self._run(call, call.runner.playback_finished(playback.playback_id, now), now)
+            elif call.conference is None:
+                out[i] = frame
+            else:
+                out[i] = np.clip(out[i].astype(np.int32) + frame, -32768, 32767)
+        for i, call in enumerate(calls):
+            overlay = call.overlay
+            if overlay is None or isinstance(overlay, _PendingPlayback):
+                continue
+            frame = overlay.next_frame()
+            if frame is None:
+                call.overlay = None
+            else:
+                out[i] = np.clip(out[i].astype(np.int32) + frame, -32768, 32767)
+        wire = g711.encode_rows(out, self._alaw)
+        for i, call in enumerate(list(calls)):
+            rtp = call.rtp
+            if rtp is None or call.port is None:
+                continue
+            destination = rtp.destination
+            for packet in rtp.send(wire[i].tobytes(), now):
+                if destination is not None:
+                    self._rtp_out.append((call.port, packet, destination))
+                    self.stats.rtp_out += 1
+
+
+class _PendingPlayback:
+    """A playback whose audio is still being prepared: the call hears silence (or the conference) meanwhile."""
+
+    __slots__ = ("loop_count", "playback_id")
+
+    def __init__(self, playback_id: int, loop_count: int) -> None:
+        self.playback_id = playback_id
+        self.loop_count = loop_count
+
+
+def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)

@@ -1,0 +1,407 @@
+"""The voice engine's asyncio shell: sockets, the 20 ms clock, HTTP and worker threads around `VoiceEngine`.
+
+Everything that decides lives in `engine/core.py` and below; this module only moves bytes and results. It runs in
+its own process (`dialbridge voice`, or started by `dialbridge serve`), so media timing never waits behind HTTP
+work of the web workers.
+
+Sockets: SIP on UDP and TCP at `sip_host:sip_port`; RTP and RTCP on a port pair per call, bound synchronously and
+read with `add_reader` (no transport objects per call; a readable socket is drained in one callback).
+The clock: ticks are scheduled at absolute times 20 ms apart; how late each one ran is recorded (`TickStats`), and
+a loop that fell more than 100 ms behind skips ahead rather than bursting audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
+from dialbridge.engine.core import (
+    EngineRequest,
+    EngineSettings,
+    FetchAnswer,
+    PrepareAudio,
+    SendEvent,
+    SendWebhook,
+    VoiceEngine,
+)
+from dialbridge.engine.media.audiofile import load_audio
+from dialbridge.engine.media.tts import SpeechSynthesizer, UnsupportedLanguage
+from dialbridge.engine.sip.message import SipParseError, SipStreamFramer
+
+log = logging.getLogger(__name__)
+TICK_S = 0.020
+MAX_BEHIND_S = 0.100
+Address = tuple[str, int]
+
+
+class NoMediaPorts(OSError):
+    pass
+
+
+class UdpMediaPorts:
+    """RTP/RTCP port pairs from a range, each bound to `host` and read through the loop's `add_reader`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        low: int,
+        high: int,
+        on_rtp: Callable[[int, bytes, Address], None],
+        on_rtcp: Callable[[int, bytes, Address], None],
+    ) -> None:
+        self._loop, self._host = loop, host
+        self._free = list(range(low + (low % 2), high, 2))  # even RTP ports whose RTCP port is inside the range
+        self._next = 0
+        self._open: dict[int, tuple[socket.socket, socket.socket]] = {}
+        self._on_rtp, self._on_rtcp = on_rtp, on_rtcp
+
+    def open(self) -> int:
+        for _ in range(len(self._free)):
+            port = self._free[self._next]
+            self._next = (self._next + 1) % len(self._free)
+            if port in self._open:
+                continue
+            try:
+                rtp = _udp_socket(self._host, port)
+            except OSError:
+                continue
+            try:
+                rtcp = _udp_socket(self._host, port + 1)
+            except OSError:
+                rtp.close()
+                continue
+            self._open[port] = (rtp, rtcp)
+            self._loop.add_reader(rtp.fileno(), self._drain, rtp, port, self._on_rtp)
+            self._loop.add_reader(rtcp.fileno(), self._drain, rtcp, port, self._on_rtcp)
+            return port
+        raise NoMediaPorts(errno.EADDRINUSE, "no free RTP port pair: widen DIALBRIDGE_RTP_PORTS")
+
+    def close(self, port: int) -> None:
+        pair = self._open.pop(port, None)
+        if pair is None:
+            return
+        for sock in pair:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def send(self, port: int, data: bytes, destination: Address) -> None:
+        pair = self._open.get(port - (port % 2))
+        if pair is None:
+            return
+        sock = pair[port % 2]
+        with contextlib.suppress(BlockingIOError, OSError):  # a full buffer or unreachable peer loses the packet
+            sock.sendto(data, destination)
+
+    @staticmethod
+    def _drain(sock: socket.socket, port: int, handler: Callable[[int, bytes, Address], None]) -> None:
+        for _ in range(64):  # bounded, so one flooded socket cannot starve the clock
+            try:
+                data, source = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP port unreachable surfaces here on Linux; nothing to do
+                return
+            handler(port, data, (source[0], source[1]))
+
+    def close_all(self) -> None:
+        for port in list(self._open):
+            self.close(port)
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(slots=True)
+class TickStats:
+    """How late the clock ran: the figure that says whether media timing holds."""
+
+    ticks: int = 0
+    skipped: int = 0
+    late_ms: list[float] = field(default_factory=list)  # a window of recent lateness values
+    max_late_ms: float = 0.0
+
+    def record(self, late_s: float) -> None:
+        self.ticks += 1
+        late_ms = late_s * 1000
+        self.max_late_ms = max(self.max_late_ms, late_ms)
+        self.late_ms.append(late_ms)
+        if len(self.late_ms) > 3000:
+            del self.late_ms[:1000]
+
+    def percentile(self, share: float) -> float:
+        if not self.late_ms:
+            return 0.0
+        return float(np.percentile(np.array(self.late_ms), share * 100))
+
+
+class SipUdp(asyncio.DatagramProtocol):
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._server.sip_received(data, (addr[0], addr[1]), "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP UDP error: %s", exc)
+
+
+class SipTcp(asyncio.Protocol):
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+        self._framer = SipStreamFramer()
+        self._peer: Address = ("", 0)
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = (peer[0], peer[1])
+        self._server.tcp_connections[self._peer] = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._framer.feed(data)
+        except SipParseError as exc:  # oversized or unframeable: answer it if we can, then drop the stream
+            self._server.tcp_unframeable(exc, self._peer)
+            if self._transport is not None:
+                self._transport.close()
+            return
+        for message in messages:
+            self._server.sip_received(message, self._peer, "tcp")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.tcp_closed(self._peer)
+
+
+class VoiceServer:
+    def __init__(
+        self,
+        *,
+        settings: EngineSettings,
+        sip_host: str,
+        sip_port: int,
+        rtp_ports: tuple[int, int],
+        signature_secret: str | None,
+    ) -> None:
+        self.settings = settings
+        self._sip_host, self._sip_port = sip_host, sip_port
+        self._rtp_range = rtp_ports
+        self._secret = signature_secret
+        self.tcp_connections: dict[Address, asyncio.Transport] = {}
+        self.ticks = TickStats()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._event_chains: dict[str, asyncio.Task[Any]] = {}
+        self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialbridge-audio")
+        self._speech = SpeechSynthesizer()
+        self._stopping = asyncio.Event()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wall_offset = time.time() - loop.time()
+        self.media = UdpMediaPorts(loop, self._sip_host, *self._rtp_range, self._rtp_received, self._rtcp_received)
+        self.engine = VoiceEngine(self.settings, self.media, self.now())
+        self.webhooks = WebhookClient(signature_secret=self._secret)
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: SipUdp(self), local_addr=(self._sip_host, self._sip_port)
+        )
+        self._tcp = await loop.create_server(lambda: SipTcp(self), self._sip_host, self._sip_port, reuse_address=True)
+        self._next_tick = loop.time() + TICK_S
+        loop.call_at(self._next_tick, self._tick)
+        # Synthesise the common prompts' voice once, so the first caller does not wait for espeak-ng to start.
+        await loop.run_in_executor(self._audio, self._speech.synthesize, "Welcome.")
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopping.wait()
+        await self.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        now = self.now()
+        for uuid in list(self.engine.calls):
+            self.engine.hangup(uuid, now, reason="engine_shutdown")
+        self._flush()
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        self._udp.close()
+        self._tcp.close()
+        for transport in list(self.tcp_connections.values()):
+            transport.close()
+        self.media.close_all()
+        await self.webhooks.aclose()
+        self._audio.shutdown(wait=False, cancel_futures=True)
+
+    def now(self) -> float:
+        """Wall-clock seconds that never step backwards (the loop's monotonic clock, offset once)."""
+        return self._loop.time() + self._wall_offset
+
+    # ---- input ---------------------------------------------------------------------------------------------
+
+    def sip_received(self, data: bytes, source: Address, transport: str) -> None:
+        self.engine.receive_sip(data, source, self.now(), transport)
+        self._flush()
+
+    def tcp_unframeable(self, error: SipParseError, peer: Address) -> None:
+        self.engine.agent.answer_parse_error(error, peer, "tcp")
+        self._flush()
+
+    def tcp_closed(self, peer: Address) -> None:
+        self.tcp_connections.pop(peer, None)
+        self.engine.transport_failed(peer, self.now())
+        self._flush()
+
+    def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
+        self.engine.receive_rtp(port, data, source, self.now())
+
+    def _rtcp_received(self, port: int, data: bytes, source: Address) -> None:
+        self.engine.receive_rtcp(port, data, source, self.now())
+
+    def _tick(self) -> None:
+        loop = self._loop
+        late = loop.time() - self._next_tick
+        self.ticks.record(late)
+        if late > MAX_BEHIND_S:  # far behind: skip the missed ticks instead of sending a burst
+            missed = int(late / TICK_S)
+            self.ticks.skipped += missed
+            self._next_tick += missed * TICK_S
+        self._next_tick += TICK_S
+        loop.call_at(self._next_tick, self._tick)
+        try:
+            self.engine.tick(self.now())
+        except Exception:  # one bad call must not stop every call's audio
+            log.exception("voice engine tick failed")
+        self._flush()
+
+    # ---- output --------------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        sip, rtp, requests = self.engine.drain()
+        for message in sip:
+            if message.transport == "tcp":
+                connection = self.tcp_connections.get(message.destination)
+                if connection is not None:
+                    connection.write(message.data)
+            else:
+                self._udp.sendto(message.data, message.destination)
+        send = self.media.send
+        for port, data, destination in rtp:
+            send(port, data, destination)
+        for request in requests:
+            self._dispatch(request)
+
+    def _dispatch(self, request: EngineRequest) -> None:
+        if isinstance(request, FetchAnswer):
+            self._spawn(self._fetch_answer(request))
+        elif isinstance(request, SendWebhook):
+            self._spawn(self._send_webhook(request))
+        elif isinstance(request, SendEvent):
+            self._send_event(request)
+        elif isinstance(request, PrepareAudio):
+            self._spawn(self._prepare_audio(request))
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _fetch_answer(self, request: FetchAnswer) -> None:
+        result = await self.webhooks.answer(request.url, request.query)
+        self.engine.answer_fetched(request.call_uuid, result, self.now())
+        self._flush()
+
+    async def _send_webhook(self, request: SendWebhook) -> None:
+        result = await self.webhooks.send(
+            request.url, request.method, request.payload, expect_ncco=True, purpose=request.purpose
+        )
+        self.engine.webhook_answered(request.call_uuid, request.request_id, result, self.now())
+        self._flush()
+
+    def _send_event(self, request: SendEvent) -> None:
+        # One call's events arrive in the order they happened: each waits for the one before it.
+        key = str(request.payload.get("uuid", ""))
+        previous = self._event_chains.get(key)
+
+        async def send() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await self.webhooks.event(request.url, request.payload)
+            if self._event_chains.get(key) is task:
+                del self._event_chains[key]
+
+        task = self._spawn(send())
+        self._event_chains[key] = task
+
+    async def _prepare_audio(self, request: PrepareAudio) -> None:
+        samples: npt.NDArray[np.int16] | None
+        try:
+            source = request.source
+            if isinstance(source, StreamSource):
+                # Fetched here, with the webhook client's timeouts and size cap, never by FFmpeg itself (which
+                # would block, without a timeout, through any protocol it knows, file: included).
+                data = await self.webhooks.fetch_bytes(source.url)
+                samples = await self._loop.run_in_executor(self._audio, self._load_stream, data, source.level)
+            else:
+                samples = await self._loop.run_in_executor(self._audio, self._speak, source)
+        except Exception as exc:
+            log.warning("call %s: cannot play %s: %s", request.call_uuid, type(request.source).__name__, exc)
+            samples = None
+        self.engine.audio_ready(request.call_uuid, request.playback_id, samples, self.now())
+        self._flush()
+
+    def _speak(self, source: TalkSource) -> npt.NDArray[np.int16]:
+        try:
+            return self._speech.synthesize(source.text, language=source.language, level=source.level)
+        except UnsupportedLanguage as exc:
+            log.warning("%s; speaking en-US instead", exc)
+            return self._speech.synthesize(source.text, language="en-US", level=source.level)
+
+    @staticmethod
+    def _load_stream(data: bytes, level: float) -> npt.NDArray[np.int16]:
+        audio = load_audio(data)
+        if level:  # Vonage's level -1..1, as a gain of 0..2
+            audio = np.clip(audio.astype(np.float32) * (1.0 + level), -32768, 32767).astype(np.int16)
+        return audio
+
+
+def run_voice_engine(server: VoiceServer) -> None:
+    """Run until SIGINT/SIGTERM, on uvloop."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        await server.run()
+
+    uvloop.run(main())

@@ -1,0 +1,182 @@
+"""SIPp as a caller: scenarios written for each test, run as real processes against the voice engine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SIPP = shutil.which("sipp")
+
+SDP = """v=0
+o=sipp 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP {payloads}
+{rtpmaps}a=ptime:{ptime}
+a=sendrecv
+"""
+
+INVITE = """<send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: "SIPp caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+{extra_headers}Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}
+]]></send>
+"""
+
+ACK = """<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+BYE_TEMPLATE = """<send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} BYE
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+<recv response="200" timeout="5000"/>
+"""
+
+INFO = """<send retrans="500"><![CDATA[
+INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} INFO
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Type: application/dtmf-relay
+Content-Length: [len]
+
+Signal={digit}
+Duration=160
+]]></send>
+<recv response="200" timeout="5000"/>
+<pause milliseconds="150"/>
+"""
+
+BYE = BYE_TEMPLATE.replace("{cseq}", "3")
+
+ANSWERED = """<recv response="100" optional="true"/>
+<recv response="180" optional="true"/>
+<recv response="183" optional="true"/>
+<recv response="200" rtd="true"/>
+"""
+
+REMOTE_BYE = """<recv request="BYE" timeout="{timeout_ms}"/>
+<send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"""
+
+
+def sdp(payloads: str = "8 0 101", ptime: int = 20) -> str:
+    names = {"0": "PCMU/8000", "8": "PCMA/8000", "101": "telephone-event/8000"}
+    lines = "".join(f"a=rtpmap:{pt} {names[pt]}\n" for pt in payloads.split() if pt in names)
+    if "101" in payloads.split():
+        lines += "a=fmtp:101 0-15\n"
+    return SDP.format(payloads=payloads, rtpmaps=lines, ptime=ptime)
+
+
+def scenario(*steps: str, name: str = "dialbridge test") -> str:
+    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="{name}">\n{"".join(steps)}</scenario>\n'
+
+
+def invite(caller: str = "+15550001111", extra_headers: str = "", payloads: str = "8 0 101", ptime: int = 20) -> str:
+    extra = "".join(f"{line}\n" for line in extra_headers.splitlines() if line)
+    return INVITE.format(caller=caller, extra_headers=extra, sdp=sdp(payloads, ptime))
+
+
+def pause(ms: int) -> str:
+    return f'<pause milliseconds="{ms}"/>\n'
+
+
+def play(pcap: Path) -> str:
+    return f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n'
+
+
+def info_digits(digits: str) -> str:
+    """INFO requests with CSeq 10, 11, …: a BYE after them needs a higher one (`bye(cseq=…)`)."""
+    return "".join(INFO.format(cseq=10 + i, digit=d) for i, d in enumerate(digits))
+
+
+def bye(cseq: int) -> str:
+    return BYE_TEMPLATE.replace("{cseq}", str(cseq))
+
+
+@dataclass
+class SippRun:
+    process: subprocess.Popen[str]
+    folder: Path
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def errors(self) -> str:
+        logs = sorted(self.folder.glob("*errors.log")) + sorted(self.folder.glob("*messages.log"))
+        return "\n".join(path.read_text(errors="replace")[-4000:] for path in logs)
+
+
+def start(
+    folder: Path,
+    xml: str,
+    *,
+    target: str,
+    sip_port: int,
+    media_port: int,
+    service: str = "dialin",
+    transport: str = "u1",
+    timeout_s: int = 60,
+) -> SippRun:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "scenario.xml"
+    path.write_text(xml)
+    command = [
+        SIPP or "sipp", target, "-sf", str(path), "-s", service, "-i", "127.0.0.1", "-p", str(sip_port),
+        "-mi", "127.0.0.1", "-mp", str(media_port), "-m", "1", "-l", "1", "-t", transport,
+        "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err", "-trace_msg", "-nostdin",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+    return SippRun(process, folder)
