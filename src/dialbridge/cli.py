@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,12 +67,16 @@ def _port_problem(host: str, port: int) -> str | None:
 
 
 def _sip_port_problem(settings: Settings) -> str | None:
-    """Why the voice engine could not take its SIP port (UDP and TCP), naming the fix; None when it can."""
+    """Why the voice engine could not take its SIP port (UDP and TCP) or its API port, naming the fix."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         try:
             _bound(settings.sip_host, settings.sip_port, kind).close()
         except OSError as exc:
             return _bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT")
+    try:
+        _bound(settings.voice_api_host, settings.voice_api_port).close()
+    except OSError as exc:
+        return _bind_problem(settings.voice_api_host, settings.voice_api_port, exc, "voice API port", "VOICE_API_PORT")
     return None
 
 
@@ -182,7 +187,19 @@ def voice(settings: Settings) -> int:
         allowed_networks=tuple(settings.sip_allowed_networks),
         max_calls=settings.max_calls,
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
+        join_tone=settings.join_tones,
     )
+    from dialbridge.engine.credentials import CredentialsError, VoiceCredentials
+
+    try:
+        credentials = VoiceCredentials.load_or_create(Path(settings.voice_dir))
+    except (CredentialsError, OSError) as exc:
+        print(
+            f"error: cannot use the voice engine's credentials in {settings.voice_dir} ({exc}); fix the folder's "
+            "permissions, or remove it to have new ones made, or point DIALBRIDGE_VOICE_DIR elsewhere",
+            file=sys.stderr,
+        )
+        return 1
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
     server = VoiceServer(
         settings=engine_settings,
@@ -190,6 +207,7 @@ def voice(settings: Settings) -> int:
         sip_port=settings.sip_port,
         rtp_ports=settings.rtp_port_range,
         signature_secret=secret,
+        control=(credentials, settings.voice_api_host, settings.voice_api_port),
     )
     logging.getLogger("dialbridge").info(
         "voice engine: SIP on %s:%d (UDP, TCP), RTP %s, answer webhook %s",

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     sip_invites_per_source_per_minute: Annotated[int, Field(ge=1)] = 120
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
+    # A short tone tells a conference's members that someone joined or left.
+    join_tones: bool = True
+    # The engine's call-control API (Vonage's Voice REST shape, HTTPS) and browser-phone endpoint; the web app
+    # reaches it here, signing with the application key the engine keeps (made once) in voice_dir.
+    voice_api_host: str = "127.0.0.1"
+    voice_api_port: Annotated[int, Field(ge=1, le=65535)] = 8091
+    voice_dir: str = "./var/voice"
     # The NCCO application the engine drives; default: this server's own webhooks.
     voice_answer_url: str | None = None
     voice_event_url: str | None = None
@@ -114,6 +121,11 @@ class Settings(BaseSettings):
         if self.sip_public_host:
             return self.sip_public_host
         return "127.0.0.1" if self.sip_host in ("0.0.0.0", "::") else self.sip_host
+
+    @property
+    def voice_api_url(self) -> str:
+        host = "127.0.0.1" if self.voice_api_host in ("0.0.0.0", "::") else self.voice_api_host
+        return f"https://{host}:{self.voice_api_port}"
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:

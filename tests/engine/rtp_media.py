@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+import wave
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,11 +184,20 @@ def received_audio(datagrams: list[Datagram]) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
-def tone_energy(samples: np.ndarray, freq: float) -> float:
-    """Share of the signal's energy within ±15 Hz of `freq` (0..1)."""
-    if len(samples) < RATE // 4:
+def tone_energy(samples: np.ndarray, freq: float, rate: int = RATE) -> float:
+    """Share of the signal's energy within ±15 Hz of `freq` (0..1), for samples at `rate` Hz."""
+    if len(samples) < rate // 4:
         return 0.0
     spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples)))) ** 2
-    freqs = np.fft.rfftfreq(len(samples), 1 / RATE)
+    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
     total = spectrum.sum() or 1.0
     return float(spectrum[(freqs > freq - 15) & (freqs < freq + 15)].sum() / total)
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV file's samples (the first channel) and its sample rate."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: {8 * wav.getsampwidth()}-bit samples, expected 16-bit")
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+        return frames[:: wav.getnchannels()].copy(), wav.getframerate()

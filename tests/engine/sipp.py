@@ -180,3 +180,45 @@ def start(
         command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
     )
     return SippRun(process, folder)
+
+
+CANCEL = """<send><![CDATA[
+CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch};rport
+From: "SIPp caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+ACK_NON_2XX = """<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch};rport
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+
+def cancelled_invite(caller: str = "+15550001111", payloads: str = "8 0 101") -> str:
+    """INVITE, 100/180, CANCEL (same branch, as RFC 3261 9.1 requires), 200 to the CANCEL, 487 to the INVITE, and
+    the ACK for the 487 (same branch again: it belongs to the INVITE transaction)."""
+    branch = "z9hG4bK-cancel-[pid]-[call_number]"
+    return (
+        INVITE.replace("branch=[branch]", f"branch={branch}").format(
+            caller=caller, extra_headers="", sdp=sdp(payloads, 20)
+        )
+        + '<recv response="100" optional="true"/>\n<recv response="180"/>\n'
+        + CANCEL.format(branch=branch, caller=caller)
+        + '<recv response="200"/>\n<recv response="487"/>\n'
+        + ACK_NON_2XX.format(branch=branch)
+    )

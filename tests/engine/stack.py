@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ class VoiceStack:
     http_port: int
     sip_port: int
     log: Path
+    api_port: int
+    voice_dir: Path
 
     @property
     def base(self) -> str:
@@ -49,6 +54,11 @@ class VoiceStack:
     @property
     def sip_target(self) -> str:
         return f"127.0.0.1:{self.sip_port}"
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.base + path, timeout=5) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -85,7 +95,7 @@ def options_ping(port: int, timeout: float = 0.3) -> bool:
 
 @contextmanager
 def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
-    http_port, sip_port = free_port(), free_port()
+    http_port, sip_port, api_port = free_port(), free_port(), free_port()
     rtp_low = 20000 + (sip_port % 200) * 100
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
     environment.update(
@@ -93,6 +103,8 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
         DIALBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
         DIALBRIDGE_PORT=str(http_port),
         DIALBRIDGE_SIP_PORT=str(sip_port),
+        DIALBRIDGE_VOICE_API_PORT=str(api_port),
+        DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
         DIALBRIDGE_RTP_PORTS=f"{rtp_low}-{rtp_low + 99}",
         DIALBRIDGE_SIGNATURE_SECRET=SECRET,
         DIALBRIDGE_PIN_INPUT_TIMEOUT_S="8",
@@ -104,16 +116,15 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
             [DIALBRIDGE, "serve"], env=environment, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-    stack = VoiceStack(process, http_port, sip_port, log)
+    stack = VoiceStack(process, http_port, sip_port, log, api_port, tmp_path / "voice")
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"dialbridge serve exited with {process.returncode}:\n{log.read_text()}")
             try:
-                with urllib.request.urlopen(stack.base + "/healthz", timeout=1):
-                    pass
-                if options_ping(sip_port):
+                engine = stack.get("/healthz").get("voice_engine", {})
+                if engine.get("status") == "ok" and options_ping(sip_port):
                     break
             except OSError:
                 pass
@@ -121,6 +132,194 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
                 raise AssertionError(f"dialbridge did not start within 30 s:\n{log.read_text()}")
             time.sleep(0.1)
         yield stack
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# ---- the engine alone, driving an NCCO application of the test's own -------------------------------------------
+
+
+@dataclass
+class WebhookRequest:
+    """One request the engine sent to an `NccoApp`, and whether it passed the app's signature verifier."""
+
+    method: str
+    path: str
+    query: bytes
+    body: bytes
+    authorization: str | None
+    verified: bool
+    error: str | None
+    at: float
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The webhook's fields: the query's for a GET, the JSON body's for a POST."""
+        if self.method == "GET":
+            return dict(urllib.parse.parse_qsl(self.query.decode(), keep_blank_values=True))
+        loaded: dict[str, Any] = json.loads(self.body) if self.body else {}
+        return loaded
+
+
+class NccoApp:
+    """A Voice application on 127.0.0.1 for tests: answers `/answer` with `answer` (after `answer_delay_s`), any
+    other path with `replies.get(path)` (none: an empty 200), and records every request with the verdict of
+    dialbridge's own signature verifier (`WebhookSignatures(secret).verify`, the raw query string for a GET)."""
+
+    def __init__(
+        self,
+        answer: list[dict[str, Any]],
+        *,
+        answer_delay_s: float = 0.0,
+        replies: dict[str, list[dict[str, Any]]] | None = None,
+        secret: str = SECRET,
+    ) -> None:
+        from dialbridge.web.signatures import SignatureError, WebhookSignatures
+
+        self.answer = answer
+        self.answer_delay_s = answer_delay_s
+        self.replies = replies or {}
+        self.requests: list[WebhookRequest] = []
+        self._lock = threading.Lock()
+        verifier = WebhookSignatures(secret)
+        app = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                authorization = self.headers.get("authorization")
+                payload = query.encode() if self.command == "GET" else body
+                try:
+                    verifier.verify(authorization, payload)
+                    verified, error = True, None
+                except SignatureError as exc:
+                    verified, error = False, str(exc)
+                record = WebhookRequest(
+                    self.command, path, query.encode(), body, authorization, verified, error, time.monotonic()
+                )
+                with app._lock:
+                    app.requests.append(record)
+                if path == "/answer":
+                    if app.answer_delay_s:
+                        time.sleep(app.answer_delay_s)
+                    reply: list[dict[str, Any]] | None = app.answer
+                else:
+                    reply = app.replies.get(path)
+                content = b"" if reply is None else json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings that point the engine's answer and event webhooks here."""
+        return {"DIALBRIDGE_VOICE_ANSWER_URL": self.url("/answer"), "DIALBRIDGE_VOICE_EVENT_URL": self.url("/events")}
+
+    def recorded(self, path: str | None = None) -> list[WebhookRequest]:
+        with self._lock:
+            return [r for r in self.requests if path is None or r.path == path]
+
+    def events(self, uuid: str | None = None) -> list[dict[str, Any]]:
+        found = [r.fields for r in self.recorded("/events")]
+        return [event for event in found if uuid is None or event.get("uuid") == uuid]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.05)
+        return condition()
+
+    def __enter__(self) -> NccoApp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@dataclass
+class VoiceEngineProcess:
+    """`dialbridge voice` alone: SIP on 127.0.0.1:sip_port, webhooks wherever the test pointed them."""
+
+    process: subprocess.Popen[str]
+    sip_port: int
+    rtp_ports: tuple[int, int]
+    log: Path
+
+    @property
+    def sip_target(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    def rss_kb(self) -> int:
+        """The process's resident set size (VmRSS), in kB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc status")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@contextmanager
+def voice_engine(tmp_path: Path, **env: str) -> Iterator[VoiceEngineProcess]:
+    """Run `dialbridge voice` with a signature secret; `env` adds settings (e.g. `NccoApp.env`)."""
+    sip_port, api_port = free_port(), free_port()
+    rtp_low = 40000 + (sip_port % 200) * 100
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
+    environment.update(
+        DIALBRIDGE_BACKEND="embedded",
+        DIALBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
+        DIALBRIDGE_SIP_PORT=str(sip_port),
+        DIALBRIDGE_VOICE_API_PORT=str(api_port),
+        DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
+        DIALBRIDGE_RTP_PORTS=f"{rtp_low}-{rtp_low + 99}",
+        DIALBRIDGE_SIGNATURE_SECRET=SECRET,
+        **env,
+    )
+    log = tmp_path / "voice.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [DIALBRIDGE, "voice"], env=environment, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+    engine = VoiceEngineProcess(process, sip_port, (rtp_low, rtp_low + 99), log)
+    try:
+        deadline = time.monotonic() + 30
+        while not options_ping(sip_port):
+            if process.poll() is not None:
+                raise AssertionError(f"dialbridge voice exited with {process.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dialbridge voice did not start within 30 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield engine
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

@@ -634,6 +634,27 @@ def test_malformed_oversized_and_garbage() -> None:
     assert_empty_after(h)
 
 
+def test_oversized_headers_on_tcp_are_answered_513_like_on_udp() -> None:
+    padding = "\r\n".join(f"X-Padding-{i}: {'p' * 100}" for i in range(200))  # 22 kB of headers, no end in sight
+    data = invite(extra=padding)
+    for transport in ("udp", "tcp"):
+        h = Harness()
+        if transport == "udp":
+            h.send(data)
+        else:
+            with pytest.raises(SipParseError) as raised:
+                SipStreamFramer().feed(data[:17000])  # the head alone is past the limit: no need to wait for its end
+            assert raised.value.status == 513
+            h.agent.answer_parse_error(raised.value, PEER, "tcp")
+        events, out = h.take()
+        assert events == []
+        (too_big,) = [_response(o) for o in out]
+        assert (too_big.status, too_big.call_id, out[0].transport) == (513, CALL_ID, transport)
+    with pytest.raises(SipParseError) as unaddressable:  # no Call-ID among the lines received: nothing to answer
+        SipStreamFramer().feed(data.replace(b"Call-ID: ", b"Call-Idx: ")[:17000])
+    assert unaddressable.value.request is None
+
+
 def assert_empty_after(h: Harness) -> None:
     h.advance(h.now + 100.0)
     assert_empty(h.agent)

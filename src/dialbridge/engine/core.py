@@ -52,7 +52,7 @@ from dialbridge.engine.media import g711, tones
 from dialbridge.engine.media.dtmf import InbandDtmfBank
 from dialbridge.engine.media.mixer import ConferenceMixer
 from dialbridge.engine.playback import FRAME, Playback
-from dialbridge.engine.rtp.session import RtpSession
+from dialbridge.engine.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.engine.sip.agent import (
     CallCancelled,
     CallConfirmed,
@@ -63,7 +63,9 @@ from dialbridge.engine.sip.agent import (
     OfferReceived,
     Outgoing,
     SipAgent,
+    SipEvent,
 )
+from dialbridge.engine.sip.message import SipParseError
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -77,6 +79,14 @@ class MediaPorts(Protocol):
     def open(self) -> int: ...  # raises OSError when no port pair is free
 
     def close(self, port: int) -> None: ...
+
+
+class BrowserLeg(Protocol):
+    """A browser phone's WebRTC leg (engine/browser_phone.py), seen as 20 ms G.711 µ-law frames each way."""
+
+    def playout(self, now: float) -> bytes: ...
+
+    def send(self, frame: bytes, now: float) -> None: ...
 
 
 # What the engine asks its shell to do; each result comes back through the matching VoiceEngine method.
@@ -112,7 +122,14 @@ class PrepareAudio:
     source: TalkSource | StreamSource
 
 
-EngineRequest = FetchAnswer | SendWebhook | SendEvent | PrepareAudio
+@dataclass(frozen=True, slots=True)
+class CloseBrowserLeg:
+    """The engine ended a browser phone call: close its peer connection."""
+
+    call_uuid: str
+
+
+EngineRequest = FetchAnswer | SendWebhook | SendEvent | PrepareAudio | CloseBrowserLeg
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +179,15 @@ class Call:
     __slots__ = (
         "alaw",
         "answered_at",
+        "browser",
         "conference",
         "conversation",
         "conversation_uuid",
         "earmuffed",
-        "end_reason",
         "ended",
         "ended_at",
         "from_",
+        "hold",
         "inband",
         "leg_id",
         "local_sdp",
@@ -198,15 +216,16 @@ class Call:
         self.started_at = now
         self.answered_at: float | None = None
         self.ended = False
-        self.end_reason = ""
         self.port: int | None = None
         self.rtp: RtpSession | None = None
+        self.browser: BrowserLeg | None = None  # a browser phone instead of a SIP leg and RTP
         self.alaw = False
         self.local_sdp: bytes | None = None
         self.sdp_version = 1
         self.runner: NccoRunner | None = None
         self.playback: Playback | _PendingPlayback | None = None
         self.overlay: Playback | _PendingPlayback | None = None  # PUT /talk, /stream: on top of everything
+        self.hold: Playback | _PendingPlayback | None = None  # music on hold until the conference starts
         self.ended_at: float | None = None
         self.muted = False
         self.earmuffed = False
@@ -246,10 +265,12 @@ class VoiceEngine:
         self._requests: list[EngineRequest] = []
         self._rtp_out: list[tuple[int, bytes, Address]] = []
         self._sip_out: list[Outgoing] = []
+        self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
         self._invites: dict[str, deque[float]] = {}
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
+        self._started: set[str] = set()  # conferences a startOnEnter member has joined
         self._join_tone = tones.join_tone() if settings.join_tone else None
         self._leave_tone = tones.leave_tone() if settings.join_tone else None
 
@@ -257,6 +278,11 @@ class VoiceEngine:
 
     def receive_sip(self, data: bytes, source: Address, now: float, transport: str = "udp") -> None:
         self.agent.receive(data, source, now, transport)
+        self._after_sip(now)
+
+    def answer_parse_error(self, error: SipParseError, peer: Address, now: float) -> None:
+        """A TCP stream that could not be framed: answer what can be addressed (400/513) before it is closed."""
+        self.agent.answer_parse_error(error, peer, "tcp")
         self._after_sip(now)
 
     def transport_failed(self, peer: Address, now: float) -> None:
@@ -299,10 +325,12 @@ class VoiceEngine:
         call = self.calls.get(call_uuid)
         if call is None or call.ended or call.runner is None:
             return
-        if playback_id < 0:
-            overlay = call.overlay
-            if isinstance(overlay, _PendingPlayback) and overlay.playback_id == playback_id:
-                call.overlay = None if samples is None else Playback(playback_id, samples, overlay.loop_count)
+        if playback_id < 0:  # the engine's own: a PUT /talk or /stream, or music on hold
+            for slot in ("overlay", "hold"):
+                pending = getattr(call, slot)
+                if isinstance(pending, _PendingPlayback) and pending.playback_id == playback_id:
+                    ready = None if samples is None else Playback(playback_id, samples, pending.loop_count)
+                    setattr(call, slot, ready)
             return
         if call.playback is not None and call.playback.playback_id == playback_id:
             if samples is None:
@@ -350,7 +378,7 @@ class VoiceEngine:
             return False
         call.earmuffed = earmuffed
         if call.conference is not None:
-            self.mixer.set_can_hear(call.uuid, not earmuffed)
+            self.mixer.set_can_hear(call.uuid, self._can_hear(call))
         return True
 
     def transfer(self, call_uuid: str, ncco: tuple[Action, ...], now: float) -> bool:
@@ -384,7 +412,10 @@ class VoiceEngine:
         call = self._live(call_uuid)
         if call is None or call.rtp is None:
             return False
-        call.rtp.send_dtmf(digits, now)
+        try:
+            call.rtp.send_dtmf(digits, now)
+        except DtmfUnavailable:
+            raise ValueError("this call's SDP has no telephone-event: it cannot be sent DTMF") from None
         return True
 
     def _live(self, call_uuid: str) -> Call | None:
@@ -430,6 +461,11 @@ class VoiceEngine:
 
     def drain(self) -> tuple[list[Outgoing], list[tuple[int, bytes, Address]], list[EngineRequest]]:
         """SIP to send, RTP/RTCP to send (from local port, data, destination), and requests for the shell."""
+        # What commands since the last SIP input made the agent send (a 200 OK, a BYE) goes out now, not a tick
+        # later; the events they caused are handled with the next input or tick.
+        events, outgoing = self.agent.drain()
+        self._sip_out.extend(outgoing)
+        self._pending_sip_events.extend(events)
         sip, self._sip_out = self._sip_out, []
         rtp, self._rtp_out = self._rtp_out, []
         requests, self._requests = self._requests, []
@@ -440,6 +476,9 @@ class VoiceEngine:
     def _after_sip(self, now: float) -> None:
         events, outgoing = self.agent.drain()
         self._sip_out.extend(outgoing)
+        if self._pending_sip_events:
+            events = [*self._pending_sip_events, *events]
+            self._pending_sip_events = []
         for event in events:
             if isinstance(event, IncomingCall):
                 self._incoming(event, now)
@@ -496,7 +535,7 @@ class VoiceEngine:
         if not self._is_dial_in(event.request_user):
             self._refuse(event, 404, now)
             return
-        if sum(1 for call in self.calls.values() if not call.ended) >= settings.max_calls:
+        if self._at_capacity():
             self._refuse(event, 503, now, {"Retry-After": "30"})
             return
         try:
@@ -528,26 +567,57 @@ class VoiceEngine:
             self._ports.close(port)
             self._refuse(event, 400, now)
             return
-        call = Call(
-            event.leg_id,
-            self._new_uuid(),
-            "CON-" + self._new_uuid(),
-            from_=event.from_user,
-            to=(settings.dial_in_number or "").lstrip("+") or event.request_user,
-            now=now,
-        )
+        call = self._new_call(event.leg_id, event.from_user, event.request_user, now)
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
-        self.calls[call.uuid] = call
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
-        self.stats.calls_total += 1
         if params is not None:
             self._start_media(call, params, now)
         self.agent.ringing(call.leg_id, now)
+        self._ring(call, now)
+
+    def _new_call(self, leg_id: str, from_: str, request_user: str, now: float) -> Call:
+        number = (self.settings.dial_in_number or "").lstrip("+")
+        call = Call(
+            leg_id, self._new_uuid(), "CON-" + self._new_uuid(), from_=from_, to=number or request_user, now=now
+        )
+        self.calls[call.uuid] = call
+        self.stats.calls_total += 1
+        return call
+
+    def _ring(self, call: Call, now: float) -> None:
+        """Tell the app the call exists and ask it what to do (Vonage: started, ringing, the answer webhook)."""
         self._event(call, "started", now)
-        call.state = "ringing"
         self._event(call, "ringing", now)
-        self._requests.append(FetchAnswer(call.uuid, settings.answer_url, answer_query(call.info, call.x_headers)))
+        query = answer_query(call.info, call.x_headers)
+        self._requests.append(FetchAnswer(call.uuid, self.settings.answer_url, query))
+
+    def _at_capacity(self) -> bool:
+        return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
+
+    # ---- browser phones ------------------------------------------------------------------------------------
+
+    def add_browser_call(self, leg: BrowserLeg, now: float, caller: str = "browser") -> str | None:
+        """A browser phone dialling in (its WebRTC leg already connected); None when the engine is full."""
+        if self._at_capacity():
+            return None
+        call = self._new_call("browser:" + self._new_uuid(), caller, self.settings.dial_in_user, now)
+        call.browser = leg
+        call.local_sdp = b""
+        self._media.append(call)
+        self._rows_changed()
+        self._ring(call, now)
+        return call.uuid
+
+    def browser_digit(self, call_uuid: str, digit: str, now: float) -> None:
+        call = self._live(call_uuid)
+        if call is not None:
+            self._signalled_digit(call, digit, now)
+
+    def browser_closed(self, call_uuid: str, now: float) -> None:
+        call = self._live(call_uuid)
+        if call is not None:
+            self._end(call, now, "browser hung up", send_bye=False)
 
     def _is_dial_in(self, user: str) -> bool:
         if user == self.settings.dial_in_user:
@@ -568,8 +638,9 @@ class VoiceEngine:
         return True
 
     def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
-        assert call.local_sdp is not None
-        self.agent.accept(call.leg_id, call.local_sdp, now)
+        if call.browser is None:
+            assert call.local_sdp is not None
+            self.agent.accept(call.leg_id, call.local_sdp, now)
         call.answered_at = now
         self._event(call, "answered", now)
         call.runner = NccoRunner(call.info, event_url=self.settings.event_url)
@@ -677,20 +748,43 @@ class VoiceEngine:
                 self._end(call, now, command.reason, send_bye=True)
 
     def _join(self, call: Call, name: str, conversation: Conversation, now: float) -> None:
+        """Join the conference `name`. It starts when a member with startOnEnter (the default) is in it; until then
+        the others wait, hearing its musicOnHoldUrl (or silence), neither heard nor hearing."""
         if call.conference is not None:
             self._leave_conference(call, now)
         others = self.mixer.members(name) if name in self.mixer.conferences() else []
         call.conference, call.conversation = name, conversation
-        self.mixer.join(call.uuid, name, can_speak=self._can_speak(call), can_hear=not call.earmuffed)
+        if conversation.start_on_enter and name not in self._started:
+            self._started.add(name)
+            for uuid in others:
+                waiting = self.calls.get(uuid)
+                if waiting is not None:
+                    waiting.hold = None
+                    self.mixer.set_can_speak(uuid, self._can_speak(waiting))
+                    self.mixer.set_can_hear(uuid, self._can_hear(waiting))
+        self.mixer.join(call.uuid, name, can_speak=self._can_speak(call), can_hear=self._can_hear(call))
+        if name not in self._started and conversation.music_on_hold_url:
+            self._next_id -= 1
+            call.hold = _PendingPlayback(self._next_id, 0)
+            self._requests.append(
+                PrepareAudio(call.uuid, self._next_id, StreamSource(conversation.music_on_hold_url[0], loop=0))
+            )
         if others and self._join_tone is not None:
             self.mixer.play_to_conference(name, self._join_tone)
 
-    @staticmethod
-    def _can_speak(call: Call) -> bool:
+    def _can_speak(self, call: Call) -> bool:
         conversation = call.conversation
-        if call.muted or conversation is None or conversation.mute:
+        if call.muted or conversation is None or conversation.mute or call.conference not in self._started:
             return False
+        # canSpeak lists the legs that may hear this one; the mixer mixes per conference, so an empty list means
+        # nobody and any other list means everybody (per-leg routing is not supported here).
         return conversation.can_speak is None or bool(conversation.can_speak)
+
+    def _can_hear(self, call: Call) -> bool:
+        conversation = call.conversation
+        if call.earmuffed or conversation is None or call.conference not in self._started:
+            return False
+        return conversation.can_hear is None or bool(conversation.can_hear)
 
     def _leave_conference(self, call: Call, now: float) -> None:
         name = call.conference
@@ -698,7 +792,10 @@ class VoiceEngine:
             return
         self.mixer.leave(call.uuid)
         call.conference = None
+        call.hold = None
         remaining = self.mixer.members(name) if name in self.mixer.conferences() else []
+        if not remaining:
+            self._started.discard(name)
         if call.conversation is not None and call.conversation.end_on_exit:
             for uuid in remaining:
                 other = self.calls.get(uuid)
@@ -713,11 +810,14 @@ class VoiceEngine:
         if call.ended:
             return
         call.ended = True
-        if send_bye:
+        if call.browser is not None:
+            if send_bye:
+                self._requests.append(CloseBrowserLeg(call.uuid))
+        elif send_bye:
             self.agent.hangup(call.leg_id, now)
         self._leave_conference(call, now)
         call.playback = None
-        if call.rtp is not None:
+        if call in self._media:
             self._media.remove(call)
             self._rows_changed()
         if call.inband:
@@ -747,15 +847,19 @@ class VoiceEngine:
     # ---- media ---------------------------------------------------------------------------------------------
 
     def _mix(self, now: float) -> None:
-        calls = self._media
+        # A snapshot: NCCO commands run below may end calls (and so change self._media) mid-tick.
+        calls = list(self._media)
+        alaw = self._alaw
         if not calls:
             return
         frames = []
         for call in calls:
-            assert call.rtp is not None
-            frames.append(call.rtp.playout(now)[0])
+            if call.rtp is not None:
+                frames.append(call.rtp.playout(now)[0])
+            elif call.browser is not None:
+                frames.append(call.browser.playout(now))
         encoded = np.frombuffer(b"".join(frames), np.uint8).reshape(len(calls), FRAME)
-        decoded = g711.decode_rows(encoded, self._alaw)
+        decoded = g711.decode_rows(encoded, alaw)
         listening = [i for i, call in enumerate(calls) if call.inband]
         if listening:
             bank = self._dtmf
@@ -772,29 +876,14 @@ class VoiceEngine:
             mixed = self.mixer.mix()
             out[members] = mixed.outputs[rows]
         for i, call in enumerate(calls):
-            playback = call.playback
-            if playback is None or isinstance(playback, _PendingPlayback):
-                continue
-            frame = playback.next_frame()
-            if frame is None:
-                call.playback = None
-                if call.runner is not None:
-                    self._run(call, call.runner.playback_finished(playback.playback_id, now), now)
-            elif call.conference is None:
-                out[i] = frame
-            else:
-                out[i] = np.clip(out[i].astype(np.int32) + frame, -32768, 32767)
+            self._add_playback(call, out, i, now)
+        wire = g711.encode_rows(out, alaw)
         for i, call in enumerate(calls):
-            overlay = call.overlay
-            if overlay is None or isinstance(overlay, _PendingPlayback):
+            if call.ended:
                 continue
-            frame = overlay.next_frame()
-            if frame is None:
-                call.overlay = None
-            else:
-                out[i] = np.clip(out[i].astype(np.int32) + frame, -32768, 32767)
-        wire = g711.encode_rows(out, self._alaw)
-        for i, call in enumerate(list(calls)):
+            if call.browser is not None:
+                call.browser.send(wire[i].tobytes(), now)
+                continue
             rtp = call.rtp
             if rtp is None or call.port is None:
                 continue
@@ -803,6 +892,29 @@ class VoiceEngine:
                 if destination is not None:
                     self._rtp_out.append((call.port, packet, destination))
                     self.stats.rtp_out += 1
+
+    def _add_playback(self, call: Call, out: npt.NDArray[np.int16], row: int, now: float) -> None:
+        """What the call hears besides the conference: its NCCO's talk or stream, then a PUT /talk or /stream."""
+        playback = call.playback
+        if playback is not None and not isinstance(playback, _PendingPlayback):
+            frame = playback.next_frame()
+            if frame is None:
+                call.playback = None
+                if call.runner is not None:
+                    self._run(call, call.runner.playback_finished(playback.playback_id, now), now)
+            elif call.conference is None:
+                out[row] = frame
+            else:
+                out[row] = np.clip(out[row].astype(np.int32) + frame, -32768, 32767)
+        for slot in ("overlay", "hold"):
+            extra = getattr(call, slot)
+            if extra is None or isinstance(extra, _PendingPlayback):
+                continue
+            frame = extra.next_frame()
+            if frame is None:
+                setattr(call, slot, None)
+            else:
+                out[row] = np.clip(out[row].astype(np.int32) + frame, -32768, 32767)
 
 
 class _PendingPlayback:

@@ -8,6 +8,8 @@ Sockets: SIP on UDP and TCP at `sip_host:sip_port`; RTP and RTCP on a port pair 
 read with `add_reader` (no transport objects per call; a readable socket is drained in one callback).
 The clock: ticks are scheduled at absolute times 20 ms apart; how late each one ran is recorded (`TickStats`), and
 a loop that fell more than 100 ms behind skips ahead rather than bursting audio.
+On SIGUSR1 the engine logs one line, "voice engine stats {json}" (`VoiceServer.stats_summary`), so a benchmark or an
+operator can read the clock's and the media's counters from outside the process.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
+import math
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
 from dialbridge.engine.core import (
+    CloseBrowserLeg,
     EngineRequest,
     EngineSettings,
     FetchAnswer,
@@ -37,8 +42,10 @@ from dialbridge.engine.core import (
     SendWebhook,
     VoiceEngine,
 )
+from dialbridge.engine.credentials import VoiceCredentials
 from dialbridge.engine.media.audiofile import load_audio
 from dialbridge.engine.media.tts import SpeechSynthesizer, UnsupportedLanguage
+from dialbridge.engine.service import ControlService
 from dialbridge.engine.sip.message import SipParseError, SipStreamFramer
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,7 @@ class UdpMediaPorts:
         self._next = 0
         self._open: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._on_rtp, self._on_rtcp = on_rtp, on_rtcp
+        self.drain_cap_hits = 0  # drains that stopped at the cap with datagrams possibly still queued
 
     def open(self) -> int:
         for _ in range(len(self._free)):
@@ -106,8 +114,7 @@ class UdpMediaPorts:
         with contextlib.suppress(BlockingIOError, OSError):  # a full buffer or unreachable peer loses the packet
             sock.sendto(data, destination)
 
-    @staticmethod
-    def _drain(sock: socket.socket, port: int, handler: Callable[[int, bytes, Address], None]) -> None:
+    def _drain(self, sock: socket.socket, port: int, handler: Callable[[int, bytes, Address], None]) -> None:
         for _ in range(64):  # bounded, so one flooded socket cannot starve the clock
             try:
                 data, source = sock.recvfrom(2048)
@@ -116,6 +123,8 @@ class UdpMediaPorts:
             except OSError:  # ICMP port unreachable surfaces here on Linux; nothing to do
                 return
             handler(port, data, (source[0], source[1]))
+        else:  # the rest waits for the loop's next turn (or overflows the socket buffer): worth knowing
+            self.drain_cap_hits += 1
 
     def close_all(self) -> None:
         for port in list(self._open):
@@ -141,11 +150,16 @@ class TickStats:
     skipped: int = 0
     late_ms: list[float] = field(default_factory=list)  # a window of recent lateness values
     max_late_ms: float = 0.0
+    # Every tick's lateness since the start, in 0.1 ms steps (floor): the difference of two snapshots gives exact
+    # percentiles over any window, which the bounded `late_ms` cannot.
+    histogram: dict[int, int] = field(default_factory=dict)
 
     def record(self, late_s: float) -> None:
         self.ticks += 1
         late_ms = late_s * 1000
         self.max_late_ms = max(self.max_late_ms, late_ms)
+        bucket = math.floor(late_ms * 10)
+        self.histogram[bucket] = self.histogram.get(bucket, 0) + 1
         self.late_ms.append(late_ms)
         if len(self.late_ms) > 3000:
             del self.late_ms[:1000]
@@ -175,11 +189,10 @@ class SipTcp(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
         peer = transport.get_extra_info("peername")
         self._peer = (peer[0], peer[1])
-        self._server.tcp_connections[self._peer] = transport
+        self._server.tcp_connections[self._peer] = self._transport
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -205,10 +218,14 @@ class VoiceServer:
         sip_port: int,
         rtp_ports: tuple[int, int],
         signature_secret: str | None,
+        control: tuple[VoiceCredentials, str, int] | None = None,
     ) -> None:
         self.settings = settings
         self._sip_host, self._sip_port = sip_host, sip_port
         self._rtp_range = rtp_ports
+        self.sip_address: Address = (sip_host, sip_port)
+        self._control_settings = control
+        self.control: ControlService | None = None
         self._secret = signature_secret
         self.tcp_connections: dict[Address, asyncio.Transport] = {}
         self.ticks = TickStats()
@@ -231,6 +248,9 @@ class VoiceServer:
             lambda: SipUdp(self), local_addr=(self._sip_host, self._sip_port)
         )
         self._tcp = await loop.create_server(lambda: SipTcp(self), self._sip_host, self._sip_port, reuse_address=True)
+        if self._control_settings is not None:
+            self.control = ControlService(self, *self._control_settings)
+            await self.control.start()
         self._next_tick = loop.time() + TICK_S
         loop.call_at(self._next_tick, self._tick)
         # Synthesise the common prompts' voice once, so the first caller does not wait for espeak-ng to start.
@@ -248,10 +268,14 @@ class VoiceServer:
         now = self.now()
         for uuid in list(self.engine.calls):
             self.engine.hangup(uuid, now, reason="engine_shutdown")
-        self._flush()
+        self.flush()
         pending = [task for task in self._tasks if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=2.0)
+        if self.control is not None:
+            for uuid in list(self.control.browser_phones.legs):
+                await self.control.browser_phones.close(uuid)
+            await self.control.close()
         self._udp.close()
         self._tcp.close()
         for transport in list(self.tcp_connections.values()):
@@ -259,6 +283,45 @@ class VoiceServer:
         self.media.close_all()
         await self.webhooks.aclose()
         self._audio.shutdown(wait=False, cancel_futures=True)
+
+    def stats_summary(self) -> dict[str, Any]:
+        """The counters of the clock and the media, cumulative since the start (live calls' RTP: since they began)."""
+        ticks = self.ticks
+        rtp = {"late_dropped": 0, "duplicate_dropped": 0, "packets_lost": 0, "frames_concealed": 0, "packets_in": 0}
+        for call in self.engine.calls.values():
+            if call.rtp is not None:
+                stats = call.rtp.stats
+                for key in rtp:
+                    rtp[key] += getattr(stats, key)
+        webhooks = self.webhooks.stats
+        return {
+            "loop_time": self._loop.time(),
+            "ticks": ticks.ticks,
+            "ticks_skipped": ticks.skipped,
+            "late_ms_p50": round(ticks.percentile(0.5), 3),
+            "late_ms_p99": round(ticks.percentile(0.99), 3),
+            "late_ms_max": round(ticks.max_late_ms, 3),
+            "late_histogram_0_1ms": {str(bucket): n for bucket, n in sorted(ticks.histogram.items())},
+            "calls": len(self.engine.calls),
+            "calls_total": self.engine.stats.calls_total,
+            "refused": {str(status): n for status, n in self.engine.stats.refused.items()},
+            "rtp_in": self.engine.stats.rtp_in,
+            "rtp_out": self.engine.stats.rtp_out,
+            "rtp_drain_cap_hits": self.media.drain_cap_hits,
+            "live_calls_rtp": rtp,
+            "webhooks": {
+                purpose: {
+                    "requests": n,
+                    "failures": webhooks.failures.get(purpose, 0),
+                    "latency_mean_ms": round(webhooks.latency_sum_s.get(purpose, 0.0) / n * 1000, 2),
+                    "latency_max_ms": round(webhooks.latency_max_s.get(purpose, 0.0) * 1000, 2),
+                }
+                for purpose, n in webhooks.requests.items()
+            },
+        }
+
+    def log_stats(self) -> None:
+        log.info("voice engine stats %s", json.dumps(self.stats_summary(), separators=(",", ":")))
 
     def now(self) -> float:
         """Wall-clock seconds that never step backwards (the loop's monotonic clock, offset once)."""
@@ -268,16 +331,16 @@ class VoiceServer:
 
     def sip_received(self, data: bytes, source: Address, transport: str) -> None:
         self.engine.receive_sip(data, source, self.now(), transport)
-        self._flush()
+        self.flush()
 
     def tcp_unframeable(self, error: SipParseError, peer: Address) -> None:
-        self.engine.agent.answer_parse_error(error, peer, "tcp")
-        self._flush()
+        self.engine.answer_parse_error(error, peer, self.now())
+        self.flush()
 
     def tcp_closed(self, peer: Address) -> None:
         self.tcp_connections.pop(peer, None)
         self.engine.transport_failed(peer, self.now())
-        self._flush()
+        self.flush()
 
     def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
         self.engine.receive_rtp(port, data, source, self.now())
@@ -299,11 +362,11 @@ class VoiceServer:
             self.engine.tick(self.now())
         except Exception:  # one bad call must not stop every call's audio
             log.exception("voice engine tick failed")
-        self._flush()
+        self.flush()
 
     # ---- output --------------------------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         sip, rtp, requests = self.engine.drain()
         for message in sip:
             if message.transport == "tcp":
@@ -327,6 +390,8 @@ class VoiceServer:
             self._send_event(request)
         elif isinstance(request, PrepareAudio):
             self._spawn(self._prepare_audio(request))
+        elif isinstance(request, CloseBrowserLeg) and self.control is not None:
+            self._spawn(self.control.browser_phones.close(request.call_uuid))
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -337,14 +402,14 @@ class VoiceServer:
     async def _fetch_answer(self, request: FetchAnswer) -> None:
         result = await self.webhooks.answer(request.url, request.query)
         self.engine.answer_fetched(request.call_uuid, result, self.now())
-        self._flush()
+        self.flush()
 
     async def _send_webhook(self, request: SendWebhook) -> None:
         result = await self.webhooks.send(
             request.url, request.method, request.payload, expect_ncco=True, purpose=request.purpose
         )
         self.engine.webhook_answered(request.call_uuid, request.request_id, result, self.now())
-        self._flush()
+        self.flush()
 
     def _send_event(self, request: SendEvent) -> None:
         # One call's events arrive in the order they happened: each waits for the one before it.
@@ -377,7 +442,7 @@ class VoiceServer:
             log.warning("call %s: cannot play %s: %s", request.call_uuid, type(request.source).__name__, exc)
             samples = None
         self.engine.audio_ready(request.call_uuid, request.playback_id, samples, self.now())
-        self._flush()
+        self.flush()
 
     def _speak(self, source: TalkSource) -> npt.NDArray[np.int16]:
         try:
@@ -402,6 +467,7 @@ def run_voice_engine(server: VoiceServer) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stop)
+        loop.add_signal_handler(signal.SIGUSR1, server.log_stats)
         await server.run()
 
     uvloop.run(main())

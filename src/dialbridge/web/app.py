@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from dialbridge import __version__
 from dialbridge.config import Settings
 from dialbridge.platforms.base import VideoPlatform
-from dialbridge.web import api, dialout, pages, signalling
+from dialbridge.web import api, dialout, pages, signalling, voice
 from dialbridge.web.errors import install_error_handlers
 from dialbridge.web.metrics import RequestMetricsMiddleware
 from dialbridge.web.responses import JsonResponse
@@ -52,6 +52,9 @@ def create_app(
             services.metrics.publish()
         # Requests have finished (uvicorn waits for them); commit anything still queued, close the connections.
         services.store.close()
+        engine_client = getattr(app.state, "voice_engine", None)
+        if engine_client is not None:
+            await engine_client.aclose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -68,6 +71,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(dialout.router)
     app.include_router(signalling.router)
+    app.include_router(voice.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     return DialbridgeApp(app, services)

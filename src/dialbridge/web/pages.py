@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from dialbridge.conference.rooms import is_valid_room_id
+from dialbridge.config import Backend, Settings
 from dialbridge.web.errors import ApiError
 from dialbridge.web.services import Services, services
 
@@ -56,6 +57,7 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
         {
             "room": room,
             "dial_in_number": svc.settings.dial_in_number,
+            "sip_address": sip_address(svc.settings) if svc.settings.backend is Backend.EMBEDDED else None,
             "sdk_url": browser.sdk_url,
             # Inside <script>, "</" would end the element early: escape it.
             "config_json": orjson.dumps(config).decode().replace("</", "<\\/"),
@@ -64,19 +66,34 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
     )
 
 
+def sip_address(settings: Settings) -> str:
+    """Where SIP phones dial in to the embedded voice engine."""
+    return f"sip:{settings.sip_dial_in_user}@{settings.sip_contact_host}:{settings.sip_port}"
+
+
 @router.get("/healthz")
-async def healthz(svc: ServicesDep) -> dict[str, str]:
+async def healthz(request: Request, svc: ServicesDep) -> dict[str, Any]:
     try:
         with svc.store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         raise ApiError(503, "database_unavailable", f"database unreachable: {exc.__class__.__name__}") from exc
-    return {"status": "ok", "backend": svc.platform.name}
+    body: dict[str, Any] = {"status": "ok", "backend": svc.platform.name}
+    if svc.settings.backend is Backend.EMBEDDED:
+        from dialbridge.web.voice import engine_health, voice_engine  # voice.py renders with this module's templates
+
+        # Reported, not required: the web server still serves rooms while the voice engine restarts.
+        body["voice_engine"] = await engine_health(svc, voice_engine(request))
+    return body
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(svc: ServicesDep) -> Response:
+async def metrics(request: Request, svc: ServicesDep) -> Response:
     # Rooms and calls are counted in the database at scrape time: with a million rooms that is milliseconds of
     # scanning, which on the event loop would hold up every webhook in flight. A worker thread counts instead.
     text = await asyncio.to_thread(generate_latest, svc.metrics.registry)
+    if svc.settings.backend is Backend.EMBEDDED:
+        from dialbridge.web.voice import engine_metrics, voice_engine
+
+        text += await engine_metrics(voice_engine(request))
     return Response(text, media_type=CONTENT_TYPE_LATEST)

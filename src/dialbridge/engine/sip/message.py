@@ -879,7 +879,13 @@ class SipStreamFramer:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > self.max_size:
-                    raise SipParseError("headers exceed the size limit", status=513)
+                    # As over UDP: answer 513 if the header lines received so far can address it (Via, From, To,
+                    # Call-ID and CSeq come first in practice), then the stream is given up.
+                    error = SipParseError("headers exceed the size limit", status=513)
+                    last_line = self._buffer.rfind(b"\r\n")
+                    if last_line > 0:
+                        error.request = _addressable_request(bytes(self._buffer[:last_line]) + b"\r\n\r\n")
+                    raise error
                 return messages
             head_end = end + 4
             length = _stream_content_length(bytes(self._buffer[:end]))

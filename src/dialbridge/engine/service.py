@@ -1,0 +1,283 @@
+"""What the voice engine serves besides SIP: its call-control API (Vonage's Voice REST shape, over TLS with the
+engine's own application key), the browser phone's WebRTC calls, `/healthz` and `/metrics`.
+
+It runs on the engine's own event loop — the API's verbs act on `VoiceEngine` directly — as one uvicorn server
+task. The traffic is a few requests per call, not per packet, so it does not disturb the 20 ms clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Generator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dialbridge.engine.calls import StreamSource, TalkSource, parse_ncco
+from dialbridge.engine.control import CallRecord, create_control_app
+from dialbridge.engine.core import CallSnapshot, VoiceEngine
+from dialbridge.engine.credentials import VoiceCredentials
+
+if TYPE_CHECKING:
+    from dialbridge.engine.shell import VoiceServer
+
+log = logging.getLogger(__name__)
+DTMF_DIGITS = frozenset("0123456789*#pABCD")
+
+
+def call_record(snapshot: CallSnapshot) -> CallRecord:
+    return CallRecord(
+        uuid=snapshot.uuid,
+        conversation_uuid=snapshot.conversation_uuid,
+        from_number=snapshot.from_,
+        to_number=snapshot.to,
+        status=snapshot.status,
+        direction="inbound",
+        start_time=snapshot.start_time,
+        end_time=snapshot.end_time,
+        duration=snapshot.duration,
+    )
+
+
+class EngineCallControl:
+    """The call-control API's verbs over the engine; each one flushes what it made the engine send."""
+
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+
+    @property
+    def _engine(self) -> VoiceEngine:
+        return self._server.engine
+
+    def _done(self, result: bool) -> bool:
+        self._server.flush()
+        return result
+
+    def list_calls(self, conversation_uuid: str | None = None) -> list[CallRecord]:
+        return [call_record(snapshot) for snapshot in self._engine.snapshots(conversation_uuid)]
+
+    def get_call(self, uuid: str) -> CallRecord | None:
+        snapshot = self._engine.snapshot(uuid)
+        return None if snapshot is None else call_record(snapshot)
+
+    def hangup(self, uuid: str) -> bool:
+        return self._done(self._engine.hangup(uuid, self._server.now()))
+
+    def set_muted(self, uuid: str, muted: bool) -> bool:
+        return self._done(self._engine.set_muted(uuid, muted))
+
+    def set_earmuffed(self, uuid: str, earmuffed: bool) -> bool:
+        return self._done(self._engine.set_earmuffed(uuid, earmuffed))
+
+    def transfer(self, uuid: str, ncco: list[dict[str, Any]]) -> bool:
+        actions = parse_ncco(ncco)  # NccoError is a ValueError: a 400 naming the action and field
+        return self._done(self._engine.transfer(uuid, actions, self._server.now()))
+
+    def start_talk(self, uuid: str, text: str, *, language: str, loop: int, level: float) -> bool:
+        return self._done(
+            self._engine.play_into_call(uuid, TalkSource(text, language=language, level=level, loop=loop))
+        )
+
+    def stop_talk(self, uuid: str) -> bool:
+        self._engine.stop_playing_into_call(uuid)
+        return self._engine.snapshot(uuid) is not None and uuid in self._engine.calls
+
+    def start_stream(self, uuid: str, url: str, *, loop: int, level: float) -> bool:
+        return self._done(self._engine.play_into_call(uuid, StreamSource(url, level=level, loop=loop)))
+
+    def stop_stream(self, uuid: str) -> bool:
+        return self.stop_talk(uuid)
+
+    def send_dtmf(self, uuid: str, digits: str) -> bool:
+        if not digits or set(digits) - DTMF_DIGITS:
+            raise ValueError("digits must be 0-9, *, #, p (a pause) or A-D")
+        try:
+            return self._done(self._engine.send_dtmf(uuid, digits.replace("p", ""), self._server.now()))
+        except RuntimeError as exc:  # the call's SDP had no telephone-event
+            raise ValueError(str(exc)) from None
+
+
+class BrowserPhoneCalls:
+    """The browser phone: each page's offer becomes a WebRTC leg (aiortc) and a call like any SIP caller's."""
+
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+        self.legs: dict[str, Any] = {}
+
+    async def call(self, offer_sdp: str) -> tuple[str, str] | None:
+        from dialbridge.engine.browser_phone import BrowserPhoneLeg  # aiortc loads only when a browser calls
+
+        server = self._server
+        holder: dict[str, str] = {}
+
+        def digit(value: str) -> None:
+            if "uuid" in holder:
+                server.engine.browser_digit(holder["uuid"], value, server.now())
+                server.flush()
+
+        def closed() -> None:
+            uuid = holder.get("uuid")
+            self.legs.pop(uuid or "", None)
+            if uuid is not None:
+                server.engine.browser_closed(uuid, server.now())
+                server.flush()
+
+        leg, answer = await BrowserPhoneLeg.answer(offer_sdp, on_digit=digit, on_closed=closed)
+        uuid = server.engine.add_browser_call(leg, server.now())
+        if uuid is None:
+            await leg.close()
+            return None
+        holder["uuid"] = uuid
+        self.legs[uuid] = leg
+        server.flush()
+        return uuid, answer
+
+    async def hang_up(self, call_uuid: str) -> bool:
+        leg = self.legs.pop(call_uuid, None)
+        if leg is None:
+            return False
+        self._server.engine.browser_closed(call_uuid, self._server.now())
+        self._server.flush()
+        await leg.close()
+        return True
+
+    async def close(self, call_uuid: str) -> None:
+        """The engine ended the call (NCCO done, hung up through the API)."""
+        leg = self.legs.pop(call_uuid, None)
+        if leg is not None:
+            await leg.close()
+
+
+class EngineMetrics(Collector):
+    """The engine's figures for Prometheus, read from its counters at each scrape."""
+
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        engine = server.engine
+        states = GaugeMetricFamily(
+            "dialbridge_voice_calls", "Live calls in the voice engine by state", labels=["state"]
+        )
+        live: dict[str, int] = {}
+        for call in engine.calls.values():
+            live[call.state] = live.get(call.state, 0) + 1
+        for state, count in sorted(live.items()):
+            states.add_metric([state], count)
+        yield states
+        events = CounterMetricFamily(
+            "dialbridge_voice_call_states", "Call states the engine reported to the event webhook", labels=["status"]
+        )
+        for status, count in sorted(engine.stats.calls_by_state.items()):
+            events.add_metric([status], count)
+        yield events
+        refused = CounterMetricFamily(
+            "dialbridge_voice_refused_calls", "Calls refused, by SIP status", labels=["status"]
+        )
+        for status_code, count in sorted(engine.stats.refused.items()):
+            refused.add_metric([str(status_code)], count)
+        yield refused
+        packets = CounterMetricFamily("dialbridge_voice_rtp_packets", "RTP packets", labels=["direction"])
+        packets.add_metric(["in"], engine.stats.rtp_in)
+        packets.add_metric(["out"], engine.stats.rtp_out)
+        yield packets
+        lost = sum(call.rtp.stats.packets_lost for call in engine.calls.values() if call.rtp is not None)
+        yield GaugeMetricFamily("dialbridge_voice_rtp_lost", "Packets lost on the live calls (RFC 3550)", value=lost)
+        jitters = [call.rtp.stats.jitter_ms for call in engine.calls.values() if call.rtp is not None]
+        yield GaugeMetricFamily(
+            "dialbridge_voice_rtp_jitter_max_ms",
+            "Largest interarrival jitter among live calls",
+            value=max(jitters, default=0),
+        )
+        ticks = server.ticks
+        lateness = GaugeMetricFamily(
+            "dialbridge_voice_tick_lateness_ms",
+            "How late the 20 ms media clock ran (recent ticks)",
+            labels=["quantile"],
+        )
+        for label, share in (("0.5", 0.5), ("0.99", 0.99)):
+            lateness.add_metric([label], ticks.percentile(share))
+        lateness.add_metric(["max"], ticks.max_late_ms)
+        yield lateness
+        yield CounterMetricFamily(
+            "dialbridge_voice_ticks_skipped", "20 ms ticks skipped (frames dropped)", value=ticks.skipped
+        )
+        stats = server.webhooks.stats
+        latency = CounterMetricFamily(
+            "dialbridge_voice_webhook_seconds", "Time spent on webhook requests by purpose", labels=["purpose"]
+        )
+        requests = CounterMetricFamily("dialbridge_voice_webhook_requests", "Webhook requests", labels=["purpose"])
+        failures = CounterMetricFamily("dialbridge_voice_webhook_failures", "Failed webhooks", labels=["purpose"])
+        for purpose in sorted(stats.requests):
+            requests.add_metric([purpose], stats.requests[purpose])
+            failures.add_metric([purpose], stats.failures.get(purpose, 0))
+            latency.add_metric([purpose], stats.latency_sum_s.get(purpose, 0.0))
+        yield from (requests, failures, latency)
+
+
+class ControlService:
+    """The engine's HTTPS server (call control, browser phone, health, metrics) as a task on its loop."""
+
+    def __init__(self, server: VoiceServer, credentials: VoiceCredentials, host: str, port: int) -> None:
+        self.browser_phones = BrowserPhoneCalls(server)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(EngineMetrics(server))
+        app = create_control_app(
+            EngineCallControl(server),
+            credentials,
+            clock=server.now,
+            health=lambda: _health(server),
+            metrics=lambda: generate_latest(registry),
+            browser_phones=self.browser_phones,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            ssl_certfile=str(credentials.cert_path),
+            ssl_keyfile=str(credentials.key_path),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+        self._uvicorn = _ServerWithoutSignals(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._uvicorn.serve())
+        while not self._uvicorn.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it (the port in use, say)
+                raise RuntimeError("the voice engine's control API stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        self._uvicorn.should_exit = True
+        self._uvicorn.force_exit = True  # open keep-alive connections must not hold the engine's shutdown
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=3)
+
+
+class _ServerWithoutSignals(uvicorn.Server):
+    """uvicorn's server minus its signal handling: the engine owns SIGTERM (it hangs its calls up first), and
+    uvicorn would otherwise take the signal and raise it again once its server stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _health(server: VoiceServer) -> Mapping[str, Any]:
+    engine = server.engine
+    return {
+        "engine": "voice",
+        "calls": len(engine.calls),
+        "sip": f"{server.sip_address[0]}:{server.sip_address[1]}",
+        "tick_lateness_p99_ms": round(server.ticks.percentile(0.99), 3),
+    }
