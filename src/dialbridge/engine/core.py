@@ -474,51 +474,46 @@ class VoiceEngine:
     # ---- SIP events ----------------------------------------------------------------------------------------
 
     def _after_sip(self, now: float) -> None:
+        """Handle what the agent reported, until it reports nothing more: commands given while handling one event
+        (a reject, a hangup) may produce further events, which are handled the same way."""
         events, outgoing = self.agent.drain()
         self._sip_out.extend(outgoing)
-        if self._pending_sip_events:
-            events = [*self._pending_sip_events, *events]
-            self._pending_sip_events = []
-        for event in events:
-            if isinstance(event, IncomingCall):
-                self._incoming(event, now)
-                continue
-            call = self._by_leg.get(event.leg_id)
-            if call is None:
-                continue
-            if isinstance(event, CallConfirmed):
-                self._confirmed(call, event.sdp, now)
-            elif isinstance(event, CallCancelled):
-                call.state = "cancelled"
-                self._end(call, now, "cancelled", send_bye=False)
-            elif isinstance(event, CallEnded):
-                self._end(call, now, event.reason, send_bye=False)
-            elif isinstance(event, OfferReceived):
-                self._reoffer(call, event.sdp, now)
-            elif isinstance(event, InfoReceived):
-                match = DTMF_RELAY.search(event.body) if "dtmf" in event.content_type.lower() else None
-                if match:
-                    self._signalled_digit(call, match.group(1).decode().upper(), now)
-            elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
-                try:
-                    params = sdp.accept_answer(event.sdp)
-                except sdp.SdpError:
-                    log.warning("call %s: unusable SDP answer to our re-offer; keeping the media as it was", call.uuid)
-                else:
-                    call.rtp.update(params, now)
-                    self._set_codec(call, params)
-        if events:
-            extra_events, extra = self.agent.drain()
-            self._sip_out.extend(extra)
-            if extra_events:  # commands issued while handling events may produce events (e.g. CallEnded)
-                self._replay(extra_events, now)
+        events = [*self._pending_sip_events, *events]
+        self._pending_sip_events = []
+        while events:
+            for event in events:
+                self._sip_event(event, now)
+            events, outgoing = self.agent.drain()
+            self._sip_out.extend(outgoing)
 
-    def _replay(self, events: Iterable[object], now: float) -> None:
-        for event in events:
-            if isinstance(event, CallEnded):
-                call = self._by_leg.get(event.leg_id)
-                if call is not None:
-                    self._end(call, now, event.reason, send_bye=False)
+    def _sip_event(self, event: SipEvent, now: float) -> None:
+        if isinstance(event, IncomingCall):
+            self._incoming(event, now)
+            return
+        call = self._by_leg.get(event.leg_id)
+        if call is None:
+            return
+        if isinstance(event, CallConfirmed):
+            self._confirmed(call, event.sdp, now)
+        elif isinstance(event, CallCancelled):
+            call.state = "cancelled"
+            self._end(call, now, "cancelled", send_bye=False)
+        elif isinstance(event, CallEnded):
+            self._end(call, now, event.reason, send_bye=False)
+        elif isinstance(event, OfferReceived):
+            self._reoffer(call, event.sdp, now)
+        elif isinstance(event, InfoReceived):
+            match = DTMF_RELAY.search(event.body) if "dtmf" in event.content_type.lower() else None
+            if match:
+                self._signalled_digit(call, match.group(1).decode().upper(), now)
+        elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
+            try:
+                params = sdp.accept_answer(event.sdp)
+            except sdp.SdpError:
+                log.warning("call %s: unusable SDP answer to our re-offer; keeping the media as it was", call.uuid)
+            else:
+                call.rtp.update(params, now)
+                self._set_codec(call, params)
 
     def _refuse(self, event: IncomingCall, status: int, now: float, headers: dict[str, str] | None = None) -> None:
         self.stats.refused[status] = self.stats.refused.get(status, 0) + 1
