@@ -54,6 +54,15 @@ def vonage_environment(tmp_path: Path, port: int) -> dict[str, str]:
 class Served:
     process: subprocess.Popen[str]
     port: int
+    log: Path | None = None  # where the server's stderr goes, when a file
+
+    def wait_healthy(self) -> None:
+        """Until /healthz answers 200; if it never does, say whether the server exited and what it printed."""
+        try:
+            wait_healthy(self.base, self.process)
+        except AssertionError as exc:
+            printed = self.log.read_text(errors="replace")[-4000:] if self.log and self.log.exists() else "(not kept)"
+            raise AssertionError(f"{exc} (exit status {self.process.poll()}); it printed:\n{printed}") from None
 
     @property
     def base(self) -> str:
@@ -64,20 +73,25 @@ class Served:
         return [pid for pid in children(self.process.pid) if b"resource_tracker" not in _command_line(pid)]
 
 
-def start(tmp_path: Path, *args: str, stderr: Any = subprocess.DEVNULL, **env: str) -> Served:
+def start(tmp_path: Path, *args: str, stderr: Any = None, **env: str) -> Served:
+    """`dialbridge serve`; its stderr goes to `stderr` if given, else to server.log in `tmp_path`."""
     port = free_port()
+    log = None
+    if stderr is None:
+        log = tmp_path / "server.log"
+        stderr = log.open("w")
     process = subprocess.Popen(
         [DIALBRIDGE, "serve", *args], env={**vonage_environment(tmp_path, port), **env}, cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
     )  # fmt: skip
-    return Served(process, port)
+    return Served(process, port, log)
 
 
 @contextmanager
 def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
-    served = start(tmp_path, *args, stderr=(tmp_path / "server.log").open("w"), **env)
+    served = start(tmp_path, *args, **env)
     try:
-        wait_healthy(served.base)
+        served.wait_healthy()
         yield served
     finally:
         if served.process.poll() is None:
@@ -85,8 +99,10 @@ def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
             served.process.wait(timeout=30)
 
 
-def wait_healthy(base: str) -> None:
+def wait_healthy(base: str, process: subprocess.Popen[Any] | None = None) -> None:
     for _ in range(150):
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{base} exited before it became healthy")
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
                 if response.status == 200:

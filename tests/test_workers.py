@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dialbridge.web.workers import LeastConnections, parse_report
-from tests.served import Served, client_ports_held, connections_held, serving, start, wait_healthy
+from tests.served import Served, client_ports_held, connections_held, serving, start
 
 
 def test_the_next_connection_goes_to_the_worker_holding_fewest() -> None:
@@ -127,7 +127,7 @@ def test_a_worker_that_dies_is_replaced_and_serving_goes_on(tmp_path: Path) -> N
                 break
             time.sleep(0.1)
         assert len(now) == 2 and pids[0] not in now and pids[1] in now, now
-        wait_healthy(served.base)
+        served.wait_healthy()
         connections = _open(served.port, 8)
         held = _held(now, served.port, 8)
         assert sorted(held.values()) == [4, 4], held  # the replacement takes its share
@@ -164,7 +164,7 @@ def test_a_worker_killed_while_starting_is_replaced_not_taken_for_a_start_up_fai
                 break
             time.sleep(0.02)
         os.kill(pids[0], signal.SIGKILL)
-        wait_healthy(served.base)
+        served.wait_healthy()
         assert len(_replaced(served, [pids[0]], count=2)) == 2
         assert served.process.poll() is None
     finally:
