@@ -17,7 +17,7 @@ What runs, per N, from scratch (a new engine process each time, with its default
 - Steady state, once every caller has joined: --seconds of engine CPU (/proc/<pid>/stat), tick lateness and skipped
   ticks (the engine's SIGUSR1 stats line: a cumulative histogram, differenced over the window), RTP in/out against
   the 50 packets a second each way a G.711 caller makes, and datagrams lost on the way in (the engine's sockets'
-  drop counters in /proc/net/udp, drains cut short at the cap, late packets in the jitter buffers).
+  drop counters in /proc/net/udp, late packets in the jitter buffers).
 --profile N records the engine with py-spy (non-blocking, on core 1) during that N's window and prints the top
 functions by own time.
 """
@@ -403,7 +403,6 @@ class Result:
     rtp_in: int
     rtp_out: int
     socket_drops: int
-    drain_cap_hits: int
     jitter_late: int
     jitter_lost: int
     jitter_concealed: int
@@ -531,7 +530,6 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Result:
         rtp_in=stats1["rtp_in"] - stats0["rtp_in"],
         rtp_out=stats1["rtp_out"] - stats0["rtp_out"],
         socket_drops=drops1 - drops0,
-        drain_cap_hits=stats1["rtp_drain_cap_hits"] - stats0["rtp_drain_cap_hits"],
         jitter_late=stats1["live_calls_rtp"]["late_dropped"] - stats0["live_calls_rtp"]["late_dropped"],
         jitter_lost=stats1["live_calls_rtp"]["packets_lost"] - stats0["live_calls_rtp"]["packets_lost"],
         jitter_concealed=stats1["live_calls_rtp"]["frames_concealed"] - stats0["live_calls_rtp"]["frames_concealed"],
@@ -660,7 +658,7 @@ def report(results: list[Result], args: argparse.Namespace, started: datetime) -
         "steady state (every caller in its conference, each sending 50 pkt/s and expecting 50 pkt/s)",
         f"{'N':>5} {'CPU %core':>9} {'%/caller':>8} {'µs/caller/tick':>14} {'usr/sys s':>10} "
         f"{'late p50/p99/max ms':>20} {'ticks':>6} {'skipped':>7} {'in/s/caller':>11} {'out/s/caller':>12} "
-        f"{'sock drop':>9} {'cap hits':>8} {'jb late':>7} {'lost':>6} {'concealed':>9}",
+        f"{'sock drop':>9} {'jb late':>7} {'lost':>6} {'concealed':>9}",
     ]
     for r in results:
         cpu = r.cpu_user_s + r.cpu_system_s
@@ -670,7 +668,7 @@ def report(results: list[Result], args: argparse.Namespace, started: datetime) -
             f"{r.cpu_user_s:>4.1f}/{r.cpu_system_s:<5.1f} "
             f"{f'{r.late_p50_ms:.1f}/{r.late_p99_ms:.1f}/{r.late_max_ms:.1f}':>20} {r.ticks:>6} {r.ticks_skipped:>7} "
             f"{r.rtp_in / r.window_s / r.calls:>11.1f} {r.rtp_out / r.window_s / r.calls:>12.1f} "
-            f"{r.socket_drops:>9} {r.drain_cap_hits:>8} {r.jitter_late:>7} {r.jitter_lost:>6} {r.jitter_concealed:>9}"
+            f"{r.socket_drops:>9} {r.jitter_late:>7} {r.jitter_lost:>6} {r.jitter_concealed:>9}"
         )
     if len(results) >= 2:
         # Least squares CPU(N) = fixed + per_caller * N: "linear in N" means the per-caller slope holds at every N.

@@ -281,9 +281,23 @@ def test_many_conferences_of_mixed_sizes_match_a_reference_mix() -> None:
     rng = np.random.default_rng(3)
     mixer = ConferenceMixer(capacity=8)
     membership: dict[str, str] = {}
+    heard_by: dict[str, set[str] | None] = {}
+    hears: dict[str, set[str] | None] = {}
+
+    def some_members() -> set[str] | None:  # canSpeak/canHear on a fifth of the members, naming up to 6 legs
+        return {f"m{int(k)}" for k in rng.integers(0, 120, int(rng.integers(0, 7)))} if rng.random() < 0.2 else None
+
     for i in range(120):
         member, conference = f"m{i}", f"c{int(rng.integers(0, 25)) ** 2 % 37}"
-        mixer.join(member, conference, can_speak=bool(rng.random() > 0.2), can_hear=bool(rng.random() > 0.1))
+        heard_by[member], hears[member] = some_members(), some_members()
+        mixer.join(
+            member,
+            conference,
+            can_speak=bool(rng.random() > 0.2),
+            can_hear=bool(rng.random() > 0.1),
+            heard_by=heard_by[member],
+            hears=hears[member],
+        )
         membership[member] = conference
     for member in list(membership)[::7]:
         mixer.leave(member)
@@ -298,6 +312,43 @@ def test_many_conferences_of_mixed_sizes_match_a_reference_mix() -> None:
         expected = np.zeros(160, dtype=np.int64)
         if hear[m]:
             for other, other_conference in membership.items():
-                if other != m and other_conference == conference and speak[other]:
+                listener_hears, speaker_heard_by = hears[m], heard_by[other]
+                if (
+                    other != m
+                    and other_conference == conference
+                    and speak[other]
+                    and (listener_hears is None or other in listener_hears)
+                    and (speaker_heard_by is None or m in speaker_heard_by)
+                ):
                     expected += frames[other]
         assert np.array_equal(outputs[mixer.row(m)], np.clip(expected, -32768, 32767)), m
+
+
+def test_can_speak_and_can_hear_route_who_hears_whom() -> None:
+    # NCCO canSpeak: the legs that may hear this one; canHear: the legs this one may hear (Vonage's conversation).
+    mixer = ConferenceMixer()
+    mixer.join("alice", "room", heard_by=["bob"])
+    mixer.join("bob", "room")
+    mixer.join("carol", "room", hears=["alice", "bob"])
+    mixer.join("dave", "room", heard_by=[])  # heard by nobody
+    result = tick(mixer)
+    assert heard(mixer, result, "alice") == {"bob", "carol"}
+    assert heard(mixer, result, "bob") == {"alice", "carol"}
+    assert heard(mixer, result, "carol") == {"bob"}  # alice is for bob's ears only
+    assert heard(mixer, result, "dave") == {"bob", "carol"}
+    # Someone joining later is routed by the same lists; mute and the conference's sounds still apply.
+    mixer.join("erin", "room")
+    mixer.set_can_speak("bob", False)
+    result = tick(mixer)
+    assert heard(mixer, result, "erin") == {"carol"}
+    assert heard(mixer, result, "carol") == set()
+    assert heard(mixer, result, "alice") == {"carol", "erin"}
+    mixer.play_to_conference("room", tone(1000.0, 20))
+    result = mixer.mix()
+    assert all(amplitude_at(result.outputs[mixer.row(m)], 1000.0) > 1000 for m in mixer.members("room"))
+    # Once no routed member is left, the conference is mixed the plain way again.
+    for member in ("alice", "carol", "dave"):
+        mixer.leave(member)
+    mixer.set_can_speak("bob", True)
+    result = tick(mixer)
+    assert heard(mixer, result, "erin") == {"bob"} and heard(mixer, result, "bob") == {"erin"}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dialbridge.engine.rtp.events import TelephoneEvent, parse_telephone_event
 from dialbridge.engine.rtp.jitter import FrameKind
-from dialbridge.engine.rtp.packet import RtpPacket, build_rtp, parse_rtp
+from dialbridge.engine.rtp.packet import RtpHeaderExtension, RtpPacket, build_rtp, parse_rtp
 from dialbridge.engine.rtp.rtcp import (
     ReceiverReport,
     ReportBlock,
@@ -199,6 +199,24 @@ def test_received_audio_plays_out() -> None:
         out.append(rtp.playout(index * 0.02 + 0.01))
     assert out[2] == (frame(1), FrameKind.RECEIVED)
     assert rtp.stats.packets_in == 10 and rtp.stats.bytes_in == 10 * 172
+
+
+def test_headers_with_csrcs_extension_and_padding_play_out_like_plain_ones() -> None:
+    # A mixer or SBC on the path adds CSRCs, an extension (RFC 8285) or padding (SRTP-ready senders): the plain
+    # header takes a quicker path, these the general parser, and both must yield the same audio and statistics.
+    plain, dressed = session(), session()
+    extension = RtpHeaderExtension(0xBEDE, b"\x10\x01\x00\x00")
+    out = []
+    for index in range(10):
+        seq, ts, payload, now = 100 + index, 8000 + 160 * index, frame(index + 1), index * 0.02
+        plain.receive(audio(seq, ts, payload), NAT_ADDRESS, now)
+        packet = RtpPacket(0, seq, ts, THEIR_SSRC, payload, csrcs=(7, 8), extension=extension, padding=index % 2 * 4)
+        dressed.receive(build_rtp(packet), NAT_ADDRESS, now)
+        out.append(dressed.playout(now + 0.01))
+        assert out[-1] == plain.playout(now + 0.01)
+    assert out[2] == (frame(1), FrameKind.RECEIVED) and out[9] == (frame(8), FrameKind.RECEIVED)
+    assert dressed.stats.packets_in == plain.stats.packets_in == 10
+    assert dressed.stats.packets_lost == plain.stats.packets_lost == 0
 
 
 def read_pcap_rtp(path: Path) -> list[bytes]:

@@ -76,6 +76,12 @@ def conversation(name: str, **options: Any) -> dict[str, Any]:
     return {"action": "conversation", "name": name, **options}
 
 
+def _kept(inputs: list[SendWebhook], request: SendWebhook) -> WebhookResult:
+    """An input webhook the app answers with nothing more to do, kept for the test to look at."""
+    inputs.append(request)
+    return ok(None)
+
+
 def world_with(answers: dict[str, list[dict[str, Any]]] | list[dict[str, Any]], **kwargs: Any) -> World:
     """A world whose app answers every call with one NCCO, or each caller (by `from`) with its own."""
 
@@ -152,6 +158,8 @@ def test_an_invite_rings_reports_started_and_ringing_and_asks_the_answer_webhook
     assert 200 not in phone.statuses()  # ringing until the application answers
     assert world.engine.snapshot(uuid) is not None
     assert world.engine.snapshot(uuid).status == "ringing"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not answered yet"):  # a 400 from the API, not audio lost unheard
+        world.engine.play_into_call(uuid, TalkSource("too early"))
 
 
 @pytest.mark.parametrize(
@@ -298,6 +306,23 @@ def test_the_others_hear_a_join_tone_and_a_leave_tone() -> None:
     assert 0.15 < len(heard) / 8000 < 0.25
     falling = heard[: len(heard) // 2]
     assert tone_share(falling, 880.0) > 0.5  # high note first
+
+
+def test_can_speak_and_can_hear_lists_route_a_whisper_and_a_listener() -> None:
+    world = world_with([conversation("room-1")])
+    a, b = world.phone(voice=tone(A_HZ, 2.0)), world.phone(voice=tone(B_HZ, 2.0))
+    ua, ub = connected(world, a), connected(world, b)
+    # A coach whom only a hears (canSpeak), and who hears only b (canHear): the legs named by their uuids.
+    world.answer = lambda request: ok([conversation("room-1", canSpeak=[ua], canHear=[ub])])
+    coach = world.phone(voice=tone(C_HZ, 2.0))
+    connected(world, coach)
+    world.run(0.6)  # past the join tone
+    since = world.now
+    world.run(0.8)
+    heard_a, heard_b, heard_coach = (p.heard(since=since) for p in (a, b, coach))
+    assert tone_share(heard_a, C_HZ) > 0.3 and tone_share(heard_a, B_HZ) > 0.3
+    assert tone_share(heard_b, C_HZ) < 0.01 and tone_share(heard_b, A_HZ) > 0.8
+    assert tone_share(heard_coach, B_HZ) > 0.8 and tone_share(heard_coach, A_HZ) < 0.01
 
 
 def test_mute_stops_the_others_hearing_a_caller_and_earmuff_stops_the_caller_hearing() -> None:
@@ -634,7 +659,7 @@ def test_hold_with_sendonly_is_answered_recvonly_and_stops_our_rtp_until_resumed
 
 def test_a_reinvite_with_a_new_address_moves_our_rtp_there_and_the_old_address_is_then_foreign() -> None:
     inputs: list[SendWebhook] = []
-    world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: inputs.append(r) or ok(None))
+    world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: _kept(inputs, r))
     phone = world.phone()
     connected(world, phone)
     old = phone.rtp_address
@@ -689,11 +714,12 @@ def _refused(world: World, phone: Phone, status: int, retry_after: str | None = 
     ],
 )
 def test_refused_calls_get_their_status_and_leave_nothing_behind(case: str, status: int, retry_after: str) -> None:
-    changes: dict[str, Any] = {
+    options: dict[str, dict[str, Any]] = {
         "not an allowed network": {"allowed_networks": (ipaddress.ip_network("10.0.0.0/8"),)},
         "max_calls": {"max_calls": 1},
         "per-source rate": {"invites_per_source_per_minute": 2},
-    }.get(case, {})
+    }
+    changes = options.get(case, {})
     world = world_with([conversation("room-1")], settings=settings_with(**changes))
     kept: list[Phone] = []
     if case == "max_calls":
@@ -737,6 +763,22 @@ def test_the_rate_limit_forgets_a_source_after_a_minute() -> None:
     assert third.statuses()[:3] == [100, 180, 200]
 
 
+def test_a_trunk_in_the_allow_list_is_not_held_to_the_per_source_rate() -> None:
+    # A trunk brings everybody's calls from one address; the per-source rate guards an open engine from scanners.
+    trunk = ipaddress.ip_network("203.0.113.0/24")
+    world = world_with(
+        [conversation("room-1")], settings=settings_with(invites_per_source_per_minute=1, allowed_networks=(trunk,))
+    )
+    phones = [world.phone(host="203.0.113.5") for _ in range(3)]
+    for phone in phones:
+        connected(world, phone)
+        assert phone.statuses()[:3] == [100, 180, 200]
+    assert len(world.engine.calls) == 3
+    stranger = world.phone(host="198.51.100.7")
+    stranger.invite()
+    assert stranger.statuses() == [100, 403]
+
+
 # ---- call control ------------------------------------------------------------------------------------------------
 
 
@@ -756,6 +798,10 @@ def test_snapshots_show_a_call_while_it_runs_and_after_it_ended() -> None:
     assert world.engine.snapshots() == [live]
     assert world.engine.snapshots(live.conversation_uuid) == [live]
     assert world.engine.snapshots("CON-other") == []
+    assert live.duration == 0  # without a time, as long as it has lasted when answered
+    so_far = world.engine.snapshot(uuid, world.now + 10.0)
+    assert so_far is not None and so_far.duration == 11 and so_far.end_time is None  # answered at the start
+    assert [snap.duration for snap in world.engine.snapshots(now=world.now + 10.0)] == [11]
 
     world.run(2.0)
     phone.bye()
@@ -925,7 +971,7 @@ def test_after_many_calls_with_random_endings_nothing_is_left_once_timers_run_ou
             "late answer after cancel": None,
             "answer webhook fails": lambda request: failed("HTTP 500"),
             "early bye": None,
-        }.get(ending, lambda request, ncco=ncco: ok(ncco))  # type: ignore[misc]
+        }.get(ending, lambda request, ncco=ncco: ok(ncco))
         phone = world.phone(user="nobody" if ending == "unknown user" else "dialin", codec=rng.choice(["PCMU", "PCMA"]))
         phone.auto_ack = ending != "no ack"
         phone.invite()
@@ -955,7 +1001,7 @@ def test_a_flood_of_rtp_from_a_foreign_source_is_ignored_and_grows_nothing() -> 
     inputs: list[SendWebhook] = []
     world = world_with(
         {"+15550000001": [conversation("room-1")], "+15550000002": [dtmf_input(max_digits=1, time_out=10)]},
-        webhook=lambda r: inputs.append(r) or ok(None),
+        webhook=lambda r: _kept(inputs, r),
     )
     a = world.phone(caller="+15550000001", voice=tone(A_HZ, 1.0))
     b = world.phone(caller="+15550000001", voice=tone(B_HZ, 1.0))
@@ -1075,9 +1121,10 @@ def _perform(world: World, phones: list[Phone], op: tuple[Any, ...], rng: random
     engine, now = world.engine, world.now
     kind = op[0]
     if kind in ("answer", "webhook", "audio"):
-        held: list[Any] = {"answer": world.held_fetches, "webhook": world.held_webhooks, "audio": world.held_audio}[
-            kind
-        ]
+        queues: dict[str, list[Any]] = {
+            "answer": world.held_fetches, "webhook": world.held_webhooks, "audio": world.held_audio
+        }  # fmt: skip
+        held = queues[kind]
         request = held.pop(op[1] % len(held)) if held else None
         uuid = request.call_uuid if request is not None else "no-such-call"
         if kind == "answer":
@@ -1140,7 +1187,10 @@ def _perform(world: World, phones: list[Phone], op: tuple[Any, ...], rng: random
         elif verb == "earmuff":
             engine.set_earmuffed(uuid, rng.random() < 0.5)
         elif verb == "play":
-            engine.play_into_call(uuid, TalkSource("overlay", loop=rng.choice([0, 1])))
+            try:
+                engine.play_into_call(uuid, TalkSource("overlay", loop=rng.choice([0, 1])))
+            except ValueError:
+                assert engine.calls[uuid].runner is None  # refused only while ringing
         elif verb == "stop":
             engine.stop_playing_into_call(uuid)
         else:

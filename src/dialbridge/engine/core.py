@@ -342,18 +342,18 @@ class VoiceEngine:
 
     # ---- call control (the REST API's verbs) ---------------------------------------------------------------
 
-    def snapshots(self, conversation_uuid: str | None = None) -> list[CallSnapshot]:
-        """Live calls, then the most recent ended ones (Vonage lists both)."""
-        live = [self._snapshot(call) for call in self.calls.values()]
+    def snapshots(self, conversation_uuid: str | None = None, now: float | None = None) -> list[CallSnapshot]:
+        """Live calls, then the most recent ended ones (Vonage lists both); a live call's duration is up to `now`."""
+        live = [self._snapshot(call, now) for call in self.calls.values()]
         found = [*live, *reversed(self._ended)]
         if conversation_uuid is not None:
             found = [snap for snap in found if snap.conversation_uuid == conversation_uuid]
         return found
 
-    def snapshot(self, call_uuid: str) -> CallSnapshot | None:
+    def snapshot(self, call_uuid: str, now: float | None = None) -> CallSnapshot | None:
         call = self.calls.get(call_uuid)
         if call is not None:
-            return self._snapshot(call)
+            return self._snapshot(call, now)
         return next((snap for snap in self._ended if snap.uuid == call_uuid), None)
 
     def hangup(self, call_uuid: str, now: float, reason: str = "hangup") -> bool:
@@ -392,10 +392,13 @@ class VoiceEngine:
         return True
 
     def play_into_call(self, call_uuid: str, source: TalkSource | StreamSource) -> bool:
-        """PUT /talk or /stream: heard on top of whatever the call hears, until it ends or is stopped."""
+        """PUT /talk or /stream: heard on top of whatever the call hears, until it ends or is stopped. False for a
+        call that is not live; ValueError for one still ringing."""
         call = self._live(call_uuid)
         if call is None:
             return False
+        if call.runner is None:  # ringing: its NCCO has not come yet, and audio made now would have nowhere to go
+            raise ValueError("the call is not answered yet; talk and stream play into answered calls")
         self._next_id -= 1  # negative ids: never one of the runner's playbacks
         call.overlay = _PendingPlayback(self._next_id, source.loop)
         self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
@@ -422,9 +425,9 @@ class VoiceEngine:
         call = self.calls.get(call_uuid)
         return None if call is None or call.ended else call
 
-    def _snapshot(self, call: Call) -> CallSnapshot:
-        end = call.ended_at
+    def _snapshot(self, call: Call, now: float | None = None) -> CallSnapshot:
         start = call.answered_at
+        end = call.ended_at if call.ended_at is not None else now
         return CallSnapshot(
             uuid=call.uuid,
             conversation_uuid=call.conversation_uuid,
@@ -432,7 +435,7 @@ class VoiceEngine:
             to=call.to,
             status=call.state,
             start_time=call.started_at,
-            end_time=end,
+            end_time=call.ended_at,
             duration=None if start is None else round((end if end is not None else start) - start),
             muted=call.muted,
             earmuffed=call.earmuffed,
@@ -524,7 +527,9 @@ class VoiceEngine:
         if settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
             self._refuse(event, 403, now)
             return
-        if not self._within_rate(event.source[0], now):
+        # An allow list names the trunks, which carry every caller's call from a few addresses: the per-source rate
+        # is for the open internet (a scanner); max_calls still bounds what a trunk can start.
+        if not settings.allowed_networks and not self._within_rate(event.source[0], now):
             self._refuse(event, 503, now, {"Retry-After": "60"})
             return
         if not self._is_dial_in(event.request_user):
@@ -757,7 +762,14 @@ class VoiceEngine:
                     waiting.hold = None
                     self.mixer.set_can_speak(uuid, self._can_speak(waiting))
                     self.mixer.set_can_hear(uuid, self._can_hear(waiting))
-        self.mixer.join(call.uuid, name, can_speak=self._can_speak(call), can_hear=self._can_hear(call))
+        self.mixer.join(
+            call.uuid,
+            name,
+            can_speak=self._can_speak(call),
+            can_hear=self._can_hear(call),
+            heard_by=conversation.can_speak,  # NCCO canSpeak: the legs that may hear this one
+            hears=conversation.can_hear,  # canHear: the legs this one may hear
+        )
         if name not in self._started and conversation.music_on_hold_url:
             self._next_id -= 1
             call.hold = _PendingPlayback(self._next_id, 0)
@@ -769,17 +781,11 @@ class VoiceEngine:
 
     def _can_speak(self, call: Call) -> bool:
         conversation = call.conversation
-        if call.muted or conversation is None or conversation.mute or call.conference not in self._started:
-            return False
-        # canSpeak lists the legs that may hear this one; the mixer mixes per conference, so an empty list means
-        # nobody and any other list means everybody (per-leg routing is not supported here).
-        return conversation.can_speak is None or bool(conversation.can_speak)
+        return not (call.muted or conversation is None or conversation.mute or call.conference not in self._started)
 
     def _can_hear(self, call: Call) -> bool:
         conversation = call.conversation
-        if call.earmuffed or conversation is None or call.conference not in self._started:
-            return False
-        return conversation.can_hear is None or bool(conversation.can_hear)
+        return not (call.earmuffed or conversation is None or call.conference not in self._started)
 
     def _leave_conference(self, call: Call, now: float) -> None:
         name = call.conference

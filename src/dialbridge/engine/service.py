@@ -59,10 +59,11 @@ class EngineCallControl:
         return result
 
     def list_calls(self, conversation_uuid: str | None = None) -> list[CallRecord]:
-        return [call_record(snapshot) for snapshot in self._engine.snapshots(conversation_uuid)]
+        now = self._server.now()
+        return [call_record(snapshot) for snapshot in self._engine.snapshots(conversation_uuid, now)]
 
     def get_call(self, uuid: str) -> CallRecord | None:
-        snapshot = self._engine.snapshot(uuid)
+        snapshot = self._engine.snapshot(uuid, self._server.now())
         return None if snapshot is None else call_record(snapshot)
 
     def hangup(self, uuid: str) -> bool:

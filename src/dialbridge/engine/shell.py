@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import math
@@ -75,7 +76,6 @@ class UdpMediaPorts:
         self._next = 0
         self._open: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._on_rtp, self._on_rtcp = on_rtp, on_rtcp
-        self.drain_cap_hits = 0  # drains that stopped at the cap with datagrams possibly still queued
 
     def open(self) -> int:
         for _ in range(len(self._free)):
@@ -110,21 +110,22 @@ class UdpMediaPorts:
         pair = self._open.get(port - (port % 2))
         if pair is None:
             return
-        sock = pair[port % 2]
-        with contextlib.suppress(BlockingIOError, OSError):  # a full buffer or unreachable peer loses the packet
-            sock.sendto(data, destination)
+        # A full buffer (BlockingIOError) or an unreachable peer loses the packet, as UDP does. try/except, not
+        # contextlib.suppress: this runs for every packet sent, and suppress costs a context manager each time.
+        try:  # noqa: SIM105
+            pair[port % 2].sendto(data, destination)
+        except OSError:
+            pass
 
     def _drain(self, sock: socket.socket, port: int, handler: Callable[[int, bytes, Address], None]) -> None:
-        for _ in range(64):  # bounded, so one flooded socket cannot starve the clock
-            try:
-                data, source = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # ICMP port unreachable surfaces here on Linux; nothing to do
-                return
-            handler(port, data, (source[0], source[1]))
-        else:  # the rest waits for the loop's next turn (or overflows the socket buffer): worth knowing
-            self.drain_cap_hits += 1
+        # One datagram per call: the loop polls level-triggered and calls again while more are queued, so a
+        # flooded socket gets one turn per loop iteration like every other (it cannot starve the clock), and the
+        # usual case costs one recvfrom instead of a second one failing with EAGAIN.
+        try:
+            data, source = sock.recvfrom(2048)
+        except OSError:  # EAGAIN after a spurious wake-up, or ICMP port unreachable (Linux reports it here)
+            return
+        handler(port, data, source if len(source) == 2 else (source[0], source[1]))
 
     def close_all(self) -> None:
         for port in list(self._open):
@@ -255,6 +256,11 @@ class VoiceServer:
         loop.call_at(self._next_tick, self._tick)
         # Synthesise the common prompts' voice once, so the first caller does not wait for espeak-ng to start.
         await loop.run_in_executor(self._audio, self._speech.synthesize, "Welcome.")
+        # Start-up's objects (numpy, httpx, FastAPI, cryptography, ...) live as long as the process, yet every full
+        # collection walked them all with the clock stopped: 64-86 ms pauses among 400 callers, whole ticks lost
+        # (measured with a gc callback). Frozen, a collection walks only what calls allocate (~27,000 objects).
+        gc.collect()
+        gc.freeze()
 
     async def run(self) -> None:
         await self.start()
@@ -307,7 +313,6 @@ class VoiceServer:
             "refused": {str(status): n for status, n in self.engine.stats.refused.items()},
             "rtp_in": self.engine.stats.rtp_in,
             "rtp_out": self.engine.stats.rtp_out,
-            "rtp_drain_cap_hits": self.media.drain_cap_hits,
             "live_calls_rtp": rtp,
             "webhooks": {
                 purpose: {

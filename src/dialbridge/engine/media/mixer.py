@@ -9,10 +9,15 @@ How: per-conference sums in int32, then each member's output is its conference's
 input (N-1 by subtraction), clipped. The sums are computed from a plan rebuilt only when membership
 changes: members are grouped by conference and conferences by size, so a tick is one gather-and-sum
 per distinct conference size (``x[rows].sum(axis=1)``), never a Python loop over members.
+
+Routes (NCCO ``canSpeak``/``canHear``: the legs that may hear a member, the legs a member may hear) make a
+conference *routed*: its members' outputs are a 0/1 matrix (who hears whom) times their inputs, plus the
+conference's sounds. Only routed conferences pay for that product; the rest stay on the subtraction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -40,8 +45,16 @@ class _SizeGroup:
 
 
 @dataclass(slots=True)
+class _RoutedConference:
+    conference_id: int
+    rows: npt.NDArray[np.intp]  # [m]: its members' rows
+    hears: npt.NDArray[np.int32]  # [m, m]: hears[i, j] = 1 when member i hears member j
+
+
+@dataclass(slots=True)
 class _Plan:
     groups: list[_SizeGroup]
+    routed: list[_RoutedConference]
     conference_of_row: npt.NDArray[np.intp]  # [used]; free rows point at the always-zero extra sum
     muted_rows: npt.NDArray[np.intp]  # rows whose input must not reach anyone
     deaf_rows: npt.NDArray[np.intp]  # rows whose output is silence (earmuffed or free)
@@ -83,6 +96,8 @@ class ConferenceMixer:
         self._used = 0  # every member's row is below this
 
         self._rows: dict[str, int] = {}
+        # member -> (the members who may hear it, the members it may hear); None for "everyone"
+        self._routes: dict[str, tuple[frozenset[str] | None, frozenset[str] | None]] = {}
         self._conference_of: dict[str, str] = {}
         self._members: dict[str, dict[str, None]] = {}  # conference -> members in join order
         self._conference_ids: dict[str, int] = {}
@@ -99,8 +114,20 @@ class ConferenceMixer:
     def capacity(self) -> int:
         return len(self._row_member)
 
-    def join(self, member: str, conference: str, *, can_speak: bool = True, can_hear: bool = True) -> None:
-        """Add ``member`` to ``conference`` (created on first join). A member is in one conference at a time."""
+    def join(
+        self,
+        member: str,
+        conference: str,
+        *,
+        can_speak: bool = True,
+        can_hear: bool = True,
+        heard_by: Collection[str] | None = None,
+        hears: Collection[str] | None = None,
+    ) -> None:
+        """Add ``member`` to ``conference`` (created on first join). A member is in one conference at a time.
+
+        ``heard_by``/``hears`` limit whom the member is heard by and whom it hears to those members (None: all);
+        members named that are not in the conference (yet) are simply not heard."""
         if member in self._rows:
             raise ValueError(f"member {member!r} is already in conference {self._conference_of[member]!r}")
         if not self._free_rows:
@@ -116,6 +143,11 @@ class ConferenceMixer:
             self._members[conference] = {}
         self._members[conference][member] = None
         self._rows[member] = row
+        if heard_by is not None or hears is not None:
+            self._routes[member] = (
+                None if heard_by is None else frozenset(heard_by),
+                None if hears is None else frozenset(hears),
+            )
         self._conference_of[member] = conference
         self._row_member[row] = member
         self._conference_id_of_row[row] = self._conference_ids[conference]
@@ -129,6 +161,7 @@ class ConferenceMixer:
 
     def leave(self, member: str) -> None:
         row = self._rows.pop(member)
+        self._routes.pop(member, None)
         conference = self._conference_of.pop(member)
         del self._members[conference][member]
         if not self._members[conference]:
@@ -206,6 +239,10 @@ class ConferenceMixer:
 
         mixed = np.take(sums, plan.conference_of_row, axis=0)
         np.subtract(mixed, x, out=mixed)
+        for routed in plan.routed:
+            member_inputs = x[routed.rows].astype(np.int32)
+            sounds = sums[routed.conference_id] - member_inputs.sum(axis=0)  # what the conference plays to all
+            mixed[routed.rows] = routed.hears @ member_inputs + sounds
         outputs = self._outputs
         # Saturate and narrow to int16 in one pass (values are in range once clipped).
         np.clip(mixed, -32768, 32767, out=outputs[:used], casting="unsafe")
@@ -271,6 +308,7 @@ class ConferenceMixer:
         speaking_allowed = in_use & self._can_speak[:used]
         plan = _Plan(
             groups=groups,
+            routed=self._routed_conferences(),
             conference_of_row=np.where(in_use, conference_ids, self._conference_id_limit),
             muted_rows=np.flatnonzero(in_use & ~self._can_speak[:used]),
             deaf_rows=np.flatnonzero(~(in_use & self._can_hear[:used])),
@@ -278,6 +316,24 @@ class ConferenceMixer:
         )
         self._plan = plan
         return plan
+
+    def _routed_conferences(self) -> list[_RoutedConference]:
+        routed = []
+        for conference in {self._conference_of[member] for member in self._routes}:
+            members = list(self._members[conference])
+            hears = np.zeros((len(members), len(members)), dtype=np.int32)
+            for i, listener in enumerate(members):
+                listener_hears = self._routes.get(listener, (None, None))[1]
+                for j, speaker in enumerate(members):
+                    speaker_heard_by = self._routes.get(speaker, (None, None))[0]
+                    hears[i, j] = (
+                        i != j
+                        and (listener_hears is None or speaker in listener_hears)
+                        and (speaker_heard_by is None or listener in speaker_heard_by)
+                    )
+            rows = np.array([self._rows[member] for member in members], dtype=np.intp)
+            routed.append(_RoutedConference(self._conference_ids[conference], rows, hears))
+        return routed
 
     def _grow(self) -> None:
         old = self.capacity

@@ -37,6 +37,7 @@ _RECENT_SEQUENCES: Final = 128
 _SHRINK_WINDOW_FRAMES: Final = 100  # 2 s: slow to give back delay it just needed
 _FAR_BEHIND_SAMPLES: Final = 8000  # 1 s behind the cursor: not reordering any more, a sender that jumped back
 _MAX_DELAY_MS: Final = 400
+_PRESENT: Final = b"\x01" * _RING_SAMPLES  # "present" flags to slice from
 
 
 class FrameKind(StrEnum):
@@ -280,6 +281,13 @@ class JitterBuffer:
 
     def _write(self, start: int, payload: bytes) -> None:
         assert self._read is not None
+        length = len(payload)
+        index = start % _RING_SAMPLES
+        if start >= self._read and index + length <= _RING_SAMPLES:  # whole and not wrapping: nearly every packet
+            self._data[index : index + length] = payload
+            self._present[index : index + length] = _PRESENT[:length]
+            self._newest_end = max(self._newest_end, start + length)
+            return
         skip = max(0, self._read - start)  # the part of a partly late packet that is already past
         position = start + skip
         chunk = memoryview(payload)[skip:]
@@ -287,7 +295,7 @@ class JitterBuffer:
             index = position % _RING_SAMPLES
             length = min(len(chunk), _RING_SAMPLES - index)
             self._data[index : index + length] = chunk[:length]
-            self._present[index : index + length] = b"\x01" * length
+            self._present[index : index + length] = _PRESENT[:length]
             chunk = chunk[length:]
             position += length
         self._newest_end = max(self._newest_end, start + len(payload))
