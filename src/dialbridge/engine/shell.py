@@ -252,8 +252,6 @@ class VoiceServer:
         if self._control_settings is not None:
             self.control = ControlService(self, *self._control_settings)
             await self.control.start()
-        self._next_tick = loop.time() + TICK_S
-        loop.call_at(self._next_tick, self._tick)
         # Synthesise the common prompts' voice once, so the first caller does not wait for espeak-ng to start.
         await loop.run_in_executor(self._audio, self._speech.synthesize, "Welcome.")
         # Start-up's objects (numpy, httpx, FastAPI, cryptography, ...) live as long as the process, yet every full
@@ -261,6 +259,9 @@ class VoiceServer:
         # (measured with a gc callback). Frozen, a collection walks only what calls allocate (~27,000 objects).
         gc.collect()
         gc.freeze()
+        # The clock starts last: start-up's own pauses (the collection above) are not the first ticks' lateness.
+        self._next_tick = loop.time() + TICK_S
+        loop.call_at(self._next_tick, self._tick)
 
     async def run(self) -> None:
         await self.start()
