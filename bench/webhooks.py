@@ -12,6 +12,9 @@ latency. Runs inside a private network namespace when it can (only loopback traf
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -53,12 +56,42 @@ def seed(db_path: Path, rooms: int) -> list[str]:
     return pins
 
 
-def signed_requests(path: Path, pins: list[str], count: int, base: str) -> None:
-    signer = WebhookSignatures(SECRET)
-    rng = random.Random(2)
+class FastSigner:
+    """Tokens as `WebhookSignatures.sign` makes them (HS256, iat, exp, a jti of their own, payload_hash), signed
+    with hmac directly: the server refuses a token it has seen, so every request of a run needs its own, and
+    PyJWT's ~55 us a token would make signing the pool longer than the run."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+        self._header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+        self._serial = 0
+
+    def sign(self, payload: bytes, now: float) -> str:
+        token = self._sign(payload, now)
+        if self._serial == 1:  # the first token is checked by the server's own verifier: the two cannot drift apart
+            WebhookSignatures(SECRET).verify(f"Bearer {token}", payload, now)
+        return token
+
+    def _sign(self, payload: bytes, now: float) -> str:
+        self._serial += 1
+        claims = {
+            "iat": int(now), "exp": int(now) + 300, "jti": f"bench-{os.getpid()}-{self._serial}",
+            "payload_hash": hashlib.sha256(payload).hexdigest(),
+        }  # fmt: skip
+        signing_input = f"{self._header}.{_b64url(json.dumps(claims, separators=(',', ':')).encode())}"
+        return f"{signing_input}.{_b64url(hmac.digest(self._key, signing_input.encode(), 'sha256'))}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def signed_requests(path: Path, pins: list[str], count: int, first: int, signer: FastSigner) -> None:
+    """`count` webhook requests, numbered from `first` (each its own call and caller), each signed afresh."""
+    rng = random.Random(first)
     now = time.time()
     with path.open("w") as out:
-        for n in range(count):
+        for n in range(first, first + count):
             caller = f"44770{n:07d}"
             uuid = f"bench-call-{n}"
             if n % 2 == 0:
@@ -80,6 +113,23 @@ def signed_requests(path: Path, pins: list[str], count: int, base: str) -> None:
                     separators=(",", ":"),
                 )
                 out.write(f"POST\t/webhooks/input\t{signer.sign(body.encode(), now)}\t{body}\n")
+
+
+class RequestPools:
+    """A fresh pool of signed requests for each wrk run, large enough that none is sent twice (a replay would be
+    refused with 401, cheaper than the work being measured, and counted as an error)."""
+
+    def __init__(self, folder: Path, pins: list[str], per_second: int) -> None:
+        self.folder, self.pins, self.per_second = folder, pins, per_second
+        self.signer = FastSigner(SECRET)
+        self.made = 0
+
+    def fresh(self, seconds: float) -> Path:
+        path = self.folder / "requests.tsv"
+        count = int(seconds * self.per_second)
+        signed_requests(path, self.pins, count, self.made, self.signer)
+        self.made += count
+        return path
 
 
 def install_baseline() -> None:
@@ -119,7 +169,16 @@ def server_cpu_seconds(leader: int) -> float:
     return total
 
 
-def warm_up(command: list[str], wal: Path | None, step_s: int = 3, limit_s: int = 60) -> None:
+def wrk_command(args: argparse.Namespace, base: str, pool: Path, seconds: int) -> list[str]:
+    return [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
+        "-s", str(HERE / "webhooks.lua"), base, "--", str(pool), str(args.threads),
+    ]  # fmt: skip
+
+
+def warm_up(
+    args: argparse.Namespace, base: str, pools: RequestPools, wal: Path | None, step_s: int = 3, limit_s: int = 60
+) -> None:
     """Load the server until SQLite's write-ahead log has started over once, i.e. reached its working size.
 
     After a start the log file grows until the server's checkpoints make SQLite start it over (about 270 MB
@@ -129,7 +188,7 @@ def warm_up(command: list[str], wal: Path | None, step_s: int = 3, limit_s: int 
     started = time.monotonic()
     first = None
     while time.monotonic() - started < limit_s:
-        subprocess.run([*command[:3], f"-d{step_s}s", *command[4:]], capture_output=True, check=True)
+        subprocess.run(wrk_command(args, base, pools.fresh(step_s), step_s), capture_output=True, check=True)
         if wal is None:
             print(f"warm-up: {step_s} s", flush=True)
             return
@@ -215,13 +274,9 @@ def run(args: argparse.Namespace) -> None:
     )
     try:
         wait_healthy(base)
-        pool = work / "requests.tsv"
-        signed_requests(pool, pins, args.pool, base)
-        command = [
-            "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
-            "-s", str(HERE / "webhooks.lua"), base, "--", str(pool),
-        ]  # fmt: skip
-        warm_up(command, None if args.baseline else Path(f"{db}-wal"))  # the baseline has no database
+        pools = RequestPools(work, pins, args.max_rate)
+        warm_up(args, base, pools, None if args.baseline else Path(f"{db}-wal"))  # the baseline has no database
+        command = wrk_command(args, base, pools.fresh(args.seconds), args.seconds)
         cpu_before = server_cpu_seconds(server.pid)
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         server_cpu = server_cpu_seconds(server.pid) - cpu_before
@@ -260,7 +315,10 @@ def main() -> None:
     # a second thread only takes CPU from what is being measured.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--pool", type=int, default=40_000)
+    parser.add_argument(
+        "--max-rate", type=int, default=40_000,
+        help="requests a second the signed pools are sized for (each request is sent once; default 40,000)",
+    )  # fmt: skip
     parser.add_argument(
         "--baseline", action="store_true", help="measure the Node/Express reference instead (npm installs express)"
     )

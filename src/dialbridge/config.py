@@ -174,6 +174,12 @@ class Settings(BaseSettings):
                 f"DIALBRIDGE_DIAL_OUT_PREFIXES has {', '.join(map(repr, bad))}: list + and digits, comma-separated, "
                 "e.g. +1,+44"
             )
+        if self.signature_secret is not None and not self.signature_secret.get_secret_value().strip():
+            found.append(
+                "DIALBRIDGE_SIGNATURE_SECRET is set but empty, which would accept forged webhooks: set it to your "
+                "Vonage account's signature secret (Dashboard → API settings), or remove the line to accept "
+                "unsigned webhooks"
+            )
         if not self.database_url.startswith(("sqlite:", "postgresql")):
             found.append("DIALBRIDGE_DATABASE_URL must be a sqlite:///path or postgresql+psycopg://… URL")
         if self.backend is Backend.EMBEDDED:

@@ -198,7 +198,7 @@ class NccoApp:
                 authorization = self.headers.get("authorization")
                 payload = query.encode() if self.command == "GET" else body
                 try:
-                    verifier.verify(authorization, payload)
+                    verifier.verify(authorization, payload, time.time())
                     verified, error = True, None
                 except SignatureError as exc:
                     verified, error = False, str(exc)

@@ -534,10 +534,13 @@ def test_every_webhook_the_engine_sends_passes_the_apps_signature_verifier(tmp_p
     rejected = [(r.method, r.path, r.error) for r in requests if not r.verified]
     assert rejected == [], f"requests the app's verifier refused: {rejected}"
     # The verdicts mean something: the same tokens do not verify for altered payloads or another secret.
-    other = WebhookSignatures(SECRET + "-other")
+    ours, other, now = WebhookSignatures(SECRET), WebhookSignatures(SECRET + "-other"), time.time()
     for r in requests:
         payload = r.query if r.method == "GET" else r.body
         with pytest.raises(SignatureError):
-            WebhookSignatures(SECRET).verify(r.authorization, payload + b"&tampered=1")
+            ours.verify(r.authorization, payload + b"&tampered=1", now)
         with pytest.raises(SignatureError):
-            other.verify(r.authorization, payload)
+            other.verify(r.authorization, payload, now)
+    # Each request is a token of its own (its jti): an app refusing replays accepts every one of them.
+    tokens = [ours.verify(r.authorization, r.query if r.method == "GET" else r.body, now).token_id for r in requests]
+    assert len(set(tokens)) == len(tokens) and all(token.startswith("jti:") for token in tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,8 @@ def test_a_signed_get_passes_the_apps_verifier_byte_for_byte() -> None:
         assert result.ncco == (Talk("Hello", barge_in=True), Input())
         (request,) = server.received
         assert request.method == "GET" and request.path == "/webhooks/answer"
-        claims = WebhookSignatures(SECRET).verify(request.headers["authorization"], request.raw_query)
+        verified = WebhookSignatures(SECRET).verify(request.headers["authorization"], request.raw_query, time.time())
+        claims = verified.claims
         assert claims["payload_hash"]
         assert query_fields(request.raw_query) == {"app": "one", **query}
         assert query_fields(request.raw_query)["SipHeader_X-OpenTok-SessionId"] == "1_MX4+a/b=c&d"
@@ -136,7 +138,7 @@ def test_a_signed_post_passes_the_apps_verifier() -> None:
         assert result.ok and result.ncco is not None and len(result.ncco) == 1
         (request,) = server.received
         assert request.method == "POST" and request.headers["content-type"] == "application/json"
-        WebhookSignatures(SECRET).verify(request.headers["authorization"], request.body)
+        WebhookSignatures(SECRET).verify(request.headers["authorization"], request.body, time.time())
         assert orjson.loads(request.body) == payload
 
     run(test)
@@ -163,8 +165,12 @@ def test_one_retry_after_503_then_success() -> None:
             result = await webhooks.answer(server.url("/answer"), {"uuid": "u"})
             await webhooks.aclose()
         assert result.ok and result.status == 200 and len(server.received) == 2
-        for request in server.received:  # each attempt is signed afresh
-            WebhookSignatures(SECRET).verify(request.headers["authorization"], request.raw_query)
+        verifier = WebhookSignatures(SECRET)
+        tokens = {  # each attempt is signed afresh: the retry is not refused as a replay of the first
+            verifier.verify(request.headers["authorization"], request.raw_query, time.time()).token_id
+            for request in server.received
+        }
+        assert len(tokens) == 2
         assert webhooks.stats.requests == {"answer": 1} and webhooks.stats.retries == {"answer": 1}
         assert seen == [("answer", result)]
 
@@ -266,7 +272,7 @@ def test_an_empty_eventurl_answer_means_carry_on_and_events_ignore_bodies() -> N
             by_get = await webhooks.send(server.url("/input"), "GET", {"dtmf": {"digits": "1"}}, expect_ncco=True)
             (request,) = server.received
         assert by_get.ok
-        WebhookSignatures(SECRET).verify(request.headers["authorization"], request.raw_query)
+        WebhookSignatures(SECRET).verify(request.headers["authorization"], request.raw_query, time.time())
         assert orjson.loads(query_fields(request.raw_query)["dtmf"]) == {"digits": "1"}
         await webhooks.aclose()
 

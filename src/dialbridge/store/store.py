@@ -177,11 +177,22 @@ class _Statements:
             .outerjoin(pin_room, true())
         )
 
+        module = postgresql if engine.dialect.name == "postgresql" else sqlite
+        tokens = t.webhook_tokens.c
+        self.remember_token = p(
+            module.insert(t.webhook_tokens)
+            .values(token=bindparam("token"), good_until=bindparam("good_until"))
+            .on_conflict_do_nothing(index_elements=[tokens.token])
+        )
+        self.forget_tokens = p(delete(t.webhook_tokens).where(tokens.good_until < bindparam("now")))
+        self.token_count = p(select(func.count()).select_from(t.webhook_tokens))
+
         self.server_key = p(select(t.server_keys.c.value).where(t.server_keys.c.name == bindparam("name")))
         self.insert_server_key = p(_insert_all(t.server_keys))
 
 
 SQLITE_BUSY = 5
+TOKEN_SWEEP_S = 60.0  # how often accepted webhook tokens past their lifetime are deleted
 WAL_REWIND_FRAMES = 65536  # 256 MB of 4 KB pages
 WAL_REWIND_WAIT_MS = 20  # readers leave the log within a loop turn; if not, the next checkpoint tries again
 
@@ -211,6 +222,7 @@ class Store:
         database = engine.url.database if self._is_sqlite else None
         self._wal = bool(database) and database != ":memory:" and not str(database).startswith("file::memory:")
         self._checkpointer: Any = None
+        self._tokens_swept_at = float("-inf")
         if self._is_sqlite:
             self._writer = GroupCommitWriter(
                 self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None, _sqlite_busy
@@ -464,6 +476,24 @@ class Store:
     def caller_failures(self, caller: str, since: float) -> int:
         """Wrong guesses from this caller number since `since` (what answering a call needs to know)."""
         return int(self._scalar(self._sql.caller_failures, caller=caller, since=since) or 0)
+
+    # ---- signed webhooks' tokens -------------------------------------------------------------------------------
+    def remember_webhook_token(self, token: str, good_until: float, now: float) -> Awaitable[bool]:
+        """Record a signed webhook's token; False if it was recorded before (the request is a replay). Tokens past
+        their `good_until` are deleted, at most once a minute, in the same transaction."""
+        sweep = now >= self._tokens_swept_at + TOKEN_SWEEP_S
+        if sweep:
+            self._tokens_swept_at = now
+
+        def record(run: Run) -> bool:
+            if sweep:
+                run(self._sql.forget_tokens, now=now)
+            return bool(run(self._sql.remember_token, token=token, good_until=good_until).rowcount == 1)
+
+        return self._write(record)
+
+    def webhook_token_count(self) -> int:
+        return int(self._scalar(self._sql.token_count) or 0)
 
     # ---- server keys -------------------------------------------------------------------------------------------
     def server_key(self, name: str, make: Callable[[], str], now: float) -> str:

@@ -131,3 +131,13 @@ Index(
     sqlite_where=text(_OPEN_CONFERENCE),
     postgresql_where=text(_OPEN_CONFERENCE),
 )
+
+# Signed webhooks already accepted: a token is good once (its `jti`, or its signature where the signer sends no
+# jti), until `good_until`, after which the verifier refuses it as too old anyway and the row is deleted.
+# The primary key makes "first to insert wins" race-free across workers and instances on one database.
+webhook_tokens = Table(
+    "webhook_tokens",
+    metadata,
+    Column("token", String(128), primary_key=True),
+    Column("good_until", Float, nullable=False, index=True),
+)

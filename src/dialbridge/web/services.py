@@ -63,7 +63,10 @@ def build_services(
         if settings.token_secret
         else store.server_key("participant_token_secret", new_secret, clock())
     )
-    signatures = WebhookSignatures(settings.signature_secret.get_secret_value()) if settings.signature_secret else None
+    signature_secret = settings.signature_secret
+    signatures = (  # an empty secret: ValueError (Settings.problems refuses it first)
+        WebhookSignatures(signature_secret.get_secret_value()) if signature_secret is not None else None
+    )
     flow = CallFlow(
         input_url=settings.base_url + INPUT_PATH,
         pin_max_digits=settings.pin_length,

@@ -131,7 +131,7 @@ class WebhookEndpoints:
         """Check the signature, parse, act, and say what to send back: never raises."""
         started = timed()
         try:
-            fields = self._signed_fields(payload, authorization, method)
+            fields = await self._signed_fields(payload, authorization, method)
             status, body = await webhook.handle(self.services, fields)
         except WebhookRefused as refusal:
             return self.refused(webhook, method, refusal)
@@ -156,14 +156,19 @@ class WebhookEndpoints:
             headers.extend((key.encode(), value.encode()) for key, value in extra.items())
         return WebhookAnswer(status, content, headers)
 
-    def _signed_fields(self, payload: bytes, authorization: str | None, method: str) -> Mapping[str, Any]:
-        """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required."""
+    async def _signed_fields(self, payload: bytes, authorization: str | None, method: str) -> Mapping[str, Any]:
+        """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required:
+        signed for this payload, recent, and not seen before (by any worker or instance on this database)."""
         signatures = self.services.signatures
         if signatures is not None:
+            now = self.services.clock()
             try:
-                signatures.verify(authorization, payload)
+                token = signatures.verify(authorization, payload, now)
             except SignatureError as exc:
                 raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
+            if not await self.services.store.remember_webhook_token(token.token_id, token.good_until, now):
+                message = "webhook signature rejected: this signed request was accepted before (a replay)"
+                raise WebhookRefused(401, "invalid_signature", message, {"www-authenticate": "Bearer"})
         if method == "GET":
             return query_fields(payload)
         if not payload:
