@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, insert, select
 
+from dialbridge.conference.webhooks import CallParty
 from dialbridge.store import store as store_module
 from dialbridge.store import tables as t
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.prepared import Prepared
-from dialbridge.store.store import Store
+from dialbridge.store.store import Store, WebhookReplayed
 from dialbridge.store.writer import GroupCommitWriter, Run
 from tests.helpers import run_async
 
@@ -162,3 +163,64 @@ def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
     other.close()
     assert log_frames < 10  # started over, not appended after 200 commits' frames
     assert len(stored_keys(store)) == 202
+
+
+# ---- a signed webhook's token, recorded by its first write -------------------------------------------------------
+
+
+def test_a_webhook_token_is_recorded_by_the_first_write_and_a_replay_writes_nothing(store: Store) -> None:
+    call = CallParty("c1", "CON-1", "15550001", "14155550100")
+
+    async def handle(token: str, status: str) -> None:
+        async with store.webhook_token(token, good_until=400.0, now=100.0):
+            await store.record_call(call, status, 100.0)
+            await store.record_call(call, status + "-again", 100.0)  # a second write is an ordinary one
+
+    async def scenario() -> None:
+        await handle("jti:a", "awaiting_pin")
+        with pytest.raises(WebhookReplayed):
+            await handle("jti:a", "in_conference")
+
+    run_async(scenario())
+    record = store.call("c1")
+    assert record is not None and record.status == "awaiting_pin-again"  # the replay changed nothing
+    assert store.webhook_token_count() == 1
+
+
+def test_a_webhook_that_writes_nothing_records_its_token_on_leaving_and_one_that_fails_records_none(
+    store: Store,
+) -> None:
+    async def scenario() -> None:
+        async with store.webhook_token("sig:b", good_until=400.0, now=100.0):
+            pass
+        with pytest.raises(WebhookReplayed):
+            async with store.webhook_token("sig:b", good_until=400.0, now=100.0):
+                pass
+        with pytest.raises(ValueError):
+            async with store.webhook_token("sig:c", good_until=400.0, now=100.0):
+                raise ValueError("an invalid payload")
+        async with store.webhook_token("sig:c", good_until=400.0, now=100.0):  # refused before: may come again
+            pass
+
+    run_async(scenario())
+    assert store.webhook_token_count() == 2
+
+
+def test_parallel_copies_of_one_token_write_once(store: Store) -> None:
+    call = CallParty("c2", "CON-2", "15550002", "14155550100")
+
+    async def handle(n: int) -> str:
+        try:
+            async with store.webhook_token("jti:same", good_until=400.0, now=100.0):
+                await store.record_call(call, f"status-{n}", 100.0)
+        except WebhookReplayed:
+            return "replayed"
+        return "written"
+
+    async def scenario() -> list[str]:
+        return await asyncio.gather(*(handle(n) for n in range(20)))  # one loop turn: one batch, one transaction
+
+    outcomes = run_async(scenario())
+    assert sorted(outcomes) == ["replayed"] * 19 + ["written"]
+    record = store.call("c2")
+    assert record is not None and record.status == f"status-{outcomes.index('written')}"

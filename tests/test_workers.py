@@ -196,7 +196,9 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(tmp_path: Pa
 
 
 def test_a_worker_whose_loop_is_stuck_is_replaced(tmp_path: Path) -> None:
-    with serving(tmp_path, "--workers", "2", DIALBRIDGE_WORKER_TIMEOUT_S="2") as served:
+    # Workers report every second; 4 s of silence is a stuck loop, not a healthy worker briefly starved of CPU on a
+    # machine busy with the rest of the suite (with 2 s, one such gap could get the other worker replaced too).
+    with serving(tmp_path, "--workers", "2", DIALBRIDGE_WORKER_TIMEOUT_S="4") as served:
         stuck, other = _all_ready(served)
         os.kill(stuck, signal.SIGSTOP)  # as good as a loop that never comes back
         now = _replaced(served, [stuck], timeout_s=20)

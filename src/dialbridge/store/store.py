@@ -13,6 +13,7 @@ are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front ins
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -193,6 +194,58 @@ class _Statements:
 
 SQLITE_BUSY = 5
 TOKEN_SWEEP_S = 60.0  # how often accepted webhook tokens past their lifetime are deleted
+
+
+class WebhookReplayed(Exception):
+    """A signed webhook whose token was accepted before: the request is refused and nothing was written."""
+
+
+@dataclass(slots=True)
+class _Claim:
+    token: str
+    good_until: float
+    now: float
+    used: bool = False
+
+
+class _Replayed:
+    """What a write returns instead of its work's result when the webhook token it carried was seen before."""
+
+
+REPLAYED = _Replayed()
+# The signed webhook being handled in this task, whose first write records its token (Store.webhook_token).
+_CLAIM: contextvars.ContextVar[_Claim | None] = contextvars.ContextVar("webhook_token_claim", default=None)
+
+
+class WebhookTokenUse:
+    """`Store.webhook_token`'s block (a plain class: this runs for every webhook, and a generator-based context
+    manager costs several times as much)."""
+
+    __slots__ = ("_claim", "_reset", "_store")
+
+    def __init__(self, store: Store, claim: _Claim) -> None:
+        self._store, self._claim = store, claim
+        self._reset: contextvars.Token[_Claim | None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._reset = _CLAIM.set(self._claim)
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self._reset is not None:
+            _CLAIM.reset(self._reset)
+        claim = self._claim
+        unrecorded = kind is None and not claim.used  # nothing wrote, nothing failed: record it now
+        if unrecorded and not await self._store.remember_webhook_token(claim.token, claim.good_until, claim.now):
+            raise WebhookReplayed(claim.token)
+
+
+async def _unless_replayed(write: Awaitable[T | _Replayed]) -> T:
+    result = await write
+    if isinstance(result, _Replayed):
+        raise WebhookReplayed("the webhook's token was recorded before")
+    return result
+
+
 WAL_REWIND_FRAMES = 65536  # 256 MB of 4 KB pages
 WAL_REWIND_WAIT_MS = 20  # readers leave the log within a loop turn; if not, the next checkpoint tries again
 
@@ -302,7 +355,29 @@ class Store:
         return row[0] if row else None
 
     def _write(self, work: Callable[[Run], T]) -> Awaitable[T]:
-        return self._writer.write(work)
+        claim = _CLAIM.get()
+        if claim is None or claim.used:
+            return self._writer.write(work)
+        # The first write of a signed webhook records its token in the same transaction, and does nothing else if
+        # the token was recorded before: a replay acts on nothing, and the record costs no commit of its own.
+        claim.used = True
+        sweep = self._sweep_due(claim.now)
+
+        def recorded_then(run: Run) -> T | _Replayed:
+            if sweep:
+                run(self._sql.forget_tokens, now=claim.now)
+            if run(self._sql.remember_token, token=claim.token, good_until=claim.good_until).rowcount != 1:
+                return REPLAYED
+            return work(run)
+
+        return _unless_replayed(self._writer.write(recorded_then))
+
+    def _sweep_due(self, now: float) -> bool:
+        """Whether this write also deletes the tokens past their lifetime (at most once a minute)."""
+        if now < self._tokens_swept_at + TOKEN_SWEEP_S:
+            return False
+        self._tokens_swept_at = now
+        return True
 
     def _write_now(self, work: Callable[[Run], T]) -> T:
         return self._writer.write_now(work)
@@ -478,12 +553,18 @@ class Store:
         return int(self._scalar(self._sql.caller_failures, caller=caller, since=since) or 0)
 
     # ---- signed webhooks' tokens -------------------------------------------------------------------------------
+    def webhook_token(self, token: str, good_until: float, now: float) -> WebhookTokenUse:
+        """Handle a signed webhook once: `async with store.webhook_token(...)` around its handling makes the
+        block's first write also record `token` (in the same transaction), raising `WebhookReplayed` instead of
+        writing if the token was recorded before, by any process on this database. If the block wrote nothing,
+        the token is recorded on leaving it (and a replay raises there). A block that raises records nothing: a
+        request refused as invalid may be sent again."""
+        return WebhookTokenUse(self, _Claim(token, good_until, now))
+
     def remember_webhook_token(self, token: str, good_until: float, now: float) -> Awaitable[bool]:
         """Record a signed webhook's token; False if it was recorded before (the request is a replay). Tokens past
         their `good_until` are deleted, at most once a minute, in the same transaction."""
-        sweep = now >= self._tokens_swept_at + TOKEN_SWEEP_S
-        if sweep:
-            self._tokens_swept_at = now
+        sweep = self._sweep_due(now)
 
         def record(run: Run) -> bool:
             if sweep:

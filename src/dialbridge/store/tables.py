@@ -140,4 +140,5 @@ webhook_tokens = Table(
     metadata,
     Column("token", String(128), primary_key=True),
     Column("good_until", Float, nullable=False, index=True),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree less to update per webhook
 )

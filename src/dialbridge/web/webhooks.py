@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput
+from dialbridge.store.store import WebhookReplayed
 from dialbridge.web.metrics import timed
 from dialbridge.web.services import Services
 from dialbridge.web.signatures import SignatureError
@@ -37,6 +38,11 @@ class WebhookRefused(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+
+
+def _replayed() -> WebhookRefused:
+    message = "webhook signature rejected: this signed request was accepted before (a replay)"
+    return WebhookRefused(401, "invalid_signature", message, {"www-authenticate": "Bearer"})
 
 
 def too_large() -> WebhookRefused:
@@ -76,6 +82,13 @@ WEBHOOKS: dict[str, Webhook] = {
     "/nexmo-dtmf": _INPUT,
     "/nexmo-events": _EVENTS,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _SignedToken:
+    token_id: str
+    good_until: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +144,16 @@ class WebhookEndpoints:
         """Check the signature, parse, act, and say what to send back: never raises."""
         started = timed()
         try:
-            fields = await self._signed_fields(payload, authorization, method)
-            status, body = await webhook.handle(self.services, fields)
+            fields, token = self._signed_fields(payload, authorization, method)
+            if token is None:
+                status, body = await webhook.handle(self.services, fields)
+            else:  # handled once: its write records the token, or refuses a replay without writing anything
+                async with self.services.store.webhook_token(token.token_id, token.good_until, token.now):
+                    status, body = await webhook.handle(self.services, fields)
         except WebhookRefused as refusal:
             return self.refused(webhook, method, refusal)
+        except WebhookReplayed:
+            return self.refused(webhook, method, _replayed())
         except PayloadError as exc:
             return self._answered(webhook, method, 422, {"error": {"code": "invalid_payload", "message": str(exc)}})
         except Exception:
@@ -156,30 +175,31 @@ class WebhookEndpoints:
             headers.extend((key.encode(), value.encode()) for key, value in extra.items())
         return WebhookAnswer(status, content, headers)
 
-    async def _signed_fields(self, payload: bytes, authorization: str | None, method: str) -> Mapping[str, Any]:
-        """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required:
-        signed for this payload, recent, and not seen before (by any worker or instance on this database)."""
+    def _signed_fields(
+        self, payload: bytes, authorization: str | None, method: str
+    ) -> tuple[Mapping[str, Any], _SignedToken | None]:
+        """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required
+        (signed for this payload and recent); and the token, which the caller must see is used only once."""
         signatures = self.services.signatures
+        token = None
         if signatures is not None:
             now = self.services.clock()
             try:
-                token = signatures.verify(authorization, payload, now)
+                verified = signatures.verify(authorization, payload, now)
             except SignatureError as exc:
                 raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
-            if not await self.services.store.remember_webhook_token(token.token_id, token.good_until, now):
-                message = "webhook signature rejected: this signed request was accepted before (a replay)"
-                raise WebhookRefused(401, "invalid_signature", message, {"www-authenticate": "Bearer"})
+            token = _SignedToken(verified.token_id, verified.good_until, now)
         if method == "GET":
-            return query_fields(payload)
+            return query_fields(payload), token
         if not payload:
-            return {}
+            return {}, token
         try:
             fields = orjson.loads(payload)
         except orjson.JSONDecodeError:
             raise WebhookRefused(400, "invalid_json", "the webhook body is not valid JSON") from None
         if not isinstance(fields, dict):
             raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
-        return fields
+        return fields, token
 
 
 def query_fields(query: bytes) -> dict[str, str]:
