@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pytest
@@ -10,6 +11,7 @@ from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from dialbridge.tokens import ParticipantTokens, Role
+from dialbridge.web.signalling import SUBPROTOCOL
 
 SESSION = "emb_room_one"
 
@@ -28,14 +30,26 @@ def issue(client: TestClient, clock: FakeClock, session_id: str = SESSION, role:
     return tokens(client).issue(session_id=session_id, room_id="one", now=clock(), role=role)
 
 
-def url(token: str, session_id: str = SESSION) -> str:
-    return f"/rt/signalling?sessionId={session_id}&token={token}"
+def url(token: str | None, session_id: str | None = SESSION) -> Socket:
+    """Where and how the room page connects: the session in the URL, the token offered as a subprotocol."""
+    path = "/rt/signalling" if session_id is None else f"/rt/signalling?sessionId={session_id}"
+    return Socket(path, [SUBPROTOCOL] + ([f"bearer.{token}"] if token is not None else []))
 
 
-def refused_with(client: TestClient, path: str) -> tuple[int, str]:
+@dataclass(frozen=True)
+class Socket:
+    path: str
+    subprotocols: list[str]
+
+
+def connect(client: TestClient, socket: Socket) -> Any:
+    return client.websocket_connect(socket.path, subprotocols=socket.subprotocols)
+
+
+def refused_with(client: TestClient, socket: Socket) -> tuple[int, str]:
     """Connect and return the close code and reason; fails if any message arrives first."""
-    with client.websocket_connect(path) as socket, pytest.raises(WebSocketDisconnect) as closed:
-        socket.receive_text()
+    with connect(client, socket) as opened, pytest.raises(WebSocketDisconnect) as closed:
+        opened.receive_text()
     return closed.value.code, closed.value.reason
 
 
@@ -66,17 +80,34 @@ def test_a_token_for_another_session_is_refused(client: TestClient, clock: FakeC
     assert code == 4401 and "another room" in reason
 
 
-@pytest.mark.parametrize("path", ["/rt/signalling", f"/rt/signalling?sessionId={SESSION}", "/rt/signalling?token=x"])
-def test_a_socket_without_token_or_session_is_refused(client: TestClient, path: str) -> None:
-    code, _ = refused_with(client, path)
+@pytest.mark.parametrize(
+    "socket", [url(None, None), url(None), url("x", None), Socket("/rt/signalling?sessionId=s&token=x", [SUBPROTOCOL])]
+)
+def test_a_socket_without_token_or_session_is_refused(client: TestClient, socket: Socket) -> None:
+    code, _ = refused_with(client, socket)
     assert code == 4401
+
+
+def test_a_token_in_the_url_is_refused_even_when_valid_and_the_reason_names_the_fix(
+    client: TestClient, clock: FakeClock
+) -> None:
+    token = issue(client, clock)
+    code, reason = refused_with(client, Socket(f"/rt/signalling?sessionId={SESSION}&token={token}", [SUBPROTOCOL]))
+    assert code == 4401 and "Sec-WebSocket-Protocol" in reason
+
+
+def test_the_server_selects_the_signalling_subprotocol(client: TestClient, clock: FakeClock) -> None:
+    # A browser that offered subprotocols fails a handshake whose answer selects none.
+    with connect(client, url(issue(client, clock))) as socket:
+        assert socket.accepted_subprotocol == SUBPROTOCOL
+        hello(socket)
 
 
 def test_a_second_socket_for_one_connection_is_refused_and_the_first_keeps_working(
     client: TestClient, clock: FakeClock
 ) -> None:
     token = issue(client, clock)
-    with client.websocket_connect(url(token)) as first:
+    with connect(client, url(token)) as first:
         hello(first)
         code, reason = refused_with(client, url(token))
         assert code == 4409 and "already connected" in reason
@@ -85,9 +116,9 @@ def test_a_second_socket_for_one_connection_is_refused_and_the_first_keeps_worki
 
 
 def test_two_participants_hear_of_each_other_and_relay_signals(client: TestClient, clock: FakeClock) -> None:
-    with client.websocket_connect(url(issue(client, clock))) as alice:
+    with connect(client, url(issue(client, clock))) as alice:
         hello_alice = hello(alice)
-        with client.websocket_connect(url(issue(client, clock))) as bob:
+        with connect(client, url(issue(client, clock))) as bob:
             hello_bob = hello(bob)
             assert [c["connectionId"] for c in hello_bob["connections"]] == [hello_alice["connectionId"]]
             assert alice.receive_json()["type"] == "connectionCreated"
@@ -123,7 +154,7 @@ def test_two_participants_hear_of_each_other_and_relay_signals(client: TestClien
 
 
 def test_bad_input_gets_an_error_and_the_socket_stays_usable(client: TestClient, clock: FakeClock) -> None:
-    with client.websocket_connect(url(issue(client, clock))) as socket:
+    with connect(client, url(issue(client, clock))) as socket:
         hello(socket)
         socket.send_text("{not json")
         error = socket.receive_json()
@@ -135,7 +166,7 @@ def test_bad_input_gets_an_error_and_the_socket_stays_usable(client: TestClient,
 
 
 def test_binary_frames_close_the_socket_with_unsupported_data(client: TestClient, clock: FakeClock) -> None:
-    with client.websocket_connect(url(issue(client, clock))) as socket:
+    with connect(client, url(issue(client, clock))) as socket:
         hello(socket)
         socket.send_bytes(b"\x00\x01")
         with pytest.raises(WebSocketDisconnect) as closed:
@@ -145,9 +176,9 @@ def test_binary_frames_close_the_socket_with_unsupported_data(client: TestClient
 
 def test_server_force_disconnect_closes_that_socket_and_tells_the_others(client: TestClient, clock: FakeClock) -> None:
     hub = client.app.state.services.hub  # type: ignore[attr-defined]
-    with client.websocket_connect(url(issue(client, clock))) as alice:
+    with connect(client, url(issue(client, clock))) as alice:
         hello(alice)
-        with client.websocket_connect(url(issue(client, clock))) as bob:
+        with connect(client, url(issue(client, clock))) as bob:
             bob_id = hello(bob)["connectionId"]
             alice.receive_json()  # connectionCreated for bob
 

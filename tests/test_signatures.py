@@ -309,7 +309,7 @@ def test_parallel_copies_of_one_signed_request_to_two_workers_are_accepted_once(
 
 
 def test_a_set_but_empty_secret_is_a_configuration_error_that_names_the_fix(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, signature_secret="")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, signature_secret="")
     [problem] = [p for p in settings.problems() if "SIGNATURE_SECRET" in p]
     assert "empty" in problem and "remove the line" in problem
     with pytest.raises(ValueError, match="empty"):

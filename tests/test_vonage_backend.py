@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from dialbridge.config import Settings
+from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
 from tests.helpers import run_async
@@ -280,6 +281,30 @@ def test_hang_up_after_the_phone_side_left_ends_the_call(
     assert response.json()["state"] == "ended"
     assert len(stub.received("DELETE")) == 1
     assert client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).status_code == 201
+
+
+def test_a_subscribers_token_may_neither_dial_out_nor_hang_up(
+    vonage: TestClient, stub: VonageStub, clock: FakeClock
+) -> None:
+    config = visit(vonage, "standup")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    tokens = vonage.app.state.services.tokens  # type: ignore[attr-defined]
+    room = vonage.app.state.services.store.room("standup")  # type: ignore[attr-defined]
+    viewer = tokens.issue(session_id=room.session_id, room_id="standup", now=clock(), role=Role.SUBSCRIBER)
+    headers = {"Authorization": f"Bearer {viewer}"}
+    seen = len(stub.received())
+    dialled = vonage.post("/api/rooms/standup/dial-out", json={"number": "+447700900123"}, headers=headers)
+    assert dialled.status_code == 403 and dialled.json()["error"]["code"] == "role_not_allowed"
+    hung_up = vonage.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=headers)
+    assert hung_up.status_code == 403
+    assert len(stub.received()) == seen  # nothing reached Vonage
+    moderator = tokens.issue(session_id=room.session_id, room_id="standup", now=clock(), role=Role.MODERATOR)
+    ended = vonage.post(
+        "/api/rooms/standup/hang-up",
+        json={"call_id": placed["call_id"]},
+        headers={"Authorization": f"Bearer {moderator}"},
+    )
+    assert ended.status_code == 200
 
 
 def test_hang_up_of_an_unknown_call_is_404(vonage: TestClient, stub: VonageStub) -> None:

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from dialbridge import __version__
 from dialbridge.config import Settings
 from dialbridge.platforms.base import VideoPlatform
-from dialbridge.web import api, dialout, pages, signalling, voice
+from dialbridge.web import api, dialout, logredact, pages, signalling, voice
 from dialbridge.web.errors import install_error_handlers
 from dialbridge.web.metrics import RequestMetricsMiddleware
 from dialbridge.web.responses import JsonResponse
@@ -35,6 +35,7 @@ def create_app(
     platform: VideoPlatform | None = None,
 ) -> DialbridgeApp:
     settings = settings or Settings()
+    logredact.install()
     services = build_services(settings, clock=clock, platform=platform)
     for warning in settings.warnings():
         log.warning("%s", warning)

@@ -11,7 +11,7 @@ from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
 from dialbridge.dialout import DialOutNotAllowed, DialOutNotLive, DialOutUnavailable, UnknownDialOut
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut, DialOutLimitReached
-from dialbridge.tokens import TokenError
+from dialbridge.tokens import Role, TokenError
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import check_room_id
 from dialbridge.web.responses import JsonResponse
@@ -53,8 +53,13 @@ def dial_out_out(dial_out: DialOut) -> dict[str, object]:
     ).model_dump()
 
 
+# The roles that may place and end the room's calls (calls cost money and reach strangers): not a subscriber.
+CALLING_ROLES = frozenset({Role.PUBLISHER, Role.MODERATOR})
+
+
 def participant_room(room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Room:
-    """The room, when the caller holds a valid participant token of it (401 otherwise; 404 for no such room)."""
+    """The room, when the caller holds a valid participant token of it whose role may place calls (401 for no
+    valid token, 404 for no such room, 403 for a role that may not)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("send the room's participant token as 'Authorization: Bearer <token>'")
@@ -64,7 +69,13 @@ def participant_room(room_id: str, svc: ServicesDep, authorization: Annotated[st
     room = svc.rooms.find(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
-    svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
+    claims = svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
+    if claims.role not in CALLING_ROLES:
+        raise ApiError(
+            403,
+            "role_not_allowed",
+            f"a {claims.role.value}'s token may not place or end calls; a publisher's or moderator's may",
+        )
     return room
 
 

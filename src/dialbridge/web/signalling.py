@@ -1,8 +1,11 @@
 """The embedded backend's WebSocket signalling endpoint (protocol: `engine.rooms.signalling`).
 
-`GET /rt/signalling?sessionId=…&token=…` — the participant token is verified before the socket is accepted. A refused
-socket is accepted only to be closed at once with code 4401 and a reason, because a browser sees neither the status
-nor the body of a refused handshake; nothing else is sent to it and it joins nothing.
+`GET /rt/signalling?sessionId=…` with `Sec-WebSocket-Protocol: dialbridge.signalling.v1, bearer.<participant token>`
+— the token is verified before the socket is accepted. It travels in that header, never in the URL: request lines
+are logged (uvicorn logs every WebSocket's path and query, even with the access log off) and kept by proxies, and a
+token may dial out for hours. A token in the URL is refused. A refused socket is accepted only to be closed at once
+with code 4401 and a reason, because a browser sees neither the status nor the body of a refused handshake;
+nothing else is sent to it and it joins nothing.
 """
 
 from __future__ import annotations
@@ -24,19 +27,28 @@ router = APIRouter()
 
 # The browser module pings every 15 s; a socket silent for this long belongs to a frozen or vanished page.
 IDLE_TIMEOUT_S: Final = 45.0
+SUBPROTOCOL: Final = "dialbridge.signalling.v1"  # what the server selects (a browser fails a handshake without it)
+TOKEN_PROTOCOL_PREFIX: Final = "bearer."  # the offered subprotocol that carries the participant token
 
 
 @router.websocket(SIGNALLING_PATH)
 async def signalling(websocket: WebSocket) -> None:
     svc: Services = websocket.app.state.services
+    offered = websocket.scope.get("subprotocols", [])
+    selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
     try:
-        claims = _check_token(svc, websocket.query_params.get("token"), websocket.query_params.get("sessionId"))
+        if "token" in websocket.query_params:
+            raise TokenError(
+                "the participant token goes in Sec-WebSocket-Protocol (bearer.<token>), never in the URL, "
+                "which is logged: update the page's ot-embedded.js"
+            )
+        claims = _check_token(svc, _offered_token(offered), websocket.query_params.get("sessionId"))
     except TokenError as exc:
-        await websocket.accept()
+        await websocket.accept(subprotocol=selected)
         await websocket.close(CLOSE_BAD_TOKEN, _close_reason(str(exc)))
         return
 
-    await websocket.accept()
+    await websocket.accept(subprotocol=selected)
     try:
         member = svc.hub.join(
             websocket,
@@ -72,11 +84,18 @@ async def signalling(websocket: WebSocket) -> None:
             await websocket.close(*close)
 
 
+def _offered_token(offered: list[str]) -> str | None:
+    for protocol in offered:
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
+            return protocol[len(TOKEN_PROTOCOL_PREFIX) :]
+    return None
+
+
 def _check_token(svc: Services, token: str | None, session_id: str | None) -> ParticipantClaims:
     if not token:
-        raise TokenError("no participant token: open the room page, which passes its token to the signalling")
+        raise TokenError("no participant token: open the room page, which offers it as the subprotocol bearer.<token>")
     if not session_id:
-        raise TokenError("no sessionId: the signalling URL needs ?sessionId=…&token=…")
+        raise TokenError("no sessionId: the signalling URL needs ?sessionId=…")
     return svc.tokens.verify(token, now=svc.clock(), session_id=session_id)
 
 

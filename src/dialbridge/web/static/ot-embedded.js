@@ -296,8 +296,9 @@
       if (this._socket) { if (completion) completion(otError("OT_CONNECT_FAILED", "already connected")); return; }
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
       const url = scheme + "//" + location.host + this._signallingPath +
-        "?sessionId=" + encodeURIComponent(this.sessionId) + "&token=" + encodeURIComponent(token);
-      const socket = new WebSocket(url);
+        "?sessionId=" + encodeURIComponent(this.sessionId);
+      // The token rides in Sec-WebSocket-Protocol, not the URL: servers and proxies log URLs.
+      const socket = new WebSocket(url, ["dialbridge.signalling.v1", "bearer." + token]);
       this._socket = socket;
       let connected = false;
       socket.onmessage = (event) => {
