@@ -87,6 +87,20 @@ def start(tmp_path: Path, *args: str, stderr: Any = None, **env: str) -> Served:
     return Served(process, port, log)
 
 
+def start_embedded(tmp_path: Path, **env: str) -> Served:
+    """`dialbridge serve` on the embedded backend (so with its voice engine), every port its own."""
+    rtp = free_port() // 2 * 2
+    return start(
+        tmp_path,
+        DIALBRIDGE_BACKEND="embedded",
+        DIALBRIDGE_SIP_PORT=str(free_port()),
+        DIALBRIDGE_VOICE_API_PORT=str(free_port()),
+        DIALBRIDGE_RTP_PORTS=f"{rtp}-{rtp + 3}",
+        DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
+        **env,
+    )
+
+
 @contextmanager
 def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
     served = start(tmp_path, *args, **env)

@@ -15,10 +15,10 @@ from websockets.sync.client import connect
 
 from dialbridge.web.logredact import redact
 from dialbridge.web.signalling import SUBPROTOCOL
-from tests.served import free_port, start
+from tests.served import start_embedded
 
 
-def _room_config(base: str, room: str) -> dict[str, str]:
+def room_config(base: str, room: str) -> dict[str, str]:
     with urllib.request.urlopen(f"{base}/room/{room}", timeout=10) as response:
         page = response.read().decode()
     found = re.search(r'<script id="room-config" type="application/json">(.*?)</script>', page, re.S)
@@ -28,18 +28,10 @@ def _room_config(base: str, room: str) -> dict[str, str]:
 
 
 def test_neither_a_signalling_socket_nor_a_token_in_a_url_puts_the_token_in_the_log(tmp_path: Path) -> None:
-    rtp = free_port() // 2 * 2
-    served = start(
-        tmp_path,
-        DIALBRIDGE_BACKEND="embedded",
-        DIALBRIDGE_SIP_PORT=str(free_port()),
-        DIALBRIDGE_VOICE_API_PORT=str(free_port()),
-        DIALBRIDGE_RTP_PORTS=f"{rtp}-{rtp + 3}",
-        DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
-    )
+    served = start_embedded(tmp_path)
     try:
         served.wait_healthy()
-        config = _room_config(served.base, "logs")
+        config = room_config(served.base, "logs")
         token, session = config["token"], config["sessionId"]
         ws = f"ws://127.0.0.1:{served.port}/rt/signalling"
         with connect(f"{ws}?sessionId={session}", subprotocols=[SUBPROTOCOL, f"bearer.{token}"]) as socket:  # type: ignore[list-item]

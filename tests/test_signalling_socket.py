@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from dialbridge.config import Settings
 from dialbridge.tokens import ParticipantTokens, Role
+from dialbridge.web.app import create_app
 from dialbridge.web.signalling import SUBPROTOCOL
 
 SESSION = "emb_room_one"
@@ -194,3 +196,33 @@ def test_server_force_disconnect_closes_that_socket_and_tells_the_others(client:
             "reason": "forceDisconnected",
         }
         assert client.portal.call(hub.force_disconnect, SESSION, bob_id) is False  # type: ignore[union-attr]
+
+
+# ---- origins -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://dialbridge.example.test", True),  # PUBLIC_BASE_URL's origin
+        ("https://DIALBRIDGE.example.test:443", True),  # the same, spelled otherwise
+        ("https://app.example.com", True),  # listed in ALLOWED_ORIGINS
+        ("https://evil.example", False),
+        ("http://dialbridge.example.test", False),  # another scheme is another origin
+        ("null", False),  # sandboxed frames, file:// pages
+    ],
+)
+def test_only_the_servers_own_origin_and_the_listed_ones_may_open_a_socket(
+    settings: Settings, clock: FakeClock, origin: str, allowed: bool
+) -> None:
+    listed = settings.model_copy(update={"allowed_origins": "https://app.example.com, https://other.example.org"})
+    with TestClient(create_app(listed, clock=clock)) as client:
+        socket = url(issue(client, clock))
+        opened = client.websocket_connect(socket.path, subprotocols=socket.subprotocols, headers={"origin": origin})
+        if allowed:
+            with opened as accepted:
+                hello(accepted)
+        else:
+            with pytest.raises(WebSocketDisconnect) as refused, opened:
+                pass
+            assert refused.value.code == 1008

@@ -223,6 +223,7 @@ def voice(settings: Settings) -> int:
 def _run_uvicorn(settings: Settings, workers: int) -> None:
     import uvicorn
 
+    from dialbridge.engine.rooms.signalling import MAX_MESSAGE_CHARS
     from dialbridge.web.http import DialbridgeHttpProtocol
     from dialbridge.web.workers import WorkerPool, WorkerStartupFailed
 
@@ -234,6 +235,9 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
         "access_log": False,
         "proxy_headers": True,
         "http": DialbridgeHttpProtocol,
+        # A signalling message is at most 64 KB: a larger frame is refused as it arrives (close 1009), not read
+        # whole first (uvicorn's default would read up to 16 MB).
+        "ws_max_size": MAX_MESSAGE_CHARS,
     }
     app = "dialbridge.web.app:app_from_environment"
     if workers == 1:

@@ -11,6 +11,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
         default=None,
         description="Base URL the outside world reaches this server at; webhook URLs are built from it.",
     )
+    # Pages on other origins whose scripts may open the signalling WebSocket (comma-separated, e.g.
+    # https://app.example.com); the server's own origin (of PUBLIC_BASE_URL) always may.
+    allowed_origins: str = ""
     database_url: str = "sqlite:///./var/dialbridge.db"
     backend: Backend = Backend.EMBEDDED
     dial_in_number: str | None = Field(default=None, description="Phone number callers dial, E.164.")
@@ -131,6 +135,13 @@ class Settings(BaseSettings):
     def rtp_port_range(self) -> tuple[int, int]:
         low, _, high = self.rtp_ports.partition("-")
         return int(low), int(high)
+
+    @property
+    def websocket_origins(self) -> frozenset[str]:
+        """The origins (scheme://host[:port], as browsers send them) whose pages may open the signalling socket."""
+        listed = [origin for origin in self.allowed_origins.split(",") if origin.strip()]
+        own = [self.public_base_url] if self.public_base_url else []
+        return frozenset(origin for origin in map(web_origin, [*own, *listed]) if origin)
 
     @property
     def sip_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -274,3 +285,20 @@ class Settings(BaseSettings):
         if user and secret:
             return user, secret.get_secret_value()
         return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def web_origin(url: str) -> str | None:
+    """`url`'s origin as a browser's Origin header spells it (lower case, no default port); None if it has none."""
+    parsed = urlsplit(url.strip())
+    if not parsed.scheme or not parsed.hostname:
+        return None
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else "")

@@ -17,6 +17,7 @@ from typing import Final
 
 from fastapi import APIRouter, WebSocket
 
+from dialbridge.config import Settings, web_origin
 from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, CLOSE_IDLE, CLOSE_UNSUPPORTED_DATA, JoinRefused
 from dialbridge.platforms.embedded import SIGNALLING_PATH
 from dialbridge.tokens import ParticipantClaims, Role, TokenError
@@ -27,6 +28,7 @@ router = APIRouter()
 
 # The browser module pings every 15 s; a socket silent for this long belongs to a frozen or vanished page.
 IDLE_TIMEOUT_S: Final = 45.0
+CLOSE_POLICY_VIOLATION: Final = 1008  # before the handshake is accepted, uvicorn answers it with HTTP 403
 SUBPROTOCOL: Final = "dialbridge.signalling.v1"  # what the server selects (a browser fails a handshake without it)
 TOKEN_PROTOCOL_PREFIX: Final = "bearer."  # the offered subprotocol that carries the participant token
 
@@ -34,6 +36,12 @@ TOKEN_PROTOCOL_PREFIX: Final = "bearer."  # the offered subprotocol that carries
 @router.websocket(SIGNALLING_PATH)
 async def signalling(websocket: WebSocket) -> None:
     svc: Services = websocket.app.state.services
+    if not _origin_allowed(websocket, svc.settings):
+        # A page on another site is trying to open a socket with a token it got hold of: refuse the handshake
+        # itself (HTTP 403); the page sees a failed connection, and nothing is accepted.
+        log.info("signalling socket refused: Origin %r is not allowed", websocket.headers.get("origin"))
+        await websocket.close(CLOSE_POLICY_VIOLATION)
+        return
     offered = websocket.scope.get("subprotocols", [])
     selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
     try:
@@ -82,6 +90,22 @@ async def signalling(websocket: WebSocket) -> None:
     if close is not None:
         with contextlib.suppress(Exception):  # the peer may be gone already
             await websocket.close(*close)
+
+
+def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
+    """A browser always sends Origin: the server's own (PUBLIC_BASE_URL's), one in ALLOWED_ORIGINS, or — with no
+    public URL set, as on a developer's machine — the host the page was served from. A client without Origin is
+    not a browser page (a script holding its own token), which the origin rule is not about."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    normalised = web_origin(origin)
+    if normalised is not None and normalised in settings.websocket_origins:
+        return True
+    if settings.public_base_url is None:
+        host = websocket.headers.get("host", "")
+        return normalised is not None and normalised.split("://", 1)[1] == host.lower()
+    return False
 
 
 def _offered_token(offered: list[str]) -> str | None:
