@@ -15,6 +15,24 @@ SESSION_HEADER = "X-OpenTok-SessionId"  # what Vonage Video puts on the SIP call
 DIAL_OUT_HEADER = "X-dialbridge-dial-out"  # which of a room's dial-outs placed the call
 DIGITS = re.compile(r"^[0-9*#]{0,64}$")
 MAX_FIELD = 256
+MAX_DURATION_S = 2**31 - 1  # what any database's INTEGER holds; 68 years is no call
+MAX_NESTING = 32  # Vonage's payloads nest two or three levels; the event payload is stored as it came
+
+
+def check_nesting(value: Any, limit: int = MAX_NESTING) -> None:
+    """Refuse a payload nested deeper than `limit` (storing it would recurse that deep), without recursing."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return
+    raise PayloadError(f"the payload nests deeper than {limit} levels")
 
 
 class PayloadError(ValueError):
@@ -143,8 +161,8 @@ class CallEvent:
                 duration = int(str(duration_raw))
             except ValueError:
                 raise PayloadError("field 'duration' must be a whole number of seconds") from None
-            if duration < 0:
-                raise PayloadError("field 'duration' must not be negative")
+            if not 0 <= duration <= MAX_DURATION_S:
+                raise PayloadError(f"field 'duration' must be 0 to {MAX_DURATION_S} seconds")
         return cls(
             call=CallParty.parse(fields),
             status=status,

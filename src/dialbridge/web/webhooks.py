@@ -22,7 +22,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
-from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput
+from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
 from dialbridge.store.store import WebhookReplayed
 from dialbridge.web.metrics import timed
 from dialbridge.web.services import Services
@@ -58,7 +58,9 @@ async def _input(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
 
 
 async def _event(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
-    await svc.calls.event(CallEvent.parse(fields), fields)
+    event = CallEvent.parse(fields)
+    check_nesting(fields)  # the whole payload is stored with the event
+    await svc.calls.event(event, fields)
     return 204, None
 
 
