@@ -103,7 +103,18 @@ def start_embedded(tmp_path: Path, **env: str) -> Served:
 
 @contextmanager
 def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
-    served = start(tmp_path, *args, **env)
+    with _healthy_until_stopped(start(tmp_path, *args, **env)) as served:
+        yield served
+
+
+@contextmanager
+def serving_embedded(tmp_path: Path, **env: str) -> Iterator[Served]:
+    with _healthy_until_stopped(start_embedded(tmp_path, **env)) as served:
+        yield served
+
+
+@contextmanager
+def _healthy_until_stopped(served: Served) -> Iterator[Served]:
     try:
         served.wait_healthy()
         yield served

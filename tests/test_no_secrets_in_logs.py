@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from websockets.sync.client import connect
 
 from dialbridge.web.logredact import redact
 from dialbridge.web.signalling import SUBPROTOCOL
-from tests.served import start_embedded
+from tests.served import serving_embedded
 
 
 def room_config(base: str, room: str) -> dict[str, str]:
@@ -28,9 +26,7 @@ def room_config(base: str, room: str) -> dict[str, str]:
 
 
 def test_neither_a_signalling_socket_nor_a_token_in_a_url_puts_the_token_in_the_log(tmp_path: Path) -> None:
-    served = start_embedded(tmp_path)
-    try:
-        served.wait_healthy()
+    with serving_embedded(tmp_path) as served:
         config = room_config(served.base, "logs")
         token, session = config["token"], config["sessionId"]
         ws = f"ws://127.0.0.1:{served.port}/rt/signalling"
@@ -41,10 +37,7 @@ def test_neither_a_signalling_socket_nor_a_token_in_a_url_puts_the_token_in_the_
             with pytest.raises(ConnectionClosed) as closed:
                 socket.recv(timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-    finally:
-        os.killpg(served.process.pid, signal.SIGTERM)
-        served.process.wait(timeout=30)
-    assert served.log is not None
+    assert served.log is not None  # read once the server has stopped and flushed it
     log = served.log.read_text()
     assert "WebSocket /rt/signalling" in log  # the lines are there...
     assert token not in log and token.split(".")[2] not in log  # ...without the token, whole or in part

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -15,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.served import Served, start_embedded
+from tests.served import Served, serving_embedded
 
 FIELDS = ["uuid", "conversation_uuid", "status", "duration", "from", "to", "timestamp", "start_time", "end_time",
           "dtmf", "digits", "SipHeader_X-OpenTok-SessionId", "room_id", "number", "call_id"]  # fmt: skip
@@ -47,13 +45,8 @@ def _nested(depth: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     # The embedded backend: it has no upstream to fail (the Vonage one answers 502 when Vonage is unreachable).
-    served = start_embedded(tmp_path_factory.mktemp("server"))
-    try:
-        served.wait_healthy()
+    with serving_embedded(tmp_path_factory.mktemp("server")) as served:
         yield served
-    finally:
-        os.killpg(served.process.pid, signal.SIGTERM)
-        served.process.wait(timeout=30)
 
 
 def _send(served: Served, method: str, path: str, body: Any, headers: dict[str, str] | None = None) -> int:

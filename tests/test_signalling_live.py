@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,19 +12,14 @@ from websockets.sync.client import connect
 
 from dialbridge.engine.rooms.signalling import MAX_MESSAGE_CHARS
 from dialbridge.web.signalling import SUBPROTOCOL
-from tests.served import Served, start_embedded
+from tests.served import Served, serving_embedded
 from tests.test_no_secrets_in_logs import room_config
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    server = start_embedded(tmp_path)
-    try:
-        server.wait_healthy()
+    with serving_embedded(tmp_path) as server:
         yield server
-    finally:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=30)
 
 
 def _open(served: Served, origin: str | None) -> object:
