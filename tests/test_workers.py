@@ -4,11 +4,13 @@ a worker that dies is replaced; the server stops cleanly; a worker that cannot s
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,22 @@ def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(tmp_path: P
     assert served.process.returncode == 3
     assert "could not migrate the database" in err  # the worker's own error, naming the database
     assert "exited during start-up" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sigterm_shutdown_logs_no_error(tmp_path: Path, workers: str) -> None:
+    # Every SIGTERM used to log "ERROR sqlalchemy.pool ... Cannot operate on a closed database" with a traceback:
+    # the pool rolled back a connection the group-commit writer had closed already.
+    with serving(tmp_path, "--workers", workers) as served:
+        for n in range(4):  # reads and writes, so that every kind of store connection is open
+            request = urllib.request.Request(
+                served.base + "/webhooks/events", data=json.dumps({"uuid": f"c{n}", "status": "ringing"}).encode(),
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 204
+            assert _get_healthz(served.port) == 200
+    assert served.log is not None
+    log = served.log.read_text()
+    assert "Application shutdown complete" in log or "worker process" in log
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

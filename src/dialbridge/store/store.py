@@ -386,7 +386,13 @@ class Store:
         self._writer.close()
         with self._held_lock:
             for proxy in self._held:
-                proxy.close()  # detached: this closes the connection itself
+                # Close the connection itself (the writer may have closed its own already: closing again is a
+                # no-op), then let the detached proxy go without the pool's reset, which would roll back on a
+                # closed connection and log an error on every shutdown.
+                connection = proxy.dbapi_connection
+                if connection is not None:  # None: this proxy let its connection go already
+                    connection.close()
+                    proxy.invalidate()
             self._held.clear()
 
     # ---- rooms -------------------------------------------------------------------------------------------------
