@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -112,3 +113,31 @@ def test_bad_event_fields_are_refused_with_422_naming_them(server: Served) -> No
     assert _send(server, "POST", "/webhooks/events", {"uuid": "c", "status": "completed", "duration": 10**20}) == 422
     assert _send(server, "POST", "/webhooks/events", _nested(995)) == 422
     assert _send(server, "POST", "/webhooks/events", {"uuid": "c", "status": "completed", "duration": 60}) == 204
+
+
+def _exchange(served: Served, head: bytes, body_chunks: tuple[bytes, ...] | list[bytes] = ()) -> int:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as connection:
+        connection.sendall(head)
+        for chunk in body_chunks:
+            try:
+                connection.sendall(chunk)
+            except OSError:  # the server answered and closed while the client was still sending
+                break
+        return int(connection.makefile("rb").readline().split()[1])
+
+
+def test_an_api_body_declared_too_large_is_refused_before_it_is_sent(server: Served) -> None:
+    # 200 MB declared, not a byte of it sent: the answer comes anyway, so the server did not wait to read it.
+    head = b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 209715200\r\n\r\n"
+    assert _exchange(server, head) == 413
+
+
+def test_a_chunked_api_body_is_refused_once_it_crosses_the_limit(server: Served) -> None:
+    head = (
+        b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 16384
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(64)] + [b"0\r\n\r\n"]  # 1 MB
+    assert _exchange(server, head, chunks) == 413
+    # A body within the limit is served as before.
+    assert _send(server, "POST", "/api/rooms", {"room_id": "bounded"}) == 201

@@ -18,6 +18,7 @@ from dialbridge import __version__
 from dialbridge.config import Settings
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.web import api, dialout, logredact, pages, signalling, voice
+from dialbridge.web.bodylimit import BoundedBodies
 from dialbridge.web.errors import install_error_handlers
 from dialbridge.web.metrics import RequestMetricsMiddleware
 from dialbridge.web.responses import JsonResponse
@@ -89,7 +90,8 @@ class DialbridgeApp:
         self.api = api
         self.state = api.state
         self.services = services
-        self.webhook_endpoints = WebhookEndpoints(api, services)
+        # Webhook bodies have their own limit; every other request's body is bounded before FastAPI reads it.
+        self.webhook_endpoints = WebhookEndpoints(BoundedBodies(api), services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.webhook_endpoints(scope, receive, send)
