@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -10,6 +12,17 @@ from typing import Any, TypeVar
 from fastapi.testclient import TestClient
 
 T = TypeVar("T")
+
+
+ROOM_CONFIG = re.compile(r'<script id="room-config" type="application/json">(.*?)</script>', re.S)
+
+
+def page_config(html: str) -> dict[str, Any]:
+    """The JSON config a room page carries for its script (session, tokens, PIN)."""
+    found = ROOM_CONFIG.search(html)
+    assert found, "the room page carries its JSON config"
+    config: dict[str, Any] = json.loads(found.group(1).replace("<\\/", "</"))
+    return config
 
 
 def make_room(client: TestClient, room_id: str) -> dict[str, Any]:

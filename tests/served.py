@@ -18,6 +18,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.helpers import page_config
+
 DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
 
 
@@ -85,6 +87,12 @@ def start(tmp_path: Path, *args: str, stderr: Any = None, **env: str) -> Served:
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
     )  # fmt: skip
     return Served(process, port, log)
+
+
+def room_config(base: str, room: str) -> dict[str, Any]:
+    """The room page's config (its tokens), as a browser opening `room` on the served server gets it."""
+    with urllib.request.urlopen(f"{base}/room/{room}", timeout=10) as response:
+        return page_config(response.read().decode())
 
 
 def start_embedded(tmp_path: Path, **env: str) -> Served:

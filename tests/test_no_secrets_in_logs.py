@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,7 @@ from websockets.sync.client import connect
 
 from dialbridge.web.logredact import redact
 from dialbridge.web.signalling import SUBPROTOCOL
-from tests.served import serving_embedded
-
-
-def room_config(base: str, room: str) -> dict[str, str]:
-    with urllib.request.urlopen(f"{base}/room/{room}", timeout=10) as response:
-        page = response.read().decode()
-    found = re.search(r'<script id="room-config" type="application/json">(.*?)</script>', page, re.S)
-    assert found is not None
-    config: dict[str, str] = json.loads(found.group(1))
-    return config
+from tests.served import room_config, serving_embedded
 
 
 def test_neither_a_signalling_socket_nor_a_token_in_a_url_puts_the_token_in_the_log(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from websockets.sync.client import connect
 
 from dialbridge.engine.rooms.signalling import MAX_MESSAGE_CHARS
 from dialbridge.web.signalling import SUBPROTOCOL
-from tests.served import Served, serving_embedded
-from tests.test_no_secrets_in_logs import room_config
+from tests.served import Served, room_config, serving_embedded
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from dialbridge.config import Settings
 from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
-from tests.helpers import run_async
+from tests.helpers import page_config, run_async
 from tests.vonage_stub import VonageStub
 
 APPLICATION_ID = "5f2c5d1e-7a4b-4c61-9f0e-2b1d3c4a5e6f"
@@ -31,7 +30,6 @@ SIP_USER = "sip-user"
 SIP_PASSWORD = "sip-password"
 DIAL_IN = "+14155550100"
 SDK_URL = "https://unpkg.com/@vonage/client-sdk-video@2/dist/js/opentok.js"
-CONFIG = re.compile(r'<script id="room-config" type="application/json">(.*?)</script>', re.S)
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +90,6 @@ def legacy(db_url: str, stub: VonageStub, clock: FakeClock) -> Iterator[TestClie
     settings = vonage_settings(db_url, stub, vonage_api_key=LEGACY_API_KEY, vonage_api_secret=LEGACY_API_SECRET)
     with TestClient(create_app(settings, clock=clock)) as test_client:
         yield test_client
-
-
-def page_config(html: str) -> dict[str, Any]:
-    found = CONFIG.search(html)
-    assert found, "the room page carries its JSON config"
-    config: dict[str, Any] = json.loads(found.group(1).replace("<\\/", "</"))
-    return config
 
 
 def visit(client: TestClient, room_id: str) -> dict[str, Any]:

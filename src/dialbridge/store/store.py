@@ -233,10 +233,12 @@ class WebhookTokenUse:
     async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if self._reset is not None:
             _CLAIM.reset(self._reset)
-        claim = self._claim
-        unrecorded = kind is None and not claim.used  # nothing wrote, nothing failed: record it now
-        if unrecorded and not await self._store.remember_webhook_token(claim.token, claim.good_until, claim.now):
-            raise WebhookReplayed(claim.token)
+        if kind is None and not self._claim.used:  # nothing wrote, nothing failed: record it now
+            await self._store._write_recording(self._claim, _nothing)
+
+
+def _nothing(_run: Run) -> None:
+    """The work of a write that only records a webhook token."""
 
 
 async def _unless_replayed(write: Awaitable[T | _Replayed]) -> T:
@@ -358,8 +360,12 @@ class Store:
         claim = _CLAIM.get()
         if claim is None or claim.used:
             return self._writer.write(work)
-        # The first write of a signed webhook records its token in the same transaction, and does nothing else if
-        # the token was recorded before: a replay acts on nothing, and the record costs no commit of its own.
+        return self._write_recording(claim, work)
+
+    def _write_recording(self, claim: _Claim, work: Callable[[Run], T]) -> Awaitable[T]:
+        """`work`, after recording the webhook token in the same transaction; if the token was recorded before,
+        nothing is written and WebhookReplayed is raised: a replay acts on nothing, and the record costs no commit
+        of its own. Tokens past their lifetime are deleted at most once a minute, in the same transaction."""
         claim.used = True
         sweep = self._sweep_due(claim.now)
 
@@ -566,18 +572,6 @@ class Store:
         the token is recorded on leaving it (and a replay raises there). A block that raises records nothing: a
         request refused as invalid may be sent again."""
         return WebhookTokenUse(self, _Claim(token, good_until, now))
-
-    def remember_webhook_token(self, token: str, good_until: float, now: float) -> Awaitable[bool]:
-        """Record a signed webhook's token; False if it was recorded before (the request is a replay). Tokens past
-        their `good_until` are deleted, at most once a minute, in the same transaction."""
-        sweep = self._sweep_due(now)
-
-        def record(run: Run) -> bool:
-            if sweep:
-                run(self._sql.forget_tokens, now=now)
-            return bool(run(self._sql.remember_token, token=token, good_until=good_until).rowcount == 1)
-
-        return self._write(record)
 
     def webhook_token_count(self) -> int:
         return int(self._scalar(self._sql.token_count) or 0)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Final
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dialbridge.web.errors import error_response
+from dialbridge.web.webhooks import header
 
 MAX_API_BODY: Final = 64 * 1024  # the API's largest request (a dial-out, a browser phone's SDP offer) is a few KB
 
@@ -25,9 +27,9 @@ class BoundedBodies:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            await self._refuse(send)
+        declared = header(scope["headers"], b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
             return
         received = 0
         refused = False
@@ -41,7 +43,7 @@ class BoundedBodies:
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     refused = True
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -51,18 +53,6 @@ class BoundedBodies:
 
         await self.app(scope, counted_receive, guarded_send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {"error": {"code": "payload_too_large", "message": f"request bodies are limited to {self.limit} bytes"}}
-        )
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                   (b"connection", b"close")]  # fmt: skip
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request bodies are limited to {self.limit} bytes"
+        await error_response(413, "payload_too_large", message, {"connection": "close"})(scope, receive, send)

@@ -12,7 +12,7 @@ engine) and the tests check the two agree, including on every malformed token th
 
 A token is good for five minutes from its `iat` (and no earlier than five minutes before it, for clock skew), and
 good once: `verify` names it (`jti`, or the signature where the signer sends none) and how long it could be
-accepted, and the caller records that name (`Store.remember_webhook_token`) so that a replay is refused. Segments
+accepted, and the caller records that name (`Store.webhook_token`) so that a replay is refused. Segments
 must be strict base64url and the signature canonical (no stray bits in its last character), so that no second
 spelling of one signature can pass as another token.
 """
@@ -46,6 +46,7 @@ def payload_hash(payload: bytes) -> str:
 
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -64,9 +65,6 @@ def _b64url(segment: str) -> bytes:
 
 def _b64url_encode(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE).decode("ascii")
-
-
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 @dataclass(frozen=True, slots=True)

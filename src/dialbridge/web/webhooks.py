@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
-from dialbridge.store.store import WebhookReplayed
+from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
 from dialbridge.web.metrics import timed
 from dialbridge.web.services import Services
 from dialbridge.web.signatures import SignatureError
@@ -87,13 +87,6 @@ WEBHOOKS: dict[str, Webhook] = {
 
 
 @dataclass(frozen=True, slots=True)
-class _SignedToken:
-    token_id: str
-    good_until: float
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
 class WebhookAnswer:
     status: int
     content: bytes
@@ -146,11 +139,11 @@ class WebhookEndpoints:
         """Check the signature, parse, act, and say what to send back: never raises."""
         started = timed()
         try:
-            fields, token = self._signed_fields(payload, authorization, method)
-            if token is None:
+            fields, once = self._signed_fields(payload, authorization, method)
+            if once is None:
                 status, body = await webhook.handle(self.services, fields)
             else:  # handled once: its write records the token, or refuses a replay without writing anything
-                async with self.services.store.webhook_token(token.token_id, token.good_until, token.now):
+                async with once:
                     status, body = await webhook.handle(self.services, fields)
         except WebhookRefused as refusal:
             return self.refused(webhook, method, refusal)
@@ -179,9 +172,10 @@ class WebhookEndpoints:
 
     def _signed_fields(
         self, payload: bytes, authorization: str | None, method: str
-    ) -> tuple[Mapping[str, Any], _SignedToken | None]:
+    ) -> tuple[Mapping[str, Any], WebhookTokenUse | None]:
         """The webhook's fields (query for GET, JSON body for POST), once its signature is checked if required
-        (signed for this payload and recent); and the token, which the caller must see is used only once."""
+        (signed for this payload and recent); and, for a signed one, the block to handle it in so that its token
+        is used once."""
         signatures = self.services.signatures
         token = None
         if signatures is not None:
@@ -190,7 +184,7 @@ class WebhookEndpoints:
                 verified = signatures.verify(authorization, payload, now)
             except SignatureError as exc:
                 raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
-            token = _SignedToken(verified.token_id, verified.good_until, now)
+            token = self.services.store.webhook_token(verified.token_id, verified.good_until, now)
         if method == "GET":
             return query_fields(payload), token
         if not payload:
