@@ -1,9 +1,10 @@
 """The server's HTTP protocol, over real sockets: responses arrive whole (head and body in one write), and
-webhooks on the direct path (web/http.py) behave as HTTP/1.1 requires — keep-alive, pipelining, closing, limits."""
+webhooks on the direct path (server/http.py) behave as HTTP/1.1 requires — keep-alive, pipelining, closing, limits."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -16,8 +17,8 @@ import uvicorn
 from pydantic import SecretStr
 
 from dialbridge.config import Settings
+from dialbridge.server.http import DialbridgeHttpProtocol
 from dialbridge.web.app import create_app
-from dialbridge.web.http import DialbridgeHttpProtocol
 from dialbridge.web.webhooks import WebhookEndpoints
 
 
@@ -31,12 +32,19 @@ def signed_server(settings: Settings) -> Iterator[tuple[str, int]]:
     yield from serving(settings.model_copy(update={"signature_secret": SecretStr("protocol-test-secret-0123456789")}))
 
 
-def serving(settings: Settings) -> Iterator[tuple[str, int]]:
+@pytest.fixture
+def bounded_server(settings: Settings) -> Iterator[tuple[str, int]]:
+    """A server with short limits: requests must arrive within 0.5 s, idle connections last 1 s, 8 at most."""
+    limited = settings.model_copy(update={"request_timeout_s": 0.5, "max_connections": 8})
+    yield from serving(limited, timeout_keep_alive=1)
+
+
+def serving(settings: Settings, **options: Any) -> Iterator[tuple[str, int]]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     app: Any = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", http=DialbridgeHttpProtocol, lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", http=DialbridgeHttpProtocol, lifespan="off", **options)
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(instance.serve(sockets=[listener])), daemon=True)
     thread.start()
@@ -263,3 +271,116 @@ def test_the_direct_path_checks_signatures(signed_server: tuple[str, int]) -> No
     head, body = exchange(signed_server, ANSWER % b"unsigned")
     assert head.startswith(b"HTTP/1.1 401") and b"www-authenticate: Bearer" in head
     assert json.loads(body)["error"]["code"] == "invalid_signature"
+
+
+# Bounded requests (server/limits.py): what one client sends cannot exhaust the server.
+
+
+def error_of(head: bytes, body: bytes) -> tuple[int, str]:
+    return int(head.split(b" ", 2)[1]), json.loads(body)["error"]["code"]
+
+
+def test_a_request_target_past_8_kib_is_refused_with_414(server: tuple[str, int]) -> None:
+    for path in (b"/api/rooms/" + b"a" * 9000, b"/webhooks/answer?uuid=" + b"u" * 9000):
+        with socket.create_connection(server, timeout=5) as conn:
+            conn.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+            head, body, _ = read_response(conn)
+            assert error_of(head, body) == (414, "uri_too_long") and closed_by_server(conn)
+    head, _ = exchange(server, b"GET /webhooks/answer?uuid=%s&from=1 HTTP/1.1\r\nHost: t\r\n\r\n" % (b"u" * 7000))
+    assert not head.startswith(b"HTTP/1.1 414")
+
+
+def test_a_header_without_end_is_refused_with_431_as_it_arrives_not_buffered(server: tuple[str, int]) -> None:
+    with socket.create_connection(server, timeout=5) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        sent, answer = 0, b""
+        conn.setblocking(False)
+        while not answer and sent < 50_000_000:
+            try:
+                sent += conn.send(b"x" * 4096)
+            except BlockingIOError:
+                time.sleep(0.001)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            with contextlib.suppress(BlockingIOError):
+                answer = conn.recv(65536)
+        # Refused once the head passed 32 KiB: what was sent beyond that is what the sockets' buffers held.
+        assert answer.startswith(b"HTTP/1.1 431"), f"no refusal after {sent} bytes"
+        assert sent < 8_000_000
+
+
+def test_too_many_headers_or_too_large_a_head_get_431_and_a_large_allowed_head_passes(server: tuple[str, int]) -> None:
+    many = b"".join(b"X-H%d: v\r\n" % n for n in range(101))
+    large = b"X-Big: %s\r\n" % (b"b" * 40_000)
+    for extra in (many, large):
+        with socket.create_connection(server, timeout=5) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n")
+            head, body, _ = read_response(conn)
+            assert error_of(head, body) == (431, "headers_too_large") and closed_by_server(conn)
+    fine = b"X-Big: %s\r\n" % (b"b" * 20_000)
+    head, _ = exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + fine + b"\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_connection_is_closed(
+    bounded_server: tuple[str, int],
+) -> None:
+    stalled_head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: "
+    stalled_body = post(b"/webhooks/events", b'{"uuid": "slow-1", "status": "ringing"}')[:-10]
+    stalled_api_body = post(b"/api/rooms", b'{"name": "slow room"}')[:-5]
+    for partial in (stalled_head, stalled_body, stalled_api_body):
+        with socket.create_connection(bounded_server, timeout=5) as conn:
+            conn.sendall(partial)
+            started = time.monotonic()
+            head, body, _ = read_response(conn)
+            assert error_of(head, body) == (408, "request_timeout") and closed_by_server(conn)
+            assert 0.4 < time.monotonic() - started < 3
+
+
+def test_a_slow_request_that_arrives_in_time_is_answered(bounded_server: tuple[str, int]) -> None:
+    request = ANSWER % b"steady"
+    with socket.create_connection(bounded_server, timeout=5) as conn:
+        for piece in (request[:20], request[20:40], request[40:]):
+            conn.sendall(piece)
+            time.sleep(0.1)
+        head, _, _ = read_response(conn)
+        assert head.startswith(b"HTTP/1.1 200")
+
+
+def test_a_connection_that_never_sends_is_closed_after_the_keep_alive_timeout(bounded_server: tuple[str, int]) -> None:
+    with socket.create_connection(bounded_server, timeout=5) as conn:
+        started = time.monotonic()
+        assert closed_by_server(conn)
+        assert 0.9 < time.monotonic() - started < 3.5
+
+
+def test_a_full_server_lets_go_of_the_slowest_connection_for_a_new_one(bounded_server: tuple[str, int]) -> None:
+    slow = []
+    for n in range(8):
+        conn = socket.create_connection(bounded_server, timeout=5)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow-%d: " % n)
+        slow.append(conn)
+        time.sleep(0.02)
+    try:
+        head, _ = exchange(bounded_server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        head, body, _ = read_response(slow[0])  # the one that kept the server waiting longest
+        assert error_of(head, body) == (408, "request_timeout")
+        slow[-1].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            slow[-1].recv(1)  # the newest slow one is still held
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+@pytest.mark.parametrize("request_bytes", [ANSWER % b"half-closed", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"])
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(
+    server: tuple[str, int], request_bytes: bytes
+) -> None:
+    with socket.create_connection(server, timeout=5) as conn:
+        conn.sendall(request_bytes)
+        conn.shutdown(socket.SHUT_WR)
+        head, _, _ = read_response(conn)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+        assert closed_by_server(conn)

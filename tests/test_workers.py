@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dialbridge.web.workers import LeastConnections, parse_report
+from dialbridge.server.workers import LeastConnections, parse_report
 from tests.served import Served, client_ports_held, connections_held, serving, start
 
 

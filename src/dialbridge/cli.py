@@ -224,8 +224,8 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     import uvicorn
 
     from dialbridge.engine.rooms.signalling import MAX_MESSAGE_CHARS
-    from dialbridge.web.http import DialbridgeHttpProtocol
-    from dialbridge.web.workers import WorkerPool, WorkerStartupFailed
+    from dialbridge.server.choice import http_protocol
+    from dialbridge.server.workers import WorkerPool, WorkerStartupFailed
 
     options: dict[str, Any] = {
         "factory": True,
@@ -234,7 +234,7 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
         "log_level": "info",
         "access_log": False,
         "proxy_headers": True,
-        "http": DialbridgeHttpProtocol,
+        "http": http_protocol(),
         # A signalling message is at most 64 KB: a larger frame is refused as it arrives (close 1009), not read
         # whole first (uvicorn's default would read up to 16 MB).
         "ws_max_size": MAX_MESSAGE_CHARS,
@@ -243,7 +243,7 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     if workers == 1:
         uvicorn.run(app, **options)
         return
-    # Several workers: dialbridge's own pool rather than uvicorn's (web/workers.py says why).
+    # Several workers: dialbridge's own pool rather than uvicorn's (server/workers.py says why).
     config = uvicorn.Config(app, **options)
     config.configure_logging()
     listener = _listen(settings.host, settings.port, config.backlog)

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     metrics_dir: str | None = None
     # `serve --workers N`: a worker whose event loop has not answered its supervisor for this long is replaced.
     worker_timeout_s: Annotated[int, Field(ge=2)] = 30
+    # A request must arrive whole (head and body) within this many seconds of its first byte, else 408: a client
+    # trickling bytes holds a connection and a descriptor. Bodies here are at most 64 KB.
+    request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Client connections one process holds at most (HTTP and WebSocket); unset: as many as its descriptor limit
+    # allows, keeping a quarter back. When full, the connection that has kept it waiting longest is let go.
+    max_connections: Annotated[int, Field(ge=1)] | None = None
 
     # The embedded voice engine (its own process beside the web server): SIP on UDP and TCP, RTP from a port range.
     sip_host: str = "127.0.0.1"

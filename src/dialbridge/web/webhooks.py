@@ -97,7 +97,7 @@ class WebhookEndpoints:
     """Serves the webhook paths; every other request goes on to `app`.
 
     `answer` is the whole of a webhook once its bytes are in hand; the ASGI entry below and the HTTP protocol's
-    direct path (web/http.py) both end there, so both give the same answers, errors and metrics."""
+    direct path (server/http.py) both end there, so both give the same answers, errors and metrics."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
