@@ -88,7 +88,7 @@ def test_connections_opened_together_are_split_evenly_and_stay_so(tmp_path: Path
     """uvicorn's own workers let whichever is awake take every waiting connection (measured 22/10 and 32/0 with
     32 keep-alive connections): one worker saturated, the other idle."""
     with serving(tmp_path, "--workers", "2") as served:
-        pids = served.workers()
+        pids = _all_ready(served)
         assert len(pids) == 2
         first = _open(served.port, 32)
         held = _held(pids, served.port, 32)
@@ -112,8 +112,16 @@ def _connections_of(pid: int, port: int, clients: list[socket.socket]) -> list[s
     return [c for c in clients if c.getsockname()[1] in held]
 
 
-def _all_ready(served: Served) -> list[int]:
-    """The workers, once each has answered (two connections go one to each)."""
+def _all_ready(served: Served, count: int = 2) -> list[int]:
+    """The workers, once each is ready (says so in the log) and has answered (two connections go one to each)."""
+    assert served.log is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = served.workers()
+        printed = served.log.read_text()
+        if len(pids) == count and all(f"worker process [{pid}] is ready" in printed for pid in pids):
+            break
+        time.sleep(0.05)
     for connection in _open(served.port, 2):
         connection.close()
     return served.workers()
@@ -129,7 +137,7 @@ def test_a_worker_that_dies_is_replaced_and_serving_goes_on(tmp_path: Path) -> N
                 break
             time.sleep(0.1)
         assert len(now) == 2 and pids[0] not in now and pids[1] in now, now
-        served.wait_healthy()
+        assert _all_ready(served) == now
         connections = _open(served.port, 8)
         held = _held(now, served.port, 8)
         assert sorted(held.values()) == [4, 4], held  # the replacement takes its share
@@ -195,6 +203,45 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(tmp_path: Pa
         assert sorted(_held(new, served.port, 8).values()) == [4, 4]
         for connection in fresh:
             connection.close()
+
+
+def _timed_healthz(port: int) -> float:
+    started = time.monotonic()
+    assert _get_healthz(port) == 200
+    return time.monotonic() - started
+
+
+def test_during_sighup_the_old_workers_serve_until_their_replacements_are_ready(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as served:
+        old = _all_ready(served)
+        served.process.send_signal(signal.SIGHUP)
+        waits = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and set(served.workers()) & set(old):
+            waits.append(_timed_healthz(served.port))
+        _replaced(served, old)
+        # A worker takes seconds to start (imports, migrations); a connection handed to it before it is ready, or
+        # left with no old worker to take it, waits that long.
+        assert len(waits) > 3 and max(waits) < 1.0, waits
+
+
+def test_a_reload_that_fails_keeps_the_running_workers(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as served:
+        old = _all_ready(served)
+        (tmp_path / ".env").write_text("DIALBRIDGE_PIN_LENGTH=3\n")  # invalid: new workers refuse to start
+        served.process.send_signal(signal.SIGHUP)
+        assert served.log is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and served.log.read_text().count("reload failed") < 2:
+            assert _get_healthz(served.port) == 200
+            time.sleep(0.1)
+        assert served.log.read_text().count("reload failed") == 2 and "pin_length" in served.log.read_text()
+        assert served.process.poll() is None and set(served.workers()) == set(old)
+        assert _get_healthz(served.port) == 200
+        (tmp_path / ".env").write_text("DIALBRIDGE_PIN_LENGTH=8\n")  # fixed: the next reload goes through
+        served.process.send_signal(signal.SIGHUP)
+        _replaced(served, old)
+        assert _get_healthz(served.port) == 200
 
 
 def test_a_worker_whose_loop_is_stuck_is_replaced(tmp_path: Path) -> None:

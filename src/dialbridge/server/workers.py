@@ -222,10 +222,13 @@ class WorkerStartupFailed(RuntimeError):
 class WorkerPool:
     """The supervisor: owns the listening socket, runs `count` workers and hands them the connections.
 
-    Signals, as with uvicorn's own supervisor: SIGINT/SIGTERM stop everything gracefully; SIGHUP replaces every
-    worker (new code, new settings) without refusing a connection — each replacement starts at once and takes the
-    new connections while the old one finishes what it holds. A worker silent for `liveness_timeout_s` (its loop
-    stuck: each worker reports at least once a second) is killed and replaced."""
+    A worker is given connections only once it is ready (its application started): until then they would wait
+    in its queue for its start-up, seconds at times. Signals, as with uvicorn's own supervisor: SIGINT/SIGTERM stop
+    everything gracefully; SIGHUP replaces every worker (new code; settings from `.env`) without refusing or
+    delaying a connection — each replacement starts beside the worker it replaces, which keeps serving until the
+    replacement is ready and then finishes what it holds. A replacement that fails to start (a bad `.env`, say)
+    leaves the running worker in place, with an error saying why. A worker silent for `liveness_timeout_s` (its
+    loop stuck: each worker reports at least once a second) is killed and replaced."""
 
     def __init__(
         self, config: uvicorn.Config, count: int, listener: socket.socket, liveness_timeout_s: float = 30.0
@@ -235,12 +238,14 @@ class WorkerPool:
         self.listener = listener
         self.liveness_timeout_s = liveness_timeout_s
         self.balance = LeastConnections(count)
-        self.workers: list[_Worker | None] = [None] * count
+        self.workers: list[_Worker | None] = [None] * count  # serving: ready, given connections
+        self.starting: list[_Worker | None] = [None] * count  # started for the slot, not yet ready
         self.retiring: list[_Worker] = []
         self.selector = selectors.DefaultSelector()
         self._spawn = multiprocessing.get_context("spawn")
         self._stopping = False
         self._replace_all = False
+        self._accepting = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     def run(self) -> None:
@@ -254,7 +259,6 @@ class WorkerPool:
         try:
             for slot in range(self.count):
                 self._start(slot)
-            self.selector.register(self.listener, selectors.EVENT_READ, "accept")
             self.selector.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
             while not self._stopping:
                 for key, _events in self.selector.select(timeout=1.0):
@@ -270,6 +274,7 @@ class WorkerPool:
                     self._replace_all = False
                     self._replace_workers()
                 self._check_liveness()
+                self._accept_while_serving()
         finally:
             self._stop_all()
             signal.set_wakeup_fd(previous_wakeup)
@@ -284,8 +289,11 @@ class WorkerPool:
         theirs.close()
         ours.setblocking(False)
         worker = _Worker(slot, process, ours, time.monotonic())
-        self.workers[slot] = worker
-        self.balance.started(slot)
+        earlier = self.starting[slot]
+        if earlier is not None:  # a second SIGHUP before the first's replacement was ready: that one goes too
+            self.retiring.append(earlier)
+            self._signal(earlier, signal.SIGTERM)
+        self.starting[slot] = worker
         self.selector.register(ours, selectors.EVENT_READ, ("channel", worker))
         self.selector.register(process.sentinel, selectors.EVENT_READ, ("exited", worker))
         log.info("started worker process [%d]", process.pid)
@@ -297,14 +305,34 @@ class WorkerPool:
             self.balance.stopped(worker.slot)
         self.retiring.append(worker)
 
+    def _ready(self, worker: _Worker) -> None:
+        """A started worker is ready: it takes its slot, and the worker it replaces (if any) retires."""
+        worker.ready = True
+        if self.starting[worker.slot] is not worker:
+            return
+        self.starting[worker.slot] = None
+        old = self.workers[worker.slot]
+        if old is not None:
+            self._retire(old)
+            self._signal(old, signal.SIGTERM)
+        self.workers[worker.slot] = worker
+        self.balance.started(worker.slot)
+        log.info("worker process [%d] is ready and takes connections", worker.process.pid)
+
     def _replace_workers(self) -> None:
-        log.info("SIGHUP: replacing every worker")
+        log.info("SIGHUP: starting a replacement for every worker; each retires once its replacement is ready")
         for slot in range(self.count):
-            old = self.workers[slot]
-            if old is not None:
-                self._retire(old)
-                self._signal(old, signal.SIGTERM)
             self._start(slot)
+
+    def _accept_while_serving(self) -> None:
+        """Take connections only while some worker can serve them; until then they wait in the listen queue."""
+        serving = any(worker is not None for worker in self.workers)
+        if serving != self._accepting:
+            self._accepting = serving
+            if serving:
+                self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+            else:
+                self.selector.unregister(self.listener)
 
     def _check_liveness(self) -> None:
         now = time.monotonic()
@@ -327,19 +355,32 @@ class WorkerPool:
     def _exited(self, worker: _Worker) -> None:
         self._forget(worker)
         worker.process.join()
-        if self._stopping or not self._in_pool(worker):
+        pid, code = worker.process.pid, worker.process.exitcode
+        if self._stopping:
+            return
+        if self.starting[worker.slot] is worker:  # it died before it was ready
+            self.starting[worker.slot] = None
+            if code < 0:  # killed (the OOM killer, an operator): replaced like any other
+                log.warning("worker process [%d] was killed while starting (signal %d); starting another", pid, -code)
+                self._start(worker.slot)
+            elif self.workers[worker.slot] is not None:  # a reload: the running worker stays
+                log.error(
+                    "reload failed: the new worker process [%d] exited during start-up (exit code %d; the lines above "
+                    "say why); the running worker [%d] keeps serving. Fix it and send SIGHUP again.",
+                    pid,
+                    code,
+                    self.workers[worker.slot].process.pid,  # type: ignore[union-attr]
+                )
+            else:  # it gave up by itself (a database it cannot migrate, say): another would too
+                self._stopping = True
+                raise WorkerStartupFailed(
+                    f"worker process [{pid}] exited during start-up (exit code {code}); the lines above say why"
+                )
+            return
+        if not self._in_pool(worker):  # retired, or replaced after it stopped answering
             return
         self.workers[worker.slot] = None
         self.balance.stopped(worker.slot)
-        if not worker.ready and worker.process.exitcode >= 0:
-            # It gave up by itself (a database it cannot migrate, say): another would too. One killed by a signal
-            # (the OOM killer, an operator) is replaced like any other.
-            self._stopping = True
-            raise WorkerStartupFailed(
-                f"worker process [{worker.process.pid}] exited during start-up (exit code "
-                f"{worker.process.exitcode}); the lines above say why"
-            )
-        pid, code = worker.process.pid, worker.process.exitcode
         log.warning("worker process [%d] exited (code %s); starting another", pid, code)
         self._start(worker.slot)
 
@@ -369,7 +410,7 @@ class WorkerPool:
                 return
             worker.last_heard = time.monotonic()
             if message == READY:
-                worker.ready = True
+                self._ready(worker)
                 continue
             report = parse_report(message)
             if report is not None and self._in_pool(worker):
@@ -428,7 +469,7 @@ class WorkerPool:
         """Stop accepting, ask every worker to stop (they finish what is in flight), kill what is left."""
         self._stopping = True
         self.listener.close()
-        workers = [worker for worker in self.workers if worker is not None] + self.retiring
+        workers = [worker for worker in [*self.workers, *self.starting] if worker is not None] + self.retiring
         for worker in workers:
             self._signal(worker, signal.SIGTERM)
             self._signal(worker, signal.SIGCONT)  # a stopped worker could not act on SIGTERM
