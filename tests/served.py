@@ -52,6 +52,16 @@ def vonage_environment(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
+def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`dialbridge <args>` run to its end in `tmp_path`, with only the DIALBRIDGE_* settings given (and a database
+    in `tmp_path` unless one is)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
+    clean.update({"DIALBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **env})
+    return subprocess.run(
+        [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
+    )
+
+
 @dataclass
 class Served:
     process: subprocess.Popen[str]

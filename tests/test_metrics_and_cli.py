@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ from prometheus_client import generate_latest
 from dialbridge.store.store import Store
 from dialbridge.web.metrics import Metrics
 from tests.helpers import answer, enter, make_room
-from tests.served import DIALBRIDGE, serving, vonage_environment
+from tests.served import run_cli, serving, vonage_environment
 
 
 def metric_value(text: str, line_start: str) -> float:
@@ -46,14 +44,6 @@ def test_metrics_count_requests_rooms_calls_and_webhook_latency(client: TestClie
     assert 0 < metric_value(text, 'dialbridge_webhook_seconds_sum{webhook="answer"}') < 2
     assert metric_value(text, 'dialbridge_http_requests_total{method="GET",route="/room/{room_id}",status="400"}') == 1
     assert "x" * 70 not in text  # labels carry route templates, never raw paths
-
-
-def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
-    clean.update({"DIALBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **env})
-    return subprocess.run(
-        [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
-    )
 
 
 def test_doctor_passes_on_the_defaults(tmp_path: Path) -> None:

@@ -89,14 +89,17 @@ def doctor(settings: Settings) -> int:
         sip = _sip_port_problem(settings)
         if sip:
             problems.append(sip)
-    try:
-        from dialbridge.store.database import create_db_engine, migrate
+    from dialbridge.checks import SchemaPlan, schema_plan
 
-        migrate(create_db_engine(settings.database_url))
+    try:
+        plan = schema_plan(settings.database_url)  # read-only: doctor checks, serve migrates
     except Exception as exc:
-        problems.append(str(exc))
+        plan = SchemaPlan("unknown", f"cannot use DIALBRIDGE_DATABASE_URL={settings.database_url!r}: {exc}")
+    if plan.problem:
+        problems.append(plan.problem)
     print(f"backend:      {settings.backend.value}")
     print(f"database:     {settings.database_url}")
+    print(f"schema:       {plan.says}")
     print(f"listening on: http://{settings.host}:{settings.port}")
     print(f"webhook base: {settings.base_url}")
     for warning in settings.warnings():
