@@ -1,15 +1,19 @@
-"""`dialbridge doctor` checks and changes nothing: it says what `serve` would do to the database, never does it."""
+"""`dialbridge doctor` checks and changes nothing: it says what `serve` would do to the database, never does it;
+and what holds the port (a dialbridge server already running?), suggesting a port that is free."""
 
 from __future__ import annotations
 
+import re
+import socket
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
 from alembic import command
 
 from dialbridge.store.database import alembic_config, create_db_engine, migrate
-from tests.served import free_port, run_cli
+from tests.served import free_port, run_cli, serving
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -98,3 +102,56 @@ def test_doctor_names_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"error: cannot read the database {path} (DatabaseError" in result.stdout
     assert path.read_text() == "hello"
+
+
+def suggested_port(said: str) -> int:
+    found = re.search(r"DIALBRIDGE_PORT=(\d+)", said)
+    assert found, said
+    return int(found.group(1))
+
+
+def assert_free(port: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_doctor_says_a_dialbridge_server_is_already_answering_on_the_port(tmp_path: Path) -> None:
+    with serving(tmp_path) as served:
+        result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_PORT=str(served.port))
+
+    assert result.returncode == 1
+    assert f"error: a dialbridge server is already answering on http://127.0.0.1:{served.port} (stop it" in (
+        result.stdout
+    )
+    assert "already in use" not in result.stdout
+
+
+def two_ports_in_a_row() -> tuple[socket.socket, socket.socket]:
+    """Two listening sockets on neighbouring ports (port and port + 1)."""
+    while True:
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        second = socket.socket()
+        try:
+            second.bind(("127.0.0.1", first.getsockname()[1] + 1))
+        except OSError:
+            first.close()
+            second.close()
+            continue
+        first.listen()
+        second.listen()
+        return first, second
+
+
+@pytest.mark.parametrize("command", ["doctor", "serve"])
+def test_the_port_suggested_instead_of_a_taken_one_is_free(command: str, tmp_path: Path) -> None:
+    first, second = two_ports_in_a_row()
+    with first, second:
+        port = first.getsockname()[1]
+        result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_PORT=str(port))
+        said = result.stdout + result.stderr
+        assert result.returncode == 1
+        assert f"port {port} on 127.0.0.1 is already in use" in said
+        suggested = suggested_port(said)
+        assert suggested > port + 1  # port + 1 is taken too
+        assert_free(suggested)

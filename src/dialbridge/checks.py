@@ -1,4 +1,5 @@
-"""Read-only checks for `dialbridge doctor`: it says what `serve` would do to the database without doing it.
+"""Read-only checks for `dialbridge doctor`: it says what `serve` would do to the database without doing it, and
+whether what holds the port is a dialbridge server already running.
 
 A doctor that migrates is not a check: run against a production database before an upgrade, it would apply the new
 migrations there and then; run in the wrong folder, it would leave a `var/dialbridge.db` behind. So the database is
@@ -7,11 +8,13 @@ opened read-only (or not at all when it does not exist yet) and the schema's rev
 
 from __future__ import annotations
 
+import http.client
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -19,6 +22,7 @@ from alembic.script.revision import RevisionError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from dialbridge.config import Backend
 from dialbridge.store.database import MIGRATIONS
 
 
@@ -110,3 +114,27 @@ def _revision(engine: Engine, shown: str) -> tuple[str | None, str | None]:
         return None, f"cannot read the database {shown} ({why}); check DIALBRIDGE_DATABASE_URL"
     finally:
         engine.dispose()
+
+
+def dialbridge_answering(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether what holds host:port is a dialbridge server: its /healthz answers as only dialbridge's does (ok, or
+    its database is unreachable). Anything else — another program, no answer within the timeout — is not."""
+    connection = http.client.HTTPConnection(_reachable(host), port, timeout=timeout_s)
+    try:
+        connection.request("GET", "/healthz")
+        body = orjson.loads(connection.getresponse().read(64 * 1024))
+    except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
+        return False
+    finally:
+        connection.close()
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    # web/pages.py's healthz: {"status": "ok", "backend": …}, or a 503 saying its database is unreachable.
+    unhealthy = isinstance(error, dict) and error.get("code") == "database_unavailable"
+    return body.get("backend") in set(Backend) or unhealthy
+
+
+def _reachable(host: str) -> str:
+    """The address to connect to for a server listening on `host` (every address: the loopback one)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
