@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
+from dialbridge.config import Settings
 from dialbridge.store.database import alembic_config, create_db_engine, migrate
 from tests.served import free_port, run_cli, serving
 
@@ -155,3 +156,27 @@ def test_the_port_suggested_instead_of_a_taken_one_is_free(command: str, tmp_pat
         suggested = suggested_port(said)
         assert suggested > port + 1  # port + 1 is taken too
         assert_free(suggested)
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "example.com", "ftp://example.com", "https://", "http:///path", "https://example.com:port"]
+)
+def test_a_public_base_url_without_http_scheme_and_host_is_a_problem(url: str) -> None:
+    problems = Settings(public_base_url=url).problems()
+
+    assert [p for p in problems if p.startswith(f"DIALBRIDGE_PUBLIC_BASE_URL={url!r} is not an http")], problems
+
+
+@pytest.mark.parametrize("url", ["https://dialbridge.example.com", "http://10.0.0.7:8080/", "https://[::1]:8443/db"])
+def test_a_public_base_url_with_scheme_and_host_is_accepted(url: str) -> None:
+    assert not [p for p in Settings(public_base_url=url).problems() if "PUBLIC_BASE_URL" in p]
+
+
+@pytest.mark.parametrize("command", ["doctor", "serve"])
+def test_doctor_and_serve_refuse_a_public_base_url_that_is_not_one(command: str, tmp_path: Path) -> None:
+    result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_PUBLIC_BASE_URL="notaurl", DIALBRIDGE_PORT=str(free_port()))
+
+    assert result.returncode == 1
+    assert "error: DIALBRIDGE_PUBLIC_BASE_URL='notaurl' is not an http:// or https:// URL with a host" in (
+        result.stdout + result.stderr
+    )
