@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
+from dialbridge.web.errors import not_json
 from dialbridge.web.metrics import timed
 from dialbridge.web.services import Services
 from dialbridge.web.signatures import SignatureError
@@ -191,8 +192,8 @@ class WebhookEndpoints:
             return {}, token
         try:
             fields = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise WebhookRefused(400, "invalid_json", "the webhook body is not valid JSON") from None
+        except orjson.JSONDecodeError as exc:
+            raise WebhookRefused(400, "invalid_json", not_json("the webhook body", exc.msg, exc.pos)) from None
         if not isinstance(fields, dict):
             raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
         return fields, token
