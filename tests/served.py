@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,6 +61,13 @@ def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProce
     return subprocess.run(
         [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
     )
+
+
+def suggested_port(said: str, setting: str) -> int:
+    """The port a CLI message suggests instead of a taken one (`DIALBRIDGE_<setting>=<port>`)."""
+    found = re.search(rf"DIALBRIDGE_{setting}=(\d+)", said)
+    assert found, said
+    return int(found.group(1))
 
 
 @dataclass

@@ -3,7 +3,6 @@ and what holds the port (a dialbridge server already running?), suggesting a por
 
 from __future__ import annotations
 
-import re
 import socket
 import sqlite3
 from contextlib import closing
@@ -14,7 +13,7 @@ from alembic import command
 
 from dialbridge.config import Settings
 from dialbridge.store.database import alembic_config, create_db_engine, migrate
-from tests.served import free_port, run_cli, serving
+from tests.served import free_port, run_cli, serving, suggested_port
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -105,12 +104,6 @@ def test_doctor_names_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert path.read_text() == "hello"
 
 
-def suggested_port(said: str) -> int:
-    found = re.search(r"DIALBRIDGE_PORT=(\d+)", said)
-    assert found, said
-    return int(found.group(1))
-
-
 def assert_free(port: int) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
@@ -153,7 +146,7 @@ def test_the_port_suggested_instead_of_a_taken_one_is_free(command: str, tmp_pat
         said = result.stdout + result.stderr
         assert result.returncode == 1
         assert f"port {port} on 127.0.0.1 is already in use" in said
-        suggested = suggested_port(said)
+        suggested = suggested_port(said, "PORT")
         assert suggested > port + 1  # port + 1 is taken too
         assert_free(suggested)
 
