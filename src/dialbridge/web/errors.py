@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dialbridge.platforms.base import NotSupported, PlatformError
+from dialbridge.rooms import RETRY_AFTER_S, RoomBeingCreated
 from dialbridge.tokens import TokenError
 from dialbridge.web.responses import JsonResponse
 
@@ -89,6 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _platform(_: Request, exc: PlatformError) -> JsonResponse:
         log.warning("video platform error: %s", exc)
         return error_response(502, "platform_error", str(exc))
+
+    @app.exception_handler(RoomBeingCreated)
+    async def _being_created(_: Request, exc: RoomBeingCreated) -> JsonResponse:
+        return error_response(503, "room_being_created", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(NotSupported)
     async def _unsupported(_: Request, exc: NotSupported) -> JsonResponse:
