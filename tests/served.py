@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,23 @@ def vonage_environment(tmp_path: Path, port: int) -> dict[str, str]:
         DIALBRIDGE_PORT=str(port),
     )
     return env
+
+
+def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`dialbridge <args>` run to its end in `tmp_path`, with only the DIALBRIDGE_* settings given (and a database
+    in `tmp_path` unless one is)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
+    clean.update({"DIALBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **env})
+    return subprocess.run(
+        [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
+    )
+
+
+def suggested_port(said: str, setting: str) -> int:
+    """The port a CLI message suggests instead of a taken one (`DIALBRIDGE_<setting>=<port>`)."""
+    found = re.search(rf"DIALBRIDGE_{setting}=(\d+)", said)
+    assert found, said
+    return int(found.group(1))
 
 
 @dataclass

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -17,8 +15,8 @@ from prometheus_client import generate_latest
 
 from dialbridge.store.store import Store
 from dialbridge.web.metrics import Metrics
-from tests.helpers import answer, enter, make_room
-from tests.served import DIALBRIDGE, serving, vonage_environment
+from tests.helpers import answer, enter, make_room, run_async
+from tests.served import run_cli, serving, suggested_port, vonage_environment
 
 
 def metric_value(text: str, line_start: str) -> float:
@@ -46,14 +44,6 @@ def test_metrics_count_requests_rooms_calls_and_webhook_latency(client: TestClie
     assert 0 < metric_value(text, 'dialbridge_webhook_seconds_sum{webhook="answer"}') < 2
     assert metric_value(text, 'dialbridge_http_requests_total{method="GET",route="/room/{room_id}",status="400"}') == 1
     assert "x" * 70 not in text  # labels carry route templates, never raw paths
-
-
-def run_cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
-    clean.update({"DIALBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **env})
-    return subprocess.run(
-        [DIALBRIDGE, *args], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60, check=False
-    )
 
 
 def test_doctor_passes_on_the_defaults(tmp_path: Path) -> None:
@@ -200,7 +190,7 @@ def test_a_port_in_use_is_named_with_the_fix(command: tuple[str, ...], tmp_path:
         result = run_cli(*command, tmp_path=tmp_path, **env)
     assert result.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr + result.stdout
-    assert f"DIALBRIDGE_PORT={port + 1}" in result.stderr + result.stdout
+    assert suggested_port(result.stderr + result.stdout, "PORT") > port  # the next free one (tests/test_doctor.py)
 
 
 @pytest.mark.parametrize("command", ["serve", "doctor", "voice"])
@@ -216,4 +206,60 @@ def test_a_sip_port_in_use_is_named_with_the_fix(command: str, tmp_path: Path) -
     assert result.returncode == 1
     said = result.stderr + result.stdout
     assert f"SIP port {port} on 127.0.0.1 is already in use" in said
-    assert f"DIALBRIDGE_SIP_PORT={port + 1}" in said
+    assert suggested_port(said, "SIP_PORT") > port
+
+
+def post_then(client: TestClient, path: str, *messages: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST `path` straight into the ASGI app, its body arriving as `messages`; what the app sent back."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # the client sends nothing more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    run_async(client.app(scope, receive, send))  # type: ignore[arg-type]
+    return sent
+
+
+def requests_counted(client: TestClient, route: str) -> dict[str, float]:
+    text = client.get("/metrics").text
+    prefix = f'dialbridge_http_requests_total{{method="POST",route="{route}",status="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+@pytest.mark.parametrize("route", ["/webhooks/input", "/api/rooms"])
+def test_a_client_that_goes_away_mid_body_is_counted_as_499_not_as_a_client_error(
+    client: TestClient, route: str
+) -> None:
+    """499 (nginx's "client closed request"): a dropped connection is not a bad request, and must not raise the
+    4xx rate that tells the operator a caller sends broken ones."""
+    sent = post_then(
+        client, route, {"type": "http.request", "body": b'{"uu', "more_body": True}, {"type": "http.disconnect"}
+    )
+
+    assert requests_counted(client, route) == {"499": 1}
+    if route.startswith("/webhooks/"):
+        assert sent == []  # nobody to answer
+
+
+def test_an_api_body_refused_as_it_grows_is_counted_as_the_413_it_got(client: TestClient) -> None:
+    chunk = {"type": "http.request", "body": b" " * 40_000, "more_body": True}
+    sent = post_then(client, "/api/rooms", chunk, chunk)
+
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
+    assert requests_counted(client, "/api/rooms") == {"413": 1}

@@ -158,3 +158,32 @@ def test_a_creator_that_died_is_taken_over_after_its_lease(settings: Settings, c
         assert client.get("/room/orphan").status_code == 200
         room = client.get("/api/rooms/orphan").json()
     assert room["pin"] == "123456" and video.sessions_created == 1
+
+
+class SteppingClock:
+    """Time that moves on by `step` seconds each time it is read: a wait of a minute passes at once."""
+
+    def __init__(self, start: float, step: float) -> None:
+        self.now, self.step = start, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_room_another_server_is_still_creating_answers_503_with_retry_after(settings: Settings) -> None:
+    """Nothing failed (not the 502 of a platform error): the room is not ready yet, and a retry will find it."""
+    clock = SteppingClock(1_800_000_000.0, step=1.0)
+    video = CountingVideo()
+    app = create_app(settings, clock=clock, platform=video)
+    store = app.state.services.store
+    # Another server claimed the room and is still at it: its lease runs well past this request's patience.
+    assert store.claim_room("busy", "123456", clock(), clock() + 100 * LEASE_S)
+    with TestClient(app) as client:
+        for response in (client.get("/room/busy"), client.post("/api/rooms", json={"room_id": "busy"})):
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "room_being_created"
+            assert "still being created by another server; try again in 30 s" in error["message"]
+            assert response.headers["retry-after"] == "30"
+    assert video.sessions_created == 0

@@ -393,16 +393,25 @@ def test_dial_out_and_hang_up_are_post_only(path: str, vonage: TestClient) -> No
     assert response.headers["allow"] == "POST"
 
 
-def test_conference_dial_out_without_a_dial_in_number_names_the_setting(
-    app_settings: Settings, clock: FakeClock, stub: VonageStub
+@pytest.mark.parametrize(
+    ("missing", "body", "setting"),
+    [
+        ({"dial_in_number": None}, {}, "DIALBRIDGE_DIAL_IN_NUMBER"),
+        ({"vonage_sip_username": None, "vonage_sip_password": None}, {"number": "+14155550123"}, "SIP_USERNAME"),
+    ],
+)
+def test_a_dial_out_the_server_is_not_set_up_for_is_a_503_naming_the_setting(
+    app_settings: Settings, clock: FakeClock, stub: VonageStub, missing: dict[str, Any], body: Any, setting: str
 ) -> None:
-    settings = app_settings.model_copy(update={"dial_in_number": None})
+    """Not a 409: nothing about the room conflicts, and nothing the caller does fixes it; the operator must."""
+    settings = app_settings.model_copy(update=missing)
     with TestClient(create_app(settings, clock=clock)) as client:
         config = visit(client, "standup")
-        response = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
+        response = client.post("/api/rooms/standup/dial-out", json=body, headers=bearer(config))
 
-    assert response.status_code == 409
-    assert "DIALBRIDGE_DIAL_IN_NUMBER" in response.json()["error"]["message"]
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "dial_out_unavailable"
+    assert setting in response.json()["error"]["message"]
     assert stub.received("POST", "/v2/") == []
 
 

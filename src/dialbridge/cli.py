@@ -14,11 +14,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
 from dialbridge.config import Backend, Settings
+
+SIP_KINDS: Final = (socket.SOCK_DGRAM, socket.SOCK_STREAM)  # the voice engine takes its SIP port for both
 
 
 def _load_settings() -> Settings:
@@ -44,12 +46,19 @@ def _bound(host: str, port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -
     return sock
 
 
-def _bind_problem(host: str, port: int, exc: OSError, what: str = "port", setting: str = "PORT") -> str:
+def _bind_problem(
+    host: str,
+    port: int,
+    exc: OSError,
+    what: str = "port",
+    setting: str = "PORT",
+    kinds: tuple[socket.SocketKind, ...] = (socket.SOCK_STREAM,),
+) -> str:
     """What a failed bind means to the person starting the server, and what to do."""
     if exc.errno == errno.EADDRINUSE:
         return (
             f"{what} {port} on {host} is already in use (another dialbridge?); stop that program or "
-            f"choose another port: DIALBRIDGE_{setting}={port + 1} make run"
+            f"choose another port: {_another_port(host, port, setting, kinds)} make run"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{host} is not an address of this machine; set DIALBRIDGE_{setting[:-4]}HOST=127.0.0.1 or 0.0.0.0"
@@ -58,21 +67,42 @@ def _bind_problem(host: str, port: int, exc: OSError, what: str = "port", settin
     return f"cannot listen on {host}:{port}: {exc.strerror}"
 
 
+def _another_port(host: str, port: int, setting: str, kinds: tuple[socket.SocketKind, ...]) -> str:
+    """The setting of the next port after `port` that is free on `host` right now (for every kind of socket the
+    server takes it for): a suggestion of port + 1 that is taken too sends the reader round again."""
+    for candidate in range(port + 1, min(port + 100, 65535) + 1):
+        try:
+            for kind in kinds:
+                _bound(host, candidate, kind).close()
+        except OSError:
+            continue
+        return f"DIALBRIDGE_{setting}={candidate}"
+    return f"DIALBRIDGE_{setting}=<a free port>"
+
+
 def _port_problem(host: str, port: int) -> str | None:
     try:
         _bound(host, port).close()
     except OSError as exc:
+        from dialbridge.checks import dialbridge_answering
+
+        if exc.errno == errno.EADDRINUSE and dialbridge_answering(host, port):
+            shown = f"[{host}]" if ":" in host else host
+            return (
+                f"a dialbridge server is already answering on http://{shown}:{port} (stop it, or set "
+                f"{_another_port(host, port, 'PORT', (socket.SOCK_STREAM,))} to run another beside it)"
+            )
         return _bind_problem(host, port, exc)
     return None
 
 
 def _sip_port_problem(settings: Settings) -> str | None:
     """Why the voice engine could not take its SIP port (UDP and TCP) or its API port, naming the fix."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+    for kind in SIP_KINDS:
         try:
             _bound(settings.sip_host, settings.sip_port, kind).close()
         except OSError as exc:
-            return _bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT")
+            return _bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT", SIP_KINDS)
     try:
         _bound(settings.voice_api_host, settings.voice_api_port).close()
     except OSError as exc:
@@ -89,14 +119,17 @@ def doctor(settings: Settings) -> int:
         sip = _sip_port_problem(settings)
         if sip:
             problems.append(sip)
-    try:
-        from dialbridge.store.database import create_db_engine, migrate
+    from dialbridge.checks import SchemaPlan, schema_plan
 
-        migrate(create_db_engine(settings.database_url))
+    try:
+        plan = schema_plan(settings.database_url)  # read-only: doctor checks, serve migrates
     except Exception as exc:
-        problems.append(str(exc))
+        plan = SchemaPlan("unknown", f"cannot use DIALBRIDGE_DATABASE_URL={settings.database_url!r}: {exc}")
+    if plan.problem:
+        problems.append(plan.problem)
     print(f"backend:      {settings.backend.value}")
     print(f"database:     {settings.database_url}")
+    print(f"schema:       {plan.says}")
     print(f"listening on: http://{settings.host}:{settings.port}")
     print(f"webhook base: {settings.base_url}")
     for warning in settings.warnings():

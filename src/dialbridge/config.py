@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+        # Only from a URL: what is not one is reported as it was set (problems()), not as "https:" for "https://".
+        return value.rstrip("/") if value and _is_web_url(value) else value
 
     @property
     def base_url(self) -> str:
@@ -196,6 +197,11 @@ class Settings(BaseSettings):
                 "DIALBRIDGE_SIGNATURE_SECRET is set but empty, which would accept forged webhooks: set it to your "
                 "Vonage account's signature secret (Dashboard → API settings), or remove the line to accept "
                 "unsigned webhooks"
+            )
+        if self.public_base_url is not None and not _is_web_url(self.public_base_url):
+            found.append(
+                f"DIALBRIDGE_PUBLIC_BASE_URL={self.public_base_url!r} is not an http:// or https:// URL with a host: "
+                "set it to the URL the outside world reaches this server at, e.g. https://dialbridge.example.com"
             )
         if not self.database_url.startswith(("sqlite:", "postgresql")):
             found.append("DIALBRIDGE_DATABASE_URL must be a sqlite:///path or postgresql+psycopg://… URL")
@@ -294,6 +300,16 @@ class Settings(BaseSettings):
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _is_web_url(url: str) -> bool:
+    """An http(s) URL with a host (and, if it names one, a valid port): what webhook URLs can be built from."""
+    parsed = urlsplit(url)
+    try:
+        parsed.port  # noqa: B018 - parsed for its errors
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
 def web_origin(url: str) -> str | None:

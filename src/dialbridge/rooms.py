@@ -15,11 +15,19 @@ from dataclasses import dataclass
 
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.conference.rooms import Room
-from dialbridge.platforms.base import PlatformError, VideoPlatform
+from dialbridge.platforms.base import VideoPlatform
 from dialbridge.store.store import PinTaken, Store
 
 LEASE_S = 30.0
 POLL_S = 0.05
+
+
+RETRY_AFTER_S = int(LEASE_S)  # by then the other creator has finished, or its lease has expired and is taken over
+
+
+class RoomBeingCreated(Exception):
+    """Another server holds the room's claim and has not finished it: nothing failed, the room is not ready yet
+    (a 503 with Retry-After, not the 502 of a platform that failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,9 @@ class RoomDirectory:
                 ):
                     return RoomCreated(await self._create_session(room_id), created=True)
             if now > give_up_at:
-                raise PlatformError("creating the room's video session", "another server is still creating it")
+                raise RoomBeingCreated(
+                    f"room {room_id!r} is still being created by another server; try again in {RETRY_AFTER_S} s"
+                )
             await asyncio.sleep(POLL_S)
 
     async def _create_session(self, room_id: str) -> Room:

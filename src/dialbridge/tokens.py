@@ -69,7 +69,9 @@ class ParticipantTokens:
                 options={"require": ["exp", "sid", "room", "cid"], "verify_exp": False, "verify_iat": False},
             )
         except jwt.PyJWTError as exc:
-            raise TokenError(f"invalid participant token: {exc}") from None
+            raise TokenError(
+                f"invalid participant token: {_what_is_wrong(exc)}; reload the room page for a new one"
+            ) from None
         if int(claims["exp"]) <= now:
             raise TokenError("participant token has expired: reload the room page for a new one")
         if session_id is not None and claims["sid"] != session_id:
@@ -86,6 +88,20 @@ class ParticipantTokens:
             connection_id=str(claims["cid"]),
             expires_at=int(claims["exp"]),
         )
+
+
+def _what_is_wrong(exc: jwt.PyJWTError) -> str:
+    """PyJWT's reason in the caller's words: its own ("Invalid header string: 'utf-8' codec can't decode byte
+    0xb7…") describes its parser, not what the caller sent. Short: it also ends a WebSocket (123-byte reasons)."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "its signature does not match (altered, or another server's)"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"it has no {exc.claim!r} claim"
+    if isinstance(exc, jwt.InvalidAudienceError | jwt.InvalidIssuerError):
+        return "it is not a dialbridge participant token"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "it is not signed with HS256"
+    return "it is not a well-formed JWT (header.claims.signature)"
 
 
 def participant_id(token: str) -> str:

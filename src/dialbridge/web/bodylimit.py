@@ -13,6 +13,7 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dialbridge.web.errors import error_response
+from dialbridge.web.metrics import ANSWERED_EARLY
 from dialbridge.web.webhooks import header
 
 MAX_API_BODY: Final = 64 * 1024  # the API's largest request (a dial-out, a browser phone's SDP offer) is a few KB
@@ -43,6 +44,7 @@ class BoundedBodies:
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     refused = True
+                    scope[ANSWERED_EARLY] = 413  # the metrics count this answer, not the one the app then drops
                     await self._refuse(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message

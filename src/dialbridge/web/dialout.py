@@ -93,7 +93,9 @@ async def dial_out(
         else:
             placed = await svc.dial_outs.dial_phone(room, number)
     except DialOutUnavailable as exc:
-        raise ApiError(409, "dial_out_unavailable", str(exc)) from exc
+        # The server is not set up to dial (a setting is missing): nothing the caller can change, unlike a 409's
+        # conflict with the room's state.
+        raise ApiError(503, "dial_out_unavailable", str(exc)) from exc
     except DialOutNotAllowed as exc:
         raise ApiError(403, "dial_out_not_allowed", str(exc)) from exc
     except DialOutLimitReached as exc:

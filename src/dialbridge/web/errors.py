@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dialbridge.platforms.base import NotSupported, PlatformError
+from dialbridge.rooms import RETRY_AFTER_S, RoomBeingCreated
 from dialbridge.tokens import TokenError
 from dialbridge.web.responses import JsonResponse
 
@@ -41,6 +44,27 @@ _HTTP_CODES = {
 }
 
 
+def not_json(what: str, reason: str, position: int) -> str:
+    """Why a body is not JSON, where, and what to send instead (the API and the webhooks say it alike)."""
+    return f"{what} is not valid JSON ({reason}, at character {position}): send a JSON object"
+
+
+def _invalid_request(error: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Status, code and message for FastAPI's first validation error. Two of pydantic's own messages name its
+    parser rather than the request ("1: JSON decode error"; "Input should be a valid dictionary or object to
+    extract fields from"): those are said in the caller's words; the others name the field and are kept."""
+    location = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        position = location[1] if len(location) > 1 and isinstance(location[1], int) else 0
+        reason = str(error.get("ctx", {}).get("error", "malformed"))
+        return 400, "invalid_json", not_json("the request body", reason, position) + " (Content-Type: application/json)"
+    if error.get("type") == "model_attributes_type" and location == ("body",):
+        return 422, "invalid_payload", "the request body must be a JSON object, sent as Content-Type: application/json"
+    where = ".".join(str(part) for part in location if part != "body")
+    message = str(error.get("msg", "invalid request"))
+    return 422, "invalid_payload", f"{where}: {message}" if where else message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JsonResponse:
@@ -56,10 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JsonResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = str(first.get("msg", "invalid request"))
-        return error_response(422, "invalid_payload", f"{where}: {message}" if where else message)
+        return error_response(*_invalid_request(errors[0] if errors else {}))
 
     @app.exception_handler(TokenError)
     async def _token(_: Request, exc: TokenError) -> JsonResponse:
@@ -69,6 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _platform(_: Request, exc: PlatformError) -> JsonResponse:
         log.warning("video platform error: %s", exc)
         return error_response(502, "platform_error", str(exc))
+
+    @app.exception_handler(RoomBeingCreated)
+    async def _being_created(_: Request, exc: RoomBeingCreated) -> JsonResponse:
+        return error_response(503, "room_being_created", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(NotSupported)
     async def _unsupported(_: Request, exc: NotSupported) -> JsonResponse:

@@ -42,6 +42,12 @@ class StoreCollector(Collector):
 
 
 log = logging.getLogger(__name__)
+# The status label of a request whose client went away before it was answered (nginx's "client closed request").
+# Not 400: the client made no bad request, and counting impatient clients and dropped connections as client errors
+# would raise the error rate that tells an operator a caller is sending broken requests.
+CLIENT_CLOSED = "499"
+# Set in the scope by what answered a request before the application could (bodylimit's 413): its status.
+ANSWERED_EARLY = "dialbridge.answered_early"
 PUBLISH_EVERY_S = 1.0
 WEBHOOK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -166,19 +172,29 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        started = client_gone = False
+
+        async def watched_receive() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started:
+                client_gone = True  # whatever the application answers now goes to nobody
+            return message
 
         async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            nonlocal status, started
+            if message["type"] == "http.response.start" and not started:
+                status, started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watched_receive, send_status)
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.count_request(template, scope["method"], str(status))
+            early = scope.get(ANSWERED_EARLY)
+            label = str(early) if early else CLIENT_CLOSED if client_gone else str(status)
+            self.metrics.count_request(template, scope["method"], label)
 
 
 def timed() -> float:

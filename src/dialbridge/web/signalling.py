@@ -52,6 +52,8 @@ async def signalling(websocket: WebSocket) -> None:
             )
         claims = _check_token(svc, _offered_token(offered), websocket.query_params.get("sessionId"))
     except TokenError as exc:
+        # uvicorn logs the accept below only at DEBUG (logredact.QuietChurn): a refusal is said here, at INFO.
+        log.info("signalling socket refused (%d): %s", CLOSE_BAD_TOKEN, exc)
         await websocket.accept(subprotocol=selected)
         await websocket.close(CLOSE_BAD_TOKEN, _close_reason(str(exc)))
         return
@@ -67,8 +69,10 @@ async def signalling(websocket: WebSocket) -> None:
             now=svc.clock(),
         )
     except JoinRefused as refused:
+        log.info("signalling socket refused (%d): %s", refused.code, refused.reason)
         await websocket.close(refused.code, _close_reason(refused.reason))
         return
+    log.debug("signalling socket %s joined session %s", claims.connection_id, claims.session_id)
 
     close: tuple[int, str] | None = None
     try:
@@ -87,6 +91,7 @@ async def signalling(websocket: WebSocket) -> None:
             svc.hub.receive(member, text, now=svc.clock())
     finally:
         await svc.hub.leave(member)
+        log.debug("signalling socket %s left session %s", claims.connection_id, claims.session_id)
     if close is not None:
         with contextlib.suppress(Exception):  # the peer may be gone already
             await websocket.close(*close)

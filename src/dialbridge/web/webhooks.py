@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
-from dialbridge.web.metrics import timed
+from dialbridge.web.errors import not_json
+from dialbridge.web.metrics import CLIENT_CLOSED, timed
 from dialbridge.web.services import Services
 from dialbridge.web.signatures import SignatureError
 
@@ -38,6 +39,10 @@ class WebhookRefused(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
 
 
 def _replayed() -> WebhookRefused:
@@ -113,6 +118,9 @@ class WebhookEndpoints:
         if answer is None:
             try:
                 payload = scope["query_string"] if method == "GET" else await _read_body(receive)
+            except ClientGone:
+                self.services.metrics.count_request(webhook.template, method, CLIENT_CLOSED)
+                return  # nobody to answer (uvicorn sends nothing for a request whose client has disconnected)
             except WebhookRefused as refusal:
                 answer = self.refused(webhook, method, refusal)
             else:
@@ -191,8 +199,8 @@ class WebhookEndpoints:
             return {}, token
         try:
             fields = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise WebhookRefused(400, "invalid_json", "the webhook body is not valid JSON") from None
+        except orjson.JSONDecodeError as exc:
+            raise WebhookRefused(400, "invalid_json", not_json("the webhook body", exc.msg, exc.pos)) from None
         if not isinstance(fields, dict):
             raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
         return fields, token
@@ -228,7 +236,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise WebhookRefused(400, "client_disconnected", "the client went away before sending its body")
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

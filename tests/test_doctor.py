@@ -1,0 +1,175 @@
+"""`dialbridge doctor` checks and changes nothing: it says what `serve` would do to the database, never does it;
+and what holds the port (a dialbridge server already running?), suggesting a port that is free."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from alembic import command
+
+from dialbridge.config import Settings
+from dialbridge.store.database import alembic_config, create_db_engine, migrate
+from tests.served import free_port, run_cli, serving, suggested_port
+
+
+def files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def test_doctor_on_the_defaults_creates_neither_var_nor_the_database(tmp_path: Path) -> None:
+    result = run_cli(
+        "doctor",
+        tmp_path=tmp_path,
+        DIALBRIDGE_DATABASE_URL="sqlite:///./var/dialbridge.db",
+        DIALBRIDGE_PORT=str(free_port()),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "./var/dialbridge.db does not exist: serve would create it and apply migrations 0001..0003" in result.stdout
+    assert files_under(tmp_path) == set()
+
+
+def test_doctor_names_a_database_folder_it_could_not_create(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=f"sqlite:///{tmp_path}/file/var/db.sqlite")
+
+    assert result.returncode == 1
+    assert f"error: cannot create {tmp_path}/file/var/db.sqlite: {tmp_path}/file is not a writable folder" in (
+        result.stdout
+    )
+
+
+def revision(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as connection:
+        return str(connection.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+
+def test_doctor_says_which_migrations_serve_would_apply_and_applies_none(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    engine = create_db_engine(f"sqlite:///{path}")
+    command.upgrade(alembic_config(engine), "0001")
+    engine.dispose()
+    before = files_under(tmp_path)
+
+    result = run_cli(
+        "doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=f"sqlite:///{path}", DIALBRIDGE_PORT=str(free_port())
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "schema:       at revision 0001: serve would upgrade it to 0003 (applying 0002..0003)" in result.stdout
+    assert files_under(tmp_path) == before  # not even SQLite's -wal and -shm files
+    assert revision(path) == "0001"
+
+
+def test_doctor_reads_a_database_in_use_without_writing_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    engine = create_db_engine(f"sqlite:///{path}")
+    migrate(engine)
+    with engine.connect() as held:  # a server has it open: its -wal and -shm files are there
+        held.exec_driver_sql("SELECT 1")
+        result = run_cli(
+            "doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=f"sqlite:///{path}", DIALBRIDGE_PORT=str(free_port())
+        )
+    engine.dispose()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "schema:       at revision 0003, the newest: nothing to migrate" in result.stdout
+
+
+def test_doctor_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0099')")
+
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=f"sqlite:///{path}")
+
+    assert result.returncode == 1
+    assert "error: the database's schema is at revision 0099, which this dialbridge does not have" in result.stdout
+
+
+def test_doctor_names_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    path.write_text("hello")
+
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=f"sqlite:///{path}")
+
+    assert result.returncode == 1
+    assert f"error: cannot read the database {path} (DatabaseError" in result.stdout
+    assert path.read_text() == "hello"
+
+
+def assert_free(port: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_doctor_says_a_dialbridge_server_is_already_answering_on_the_port(tmp_path: Path) -> None:
+    with serving(tmp_path) as served:
+        result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_PORT=str(served.port))
+
+    assert result.returncode == 1
+    assert f"error: a dialbridge server is already answering on http://127.0.0.1:{served.port} (stop it" in (
+        result.stdout
+    )
+    assert "already in use" not in result.stdout
+
+
+def two_ports_in_a_row() -> tuple[socket.socket, socket.socket]:
+    """Two listening sockets on neighbouring ports (port and port + 1)."""
+    while True:
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        second = socket.socket()
+        try:
+            second.bind(("127.0.0.1", first.getsockname()[1] + 1))
+        except OSError:
+            first.close()
+            second.close()
+            continue
+        first.listen()
+        second.listen()
+        return first, second
+
+
+@pytest.mark.parametrize("command", ["doctor", "serve"])
+def test_the_port_suggested_instead_of_a_taken_one_is_free(command: str, tmp_path: Path) -> None:
+    first, second = two_ports_in_a_row()
+    with first, second:
+        port = first.getsockname()[1]
+        result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_PORT=str(port))
+        said = result.stdout + result.stderr
+        assert result.returncode == 1
+        assert f"port {port} on 127.0.0.1 is already in use" in said
+        suggested = suggested_port(said, "PORT")
+        assert suggested > port + 1  # port + 1 is taken too
+        assert_free(suggested)
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "example.com", "ftp://example.com", "https://", "http:///path", "https://example.com:port"]
+)
+def test_a_public_base_url_without_http_scheme_and_host_is_a_problem(url: str) -> None:
+    problems = Settings(public_base_url=url).problems()
+
+    assert [p for p in problems if p.startswith(f"DIALBRIDGE_PUBLIC_BASE_URL={url!r} is not an http")], problems
+
+
+@pytest.mark.parametrize("url", ["https://dialbridge.example.com", "http://10.0.0.7:8080/", "https://[::1]:8443/db"])
+def test_a_public_base_url_with_scheme_and_host_is_accepted(url: str) -> None:
+    assert not [p for p in Settings(public_base_url=url).problems() if "PUBLIC_BASE_URL" in p]
+
+
+@pytest.mark.parametrize("command", ["doctor", "serve"])
+def test_doctor_and_serve_refuse_a_public_base_url_that_is_not_one(command: str, tmp_path: Path) -> None:
+    result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_PUBLIC_BASE_URL="notaurl", DIALBRIDGE_PORT=str(free_port()))
+
+    assert result.returncode == 1
+    assert "error: DIALBRIDGE_PUBLIC_BASE_URL='notaurl' is not an http:// or https:// URL with a host" in (
+        result.stdout + result.stderr
+    )
