@@ -9,7 +9,9 @@ import pytest
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutLimitReached, DialOutStore
 from dialbridge.store.store import Store
+from tests.conftest import on_both_databases
 
+pytestmark = on_both_databases
 NOW = 1_800_000_000.0
 
 

@@ -89,14 +89,14 @@ def doctor(settings: Settings) -> int:
         sip = _sip_port_problem(settings)
         if sip:
             problems.append(sip)
-    try:
-        from dialbridge.store.database import create_db_engine, migrate
+    from dialbridge.store.database import create_db_engine, migrate, shown
 
+    try:
         migrate(create_db_engine(settings.database_url))
     except Exception as exc:
         problems.append(str(exc))
     print(f"backend:      {settings.backend.value}")
-    print(f"database:     {settings.database_url}")
+    print(f"database:     {shown(settings.database_url)}")
     print(f"listening on: http://{settings.host}:{settings.port}")
     print(f"webhook base: {settings.base_url}")
     for warning in settings.warnings():
