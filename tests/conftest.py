@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite file per test, a controllable clock, and the app built on both."""
+"""Shared fixtures: a real database per test (a SQLite file, or a PostgreSQL database for the tests marked
+`on_both_databases`), a controllable clock, and the app built on both."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from fastapi.testclient import TestClient
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
+from tests.postgres import Cluster, PostgresUnavailable
+from tests.served import free_port
+
+# The store and the races it must decide run on each database dialbridge supports: mark a test or a module with it.
+on_both_databases = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 
 
 class FakeClock:
@@ -30,9 +36,34 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """One PostgreSQL cluster for the session, each test on a database of its own in it. No PostgreSQL fails the
+    PostgreSQL tests (`make test` installs it), rather than skipping them unnoticed."""
+    cluster = None
+    try:
+        cluster = Cluster(free_port())
+        cluster.start()
+    except PostgresUnavailable as exc:
+        if cluster is not None:
+            cluster.stop()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'dialbridge.db'}"
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database: SQLite unless the test is parametrized (`on_both_databases`) with "postgresql"."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dialbridge.db'}"
+        return
+    cluster: Cluster = request.getfixturevalue("postgres")
+    name = cluster.create_database()
+    yield cluster.url(name)
+    cluster.drop_database(name)
 
 
 @pytest.fixture

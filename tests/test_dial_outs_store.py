@@ -6,10 +6,13 @@ import threading
 
 import pytest
 
+from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutLimitReached, DialOutStore
 from dialbridge.store.store import Store
+from tests.conftest import on_both_databases
 
+pytestmark = on_both_databases
 NOW = 1_800_000_000.0
 
 
@@ -90,6 +93,15 @@ def test_the_phone_call_vonage_creates_is_linked_and_its_end_closes_the_dial_out
     assert ended is not None
     assert (ended.id, ended.state, ended.call_uuid, ended.ended_at) == ("do_1", "ended", "CALL-UUID-1", NOW + 60)
     assert dial_outs.open_conference("standup") is None
+
+
+def test_a_call_uuid_as_long_as_the_webhooks_accept_is_linked(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+
+    assert dial_outs.mark_call("do_1", "u" * MAX_FIELD) is True
+
+    ended = dial_outs.end_by_call("u" * MAX_FIELD, NOW + 60)
+    assert ended is not None and ended.call_uuid == "u" * MAX_FIELD
 
 
 def test_unknown_ids_link_nothing(dial_outs: DialOutStore) -> None:

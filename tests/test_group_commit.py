@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,15 +17,18 @@ from dialbridge.store import tables as t
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.prepared import Prepared
 from dialbridge.store.store import Store, WebhookReplayed
-from dialbridge.store.writer import GroupCommitWriter, Run
+from dialbridge.store.writer import Run
+from tests.conftest import on_both_databases
 from tests.helpers import run_async
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(db_url: str) -> Iterator[Store]:
+    engine = create_db_engine(db_url)
     migrate(engine)
-    return Store(engine)
+    store = Store(engine)
+    yield store
+    store.close()
 
 
 def key_insert(store: Store) -> Prepared:
@@ -38,6 +41,7 @@ def stored_keys(store: Store) -> dict[str, str]:
         return {row.name: row.value for row in conn.execute(select(t.server_keys))}
 
 
+@on_both_databases
 def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
     statement = key_insert(store)
     store._write_now(lambda run: run(statement, name="taken", value="first"))
@@ -52,22 +56,26 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: St
 
     outcomes = run_async(one_turn())
     assert outcomes[0] == "a" and outcomes[2] == "b"
-    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert isinstance(outcomes[1], store.engine.dialect.loaded_dbapi.IntegrityError)
     assert stored_keys(store) == {"taken": "first", "a": "1", "b": "2"}
 
 
-def test_a_write_is_durable_before_its_caller_hears_of_it(store: Store, tmp_path: Path) -> None:
+@on_both_databases
+def test_a_write_is_durable_before_its_caller_hears_of_it(store: Store, db_url: str) -> None:
     statement = key_insert(store)
+    other = create_db_engine(db_url)  # another process's, say
 
     async def write_then_look() -> dict[str, str]:
         await store._write(lambda run: run(statement, name="k", value="v"))
-        # Another connection — another process, say — sees it as soon as the await returns.
-        with sqlite3.connect(tmp_path / "db.sqlite") as other:
-            return dict(other.execute("SELECT name, value FROM server_keys").fetchall())
+        # Another connection sees it as soon as the await returns.
+        with other.connect() as connection:
+            return {row.name: row.value for row in connection.execute(select(t.server_keys))}
 
     assert run_async(write_then_look()) == {"k": "v"}
+    other.dispose()
 
 
+@on_both_databases
 def test_an_immediate_write_runs_after_what_is_already_queued(store: Store) -> None:
     statement = key_insert(store)
     order: list[str] = []
@@ -82,62 +90,41 @@ def test_an_immediate_write_runs_after_what_is_already_queued(store: Store) -> N
     assert stored_keys(store) == {"q": "1", "n": "2"}
 
 
-# The writer on its own, on a bare table: a write that wrote something and then failed leaves nothing behind.
-class Statement:
-    def __init__(self, sql: str) -> None:
-        self.sql = sql
-
-    def parameters(self, values: dict[str, Any]) -> dict[str, Any]:
-        return values
-
-
-INSERT = Statement("INSERT INTO t (k) VALUES (:k)")
-
-
-def test_a_failing_write_leaves_no_trace_and_the_rest_of_its_batch_commits(tmp_path: Path) -> None:
-    path = tmp_path / "writes.db"
-    with sqlite3.connect(path) as setup:
-        setup.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
-
-    def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, check_same_thread=False)
-        connection.isolation_level = None
-        return connection
-
-    writer = GroupCommitWriter(connect, "BEGIN IMMEDIATE")
+@on_both_databases
+def test_a_failing_write_leaves_no_trace_and_the_rest_of_its_batch_commits(store: Store) -> None:
+    statement = key_insert(store)
 
     def insert(key: str) -> Any:
         def work(run: Run) -> str:
-            run(INSERT, k=key)
+            run(statement, name=key, value="v")
             return key
 
         return work
 
     def half_then_fail(run: Run) -> None:
-        run(INSERT, k="half-written")
-        run(INSERT, k="a")  # "a" is the first write's: a constraint failure after a write that must not stay
+        run(statement, name="half-written", value="v")
+        run(statement, name="a", value="v")  # the first write's key: a constraint failure after a write that must go
 
     async def one_batch() -> list[Any]:
-        writes = [writer.write(insert("a")), writer.write(half_then_fail), writer.write(insert("b"))]
+        writes = [store._write(insert("a")), store._write(half_then_fail), store._write(insert("b"))]
         return await asyncio.gather(*writes, return_exceptions=True)
 
     first, failed, last = run_async(one_batch())
-    writer.close()
     assert (first, last) == ("a", "b")
-    assert isinstance(failed, sqlite3.IntegrityError)
-    with sqlite3.connect(path) as check:
-        assert check.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",)]
+    assert isinstance(failed, store.engine.dialect.loaded_dbapi.IntegrityError)
+    assert stored_keys(store) == {"a": "v", "b": "v"}
 
 
 def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process reading throughout every commit keeps SQLite from starting the log over by itself; the
     store's checkpoint makes sure the next commit does, once the log has grown past its threshold."""
     monkeypatch.setattr(store_module, "WAL_REWIND_FRAMES", 50)
     monkeypatch.setattr(store_module, "WAL_REWIND_WAIT_MS", 5000)  # the mechanism, not the timing, on trial here
     statement = key_insert(store)
-    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, check_same_thread=False)
+    path = str(store.engine.url.database)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
     def write(name: str) -> None:
         store._write_now(lambda run: run(statement, name=name, value="v"))
@@ -157,7 +144,7 @@ def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
     release.join()
     write("first-after-checkpoint")
 
-    probe = sqlite3.connect(tmp_path / "db.sqlite")
+    probe = sqlite3.connect(path)
     _busy, log_frames, _copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     probe.close()
     other.close()
@@ -168,6 +155,7 @@ def test_the_write_ahead_log_is_rewound_when_readers_never_let_it_restart(
 # ---- a signed webhook's token, recorded by its first write -------------------------------------------------------
 
 
+@on_both_databases
 def test_a_webhook_token_is_recorded_by_the_first_write_and_a_replay_writes_nothing(store: Store) -> None:
     call = CallParty("c1", "CON-1", "15550001", "14155550100")
 
@@ -187,6 +175,7 @@ def test_a_webhook_token_is_recorded_by_the_first_write_and_a_replay_writes_noth
     assert store.webhook_token_count() == 1
 
 
+@on_both_databases
 def test_a_webhook_that_writes_nothing_records_its_token_on_leaving_and_one_that_fails_records_none(
     store: Store,
 ) -> None:
@@ -206,6 +195,7 @@ def test_a_webhook_that_writes_nothing_records_its_token_on_leaving_and_one_that
     assert store.webhook_token_count() == 2
 
 
+@on_both_databases
 def test_parallel_copies_of_one_token_write_once(store: Store) -> None:
     call = CallParty("c2", "CON-2", "15550002", "14155550100")
 

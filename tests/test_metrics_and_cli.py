@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import re
 import socket
 import time
 import urllib.request
@@ -13,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
+from dialbridge.store.database import DatabaseError, create_db_engine
 from dialbridge.store.store import Store
 from dialbridge.web.metrics import Metrics
 from tests.helpers import answer, enter, make_room, run_async
-from tests.served import run_cli, serving, suggested_port, vonage_environment
+from tests.served import free_port, run_cli, serving, suggested_port, vonage_environment
 
 
 def metric_value(text: str, line_start: str) -> float:
@@ -54,6 +57,35 @@ def test_doctor_passes_on_the_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: configuration is usable" in result.stdout
     assert "DIALBRIDGE_SIGNATURE_SECRET" in result.stdout  # the unsigned-webhooks warning names its fix
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_doctor_on_postgresql_shows_the_url_without_its_password(tmp_path: Path, db_url: str) -> None:
+    # The bare postgresql:// form, which means psycopg here; the test cluster trusts any password.
+    url = db_url.replace("postgresql+psycopg://dialbridge@", "postgresql://dialbridge:hunter2@")
+    result = run_cli("doctor", tmp_path=tmp_path, DIALBRIDGE_DATABASE_URL=url, DIALBRIDGE_PORT=str(free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "database:     postgresql://dialbridge:***@127.0.0.1" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql+psycopg2://u@h/db", "use postgresql+psycopg://"),
+        ("mysql://u@h/db", "sqlite:///path or postgresql+psycopg://"),
+    ],
+)
+def test_an_unsupported_database_url_names_the_supported_ones(url: str, named: str) -> None:
+    with pytest.raises(DatabaseError, match=re.escape(named)):
+        create_db_engine(url)
+
+
+def test_a_postgresql_url_without_the_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(DatabaseError, match=re.escape("pip install 'dialbridge[postgresql]'")):
+        create_db_engine("postgresql+psycopg://u@127.0.0.1/db")
 
 
 def test_doctor_names_the_missing_vonage_credentials(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,24 +14,26 @@ from sqlalchemy import text
 from dialbridge.store import tables as t
 from dialbridge.store.database import alembic_config, create_db_engine, migrate
 from dialbridge.store.store import Store
+from tests.conftest import on_both_databases
 
 # SQLite's reflection cannot read expression indexes (ix_rooms_pin_length); they are left out of the comparison.
 pytestmark = [
+    on_both_databases,
     pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index"),
     pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index"),
 ]
 
 
-def test_the_migrated_schema_is_the_declared_one(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_the_migrated_schema_is_the_declared_one(db_url: str) -> None:
+    engine = create_db_engine(db_url)
     migrate(engine)
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), t.metadata)
     assert differences == []
 
 
-def test_upgrading_a_0001_database_keeps_each_calls_pin_failures(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_upgrading_a_0001_database_keeps_each_calls_pin_failures(db_url: str) -> None:
+    engine = create_db_engine(db_url)
     command.upgrade(alembic_config(engine), "0001")
     with engine.begin() as conn:
         conn.execute(
@@ -68,10 +69,10 @@ def _migrate_in_own_process(url: str, start: Any) -> None:
     migrate(create_db_engine(url))
 
 
-def test_processes_starting_together_migrate_a_new_database_once(tmp_path: Path) -> None:
+def test_processes_starting_together_migrate_a_new_database_once(db_url: str) -> None:
     """`serve --workers N` starts N processes that each migrate at start-up; on a new database they used to race
     and all but one failed with "table ... already exists" (seen in this suite, intermittently)."""
-    url = f"sqlite:///{tmp_path / 'new.db'}"
+    url = db_url
     spawn = multiprocessing.get_context("spawn")
     start = spawn.Event()
     processes = [spawn.Process(target=_migrate_in_own_process, args=(url, start)) for _ in range(6)]

@@ -15,7 +15,7 @@ from dialbridge.platforms.embedded import EmbeddedVideo
 from dialbridge.rooms import LEASE_S
 from dialbridge.store import tables as t
 from dialbridge.web.app import create_app
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import make_room, run_async
 
 
@@ -107,6 +107,7 @@ def test_every_room_has_its_own_pin(client: TestClient) -> None:
     assert len(set(pins)) == 200
 
 
+@on_both_databases
 def test_twenty_concurrent_first_visits_create_one_session_and_one_pin(settings: Settings, clock: FakeClock) -> None:
     video = CountingVideo()
     # Two app instances on one database file: the second has its own in-process locks, so only the database
@@ -147,6 +148,7 @@ def test_failed_session_creation_answers_502_and_leaves_nothing(settings: Settin
         assert working.sessions_created == 1
 
 
+@on_both_databases
 def test_a_creator_that_died_is_taken_over_after_its_lease(settings: Settings, clock: FakeClock) -> None:
     video = CountingVideo()
     app = create_app(settings, clock=clock, platform=video)

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
 from dialbridge.web.signatures import SignatureError, WebhookSignatures
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import make_room
 from tests.served import DIALBRIDGE, free_port, serving, vonage_environment
 
@@ -230,6 +230,7 @@ def test_the_verifier_agrees_with_pyjwt_on_good_and_bad_tokens() -> None:
 # ---- replays -------------------------------------------------------------------------------------------------------
 
 
+@on_both_databases
 def test_the_same_signed_request_twice_is_refused_the_second_time_and_changes_nothing(
     signed_client: TestClient,
 ) -> None:
@@ -257,6 +258,7 @@ def test_a_token_without_jti_is_good_once_by_its_signature(signed_client: TestCl
     assert signed_client.post("/webhooks/events", content=body, headers=headers).status_code == 401
 
 
+@on_both_databases
 def test_a_replay_to_another_instance_on_the_same_database_is_refused(settings: Settings, clock: FakeClock) -> None:
     signed = settings.model_copy(update={"signature_secret": SecretStr(SECRET)})
     body = json.dumps({"uuid": "c2", "status": "ringing"}).encode()
@@ -266,6 +268,7 @@ def test_a_replay_to_another_instance_on_the_same_database_is_refused(settings: 
         assert other.post("/webhooks/events", content=body, headers=headers).status_code == 401
 
 
+@on_both_databases
 def test_accepted_tokens_are_forgotten_once_too_old_to_be_accepted_anyway(
     signed_client: TestClient, clock: FakeClock
 ) -> None:
@@ -285,8 +288,9 @@ def test_accepted_tokens_are_forgotten_once_too_old_to_be_accepted_anyway(
     assert signed_client.post("/webhooks/events", content=old, headers=stale).status_code == 401
 
 
-def test_parallel_copies_of_one_signed_request_to_two_workers_are_accepted_once(tmp_path: Path) -> None:
-    # The production path (the HTTP protocol's direct webhook path) in two processes on one SQLite file.
+@on_both_databases
+def test_parallel_copies_of_one_signed_request_to_two_workers_are_accepted_once(tmp_path: Path, db_url: str) -> None:
+    # The production path (the HTTP protocol's direct webhook path) in two processes on one database.
     body = json.dumps({"uuid": "c-race", "status": "ringing"}).encode()
     token = vonage_token(body, iat=int(time.time()))
     request = (
@@ -294,7 +298,8 @@ def test_parallel_copies_of_one_signed_request_to_two_workers_are_accepted_once(
         + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         + body
     )
-    with serving(tmp_path, "--workers", "2", DIALBRIDGE_SIGNATURE_SECRET=SECRET) as served:
+    database = {"DIALBRIDGE_DATABASE_URL": db_url}
+    with serving(tmp_path, "--workers", "2", DIALBRIDGE_SIGNATURE_SECRET=SECRET, **database) as served:
         connections = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(20)]
         for connection in connections:
             connection.sendall(request)

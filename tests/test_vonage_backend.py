@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from dialbridge.config import Settings
 from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import page_config, run_async
 from tests.vonage_stub import VonageStub
 
@@ -139,6 +139,7 @@ def test_session_is_created_routed_with_application_jwt(
     assert verified_app_jwt(auth, private_key)["application_id"] == APPLICATION_ID
 
 
+@on_both_databases
 def test_twenty_concurrent_first_visits_create_one_session_and_one_pin(
     app_settings: Settings, clock: FakeClock, stub: VonageStub
 ) -> None:

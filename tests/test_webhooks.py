@@ -8,10 +8,11 @@ from urllib.parse import parse_qsl
 import pytest
 from fastapi.testclient import TestClient
 
+from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
 from dialbridge.web.webhooks import query_fields
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import actions, answer, conversation_name, enter, make_room
 from tests.test_callflow import VONAGE_MODELS
 
@@ -147,6 +148,26 @@ def test_events_are_stored_against_the_call_and_its_room(client: TestClient, set
     assert [event["status"] for event in events] == ["started", "ringing", "answered", "completed"]
     assert all(event["room_id"] == "standup" for event in events)
     assert events[-1]["end_time"] == "2026-11-29T12:00:00.000Z"
+
+
+@on_both_databases
+def test_every_field_as_long_as_the_parser_accepts_is_stored(client: TestClient) -> None:
+    """PostgreSQL enforces column widths (SQLite ignores them): a value the parser accepts but a column cannot hold
+    would be a 500 there."""
+    room = make_room(client, "standup")
+    uuid, caller = "u" * MAX_FIELD, "4" * MAX_FIELD
+    call = {"uuid": uuid, "conversation_uuid": "c" * MAX_FIELD, "from": caller, "to": "1" * MAX_FIELD}
+    assert client.get("/webhooks/answer", params=call).status_code == 200
+    wrong = "000000" if room["pin"] != "000000" else "111111"
+    assert client.post("/webhooks/input", json={**call, "dtmf": {"digits": wrong}}).status_code == 200  # recorded
+    times = {name: "t" * MAX_FIELD for name in ("timestamp", "start_time", "end_time")}
+    assert client.post("/webhooks/events", json={**call, **times, "status": "completed"}).status_code == 204
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    call = svc.store.call(uuid)
+    assert call is not None and (call.status, call.pin_failures, call.caller) == ("completed", 1, caller)
+    [stored] = svc.store.call_events(uuid)
+    assert stored["end_time"] == "t" * MAX_FIELD and stored["conversation_uuid"] == "c" * MAX_FIELD
+    assert svc.store.caller_failures(caller, 0) == 1
 
 
 def test_event_for_an_unknown_call_is_still_stored(client: TestClient) -> None:

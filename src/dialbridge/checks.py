@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
 from dialbridge.config import Backend
-from dialbridge.store.database import MIGRATIONS
+from dialbridge.store.database import MIGRATIONS, create_db_engine, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def _sqlite_revision(path: Path) -> tuple[str | None, str | None]:
 
 
 def _server_revision(database_url: str) -> tuple[str | None, str | None]:
-    return _revision(create_engine(database_url), make_url(database_url).render_as_string(hide_password=True))
+    return _revision(create_db_engine(database_url), shown(database_url))
 
 
 def _revision(engine: Engine, shown: str) -> tuple[str | None, str | None]:

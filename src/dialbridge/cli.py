@@ -120,15 +120,16 @@ def doctor(settings: Settings) -> int:
         if sip:
             problems.append(sip)
     from dialbridge.checks import SchemaPlan, schema_plan
+    from dialbridge.store.database import shown
 
     try:
         plan = schema_plan(settings.database_url)  # read-only: doctor checks, serve migrates
     except Exception as exc:
-        plan = SchemaPlan("unknown", f"cannot use DIALBRIDGE_DATABASE_URL={settings.database_url!r}: {exc}")
+        plan = SchemaPlan("unknown", f"cannot use DIALBRIDGE_DATABASE_URL={shown(settings.database_url)!r}: {exc}")
     if plan.problem:
         problems.append(plan.problem)
     print(f"backend:      {settings.backend.value}")
-    print(f"database:     {settings.database_url}")
+    print(f"database:     {shown(settings.database_url)}")
     print(f"schema:       {plan.says}")
     print(f"listening on: http://{settings.host}:{settings.port}")
     print(f"webhook base: {settings.base_url}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -35,7 +37,26 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(_psycopg(parsed), pool_pre_ping=True)
+    raise DatabaseError(f"DIALBRIDGE_DATABASE_URL must be a {SUPPORTED_URLS} URL, not {parsed.drivername}://…")
+
+
+SUPPORTED_URLS = "sqlite:///path or postgresql+psycopg://user:password@host:port/database"
+
+
+def _psycopg(url: URL) -> URL:
+    """The URL on psycopg 3, the one PostgreSQL driver the store is written and tested for (it runs SQL on the
+    driver's own connections); a bare postgresql:// would mean SQLAlchemy's default, psycopg2."""
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        raise DatabaseError(f"DIALBRIDGE_DATABASE_URL: use postgresql+psycopg://… (psycopg 3), not {url.drivername}")
+    if importlib.util.find_spec("psycopg") is None:
+        raise DatabaseError(
+            "a postgresql DIALBRIDGE_DATABASE_URL needs the psycopg driver: pip install 'dialbridge[postgresql]'"
+        )
+    return url
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -71,6 +92,29 @@ def writing(engine: Engine) -> Iterator[Connection]:
         connection.commit()
 
 
+MIGRATION_LOCK = 0x6469616C62726467  # any constant bigint: it names the lock every dialbridge process migrates under
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """The write transaction migrations run in, which one process at a time holds: the others wait, then find the
+    schema current. SQLite's write lock, taken at BEGIN IMMEDIATE, does that by itself. PostgreSQL's transactions
+    take no lock until they touch a row, and two processes would both see no alembic_version table and both create
+    it; a transaction-scoped advisory lock, released at commit, makes them take turns."""
+    with writing(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+        yield connection
+
+
+def shown(url: str | URL) -> str:
+    """The database URL as it may be printed or logged: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL at all: nothing in it can be told apart, so show none of it
+        return "(not a database URL)"
+
+
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -83,6 +127,4 @@ def migrate(engine: Engine) -> None:
     try:
         command.upgrade(alembic_config(engine), "head")
     except Exception as exc:
-        raise DatabaseError(
-            f"could not migrate the database at {engine.url.render_as_string(hide_password=True)}: {exc}"
-        ) from exc
+        raise DatabaseError(f"could not migrate the database at {shown(engine.url)}: {exc}") from exc

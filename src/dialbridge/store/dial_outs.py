@@ -90,6 +90,10 @@ class DialOutStore:
         columns = ["id", "room_id", "kind", "target", "state", "created_at"]
         try:
             with writing(self.engine) as conn:
+                # The room's row locked first: PostgreSQL's transactions do not see each other's uncommitted
+                # inserts, so two could each count four and insert a fifth and a sixth; the lock makes them take
+                # turns. (On SQLite the write lock is already held from BEGIN, and FOR UPDATE is not rendered.)
+                conn.execute(select(t.rooms.c.room_id).where(t.rooms.c.room_id == room_id).with_for_update())
                 conn.execute(
                     update(t.dial_outs)
                     .where(
@@ -99,7 +103,11 @@ class DialOutStore:
                     )
                     .values(state=FAILED, ended_at=now)
                 )
-                inserted = conn.execute(insert(t.dial_outs).from_select(columns, row)).rowcount
+                # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked, and psycopg forgets it
+                # once the cursor is closed (-1, which read as "placed" even when the limit refused the row).
+                inserted = conn.execute(
+                    insert(t.dial_outs).from_select(columns, row), execution_options={"preserve_rowcount": True}
+                ).rowcount
                 oldest = None
                 if inserted == 0:
                     oldest = conn.execute(

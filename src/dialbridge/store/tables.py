@@ -1,4 +1,10 @@
-"""The schema. Times are Unix seconds (float) so that window queries are plain comparisons on every database."""
+"""The schema. Times are Unix seconds (float) so that window queries are plain comparisons on every database.
+
+Widths are what the parsers accept, no less: SQLite ignores them, but PostgreSQL refuses a longer value (a 500).
+Webhook text (call ids, numbers, times) is up to `MAX_FIELD`; room ids up to 64 (`ROOM_ID`); PINs up to 20 digits
+(the longest `PIN_LENGTH`); a webhook token's record up to 124 (`MAX_JTI_LENGTH` and its prefix). The other columns
+hold values dialbridge makes itself, or the platform's ids.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from sqlalchemy import (
     func,
     text,
 )
+
+from dialbridge.conference.webhooks import MAX_FIELD
 
 metadata = MetaData(
     naming_convention={
@@ -41,11 +49,11 @@ Index("ix_rooms_pin_length", func.length(rooms.c.pin))
 calls = Table(
     "calls",
     metadata,
-    Column("uuid", String(64), primary_key=True),
-    Column("conversation_uuid", String(64), nullable=False, default=""),
+    Column("uuid", String(MAX_FIELD), primary_key=True),
+    Column("conversation_uuid", String(MAX_FIELD), nullable=False, default=""),
     Column("room_id", String(64), ForeignKey("rooms.room_id", ondelete="SET NULL"), nullable=True, index=True),
-    Column("caller", String(256), nullable=False, default=""),
-    Column("callee", String(256), nullable=False, default=""),
+    Column("caller", String(MAX_FIELD), nullable=False, default=""),
+    Column("callee", String(MAX_FIELD), nullable=False, default=""),
     Column("status", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
@@ -60,15 +68,15 @@ call_events = Table(
     "call_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("call_uuid", String(64), nullable=False, index=True),
+    Column("call_uuid", String(MAX_FIELD), nullable=False, index=True),
     Column("room_id", String(64), nullable=True),
     Column("status", String(32), nullable=False),
-    Column("conversation_uuid", String(64), nullable=False, default=""),
-    Column("caller", String(256), nullable=False, default=""),
-    Column("callee", String(256), nullable=False, default=""),
-    Column("timestamp", String(64), nullable=False, default=""),
-    Column("start_time", String(64), nullable=False, default=""),
-    Column("end_time", String(64), nullable=False, default=""),
+    Column("conversation_uuid", String(MAX_FIELD), nullable=False, default=""),
+    Column("caller", String(MAX_FIELD), nullable=False, default=""),
+    Column("callee", String(MAX_FIELD), nullable=False, default=""),
+    Column("timestamp", String(MAX_FIELD), nullable=False, default=""),
+    Column("start_time", String(MAX_FIELD), nullable=False, default=""),
+    Column("end_time", String(MAX_FIELD), nullable=False, default=""),
     Column("duration_s", Integer, nullable=True),
     Column("received_at", Float, nullable=False),
     Column("payload", Text, nullable=False),
@@ -79,8 +87,8 @@ pin_attempts = Table(
     "pin_attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("call_uuid", String(64), nullable=False),
-    Column("caller", String(256), nullable=False),
+    Column("call_uuid", String(MAX_FIELD), nullable=False),
+    Column("caller", String(MAX_FIELD), nullable=False),
     Column("at", Float, nullable=False),
     Column("outcome", String(16), nullable=False),
     # An empty entry (timeout, bare #) costs the call an attempt but is no guess against the caller's quota.
@@ -119,7 +127,7 @@ dial_outs = Table(
     Column("platform_call_id", String(128), nullable=True),
     Column("connection_id", String(128), nullable=True),
     Column("stream_id", String(128), nullable=True),
-    Column("call_uuid", String(64), nullable=True),
+    Column("call_uuid", String(MAX_FIELD), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
 )

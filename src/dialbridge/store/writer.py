@@ -69,6 +69,7 @@ class GroupCommitWriter:
         self._busy_since: float | None = None
         self._begin = begin
         self._connection: Any = None
+        self._snapshot_open = False  # a read snapshot (`read`) is open on the connection
         self._lock = threading.Lock()
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -102,8 +103,9 @@ class GroupCommitWriter:
         """
         with self._lock:
             connection = self._connected()
-            if not connection.in_transaction:
+            if not self._snapshot_open:
                 connection.execute("BEGIN")
+                self._snapshot_open = True
                 loop.call_soon(self._end_read)
             cursor = connection.cursor()
             try:
@@ -122,9 +124,12 @@ class GroupCommitWriter:
             self._end_snapshot()
 
     def _end_snapshot(self) -> None:
-        """End the read snapshot, if one is open (outside `_commit` a transaction here is only ever a read)."""
-        if self._connection is not None and self._connection.in_transaction:
-            self._connection.execute("COMMIT")
+        """End the read snapshot, if one is open. Kept as a flag of our own: asking the connection (sqlite3's
+        `in_transaction`) ties the writer to one driver, and psycopg has no such attribute."""
+        if self._snapshot_open:
+            self._snapshot_open = False
+            if self._connection is not None:
+                self._connection.execute("COMMIT")
 
     def write_now(self, work: Callable[[Run], T]) -> T:
         """Run `work` in a transaction of its own, now (after anything queued), and return its result."""
