@@ -6,25 +6,45 @@ import threading
 
 import pytest
 
-from dialbridge.conference.webhooks import MAX_FIELD
+from dialbridge.conference.webhooks import MAX_FIELD, CallEvent
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOutLimitReached, DialOutStore
 from dialbridge.store.store import Store
 from tests.conftest import on_both_databases
+from tests.helpers import run_async
 
 pytestmark = on_both_databases
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def dial_outs(db_url: str) -> DialOutStore:
+def store(db_url: str) -> Store:
     engine = create_db_engine(db_url)
     migrate(engine)
     rooms = Store(engine)
-    for room_id, pin in (("standup", "123456"), ("retro", "654321")):
-        rooms.claim_room(room_id, pin, NOW, NOW + 30)
-        rooms.complete_room(room_id, f"session-{room_id}")
-    return DialOutStore(engine)
+
+    async def make_rooms() -> None:
+        for room_id, pin in (("standup", "123456"), ("retro", "654321")):
+            await rooms.claim_room(room_id, pin, NOW, NOW + 30)
+            await rooms.complete_room(room_id, f"session-{room_id}")
+
+    run_async(make_rooms())
+    return rooms
+
+
+@pytest.fixture
+def dial_outs(store: Store) -> DialOutStore:
+    return DialOutStore(store.engine)
+
+
+def call_ended(store: Store, call_uuid: str, now: float, status: str = "completed") -> None:
+    """The call's final event, as the event webhook records it (which closes the dial-out the call was)."""
+    event = CallEvent.parse({"uuid": call_uuid, "status": status})
+
+    async def record() -> None:
+        await store.record_call_event(event, {"uuid": call_uuid, "status": status}, now)
+
+    run_async(record())
 
 
 def start_conference(store: DialOutStore, dial_out_id: str, room_id: str = "standup") -> None:
@@ -83,30 +103,38 @@ def test_a_late_answer_does_not_reopen_a_failed_dial_out(dial_outs: DialOutStore
     assert (found.state, found.connection_id) == ("failed", None)
 
 
-def test_the_phone_call_vonage_creates_is_linked_and_its_end_closes_the_dial_out(dial_outs: DialOutStore) -> None:
+def test_the_phone_call_vonage_creates_is_linked_and_its_end_closes_the_dial_out(
+    store: Store, dial_outs: DialOutStore
+) -> None:
     start_conference(dial_outs, "do_1")
     dial_outs.mark_live("do_1", platform_call_id="sip-1", connection_id="conn-1", stream_id="stream-1")
 
     assert dial_outs.mark_call("do_1", "CALL-UUID-1") is True
-    ended = dial_outs.end_by_call("CALL-UUID-1", NOW + 60)
+    call_ended(store, "CALL-UUID-1", NOW + 30, status="answered")  # not final: the dial-out stays open
+    assert dial_outs.open_conference("standup") is not None
+    call_ended(store, "CALL-UUID-1", NOW + 60)
 
+    ended = dial_outs.get("do_1")
     assert ended is not None
     assert (ended.id, ended.state, ended.call_uuid, ended.ended_at) == ("do_1", "ended", "CALL-UUID-1", NOW + 60)
     assert dial_outs.open_conference("standup") is None
 
 
-def test_a_call_uuid_as_long_as_the_webhooks_accept_is_linked(dial_outs: DialOutStore) -> None:
+def test_a_call_uuid_as_long_as_the_webhooks_accept_is_linked(store: Store, dial_outs: DialOutStore) -> None:
     start_conference(dial_outs, "do_1")
 
     assert dial_outs.mark_call("do_1", "u" * MAX_FIELD) is True
 
-    ended = dial_outs.end_by_call("u" * MAX_FIELD, NOW + 60)
-    assert ended is not None and ended.call_uuid == "u" * MAX_FIELD
+    call_ended(store, "u" * MAX_FIELD, NOW + 60)
+    ended = dial_outs.get("do_1")
+    assert ended is not None and (ended.state, ended.call_uuid) == ("ended", "u" * MAX_FIELD)
 
 
-def test_unknown_ids_link_nothing(dial_outs: DialOutStore) -> None:
+def test_unknown_ids_link_nothing_and_end_nothing(store: Store, dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
     assert dial_outs.mark_call("do_unknown", "CALL-UUID-1") is False
-    assert dial_outs.end_by_call("CALL-UUID-unknown", NOW) is None
+    call_ended(store, "CALL-UUID-unknown", NOW)
+    assert dial_outs.open_conference("standup") is not None
 
 
 def test_concurrent_dial_outs_never_exceed_the_rooms_limit(db_url: str, dial_outs: DialOutStore) -> None:

@@ -154,7 +154,7 @@ def test_a_creator_that_died_is_taken_over_after_its_lease(settings: Settings, c
     app = create_app(settings, clock=clock, platform=video)
     store = app.state.services.store
     # A previous process claimed the room and died before creating its session.
-    assert store.claim_room("orphan", "123456", clock(), clock() + LEASE_S)
+    assert run_async(store.claim_room("orphan", "123456", clock(), clock() + LEASE_S))
     clock.advance(LEASE_S + 1)
     with TestClient(app) as client:
         assert client.get("/room/orphan").status_code == 200
@@ -180,7 +180,7 @@ def test_a_room_another_server_is_still_creating_answers_503_with_retry_after(se
     app = create_app(settings, clock=clock, platform=video)
     store = app.state.services.store
     # Another server claimed the room and is still at it: its lease runs well past this request's patience.
-    assert store.claim_room("busy", "123456", clock(), clock() + 100 * LEASE_S)
+    assert run_async(store.claim_room("busy", "123456", clock(), clock() + 100 * LEASE_S))
     with TestClient(app) as client:
         for response in (client.get("/room/busy"), client.post("/api/rooms", json={"room_id": "busy"})):
             assert response.status_code == 503, response.text

@@ -98,3 +98,22 @@ def test_two_instances_share_rooms_pins_lockouts_and_the_replay_record(instances
     assert post(a, "/webhooks/events", event, token)[0] == 204
     status, refusal = post(b, "/webhooks/events", event, token)
     assert status == 401 and "replay" in refusal["error"]["message"]
+
+
+@on_both_databases
+def test_parallel_wrong_guesses_from_one_number_over_two_instances_stay_within_the_quota(
+    instances: tuple[Served, Served],
+) -> None:
+    """Each instance counts in its own process and transaction: only counting inside the write, under the
+    database's lock, keeps the two from each inviting the caller to try again on the same count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def wrong_guess(n: int) -> list[dict[str, Any]]:
+        status, ncco = post(instances[n % 2], "/webhooks/input", call(f"parallel-{n}", "447700900777", dtmf="000000"))
+        assert status == 200
+        return list(ncco)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(wrong_guess, range(30)))
+    asked_again = [ncco for ncco in answers if any(action["action"] == "input" for action in ncco)]
+    assert len(asked_again) <= CALLER_MAX_FAILURES - 1, f"{len(asked_again)} of 30 were asked again"

@@ -6,16 +6,18 @@ store and writes down what happened, so both backends (Vonage and the embedded e
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from dialbridge.conference.callflow import CallerQuota, CallFlow, PinOutcome
+from dialbridge.conference.callflow import CallerQuota, CallFlow, PinDecision, PinOutcome
 from dialbridge.conference.ncco import Ncco
+from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER, AnswerRequest, CallEvent, PinInput
 from dialbridge.store.dial_outs import DialOutStore
-from dialbridge.store.store import Store
+from dialbridge.store.store import PinRecord, Store
 
 LONGEST_PIN_TTL_S = 5.0
 
@@ -74,45 +76,48 @@ class CallDesk:
         ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
-            self._link_dial_out(request, bridge_room.room_id)
+            await self._link_dial_out(request, bridge_room.room_id)
         else:
             await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
         return ncco
 
     async def pin_entered(self, entry: PinInput) -> Ncco:
         now = self.clock()
-        since = now - self.quota.window_s
-        on_call, by_caller, room = self.store.pin_entry(entry.call.uuid, entry.call.caller, since, entry.digits)
-        guesses_left = self.quota.max_failures - by_caller
         guessed = bool(entry.digits)
-        decision = self._flow().pin_entered(
-            guessed=guessed, room=room, failures_on_call=on_call, caller_guesses_left=guesses_left
-        )
-        room_id = decision.room.room_id if decision.room else None
-        await self.store.record_pin_decision(
-            entry.call,
-            outcome=decision.outcome.value,
-            failed=decision.is_failure,
-            guessed=guessed,
-            now=now,
-            call_status=CALL_STATUS[decision.outcome],
-            room_id=room_id,
-        )
+        flow = self._flow()
+
+        def decide(on_call: int, by_caller: int, room: Room | None) -> tuple[PinDecision, PinRecord]:
+            decision = flow.pin_entered(
+                guessed=guessed,
+                room=room,
+                failures_on_call=on_call,
+                caller_guesses_left=self.quota.max_failures - by_caller,
+            )
+            record = PinRecord(
+                outcome=decision.outcome.value,
+                failed=decision.is_failure,
+                guessed=guessed,
+                call_status=CALL_STATUS[decision.outcome],
+                room_id=decision.room.room_id if decision.room else None,
+            )
+            return decision, record
+
+        since = now - self.quota.window_s
+        decision = await self.store.settle_pin_entry(entry.call, entry.digits, since, now, decide)
         return decision.ncco
 
     async def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
-        room_id = await self.store.record_call_event(event, payload, self.clock())
-        if event.is_final and self.dial_outs is not None:
-            # The room's phone bridge hung up (or never connected): the room may dial the conference again.
-            self.dial_outs.end_by_call(event.call.uuid, self.clock())
-        return room_id
+        # A final event also ends the dial-out the call was, in the same write (the room may dial again).
+        return await self.store.record_call_event(event, payload, self.clock())
 
-    def _link_dial_out(self, request: AnswerRequest, room_id: str) -> None:
+    async def _link_dial_out(self, request: AnswerRequest, room_id: str) -> None:
         """A call that a room's dial-out placed carries that dial-out's id; remember which call it became, but only
-        for a dial-out of the very room the call is bridged into (the header alone proves nothing)."""
+        for a dial-out of the very room the call is bridged into (the header alone proves nothing). DialOutStore's
+        transactions wait for the write lock: on a worker thread, not the event loop."""
         dial_out_id = request.sip_header(DIAL_OUT_HEADER)
         if self.dial_outs is None or not dial_out_id:
             return
-        dial_out = self.dial_outs.get(dial_out_id)
+        dial_outs = self.dial_outs
+        dial_out = await asyncio.to_thread(dial_outs.get, dial_out_id)
         if dial_out is not None and dial_out.room_id == room_id and dial_out.call_uuid is None:
-            self.dial_outs.mark_call(dial_out_id, request.call.uuid)
+            await asyncio.to_thread(dial_outs.mark_call, dial_out_id, request.call.uuid)

@@ -72,7 +72,7 @@ class RoomDirectory:
                 rooms = await asyncio.to_thread(self.store.room_count)
                 pin = self.pins.draw(self.pins.length_for(rooms), secrets.randbelow)
                 try:
-                    claimed = self.store.claim_room(room_id, pin, now, now + LEASE_S)
+                    claimed = await self.store.claim_room(room_id, pin, now, now + LEASE_S)
                 except PinTaken:
                     continue  # the PIN was drawn twice: draw again
                 if claimed:
@@ -82,7 +82,7 @@ class RoomDirectory:
                 if (
                     lease_until is not None
                     and lease_until < now
-                    and self.store.take_over_room(room_id, now, now + LEASE_S)
+                    and await self.store.take_over_room(room_id, now, now + LEASE_S)
                 ):
                     return RoomCreated(await self._create_session(room_id), created=True)
             if now > give_up_at:
@@ -95,9 +95,9 @@ class RoomDirectory:
         try:
             session_id = await self.platform.create_session()
         except BaseException:
-            self.store.abandon_room(room_id)
+            await self.store.abandon_room(room_id)
             raise
-        return self.store.complete_room(room_id, session_id)
+        return await self.store.complete_room(room_id, session_id)
 
 
 def random_room_id() -> str:

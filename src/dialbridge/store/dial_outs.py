@@ -152,16 +152,6 @@ class DialOutStore:
             ).rowcount
         return changed == 1
 
-    def end_by_call(self, call_uuid: str, now: float) -> DialOut | None:
-        """The linked phone call ended (event webhook): close the dial-out, so the room may dial again."""
-        with writing(self.engine) as conn:
-            dial_out_id = conn.execute(
-                select(t.dial_outs.c.id).where(t.dial_outs.c.call_uuid == call_uuid)
-            ).scalar_one_or_none()
-        if dial_out_id is None:
-            return None
-        return self.mark_ended(dial_out_id, now)
-
     def get(self, dial_out_id: str) -> DialOut | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.dial_outs).where(t.dial_outs.c.id == dial_out_id)).first()

@@ -6,8 +6,9 @@ thread, so the async web layer calls them inline. On the event loop they run on 
 snapshot per loop turn (`GroupCommitWriter.read` says why); elsewhere (threads, start-up) each is its own
 transaction on a connection of the calling thread. Writes go to
 the group-commit writer (writer.py): the call paths' writes are awaited and share one transaction per turn of
-the event loop; room creation, which must know the outcome before it goes on, writes at once. Write transactions
-are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front instead of failing half-way.
+the event loop, room creation's included. Only start-up writes at once (`write_now`, which may wait for the lock).
+Write transactions are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front instead of failing
+half-way. Decisions that must not race (a PIN entry against the caller's quota) read inside the write.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import CallEvent, CallParty
 from dialbridge.store import tables as t
+from dialbridge.store.dial_outs import ENDED
+from dialbridge.store.dial_outs import OPEN_STATES as OPEN_DIAL_OUT_STATES
 from dialbridge.store.prepared import Prepared
 from dialbridge.store.writer import GroupCommitWriter, Run
 
@@ -47,6 +50,18 @@ T = TypeVar("T")
 
 class PinTaken(Exception):
     """The PIN drawn for a new room is already some room's: draw another."""
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """What a PIN decision leaves in the store: a failed entry counts against the call and, if a guess, the
+    caller; the call takes `call_status` (and `room_id`, when it joins one)."""
+
+    outcome: str
+    failed: bool
+    guessed: bool
+    call_status: str
+    room_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,8 @@ class CallRecord:
     duration_s: int | None
     pin_failures: int
 
+
+PIN_DECISION_LOCK = 0x64627069_6E646563  # any constant bigint other than the migration lock's
 
 ROOM_COLUMNS = (t.rooms.c.room_id, t.rooms.c.session_id, t.rooms.c.pin)
 COMPLETE = t.rooms.c.session_id.is_not(None)
@@ -149,6 +166,16 @@ class _Statements:
         self.call_room = p(select(calls.room_id).where(calls.uuid == bindparam("uuid")))
         self.calls_by_status = p(select(calls.status, func.count()).group_by(calls.status))
         self.insert_event = p(_insert_all(t.call_events))
+        dial_outs = t.dial_outs.c
+        self.end_dial_outs_of_call = p(
+            update(t.dial_outs)
+            .where(
+                dial_outs.call_uuid == bindparam("call_uuid"),
+                # The states written into the SQL: prepared statements take no expanding IN parameter.
+                dial_outs.state.in_([literal_column(f"'{state}'") for state in OPEN_DIAL_OUT_STATES]),
+            )
+            .values(state=ENDED, ended_at=bindparam("now"))
+        )
         self.call_events = p(
             select(t.call_events).where(t.call_events.c.call_uuid == bindparam("uuid")).order_by(t.call_events.c.id)
         )
@@ -172,6 +199,13 @@ class _Statements:
         # What the input webhook needs, in one round trip: the two counts and the room the digits are the PIN of
         # (an outer join, so the PIN index is walked once for both of the room's columns).
         pin_room = select(rooms.room_id, rooms.session_id).where(rooms.pin == bindparam("pin"), COMPLETE).subquery()
+        # PostgreSQL: PIN decisions take turns (see settle_pin_entry); one lock for all, released at commit, so
+        # two batches can never each hold one caller's lock and wait for the other's.
+        self.lock_pin_decisions = (
+            p(select(func.pg_advisory_xact_lock(literal(PIN_DECISION_LOCK))))
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self.pin_entry = p(
             select(on_call, by_caller, pin_room.c.room_id, pin_room.c.session_id)
             .select_from(select(literal(1).label("one")).subquery())
@@ -424,10 +458,13 @@ class Store:
         row = self._first(self._sql.room_state, room_id=room_id)
         return (row[0], row[1]) if row else None
 
-    def claim_room(self, room_id: str, pin: str, now: float, lease_until: float) -> bool:
+    # Room creation writes through the group-commit writer like every request's writes: awaited, so a write lock
+    # held by another process is waited for without stopping the event loop (write_now slept on it, stalling
+    # every request in flight for as long as the other held it).
+    async def claim_room(self, room_id: str, pin: str, now: float, lease_until: float) -> bool:
         """Insert a room being created. False when the room id is taken; `PinTaken` when the PIN is."""
         try:
-            self._write_now(
+            await self._write(
                 lambda run: run(self._sql.claim_room, room_id=room_id, pin=pin, now=now, lease_until=lease_until)
             )
         except self._integrity_error:
@@ -436,23 +473,23 @@ class Store:
             raise PinTaken(pin) from None
         return True
 
-    def take_over_room(self, room_id: str, now: float, lease_until: float) -> bool:
+    async def take_over_room(self, room_id: str, now: float, lease_until: float) -> bool:
         """Take over the creation of a room whose creator let its lease run out (crashed, or hung)."""
-        changed = self._write_now(
+        changed = await self._write(
             lambda run: run(self._sql.take_over_room, room_id=room_id, now=now, lease_until=lease_until).rowcount
         )
         return bool(changed == 1)
 
-    def complete_room(self, room_id: str, session_id: str) -> Room:
+    async def complete_room(self, room_id: str, session_id: str) -> Room:
         def complete(run: Run) -> str:
             run(self._sql.complete_room, room_id=room_id, session_id=session_id)
             return str(run(self._sql.room_pin, room_id=room_id).fetchone()[0])
 
-        return Room(room_id, session_id, self._write_now(complete))
+        return Room(room_id, session_id, await self._write(complete))
 
-    def abandon_room(self, room_id: str) -> None:
+    async def abandon_room(self, room_id: str) -> None:
         """Remove a claimed room whose video session could not be created: nothing half-written stays."""
-        self._write_now(lambda run: run(self._sql.abandon_room, room_id=room_id))
+        await self._write(lambda run: run(self._sql.abandon_room, room_id=room_id))
 
     # ---- calls -------------------------------------------------------------------------------------------------
     def record_call(self, call: CallParty, status: str, now: float, room_id: str | None = None) -> Awaitable[None]:
@@ -508,6 +545,8 @@ class Store:
                 payload=serialized,
             )
             self._upsert_call(run, event.call, event.status, now, ended=event.is_final, duration_s=event.duration)
+            if event.is_final:  # a room's phone bridge hung up (or never connected): the room may dial it again
+                run(self._sql.end_dial_outs_of_call, call_uuid=event.call.uuid, now=now)
             return room_id
 
         return self._write(record)
@@ -524,41 +563,41 @@ class Store:
         return {str(status): int(count) for status, count in self._fetch(self._sql.calls_by_status)}
 
     # ---- PIN attempts ------------------------------------------------------------------------------------------
-    def record_pin_decision(
+    def settle_pin_entry(
         self,
         call: CallParty,
-        *,
-        outcome: str,
-        failed: bool,
-        guessed: bool,
+        pin: str,
+        since: float,
         now: float,
-        call_status: str,
-        room_id: str | None = None,
-    ) -> Awaitable[None]:
-        """Record a PIN decision — a failed one counts against the call and, if a guess, the caller — and the
-        call's resulting state, in one transaction."""
+        decide: Callable[[int, int, Room | None], tuple[T, PinRecord]],
+    ) -> Awaitable[T]:
+        """Decide a PIN entry and record the decision, in one write transaction: `decide` gets the call's failed
+        entries, the caller's wrong guesses since `since` and the room `pin` is the PIN of, and says what to record.
 
-        def record(run: Run) -> None:
-            if failed:
+        Counting in the write, not in a read before it, is what makes the caller quota hold: read first, parallel
+        calls from one number all saw the same count before any of them recorded its guess (40 parallel wrong
+        guesses over two instances: 13 were invited to try again, where the quota allows 9). In the write they
+        take turns — SQLite's write lock is held from BEGIN; on PostgreSQL an advisory lock does the same."""
+
+        def settle(run: Run) -> T:
+            if self._sql.lock_pin_decisions is not None:
+                run(self._sql.lock_pin_decisions)
+            row = run(self._sql.pin_entry, uuid=call.uuid, caller=call.caller, since=since, pin=pin).fetchone()
+            room = Room(row[2], row[3], pin) if row[2] is not None else None
+            result, record = decide(int(row[0] or 0), int(row[1] or 0), room)
+            if record.failed:
                 run(
                     self._sql.insert_attempt,
                     call_uuid=call.uuid,
                     caller=call.caller,
                     at=now,
-                    outcome=outcome,
-                    guessed=int(guessed),
+                    outcome=record.outcome,
+                    guessed=int(record.guessed),
                 )
-            self._upsert_call(run, call, call_status, now, room_id=room_id, failed=failed)
+            self._upsert_call(run, call, record.call_status, now, room_id=record.room_id, failed=record.failed)
+            return result
 
-        return self._write(record)
-
-    def pin_entry(self, call_uuid: str, caller: str, since: float, pin: str) -> tuple[int, int, Room | None]:
-        """(failed entries on this call, wrong guesses from this caller since `since`, the room `pin` is the PIN
-        of), in one statement."""
-        row = self._first(self._sql.pin_entry, uuid=call_uuid, caller=caller, since=since, pin=pin)
-        assert row is not None  # the outer join from one constant row yields exactly one row
-        room = Room(row[2], row[3], pin) if row[2] is not None else None
-        return int(row[0] or 0), int(row[1] or 0), room
+        return self._write(settle)
 
     def caller_failures(self, caller: str, since: float) -> int:
         """Wrong guesses from this caller number since `since` (what answering a call needs to know)."""

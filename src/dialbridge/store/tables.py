@@ -127,7 +127,8 @@ dial_outs = Table(
     Column("platform_call_id", String(128), nullable=True),
     Column("connection_id", String(128), nullable=True),
     Column("stream_id", String(128), nullable=True),
-    Column("call_uuid", String(MAX_FIELD), nullable=True),
+    # Indexed: every call's final event closes the dial-out it was, if any, looking it up by its call.
+    Column("call_uuid", String(MAX_FIELD), nullable=True, index=True),
     Column("created_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
 )

@@ -12,8 +12,8 @@ A write that fails (a constraint, say) is rolled back alone and reported to its 
 batch still commit. Writes seldom fail, so a batch first runs without savepoints (a SAVEPOINT and RELEASE per
 write were two of a webhook's five statements); only if one fails is the whole batch rolled back and run again
 with a SAVEPOINT around each write. A work item may therefore run twice: it must act only on the database, through
-`run`, so that its rolled-back first run leaves no trace. Code outside the event loop (start-up, room creation's
-synchronous steps, tests) writes at once with `write_now`, after anything already queued.
+`run`, so that its rolled-back first run leaves no trace. Code outside the event loop (start-up, tests) writes at
+once with `write_now`, after anything already queued; on the loop it would stop every request while it waited.
 
 Checkpoints (SQLite's copy of the write-ahead log back into the database file, with its fsyncs) are kept off the
 event loop: left to SQLite, the commit that crosses the WAL's size threshold does it, and that commit blocked the

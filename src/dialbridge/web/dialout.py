@@ -108,7 +108,7 @@ async def dial_out(
             {"Retry-After": str(exc.retry_after_s)},
         ) from exc
     except ConferenceDialOutOpen as exc:
-        open_call = svc.dial_outs.store.open_conference(room.room_id)
+        open_call = await svc.dial_outs.open_conference(room)
         which = f" (call {open_call.id}, {open_call.state})" if open_call else ""
         raise ApiError(
             409,

@@ -1,0 +1,161 @@
+"""Nothing a request does waits for the database on the event loop, and the caller quota holds under parallel calls.
+
+Every write goes through the group-commit writer (which never waits for a lock on the loop: a batch that finds the
+lock taken is retried later) or runs on a worker thread; a request that waited on the loop would stall every other
+request in flight for as long as another process held the write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, event
+
+from dialbridge.conference.webhooks import DIAL_OUT_HEADER
+from dialbridge.config import Settings
+from dialbridge.store.dial_outs import DialOutStore
+from dialbridge.web.app import create_app
+from tests.conftest import FakeClock, on_both_databases
+from tests.helpers import run_async
+
+CALLER = "447700900001"
+
+
+def clients(*apps: Any) -> list[httpx.AsyncClient]:
+    return [httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") for app in apps]
+
+
+def guess(client: httpx.AsyncClient, call: str, digits: str) -> Any:
+    body = {"dtmf": {"digits": digits, "timed_out": False}, "uuid": call, "from": CALLER, "to": "14155550100"}
+    return client.post("/webhooks/input", json=body)
+
+
+@on_both_databases
+def test_parallel_wrong_guesses_from_one_number_over_two_instances_stay_within_the_quota(
+    settings: Settings, clock: FakeClock
+) -> None:
+    apps = [create_app(settings, clock=clock), create_app(settings, clock=clock)]
+    quota = settings.caller_max_failures
+
+    async def forty_guesses() -> list[httpx.Response]:
+        pair = clients(*apps)
+        try:
+            return await asyncio.gather(*(guess(pair[n % 2], f"call-{n}", "000000") for n in range(40)))
+        finally:
+            for client in pair:
+                await client.aclose()
+
+    responses = run_async(forty_guesses())
+    assert {response.status_code for response in responses} == {200}
+    asked_again = [r for r in responses if any(action["action"] == "input" for action in r.json())]
+    # Each wrong guess counts; the one that uses up the quota is told goodbye: quota - 1 may be asked again.
+    assert len(asked_again) <= quota - 1, f"{len(asked_again)} callers were asked again"
+    assert apps[0].state.services.store.caller_failures(CALLER, 0) == quota
+
+
+@pytest.fixture
+def database_calls_on_the_loop(settings: Settings) -> Iterator[list[str]]:
+    """SQL run through SQLAlchemy (everything but the group-commit writer's own connection) from a thread that is
+    running an event loop: each is a request waiting on the database with every other request stalled."""
+    seen: list[str] = []
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if asyncio._get_running_loop() is not None:
+            seen.append(statement.split("\n", 1)[0])
+
+    event.listen(Engine, "before_cursor_execute", on_execute)  # on the class: every engine the app makes
+    yield seen
+    event.remove(Engine, "before_cursor_execute", on_execute)
+
+
+@on_both_databases
+def test_no_request_runs_sql_on_the_event_loop(
+    settings: Settings, clock: FakeClock, database_calls_on_the_loop: list[str]
+) -> None:
+    app = create_app(settings, clock=clock)
+    dial_outs: DialOutStore = app.state.services.dial_outs.store
+
+    async def a_call_through_a_room() -> None:
+        (client,) = clients(app)
+        try:
+            room = (await client.post("/api/rooms", json={"room_id": "standup"})).json()
+            await asyncio.to_thread(
+                dial_outs.start, dial_out_id="do_1", room_id="standup", kind="conference", target="+1", now=clock()
+            )
+            bridged = {"uuid": "bridge-1", "from": "1", "to": "2", f"SipHeader_{DIAL_OUT_HEADER}": "do_1"}
+            bridged["SipHeader_X-OpenTok-SessionId"] = room["session_id"]
+            assert (await client.get("/webhooks/answer", params=bridged)).status_code == 200
+            await client.get("/webhooks/answer", params={"uuid": "c1", "from": CALLER, "to": "2"})
+            assert (await guess(client, "c1", "000000")).status_code == 200
+            assert (await guess(client, "c1", room["pin"])).status_code == 200
+            for call in ("c1", "bridge-1"):
+                event_body = {"uuid": call, "status": "completed"}
+                assert (await client.post("/webhooks/events", json=event_body)).status_code == 204
+        finally:
+            await client.aclose()
+
+    run_async(a_call_through_a_room())
+    linked = dial_outs.get("do_1")
+    assert linked is not None and (linked.call_uuid, linked.state) == ("bridge-1", "ended")
+    assert database_calls_on_the_loop == []
+
+
+def test_another_process_holding_the_write_lock_does_not_stall_the_loop(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "shared.db"
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{path}")  # type: ignore[call-arg]
+    app = create_app(settings, clock=clock)
+    locked = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(0.6)
+        other.execute("COMMIT")
+        other.close()
+
+    async def requests_while_locked() -> tuple[float, list[int]]:
+        (client,) = clients(app)
+        await client.post("/api/rooms", json={"room_id": "existing"})
+        gaps: list[float] = []
+        done = False
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while not done:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(tick())
+        holder = threading.Thread(target=hold_the_write_lock)
+        holder.start()
+        await asyncio.to_thread(locked.wait)
+        try:
+            statuses = [
+                response.status_code
+                for response in await asyncio.gather(
+                    client.post("/api/rooms", json={"room_id": "fresh"}),  # room creation writes
+                    client.post("/webhooks/events", json={"uuid": "c9", "status": "completed"}),  # a final event
+                    client.get("/api/rooms/existing"),  # a read
+                )
+            ]
+        finally:
+            done = True
+            await ticking
+            await client.aclose()
+            await asyncio.to_thread(holder.join)
+        return max(gaps), statuses
+
+    longest_gap, statuses = run_async(requests_while_locked())
+    assert statuses == [201, 204, 200]
+    # The other connection held the lock for 0.6 s; waiting for it on the loop stalled it that long.
+    assert longest_gap < 0.3, f"the event loop stood still for {longest_gap:.2f} s"
