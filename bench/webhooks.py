@@ -1,12 +1,15 @@
-"""Benchmark: the answer and input webhooks, signature verification on, 1,000,000 rooms in SQLite.
+"""Benchmark: the answer, input and events webhooks, signature verification on, 1,000,000 rooms in SQLite.
 
     make bench                         # or: .venv/bin/python bench/webhooks.py --workers 2 --seconds 20
+    .venv/bin/python bench/webhooks.py --cold --workers 1 --kinds input    # what `make run` ships, from its start
 
 Seeds a fresh database with a million rooms (8-digit PINs, as the PIN policy gives at that size), starts
-`dialbridge serve` with a signature secret, signs a pool of Vonage-shaped webhook requests (half answer, half
-input; of the inputs half carry a real PIN), warms the server up until SQLite's write-ahead log has reached its
-working size (`warm_up` says why), replays them with wrk at 32 connections and prints requests/s and p50/p99
-latency. Runs inside a private network namespace when it can (only loopback traffic either way).
+`dialbridge serve` with a signature secret, signs a pool of Vonage-shaped webhook requests (by default answer,
+input and events in turn; of the inputs half carry a real PIN; the events alternate "answered" and "completed"
+for the calls before them; `--kinds` picks some), warms the server up (unless `--cold`) until SQLite's
+write-ahead log has reached its working size (`warm_up` says why), replays them with wrk at 32 connections and
+prints requests/s and p50/p99 latency. Runs inside a private network namespace when it can (only loopback
+traffic either way). `--backend embedded` starts what `make run` starts (the voice engine beside the web server).
 """
 
 from __future__ import annotations
@@ -86,21 +89,40 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def signed_requests(path: Path, pins: list[str], count: int, first: int, signer: FastSigner) -> None:
-    """`count` webhook requests, numbered from `first` (each its own call and caller), each signed afresh."""
+KINDS = ("answer", "input", "events")
+
+
+def signed_requests(
+    path: Path, pins: list[str], count: int, first: int, signer: FastSigner, kinds: tuple[str, ...] = KINDS
+) -> None:
+    """`count` webhook requests, numbered from `first` (each its own call and caller), each signed afresh; the
+    kinds in turn."""
     rng = random.Random(first)
     now = time.time()
     with path.open("w") as out:
         for n in range(first, first + count):
             caller = f"44770{n:07d}"
             uuid = f"bench-call-{n}"
-            if n % 2 == 0:
+            kind = kinds[n % len(kinds)]
+            if kind == "events":
+                status = "answered" if n % 2 else "completed"
+                body = json.dumps(
+                    {
+                        "uuid": f"bench-call-{n - 1}", "conversation_uuid": f"CON-bench-call-{n - 1}",
+                        "status": status, "direction": "inbound", "from": caller, "to": "14155550100",
+                        "timestamp": "2026-11-29T12:00:00.000Z",
+                        **({"duration": "42", "end_time": "2026-11-29T12:00:42.000Z"} if status == "completed" else {}),
+                    },
+                    separators=(",", ":"),
+                )  # fmt: skip
+                out.write(f"POST\t/webhooks/events\t{signer.sign(body.encode(), now)}\t{body}\n")
+            elif kind == "answer":
                 query = urlencode(
                     {"uuid": uuid, "conversation_uuid": "CON-" + uuid, "from": caller, "to": "14155550100"}
                 )
                 out.write(f"GET\t/webhooks/answer?{query}\t{signer.sign(query.encode(), now)}\t\n")
             else:
-                digits = rng.choice(pins) if n % 4 == 1 else f"{rng.randrange(10**8):08d}"
+                digits = rng.choice(pins) if rng.random() < 0.5 else f"{rng.randrange(10**8):08d}"
                 body = json.dumps(
                     {
                         "dtmf": {"digits": digits, "timed_out": False},
@@ -119,15 +141,15 @@ class RequestPools:
     """A fresh pool of signed requests for each wrk run, large enough that none is sent twice (a replay would be
     refused with 401, cheaper than the work being measured, and counted as an error)."""
 
-    def __init__(self, folder: Path, pins: list[str], per_second: int) -> None:
-        self.folder, self.pins, self.per_second = folder, pins, per_second
+    def __init__(self, folder: Path, pins: list[str], per_second: int, kinds: tuple[str, ...] = KINDS) -> None:
+        self.folder, self.pins, self.per_second, self.kinds = folder, pins, per_second, kinds
         self.signer = FastSigner(SECRET)
         self.made = 0
 
     def fresh(self, seconds: float) -> Path:
         path = self.folder / "requests.tsv"
         count = int(seconds * self.per_second)
-        signed_requests(path, self.pins, count, self.made, self.signer)
+        signed_requests(path, self.pins, count, self.made, self.signer, self.kinds)
         self.made += count
         return path
 
@@ -249,7 +271,8 @@ def run(args: argparse.Namespace) -> None:
     )
     env = {
         **os.environ,
-        "DIALBRIDGE_BACKEND": "vonage",
+        "DIALBRIDGE_BACKEND": args.backend,
+        "DIALBRIDGE_VOICE_DIR": str(work / "voice"),
         "DIALBRIDGE_VONAGE_APPLICATION_ID": "00000000-0000-4000-8000-000000000000",
         "DIALBRIDGE_VONAGE_PRIVATE_KEY": str(key),
         "DIALBRIDGE_VONAGE_SIP_USERNAME": "bench",
@@ -264,7 +287,7 @@ def run(args: argparse.Namespace) -> None:
         subject = "Node/Express baseline (in-memory map, no signature check, no database)"
     else:
         command_line = [str(Path(sys.executable).with_name("dialbridge")), "serve", "--workers", str(args.workers)]
-        subject = f"dialbridge backend=vonage workers={args.workers} signature=on db=sqlite"
+        subject = f"dialbridge backend={args.backend} workers={args.workers} signature=on db=sqlite"
     server = subprocess.Popen(
         command_line,
         env=env,
@@ -274,8 +297,12 @@ def run(args: argparse.Namespace) -> None:
     )
     try:
         wait_healthy(base)
-        pools = RequestPools(work, pins, args.max_rate)
-        warm_up(args, base, pools, None if args.baseline else Path(f"{db}-wal"))  # the baseline has no database
+        kinds = tuple(args.kinds.split(","))
+        if not set(kinds) <= set(KINDS):
+            raise SystemExit(f"--kinds takes some of {','.join(KINDS)}, not {args.kinds}")
+        pools = RequestPools(work, pins, args.max_rate, kinds)
+        if not args.cold:
+            warm_up(args, base, pools, None if args.baseline else Path(f"{db}-wal"))  # the baseline has no database
         command = wrk_command(args, base, pools.fresh(args.seconds), args.seconds)
         cpu_before = server_cpu_seconds(server.pid)
         result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -288,7 +315,9 @@ def run(args: argparse.Namespace) -> None:
     )
     seconds = int(figures["duration_us"]) / 1e6
     errors = sum(int(figures[k]) for k in ("errors_status", "errors_connect", "errors_timeout"))
-    print(f"{subject}; rooms={args.rooms:,} connections={args.connections} wrk_threads={args.threads}")
+    start = "cold (measured from the first request)" if args.cold else "warmed up"
+    print(f"{subject}; {start}; webhooks={args.kinds} rooms={args.rooms:,} connections={args.connections} "
+          f"wrk_threads={args.threads}")  # fmt: skip
     print(f"requests/s: {int(figures['requests']) / seconds:,.0f}  ({figures['requests']} in {seconds:.1f} s)")
     print(
         f"latency: p50 {int(figures['p50_us']) / 1000:.2f} ms  p90 {int(figures['p90_us']) / 1000:.2f} ms  "
@@ -318,6 +347,17 @@ def main() -> None:
     parser.add_argument(
         "--max-rate", type=int, default=40_000,
         help="requests a second the signed pools are sized for (each request is sent once; default 40,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=("vonage", "embedded"), default="vonage",
+        help="vonage (default: webhooks at scale) or embedded (make run's, with its voice engine)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="the webhooks to send, in turn (default answer,input,events)"
+    )
+    parser.add_argument(
+        "--cold", action="store_true",
+        help="no warm-up: measure from the server's first request, as a freshly started `make run` serves",
     )  # fmt: skip
     parser.add_argument(
         "--baseline", action="store_true", help="measure the Node/Express reference instead (npm installs express)"

@@ -31,5 +31,7 @@ app.post("/webhooks/input", (req, res) => {
     res.json([{ action: "talk", text: "That PIN was not recognised." }, ask]);
   }
 });
+// The tutorial logged each event and answered 200; here, as dialbridge answers, 204.
+app.post("/webhooks/events", (req, res) => res.status(204).end());
 app.get("/healthz", (req, res) => res.json({ status: "ok" }));
 app.listen(Number(port), "127.0.0.1");
