@@ -7,19 +7,18 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from dialbridge.config import Settings
 from dialbridge.server.http import DialbridgeHttpProtocol
 from dialbridge.web.app import create_app
 from dialbridge.web.webhooks import WebhookEndpoints
+from tests.direct_path import serving as served
 
 
 @pytest.fixture
@@ -40,22 +39,8 @@ def bounded_server(settings: Settings) -> Iterator[tuple[str, int]]:
 
 
 def serving(settings: Settings, **options: Any) -> Iterator[tuple[str, int]]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    app: Any = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", http=DialbridgeHttpProtocol, lifespan="off", **options)
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(instance.serve(sockets=[listener])), daemon=True)
-    thread.start()
-    for _ in range(200):
-        if instance.started:
-            break
-        thread.join(0.05)
-    yield "127.0.0.1", port
-    instance.should_exit = True
-    thread.join(10)
-    listener.close()
+    with served(create_app(settings), **options) as address:
+        yield address
 
 
 def exchange(address: tuple[str, int], request: bytes, expect_body: bool = True) -> tuple[bytes, bytes]:
