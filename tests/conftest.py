@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
+from tests.direct_path import BOTH_PATHS, webhook_client
 from tests.postgres import Cluster, PostgresUnavailable
 from tests.served import free_port
 
@@ -80,3 +82,12 @@ def settings(db_url: str) -> Settings:
 def client(settings: Settings, clock: FakeClock) -> Iterator[TestClient]:
     with TestClient(create_app(settings, clock=clock)) as test_client:
         yield test_client
+
+
+@pytest.fixture(params=BOTH_PATHS)
+def client_both_ways(
+    request: pytest.FixtureRequest, settings: Settings, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[httpx.Client]:
+    """`client`, once through ASGI and once over a socket on the direct path production takes for webhooks."""
+    with webhook_client(request.param, create_app(settings, clock=clock), monkeypatch) as both_ways:
+        yield both_ways

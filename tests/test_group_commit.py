@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +19,7 @@ from sqlalchemy import bindparam, insert, select
 from dialbridge.conference.webhooks import CallParty
 from dialbridge.store import store as store_module
 from dialbridge.store import tables as t
+from dialbridge.store import writer as writer_module
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.prepared import Prepared
 from dialbridge.store.store import Store, WebhookReplayed
@@ -34,6 +40,11 @@ def store(db_url: str) -> Iterator[Store]:
 def key_insert(store: Store) -> Prepared:
     statement = insert(t.server_keys).values(name=bindparam("name"), value=bindparam("value"), created_at=0.0)
     return Prepared(statement, store.engine.dialect)
+
+
+def key_write(statement: Prepared, name: str) -> Callable[[Run], Any]:
+    """A write of key `name` (value "v") through `statement` (key_insert's)."""
+    return lambda run: run(statement, name=name, value="v")
 
 
 def stored_keys(store: Store) -> dict[str, str]:
@@ -61,7 +72,7 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: St
 
 
 @on_both_databases
-def test_a_write_is_durable_before_its_caller_hears_of_it(store: Store, db_url: str) -> None:
+def test_a_write_is_visible_to_other_connections_before_its_caller_hears_of_it(store: Store, db_url: str) -> None:
     statement = key_insert(store)
     other = create_db_engine(db_url)  # another process's, say
 
@@ -214,3 +225,106 @@ def test_parallel_copies_of_one_token_write_once(store: Store) -> None:
     assert sorted(outcomes) == ["replayed"] * 19 + ["written"]
     record = store.call("c2")
     assert record is not None and record.status == f"status-{outcomes.index('written')}"
+
+
+# ---- another process holds SQLite's write lock -------------------------------------------------------------------
+
+
+def test_writes_wait_off_the_loop_while_another_process_holds_the_write_lock_then_all_commit(store: Store) -> None:
+    statement = key_insert(store)
+    store._write_now(lambda run: run(statement, name="before", value="v"))
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None, check_same_thread=False)
+    hold_s = 0.3
+
+    async def scenario() -> tuple[list[float], list[bool]]:
+        loop = asyncio.get_running_loop()
+        writes: list[asyncio.Future[Any]] = []
+        turns: list[float] = []  # when the loop got round to this coroutine again
+        other.execute("BEGIN IMMEDIATE")  # another process's write lock
+        locked_at = loop.time()
+        while loop.time() - locked_at < hold_s:  # writes keep arriving, over many loop turns
+            writes.append(asyncio.ensure_future(store._write(key_write(statement, f"k{len(writes)}"))))
+            turns.append(loop.time())
+            await asyncio.sleep(0.01)
+        done_while_locked = [write.done() for write in writes]
+        other.execute("COMMIT")
+        await asyncio.wait_for(asyncio.gather(*writes), timeout=5)
+        return turns, done_while_locked
+
+    turns, done_while_locked = run_async(scenario())
+    other.close()
+    assert not any(done_while_locked)  # none was acknowledged before it could commit
+    longest_wait = max(later - earlier for earlier, later in itertools.pairwise(turns))
+    assert longest_wait < 0.1, f"the event loop stood still for {longest_wait:.3f} s waiting for the lock"
+    assert stored_keys(store) == {"before": "v", **{f"k{n}": "v" for n in range(len(turns))}}
+
+
+def test_a_write_lock_held_past_the_busy_timeout_fails_the_waiting_writes_and_later_ones_commit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "BUSY_TIMEOUT_S", 0.2)
+    statement = key_insert(store)
+    store._write_now(lambda run: run(statement, name="before", value="v"))
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None, check_same_thread=False)
+
+    async def scenario() -> BaseException | None:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = asyncio.ensure_future(store._write(lambda run: run(statement, name="waiting", value="v")))
+            failure = await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), timeout=5)
+        finally:
+            other.execute("COMMIT")
+        await store._write(lambda run: run(statement, name="after", value="v"))
+        return failure[0]
+
+    failure = run_async(scenario())
+    other.close()
+    assert isinstance(failure, sqlite3.OperationalError) and "locked" in str(failure)
+    assert stored_keys(store) == {"before": "v", "after": "v"}
+
+
+# ---- durable: acknowledged writes survive the process ------------------------------------------------------------
+
+WRITE_THEN_WAIT = """
+import asyncio, sys
+from sqlalchemy import bindparam, insert
+from dialbridge.store import tables as t
+from dialbridge.store import writer as writer_module
+from dialbridge.store.database import create_db_engine
+from dialbridge.store.prepared import Prepared
+from dialbridge.store.store import Store
+
+store = Store(create_db_engine(sys.argv[1]))
+statement = Prepared(
+    insert(t.server_keys).values(name=bindparam("name"), value=bindparam("value"), created_at=0.0),
+    store.engine.dialect,
+)
+
+async def main() -> None:
+    await store._write(lambda run: run(statement, name="durable", value="acknowledged"))
+    print("acknowledged", flush=True)
+    await asyncio.sleep(60)  # killed here, its connection still open, nothing closed or flushed
+
+asyncio.run(main())
+"""
+
+
+@on_both_databases
+def test_a_write_acknowledged_to_its_caller_survives_the_process_being_killed(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    migrate(engine)
+    engine.dispose()  # nothing else has the database open while the writer's process dies
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITE_THEN_WAIT, db_url], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "acknowledged\n"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    reopened = create_db_engine(db_url)
+    with reopened.connect() as connection:
+        rows = {row.name: row.value for row in connection.execute(select(t.server_keys))}
+    reopened.dispose()
+    assert rows.get("durable") == "acknowledged"

@@ -7,19 +7,18 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from dialbridge.config import Settings
 from dialbridge.server.http import DialbridgeHttpProtocol
 from dialbridge.web.app import create_app
 from dialbridge.web.webhooks import WebhookEndpoints
+from tests.direct_path import serving as served
 
 
 @pytest.fixture
@@ -40,22 +39,8 @@ def bounded_server(settings: Settings) -> Iterator[tuple[str, int]]:
 
 
 def serving(settings: Settings, **options: Any) -> Iterator[tuple[str, int]]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    app: Any = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", http=DialbridgeHttpProtocol, lifespan="off", **options)
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(instance.serve(sockets=[listener])), daemon=True)
-    thread.start()
-    for _ in range(200):
-        if instance.started:
-            break
-        thread.join(0.05)
-    yield "127.0.0.1", port
-    instance.should_exit = True
-    thread.join(10)
-    listener.close()
+    with served(create_app(settings), **options) as address:
+        yield address
 
 
 def exchange(address: tuple[str, int], request: bytes, expect_body: bool = True) -> tuple[bytes, bytes]:
@@ -79,13 +64,62 @@ def exchange(address: tuple[str, int], request: bytes, expect_body: bool = True)
         return head, body
 
 
-def test_webhook_json_and_empty_responses_arrive_whole(server: tuple[str, int]) -> None:
+class SocketWrites:
+    """What the server handed its sockets, write by write (each a send() call, a TCP segment for a small one)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.fixture
+def socket_writes(monkeypatch: pytest.MonkeyPatch) -> list[SocketWrites]:
+    """Every connection's writes, beneath the protocol's joining of heads with bodies."""
+    connections: list[SocketWrites] = []
+    connection_made = DialbridgeHttpProtocol.connection_made
+
+    def recording(self: DialbridgeHttpProtocol, transport: asyncio.Transport) -> None:
+        connections.append(SocketWrites(transport))
+        connection_made(self, connections[-1])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DialbridgeHttpProtocol, "connection_made", recording)
+    return connections
+
+
+def test_webhook_json_and_empty_responses_arrive_whole(
+    server: tuple[str, int], socket_writes: list[SocketWrites]
+) -> None:
     head, body = exchange(server, b"GET /webhooks/answer?uuid=c1&from=1 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body.startswith(b'[{"action":"talk"')
     event = b'{"uuid": "c1", "status": "ringing"}'
     request = b"POST /webhooks/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
     head, body = exchange(server, request + b"Content-Length: %d\r\n\r\n" % len(event) + event)
     assert head.startswith(b"HTTP/1.1 204") and body == b""
+    assert [len(connection.writes) for connection in socket_writes] == [1, 1]
+
+
+def test_responses_through_uvicorn_leave_head_and_body_in_one_write(
+    asgi_paths: list[str], server: tuple[str, int], socket_writes: list[SocketWrites]
+) -> None:
+    """uvicorn writes a head, then a body: the protocol joins them. A page, an error, and a webhook request
+    the direct path leaves to uvicorn (a percent-encoded path) each leave in one write."""
+    for request in (
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /api/no-such-thing HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /webhooks/%61nswer?uuid=c3&from=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+    ):
+        head, body = exchange(server, request)
+        assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 404")) and body
+        written = socket_writes[-1].writes
+        assert written == [head + b"\r\n\r\n" + body], f"{request!r} left in {len(written)} writes"
+    assert asgi_paths == ["/healthz", "/api/no-such-thing", "/webhooks/answer"]
 
 
 def test_head_requests_and_100_continue_do_not_hang(server: tuple[str, int]) -> None:
@@ -102,9 +136,14 @@ def test_head_requests_and_100_continue_do_not_hang(server: tuple[str, int]) -> 
         assert conn.recv(1024).startswith(b"HTTP/1.1 204")
 
 
-def test_a_large_page_streams_whole(server: tuple[str, int]) -> None:
+def test_a_large_page_streams_complete_its_head_first(
+    server: tuple[str, int], socket_writes: list[SocketWrites]
+) -> None:
     head, body = exchange(server, b"GET /static/ot-embedded.js HTTP/1.1\r\nHost: t\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"initSession" in body and len(body) > 10_000
+    # The file's first chunk is read in a thread, after the loop turn that holds the head: the head goes alone.
+    assert socket_writes[0].writes[0] == head + b"\r\n\r\n"
+    assert b"".join(socket_writes[0].writes) == head + b"\r\n\r\n" + body
 
 
 @pytest.fixture

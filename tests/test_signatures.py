@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from dialbridge.config import Settings
 from dialbridge.web.app import create_app
 from dialbridge.web.signatures import SignatureError, WebhookSignatures
 from tests.conftest import FakeClock, on_both_databases
+from tests.direct_path import BOTH_PATHS, webhook_client
 from tests.helpers import make_room
 from tests.served import DIALBRIDGE, free_port, serving, vonage_environment
 
@@ -29,11 +31,14 @@ SECRET = "account-signature-secret-0123456789"
 NOW = FakeClock().now  # the app's clock in these tests: tokens are issued by it, not by time.time()
 
 
-@pytest.fixture
-def signed_client(settings: Settings, clock: FakeClock) -> Iterator[TestClient]:
+@pytest.fixture(params=BOTH_PATHS)
+def signed_client(
+    request: pytest.FixtureRequest, settings: Settings, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[httpx.Client]:
+    """Each test runs through ASGI and over a socket on the direct path production takes."""
     signed = settings.model_copy(update={"signature_secret": SecretStr(SECRET)})
-    with TestClient(create_app(signed, clock=clock)) as client:
-        yield client
+    with webhook_client(request.param, create_app(signed, clock=clock), monkeypatch) as both_ways:
+        yield both_ways
 
 
 def vonage_token(payload: bytes, secret: str = SECRET, **overrides: object) -> str:

@@ -123,7 +123,8 @@ def test_room_page_loads_vonage_sdk_with_application_id_session_and_client_token
     assert claims["application_id"] == APPLICATION_ID
     assert claims["session_id"] == config["sessionId"]
     assert claims["role"] == "publisher"
-    assert json.loads(claims["connection_data"])["room"] == "standup"
+    participant_cid = jwt.decode(config["participantToken"], options={"verify_signature": False})["cid"]
+    assert json.loads(claims["connection_data"]) == {"room": "standup", "participant": participant_cid}
     assert config["participantToken"] != config["token"]
 
 
@@ -432,6 +433,8 @@ def test_legacy_api_key_creates_sessions_dials_and_hangs_up_through_opentok(
     page_token = jwt.decode(config["token"], LEGACY_API_SECRET, algorithms=["HS256"])
     assert page_token["session_id"] == config["sessionId"]
     assert page_token["role"] == "publisher"
+    participant_cid = jwt.decode(config["participantToken"], options={"verify_signature": False})["cid"]
+    assert json.loads(page_token["connection_data"]) == {"room": "standup", "participant": participant_cid}
 
     placed = legacy.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
 

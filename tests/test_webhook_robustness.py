@@ -6,7 +6,15 @@ import json
 import random
 from typing import Any
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def client(client_both_ways: httpx.Client) -> httpx.Client:
+    return client_both_ways
+
 
 FIELDS = ["uuid", "conversation_uuid", "from", "to", "dtmf", "status", "duration", "timestamp", "SipHeader_X-a"]
 

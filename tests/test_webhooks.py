@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,6 +16,11 @@ from dialbridge.web.webhooks import query_fields
 from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import actions, answer, conversation_name, enter, make_room
 from tests.test_callflow import VONAGE_MODELS
+
+
+@pytest.fixture
+def client(client_both_ways: httpx.Client) -> httpx.Client:
+    return client_both_ways
 
 
 def test_answer_asks_for_the_pin_with_input_posting_to_the_public_url(client: TestClient) -> None:

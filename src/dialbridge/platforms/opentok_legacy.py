@@ -5,28 +5,38 @@ The opentok client builds fresh headers for every request (plain `requests.post`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from opentok import Client, MediaModes, Roles
 from opentok.exceptions import ForceDisconnectError
 
 from dialbridge.platforms.base import ConnectionGone, PlatformError, SipCall, SipDial
-from dialbridge.platforms.vonage import (
+from dialbridge.platforms.vonage_shared import (
     HTTP_TIMEOUT_S,
     SIP_DIAL,
+    ParticipantId,
     VonageVideoBase,
     call_vonage,
     token_expiry,
 )
 
 
+@dataclass(frozen=True, slots=True)
+class LegacyOpenTokAccount:
+    """What the legacy adapter is built from: a TokBox API key + secret, its REST URL, and the browser's SDK."""
+
+    api_key: str
+    api_secret: str
+    api_url: str
+    browser_sdk_url: str
+    token_ttl_s: int
+
+
 class LegacyOpenTokVideo(VonageVideoBase):
-    def __init__(self, *, api_key: str, api_secret: str, api_url: str, browser_sdk_url: str, token_ttl_s: int) -> None:
-        self.api_key = api_key
-        self.browser_api_key = api_key
-        self.browser_sdk_url = browser_sdk_url
-        self.token_ttl_s = token_ttl_s
-        self._client = Client(api_key, api_secret, api_url=api_url, timeout=HTTP_TIMEOUT_S)
+    def __init__(self, account: LegacyOpenTokAccount, participant_id: ParticipantId) -> None:
+        super().__init__(account.api_key, account, participant_id)
+        self._client = Client(account.api_key, account.api_secret, api_url=account.api_url, timeout=HTTP_TIMEOUT_S)
 
     async def create_session(self) -> str:
         def create() -> str:

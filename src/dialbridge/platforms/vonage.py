@@ -8,13 +8,10 @@ gets its own clients, with a separate one for session creation.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import threading
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 from vonage import Auth, HttpClientOptions, Vonage
 from vonage_http_client.errors import NotFoundError
@@ -28,46 +25,27 @@ from vonage_video.models import (
     TokenRole,
 )
 
-from dialbridge.config import Settings
-from dialbridge.platforms.base import (
-    BrowserConfig,
-    ConnectionGone,
-    PlatformError,
-    SipCall,
-    SipDial,
-    VideoPlatform,
+from dialbridge.platforms.base import ConnectionGone, PlatformError, SipCall, SipDial
+from dialbridge.platforms.vonage_shared import (
+    HTTP_TIMEOUT_S,
+    SIP_DIAL,
+    ParticipantId,
+    VonageVideoBase,
+    call_vonage,
+    token_expiry,
 )
-from dialbridge.tokens import participant_id
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-HTTP_TIMEOUT_S = 15
-# Vonage checks a client token against its own clock, and both SDKs refuse expiries past 30 days.
-MAX_TOKEN_TTL_S = 30 * 24 * 3600 - 60
 
 
-async def call_vonage(what: str, operation: Callable[[], T]) -> T:
-    """Run one blocking SDK call in a worker thread; any failure becomes a `PlatformError` naming `what`."""
-    try:
-        return await asyncio.to_thread(operation)
-    except Exception as exc:
-        log.warning("%s failed", what, exc_info=True)
-        raise PlatformError(what, failure_detail(exc)) from exc
+@dataclass(frozen=True, slots=True)
+class VonageApplication:
+    """What the `vonage` SDK adapter is built from: a Vonage application, its hosts, and the browser's SDK."""
 
-
-def failure_detail(exc: Exception) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first_line}"[:300]
-
-
-def token_expiry(ttl_s: int) -> int:
-    return int(time.time()) + min(ttl_s, MAX_TOKEN_TTL_S)
-
-
-def participant_connection_data(room_id: str, participant_token: str) -> str:
-    """What the other participants see as this connection's data: the room and dialbridge's participant id."""
-    return json.dumps({"room": room_id, "participant": participant_id(participant_token)}, separators=(",", ":"))
+    application_id: str
+    private_key_pem: str
+    api_host: str
+    video_host: str
+    browser_sdk_url: str
+    token_ttl_s: int
 
 
 class _ClientsPerThread:
@@ -82,55 +60,16 @@ class _ClientsPerThread:
         return clients[purpose]
 
 
-SIP_DIAL = "placing the SIP call at Vonage"
-
-
-class VonageVideoBase:
-    """What both Vonage SDK adapters share: the browser's arguments and the token a SIP call joins with."""
-
-    name = "vonage"
-    supports_sip = True
-    browser_api_key: str  # what OT.initSession takes: the application id, or the legacy API key
-    browser_sdk_url: str
-    token_ttl_s: int
-
-    def client_token(self, session_id: str, connection_data: str) -> str:
-        raise NotImplementedError
-
-    def browser_config(self, *, session_id: str, room_id: str, participant_token: str, now: float) -> BrowserConfig:
-        return BrowserConfig(
-            sdk_url=self.browser_sdk_url,
-            api_key=self.browser_api_key,
-            session_id=session_id,
-            token=self.client_token(session_id, participant_connection_data(room_id, participant_token)),
-        )
-
-    def sip_token(self, session_id: str, dial: SipDial) -> str:
-        try:
-            return self.client_token(session_id, dial.token_data)
-        except Exception as exc:
-            raise PlatformError(SIP_DIAL, failure_detail(exc)) from exc
-
-
 class VonageVideo(VonageVideoBase):
-    def __init__(
-        self,
-        *,
-        application_id: str,
-        private_key_pem: str,
-        api_host: str,
-        video_host: str,
-        browser_sdk_url: str,
-        token_ttl_s: int,
-    ) -> None:
-        self.application_id = application_id
-        self.browser_api_key = application_id
-        self.browser_sdk_url = browser_sdk_url
-        self.token_ttl_s = token_ttl_s
+    def __init__(self, application: VonageApplication, participant_id: ParticipantId) -> None:
+        super().__init__(application.application_id, application, participant_id)
 
         def make() -> Vonage:
-            options = HttpClientOptions(api_host=api_host, video_host=video_host, timeout=HTTP_TIMEOUT_S)
-            return Vonage(Auth(application_id=application_id, private_key=private_key_pem), options)
+            options = HttpClientOptions(
+                api_host=application.api_host, video_host=application.video_host, timeout=HTTP_TIMEOUT_S
+            )
+            auth = Auth(application_id=application.application_id, private_key=application.private_key_pem)
+            return Vonage(auth, options)
 
         self._clients = _ClientsPerThread(make)
         self._token_client = make()  # tokens are signed locally: no HTTP, no shared header state
@@ -175,33 +114,3 @@ class VonageVideo(VonageVideoBase):
             if isinstance(exc.__cause__, NotFoundError):
                 raise ConnectionGone(what, exc.detail) from exc.__cause__
             raise
-
-
-def make_vonage_platform(settings: Settings) -> VideoPlatform:
-    """The new SDK when an application id is configured, else the tutorial's legacy API key + secret."""
-    if settings.vonage_application_id is not None:
-        pem = settings.private_key_pem()
-        if pem is None:
-            raise ValueError("DIALBRIDGE_VONAGE_PRIVATE_KEY is not set (see `dialbridge doctor`)")
-        return VonageVideo(
-            application_id=settings.vonage_application_id,
-            private_key_pem=pem,
-            api_host=settings.vonage_api_host,
-            video_host=settings.vonage_video_host,
-            browser_sdk_url=settings.vonage_browser_sdk_url,
-            token_ttl_s=settings.token_ttl_s,
-        )
-    if settings.vonage_api_key is not None and settings.vonage_api_secret is not None:
-        from dialbridge.platforms.opentok_legacy import LegacyOpenTokVideo
-
-        return LegacyOpenTokVideo(
-            api_key=settings.vonage_api_key,
-            api_secret=settings.vonage_api_secret.get_secret_value(),
-            api_url=f"https://{settings.vonage_opentok_host}",
-            browser_sdk_url=settings.vonage_browser_sdk_url,
-            token_ttl_s=settings.token_ttl_s,
-        )
-    raise ValueError(
-        "the vonage backend needs DIALBRIDGE_VONAGE_APPLICATION_ID + DIALBRIDGE_VONAGE_PRIVATE_KEY, or "
-        "DIALBRIDGE_VONAGE_API_KEY + DIALBRIDGE_VONAGE_API_SECRET (see `dialbridge doctor`)"
-    )

@@ -16,10 +16,13 @@ from dialbridge.tokens import TokenError
 from dialbridge.web.responses import JsonResponse
 
 log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal error; the server log has the details"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """A refusal with its status, code and message: raised by the routes and by the webhook layer alike."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -27,8 +30,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The one shape every error leaves in, from FastAPI's handlers and the webhook layer's own rendering."""
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JsonResponse:
+    return JsonResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -102,4 +110,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
         # Starlette re-raises after this response is sent, so the server logs the traceback once.
-        return error_response(500, "internal_error", "internal error; the server log has the details")
+        return error_response(500, "internal_error", INTERNAL_ERROR)

@@ -22,7 +22,7 @@ from dialbridge.rooms import RoomDirectory
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
-from dialbridge.tokens import ParticipantTokens, new_secret
+from dialbridge.tokens import ParticipantTokens, new_secret, participant_id
 from dialbridge.web.metrics import Metrics
 from dialbridge.web.signatures import WebhookSignatures
 
@@ -93,10 +93,43 @@ def build_services(
 
 def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
     if settings.backend is Backend.VONAGE:
-        from dialbridge.platforms.vonage import make_vonage_platform
-
         return make_vonage_platform(settings)
     return EmbeddedVideo(hub)
+
+
+def make_vonage_platform(settings: Settings) -> VideoPlatform:
+    """The new SDK when an application id is configured, else the tutorial's legacy API key + secret. (The SDKs
+    are imported only here: the embedded backend never loads them.)"""
+    if settings.vonage_application_id is not None:
+        pem = settings.private_key_pem()
+        if pem is None:
+            raise ValueError("DIALBRIDGE_VONAGE_PRIVATE_KEY is not set (see `dialbridge doctor`)")
+        from dialbridge.platforms.vonage import VonageApplication, VonageVideo
+
+        application = VonageApplication(
+            application_id=settings.vonage_application_id,
+            private_key_pem=pem,
+            api_host=settings.vonage_api_host,
+            video_host=settings.vonage_video_host,
+            browser_sdk_url=settings.vonage_browser_sdk_url,
+            token_ttl_s=settings.token_ttl_s,
+        )
+        return VonageVideo(application, participant_id)
+    if settings.vonage_api_key is not None and settings.vonage_api_secret is not None:
+        from dialbridge.platforms.opentok_legacy import LegacyOpenTokAccount, LegacyOpenTokVideo
+
+        account = LegacyOpenTokAccount(
+            api_key=settings.vonage_api_key,
+            api_secret=settings.vonage_api_secret.get_secret_value(),
+            api_url=f"https://{settings.vonage_opentok_host}",
+            browser_sdk_url=settings.vonage_browser_sdk_url,
+            token_ttl_s=settings.token_ttl_s,
+        )
+        return LegacyOpenTokVideo(account, participant_id)
+    raise ValueError(
+        "the vonage backend needs DIALBRIDGE_VONAGE_APPLICATION_ID + DIALBRIDGE_VONAGE_PRIVATE_KEY, or "
+        "DIALBRIDGE_VONAGE_API_KEY + DIALBRIDGE_VONAGE_API_SECRET (see `dialbridge doctor`)"
+    )
 
 
 async def services(request: Request) -> Services:

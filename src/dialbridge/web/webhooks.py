@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
-from dialbridge.web.errors import not_json
+from dialbridge.web.errors import INTERNAL_ERROR, ApiError, error_body, not_json
 from dialbridge.web.metrics import CLIENT_CLOSED, timed
 from dialbridge.web.services import Services
 from dialbridge.web.signatures import SignatureError
@@ -34,24 +34,17 @@ MAX_BODY = 64 * 1024
 JSON_TYPE = (b"content-type", b"application/json")
 
 
-class WebhookRefused(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
-
-
 class ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
 
-def _replayed() -> WebhookRefused:
+def _replayed() -> ApiError:
     message = "webhook signature rejected: this signed request was accepted before (a replay)"
-    return WebhookRefused(401, "invalid_signature", message, {"www-authenticate": "Bearer"})
+    return ApiError(401, "invalid_signature", message, {"www-authenticate": "Bearer"})
 
 
-def too_large() -> WebhookRefused:
-    return WebhookRefused(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
+def too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
 
 
 async def _answer(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
@@ -121,7 +114,7 @@ class WebhookEndpoints:
             except ClientGone:
                 self.services.metrics.count_request(webhook.template, method, CLIENT_CLOSED)
                 return  # nobody to answer (uvicorn sends nothing for a request whose client has disconnected)
-            except WebhookRefused as refusal:
+            except ApiError as refusal:
                 answer = self.refused(webhook, method, refusal)
             else:
                 answer = await self.answer(webhook, method, payload, header(scope["headers"], b"authorization"))
@@ -133,14 +126,14 @@ class WebhookEndpoints:
         if method not in webhook.methods:
             allowed = ", ".join(sorted(webhook.methods))
             return self.refused(
-                webhook, method, WebhookRefused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
+                webhook, method, ApiError(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
             )
         if content_length is not None and content_length.isdigit() and int(content_length) > MAX_BODY:
             return self.refused(webhook, method, too_large())
         return None
 
-    def refused(self, webhook: Webhook, method: str, refusal: WebhookRefused) -> WebhookAnswer:
-        body = {"error": {"code": refusal.code, "message": refusal.message}}
+    def refused(self, webhook: Webhook, method: str, refusal: ApiError) -> WebhookAnswer:
+        body = error_body(refusal.code, refusal.message)
         return self._answered(webhook, method, refusal.status, body, refusal.headers)
 
     async def answer(self, webhook: Webhook, method: str, payload: bytes, authorization: str | None) -> WebhookAnswer:
@@ -153,16 +146,15 @@ class WebhookEndpoints:
             else:  # handled once: its write records the token, or refuses a replay without writing anything
                 async with once:
                     status, body = await webhook.handle(self.services, fields)
-        except WebhookRefused as refusal:
+        except ApiError as refusal:
             return self.refused(webhook, method, refusal)
         except WebhookReplayed:
             return self.refused(webhook, method, _replayed())
         except PayloadError as exc:
-            return self._answered(webhook, method, 422, {"error": {"code": "invalid_payload", "message": str(exc)}})
+            return self._answered(webhook, method, 422, error_body("invalid_payload", str(exc)))
         except Exception:
             log.exception("webhook %s failed", webhook.name)
-            message = "internal error; the server log has the details"
-            return self._answered(webhook, method, 500, {"error": {"code": "internal_error", "message": message}})
+            return self._answered(webhook, method, 500, error_body("internal_error", INTERNAL_ERROR))
         self.services.metrics.observe_webhook(webhook.name, timed() - started)
         return self._answered(webhook, method, status, body)
 
@@ -191,7 +183,7 @@ class WebhookEndpoints:
             try:
                 verified = signatures.verify(authorization, payload, now)
             except SignatureError as exc:
-                raise WebhookRefused(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
+                raise ApiError(401, "invalid_signature", str(exc), {"www-authenticate": "Bearer"}) from None
             token = self.services.store.webhook_token(verified.token_id, verified.good_until, now)
         if method == "GET":
             return query_fields(payload), token
@@ -200,9 +192,9 @@ class WebhookEndpoints:
         try:
             fields = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise WebhookRefused(400, "invalid_json", not_json("the webhook body", exc.msg, exc.pos)) from None
+            raise ApiError(400, "invalid_json", not_json("the webhook body", exc.msg, exc.pos)) from None
         if not isinstance(fields, dict):
-            raise WebhookRefused(422, "invalid_payload", "the webhook body must be a JSON object")
+            raise ApiError(422, "invalid_payload", "the webhook body must be a JSON object")
         return fields, token
 
 
