@@ -63,6 +63,7 @@ _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 SWEEP_EVERY_S = 1.0
+LINGER_S = 2.0  # how long a refused connection is read (and discarded) so that the client sees the refusal
 
 
 class _JoiningTransport:
@@ -245,15 +246,20 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
 
     def write_response(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, keep_alive: bool) -> None:
         """Write a whole response in one piece; without keep-alive, close the connection after it."""
+        self.joining.write_whole(self.response_bytes(status, headers, content, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+
+    def response_bytes(
+        self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, keep_alive: bool
+    ) -> bytes:
         head = [STATUS_LINE[status], self.default_head()]
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         if not keep_alive:
             head.append(b"connection: close\r\n")
         head += [b"\r\n", content]
-        self.joining.write_whole(b"".join(head))
-        if not keep_alive:
-            self.transport.close()
+        return b"".join(head)
 
     # The connection's life
 
@@ -291,7 +297,7 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
         """The client has finished sending. A request that arrived whole is still answered (then the connection
         closes); asyncio's default, closing at once, would drop the answer."""
         cycle = self.pipeline[0][0] if self.pipeline else self.cycle
-        if self.in_request or cycle is None or cycle.response_complete:
+        if self.refused or self.in_request or cycle is None or cycle.response_complete:
             return None
         cycle.keep_alive = False
         return True
@@ -325,8 +331,21 @@ class DialbridgeHttpProtocol(HttpToolsProtocol):
             answering.message_event.set()
         if answering is None or (not answering.response_started and not self.pipeline and not self.in_head):
             refusal = error_response(status, code, message)
-            self.write_response(status, refusal.raw_headers, bytes(refusal.body), keep_alive=False)
-        self.transport.close()
+            self.joining.write_whole(self.response_bytes(status, refusal.raw_headers, bytes(refusal.body), False))
+            self.close_after_reading()
+        else:
+            self.transport.close()
+
+    def close_after_reading(self) -> None:
+        """Close once the client has read the refusal: a socket closed with the client's bytes still unread
+        sends a reset, and the reset makes the client's kernel drop the refusal it had received (seen: a client
+        still sending an oversized header got no 431 at all). So: no more writes (FIN after the refusal), what
+        arrives is discarded, and the connection closes at the client's end-of-file or after `LINGER_S`."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     # Bytes in
 
