@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
-from dialbridge.web.webhooks import query_fields
+from dialbridge.web.webhooks import WEBHOOKS, query_fields
 from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import actions, answer, conversation_name, enter, make_room
 from tests.test_callflow import VONAGE_MODELS
@@ -236,3 +236,10 @@ def test_answer_queries_are_read_exactly_as_parse_qsl_reads_them() -> None:
         "region_url": "https://api-eu-1.vonage.com",
         "from": "2",
     }
+
+
+def test_the_openapi_document_lists_every_webhook_path_with_its_methods(client: httpx.Client) -> None:
+    paths = client.get("/api/openapi.json").json()["paths"]
+    for path, webhook in WEBHOOKS.items():
+        assert sorted(paths.get(path, {})) == sorted(method.lower() for method in webhook.methods), path
+    assert "/api/rooms" in paths  # FastAPI's own routes are still there

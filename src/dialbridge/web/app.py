@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -23,7 +24,7 @@ from dialbridge.web.errors import install_error_handlers
 from dialbridge.web.metrics import RequestMetricsMiddleware
 from dialbridge.web.responses import JsonResponse
 from dialbridge.web.services import Services, build_services
-from dialbridge.web.webhooks import WebhookEndpoints
+from dialbridge.web.webhooks import WEBHOOKS, WebhookEndpoints
 
 log = logging.getLogger("dialbridge")
 STATIC = Path(__file__).with_name("static")
@@ -76,7 +77,37 @@ def create_app(
     app.include_router(voice.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
+    _document_webhooks(app)
     return DialbridgeApp(app, services)
+
+
+def _document_webhooks(app: FastAPI) -> None:
+    """The webhooks in the OpenAPI document, from the one table that routes them (`WEBHOOKS`): FastAPI never
+    sees a webhook request (the webhook layer and the HTTP protocol's direct path answer first), so the paths
+    are added to its schema rather than declared a second time as routes."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            for path, webhook in WEBHOOKS.items():
+                alias = path != webhook.template
+                schema["paths"][path] = {
+                    method.lower(): {
+                        "summary": f"Vonage {webhook.name} webhook"
+                        + (f" (alias of {webhook.template})" if alias else ""),
+                        "description": "Signed like Vonage's when DIALBRIDGE_SIGNATURE_SECRET is set; see the README.",
+                        "tags": ["webhooks"],
+                        "responses": {"200": {"description": "NCCO"}}
+                        if webhook.name != "events"
+                        else {"204": {"description": "stored"}},
+                    }
+                    for method in sorted(webhook.methods)
+                }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class DialbridgeApp:
