@@ -118,6 +118,10 @@ class CallDesk:
         if self.dial_outs is None or not dial_out_id:
             return
         dial_outs = self.dial_outs
-        dial_out = await asyncio.to_thread(dial_outs.get, dial_out_id)
-        if dial_out is not None and dial_out.room_id == room_id and dial_out.call_uuid is None:
-            await asyncio.to_thread(dial_outs.mark_call, dial_out_id, request.call.uuid)
+
+        def link() -> None:  # the lookup and the update on one trip to the worker thread
+            dial_out = dial_outs.get(dial_out_id)
+            if dial_out is not None and dial_out.room_id == room_id and dial_out.call_uuid is None:
+                dial_outs.mark_call(dial_out_id, request.call.uuid)
+
+        await asyncio.to_thread(link)
