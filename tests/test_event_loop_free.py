@@ -11,16 +11,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
 
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER
 from dialbridge.config import Settings
 from dialbridge.store.dial_outs import DialOutStore
+from dialbridge.store.store import PIN_DECISION_LOCK
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import run_async
@@ -117,23 +118,36 @@ def test_no_request_runs_sql_on_the_event_loop(
     assert database_calls_on_the_loop.seen == []
 
 
-def test_another_process_holding_the_write_lock_does_not_stall_the_loop(tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "shared.db"
-    settings = Settings(_env_file=None, database_url=f"sqlite:///{path}")  # type: ignore[call-arg]
-    app = create_app(settings, clock=clock)
-    locked = threading.Event()
-
-    def hold_the_write_lock() -> None:
-        other = sqlite3.connect(path, isolation_level=None)
+def hold_the_write_locks(db_url: str, held: threading.Event, seconds: float) -> None:
+    """What another instance's transaction can hold that this one's writes must wait for: SQLite's write lock; on
+    PostgreSQL the tables a room's creation and a call's events write, and the PIN decisions' advisory lock."""
+    if db_url.startswith("sqlite"):
+        other = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        locked.set()
-        time.sleep(0.6)
+        held.set()
+        time.sleep(seconds)
         other.execute("COMMIT")
         other.close()
+        return
+    url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as pg, pg.transaction():
+        pg.execute("LOCK TABLE rooms, calls, call_events IN EXCLUSIVE MODE")  # reads go on; writes wait
+        pg.execute("SELECT pg_advisory_xact_lock(%s)", (PIN_DECISION_LOCK,))
+        held.set()
+        time.sleep(seconds)
+
+
+@on_both_databases
+def test_another_instance_holding_the_write_locks_does_not_stall_the_loop(
+    settings: Settings, db_url: str, clock: FakeClock
+) -> None:
+    app = create_app(settings, clock=clock)
+    locked = threading.Event()
 
     async def requests_while_locked() -> tuple[float, list[int]]:
         (client,) = clients(app)
         await client.post("/api/rooms", json={"room_id": "existing"})
+        await client.get("/webhooks/answer", params={"uuid": "c1", "from": CALLER, "to": "2"})
         gaps: list[float] = []
         done = False
 
@@ -146,7 +160,7 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_loop(tmp_path
                 last = now
 
         ticking = asyncio.create_task(tick())
-        holder = threading.Thread(target=hold_the_write_lock)
+        holder = threading.Thread(target=hold_the_write_locks, args=(db_url, locked, 0.6))
         holder.start()
         await asyncio.to_thread(locked.wait)
         try:
@@ -156,6 +170,7 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_loop(tmp_path
                     client.post("/api/rooms", json={"room_id": "fresh"}),  # room creation writes
                     client.post("/webhooks/events", json={"uuid": "c9", "status": "completed"}),  # a final event
                     client.get("/api/rooms/existing"),  # a read
+                    guess(client, "c1", "000000"),  # a PIN decision
                 )
             ]
         finally:
@@ -166,6 +181,6 @@ def test_another_process_holding_the_write_lock_does_not_stall_the_loop(tmp_path
         return max(gaps), statuses
 
     longest_gap, statuses = run_async(requests_while_locked())
-    assert statuses == [201, 204, 200]
-    # The other connection held the lock for 0.6 s; waiting for it on the loop stalled it that long.
+    assert statuses == [201, 204, 200, 200]
+    # The other connection held the locks for 0.6 s; waiting for it on the loop stalled it that long.
     assert longest_gap < 0.3, f"the event loop stood still for {longest_gap:.2f} s"

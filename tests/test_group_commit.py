@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -328,3 +329,97 @@ def test_a_write_acknowledged_to_its_caller_survives_the_process_being_killed(db
         rows = {row.name: row.value for row in connection.execute(select(t.server_keys))}
     reopened.dispose()
     assert rows.get("durable") == "acknowledged"
+
+
+# ---- commits on the writer's own thread (PostgreSQL's mode) --------------------------------------------------------
+
+
+def threaded_writer(path: Path, begins: list[str]) -> writer_module.GroupCommitWriter:
+    """A writer in commit_on_thread mode on a SQLite file, counting the transactions it begins."""
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+        connection.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY)")
+        return connection
+
+    return writer_module.GroupCommitWriter(connect, "BEGIN", commit_on_thread=True)
+
+
+class Raw:
+    """A statement for `run` without SQLAlchemy: what the writer needs of `Prepared`."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+
+    def parameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        return values
+
+
+PUT = Raw("INSERT INTO kv VALUES (:k)")
+
+
+def put_returning(key: str) -> Callable[[Run], str]:
+    def work(run: Run) -> str:
+        run(PUT, k=key)
+        return key
+
+    return work
+
+
+def test_writes_arriving_while_a_batch_commits_on_the_thread_form_the_next_batch(tmp_path: Path) -> None:
+    begins: list[str] = []
+    writer = threaded_writer(tmp_path / "kv.db", begins)
+    release = threading.Event()
+
+    def slow(run: Run) -> str:
+        assert threading.current_thread() is not threading.main_thread()  # not on the loop's thread
+        release.wait(5)  # a lock another instance holds, say
+        run(PUT, k="first")
+        return "first"
+
+    async def scenario() -> tuple[list[Any], int]:
+        first = writer.write(slow)
+        await asyncio.sleep(0.05)  # the loop turns while the first batch waits on the thread
+        later = [writer.write(put_returning(k)) for k in ("a", "b", "c")]
+        await asyncio.sleep(0.05)
+        waiting = sum(not write.done() for write in [first, *later])
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), timeout=5), waiting
+
+    outcomes, waiting = run_async(scenario())
+    writer.close()
+    assert outcomes == ["first", "a", "b", "c"] and waiting == 4
+    assert len(begins) == 2  # the three that arrived meanwhile shared one transaction
+    with sqlite3.connect(tmp_path / "kv.db") as check:
+        assert sorted(k for (k,) in check.execute("SELECT k FROM kv")) == ["a", "b", "c", "first"]
+
+
+def test_a_database_that_cannot_be_reached_fails_the_writes_on_the_thread_instead_of_hanging(tmp_path: Path) -> None:
+    def unreachable() -> Any:
+        raise ConnectionRefusedError("connection refused")
+
+    writer = writer_module.GroupCommitWriter(unreachable, "BEGIN", commit_on_thread=True)
+
+    async def scenario() -> list[Any]:
+        writes = [writer.write(lambda run: None), writer.write(lambda run: None)]
+        return await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), timeout=5)
+
+    outcomes = run_async(scenario())
+    writer.close()
+    assert [type(outcome) for outcome in outcomes] == [ConnectionRefusedError] * 2
+
+
+def test_close_commits_what_is_queued_and_what_is_on_the_thread(tmp_path: Path) -> None:
+    begins: list[str] = []
+    writer = threaded_writer(tmp_path / "kv.db", begins)
+
+    async def queue_then_close() -> None:
+        writer.write(lambda run: time.sleep(0.1) or run(PUT, k="on-the-thread"))
+        await asyncio.sleep(0.01)  # handed over
+        writer.write(lambda run: run(PUT, k="queued"))
+        writer.close()  # shutting down: neither may be lost
+
+    run_async(queue_then_close())
+    with sqlite3.connect(tmp_path / "kv.db") as check:
+        assert sorted(k for (k,) in check.execute("SELECT k FROM kv")) == ["on-the-thread", "queued"]

@@ -6,7 +6,8 @@ thread, so the async web layer calls them inline. On the event loop they run on 
 snapshot per loop turn (`GroupCommitWriter.read` says why); elsewhere (threads, start-up) each is its own
 transaction on a connection of the calling thread. Writes go to
 the group-commit writer (writer.py): the call paths' writes are awaited and share one transaction per turn of
-the event loop, room creation's included. Only start-up writes at once (`write_now`, which may wait for the lock).
+the event loop, room creation's included (on PostgreSQL they commit on the writer's thread, where waiting for
+another instance's lock stalls no request). Only start-up writes at once (`write_now`, which may wait for the lock).
 Write transactions are `BEGIN IMMEDIATE`, so a second process waits for the write lock up front instead of failing
 half-way. Decisions that must not race (a PIN entry against the caller's quota) read inside the write.
 """
@@ -317,7 +318,7 @@ class Store:
                 self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None, _sqlite_busy
             )
         else:
-            self._writer = GroupCommitWriter(self._open, "BEGIN")
+            self._writer = GroupCommitWriter(self._open, "BEGIN", commit_on_thread=True)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
     def _open(self) -> Any:

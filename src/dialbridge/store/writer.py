@@ -28,6 +28,13 @@ gives an `is_busy` test, its connection does not wait (busy_timeout=0): a batch 
 goes back in the queue and is retried `BUSY_RETRY_S` later, collecting the writes that arrive meanwhile; after
 `BUSY_TIMEOUT_S` of that it fails, as SQLite's own timeout did. Outside the loop (`write_now`, `close`) the wait
 is a plain sleep, as before.
+
+PostgreSQL (`commit_on_thread`): there the batch is committed on a thread of the writer's own, and the loop only
+hands batches over and hears back. A commit there is a network round trip and the server's fsync, and a write may
+wait inside a statement for a lock another instance holds (a room's row `FOR UPDATE`, the PIN decisions' advisory
+lock) — no BEGIN to retry, so on the loop it stalled every request for as long as the lock was held. psycopg
+releases the GIL while it waits on the socket, so the thread costs the loop little. Writes arriving while a batch
+is on the thread form the next batch, sent when that one has committed: one transaction in flight at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -56,6 +64,27 @@ class _Failed:
         self.error = error
 
 
+class _NoLock:
+    """Inline commits: `_lock` already serialises the connection's use."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _answer(live: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+    """Give each writer its outcome (on the futures' loop, or from code outside any loop: start-up, close)."""
+    for (_work, future), outcome in zip(live, outcomes, strict=True):
+        if future.cancelled():
+            continue
+        if isinstance(outcome, _Failed):
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome)
+
+
 class GroupCommitWriter:
     def __init__(
         self,
@@ -63,6 +92,7 @@ class GroupCommitWriter:
         begin: str,
         checkpoint: Callable[[], None] | None = None,
         is_busy: Callable[[BaseException], bool] | None = None,
+        commit_on_thread: bool = False,
     ) -> None:
         self._connect = connect
         self._is_busy = is_busy
@@ -77,6 +107,14 @@ class GroupCommitWriter:
         self._checkpoint_lock = threading.Lock()  # held while a checkpoint runs
         self._checkpoint_due = 0.0  # time.monotonic() after which the next commit asks for one
         self._checkpoint_running = False
+        # commit_on_thread: batches run there, one at a time, holding `_connection_lock`; `_lock` then guards only
+        # the queue, so the loop never waits for SQL. Inline, `_lock` guards both.
+        self._committer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialbridge-db-writer") if commit_on_thread else None
+        )
+        self._connection_lock = threading.Lock() if commit_on_thread else _NoLock()
+        self._committing = False  # a batch is on the committer thread
+        self._closed = False
 
     def write(self, work: Callable[[Run], T]) -> asyncio.Future[T]:
         """Queue `work` for this loop turn's transaction; await the result."""
@@ -133,7 +171,7 @@ class GroupCommitWriter:
 
     def write_now(self, work: Callable[[Run], T]) -> T:
         """Run `work` in a transaction of its own, now (after anything queued), and return its result."""
-        with self._lock:
+        with self._lock, self._connection_lock:  # on the committer's thread, a batch being committed comes first
             self._flush_locked(wait=True)
             outcomes = self._commit([work], wait=True)
         assert outcomes is not None  # waiting, _commit either commits or fails
@@ -144,11 +182,54 @@ class GroupCommitWriter:
 
     def flush(self) -> None:
         """The loop's end-of-turn callback: commit what is queued, or retry shortly if another process writes."""
+        if self._committer is not None:
+            self._hand_over()
+            return
         with self._lock:
             self._flush_locked(wait=False)
 
+    def _hand_over(self) -> None:
+        """commit_on_thread: send what is queued to the committer, unless a batch is there already (its end sends
+        the next one)."""
+        with self._lock:
+            self._flush_scheduled = False
+            if self._committing or self._closed or not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            self._committing = True
+        assert self._committer is not None
+        self._committer.submit(self._commit_handed_over, batch, asyncio.get_running_loop())
+
+    def _commit_handed_over(
+        self, batch: list[tuple[Work, asyncio.Future[Any]]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """On the committer's thread: commit `batch`, then tell the loop."""
+        live = [(work, future) for work, future in batch if not future.cancelled()]
+        try:
+            with self._connection_lock:
+                outcomes = self._commit([work for work, _ in live], wait=True)
+            assert outcomes is not None  # waiting, _commit either commits or fails
+        except Exception as exc:  # connecting failed, say: every caller hears of it rather than waiting for ever
+            log.exception("database write batch of %d failed", len(live))
+            outcomes = [_Failed(exc)] * len(live)
+        try:
+            loop.call_soon_threadsafe(self._handed_over_committed, live, outcomes)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            log.debug("event loop closed before a write batch of %d was answered", len(live))
+
+    def _handed_over_committed(self, live: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+        """On the loop: answer the batch's writers, then send what queued meanwhile."""
+        _answer(live, outcomes)
+        with self._lock:
+            self._committing = False
+        self._hand_over()
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)  # the batch on the thread commits first
+        with self._lock, self._connection_lock:
             self._flush_locked(wait=True)
             self._end_snapshot()
             if self._connection is not None:
@@ -195,13 +276,7 @@ class GroupCommitWriter:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(BUSY_RETRY_S, self.flush)
             return
-        for (_work, future), outcome in zip(live, outcomes, strict=True):
-            if future.cancelled():
-                continue
-            if isinstance(outcome, _Failed):
-                future.set_exception(outcome.error)
-            else:
-                future.set_result(outcome)
+        _answer(live, outcomes)
 
     def _begin_transaction(self, cursor: Any, wait: bool) -> bool:
         """BEGIN; False if the write lock is another process's and `wait` is False (nothing has run then)."""
