@@ -3,14 +3,18 @@ its environment is the supervisor's, fixed when `serve` started — and a variab
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.served import serving
+import pytest
+
+from tests.served import serving, start_embedded
 
 
 def pin_prompt(base: str) -> dict[str, Any]:
@@ -36,3 +40,37 @@ def test_sighup_rereads_dotenv_but_the_environment_still_wins(tmp_path: Path) ->
         served.wait_healthy()
         seen = [pin_prompt(served.base) for _ in range(6)]  # whichever worker answers
     assert seen == [{"timeOut": 9, "eventUrl": "https://environment.example/webhooks/input"}] * 6
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_to_the_one_process_server_stops_it_gracefully_with_its_voice_engine(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """What `make run` starts, told to stop by `kill` (its process alone, as a container runtime or `kill PID` does)
+    or to reload by SIGHUP, which one process cannot: it stops gracefully, and the voice engine stops with it
+    (left behind, it held the SIP port and the next start failed)."""
+    served = start_embedded(tmp_path)
+    try:
+        served.wait_healthy()
+        (engine,) = served.workers()  # the voice engine: the one process beside the web server
+        served.process.send_signal(signum)
+        assert served.process.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{engine}").exists() and not zombie(engine):
+            time.sleep(0.1)
+        assert not Path(f"/proc/{engine}").exists() or zombie(engine), "the voice engine outlived the server"
+    finally:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(served.process.pid, signal.SIGKILL)  # whatever of the group is left
+    printed = served.log.read_text() if served.log else ""
+    assert "Finished server process" in printed  # uvicorn's graceful shutdown ran to its end
+    assert "Traceback" not in printed and "ERROR" not in printed, printed
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -275,7 +276,7 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     }
     app = "dialbridge.web.app:app_from_environment"
     if workers == 1:
-        uvicorn.run(app, **options)
+        _run_one_process(lambda: uvicorn.run(app, **options))
         return
     # Several workers: dialbridge's own pool rather than uvicorn's (server/workers.py says why).
     config = uvicorn.Config(app, **options)
@@ -287,6 +288,40 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     except WorkerStartupFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
+
+
+class _StopRequested(Exception):
+    """SIGTERM or SIGHUP reached a one-process server, which has shut down gracefully."""
+
+
+def _run_one_process(run: Callable[[], None]) -> None:
+    """Run the server in this process until it is told to stop, then return, so that `serve` stops the voice engine.
+
+    Why: uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the handler it found, which
+    by default killed this process there and then — before `serve` could stop the voice engine, which stayed
+    behind holding the SIP port (only signalling the whole process group, as a terminal or systemd does, reached
+    it). And one process has no supervisor to start replacements: SIGHUP (`kill -HUP`, or its terminal closing)
+    stops it as SIGTERM does, gracefully, instead of Python's default of dying on the spot.
+    """
+
+    def stop_requested(_signum: int, _frame: object) -> None:
+        raise _StopRequested
+
+    def stop_as_sigterm_does(_signum: int, _frame: object) -> None:
+        logging.getLogger("dialbridge").info(
+            "SIGHUP: one process has no workers to replace; stopping as on SIGTERM (restart it to reload)"
+        )
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's own handler while it serves: a graceful shutdown
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop_requested)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, stop_as_sigterm_does)
+    try:
+        run()
+    except _StopRequested:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
