@@ -295,3 +295,11 @@ def test_an_api_body_refused_as_it_grows_is_counted_as_the_413_it_got(client: Te
 
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
     assert requests_counted(client, "/api/rooms") == {"413": 1}
+
+
+def test_an_api_body_refused_on_its_declared_length_is_counted_as_the_413_it_got(client: TestClient) -> None:
+    """Refused before a byte of it is read, and before routing: still counted, under the route it was sent to."""
+    response = client.post("/api/rooms", content=b" " * 100_000, headers={"content-type": "application/json"})
+
+    assert response.status_code == 413
+    assert requests_counted(client, "/api/rooms") == {"413": 1}

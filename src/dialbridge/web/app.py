@@ -70,13 +70,18 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
-    app.include_router(pages.router)
-    app.include_router(api.router)
-    app.include_router(dialout.router)
-    app.include_router(signalling.router)
-    app.include_router(voice.router)
+    routers = (pages.router, api.router, dialout.router, signalling.router, voice.router)
+    for router in routers:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
+    # Bodies are bounded before FastAPI reads them (webhooks have a limit of their own), inside the metrics, which
+    # count a refused body as the 413 it got.
+    app.add_middleware(BoundedBodies)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=services.metrics,
+        routes=[route for router in routers for route in router.routes],
+    )
     _document_webhooks(app)
     return DialbridgeApp(app, services)
 
@@ -121,8 +126,7 @@ class DialbridgeApp:
         self.api = api
         self.state = api.state
         self.services = services
-        # Webhook bodies have their own limit; every other request's body is bounded before FastAPI reads it.
-        self.webhook_endpoints = WebhookEndpoints(BoundedBodies(api), services)
+        self.webhook_endpoints = WebhookEndpoints(api, services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.webhook_endpoints(scope, receive, send)

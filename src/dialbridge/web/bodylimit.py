@@ -3,7 +3,8 @@
 FastAPI reads a body whole before validating it: a 200 MB `POST /api/rooms` took the server from 96 MB to 514 MB
 and only then got its 422. Here a declared `Content-Length` over the limit is answered at once, without reading
 a byte of the body; a body without one (chunked) is counted as it arrives and refused when it crosses the limit,
-the application then seeing the client as gone (and anything it still tries to send is dropped).
+the application then seeing the client as gone (and anything it still tries to send is dropped). It sits inside
+the request metrics (app.py), so either refusal is counted as the 413 it was.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dialbridge.web.errors import error_response
-from dialbridge.web.metrics import ANSWERED_EARLY
 from dialbridge.web.webhooks import header
 
 MAX_API_BODY: Final = 64 * 1024  # the API's largest request (a dial-out, a browser phone's SDP offer) is a few KB
@@ -44,7 +44,6 @@ class BoundedBodies:
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     refused = True
-                    scope[ANSWERED_EARLY] = 413  # the metrics count this answer, not the one the app then drops
                     await self._refuse(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dialbridge.store.store import Store
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 # Not 400: the client made no bad request, and counting impatient clients and dropped connections as client errors
 # would raise the error rate that tells an operator a caller is sending broken requests.
 CLIENT_CLOSED = "499"
-# Set in the scope by what answered a request before the application could (bodylimit's 413): its status.
-ANSWERED_EARLY = "dialbridge.answered_early"
 PUBLISH_EVERY_S = 1.0
 WEBHOOK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -163,9 +162,18 @@ class _RequestCollector(Collector):
 class RequestMetricsMiddleware:
     """Counts every request by its route template (never the raw path, which would explode the label set)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes  # the application's, to name the route of a request answered before routing
+
+    def _template(self, scope: Scope) -> str:
+        """The route template a request was routed to or, when it was answered before routing (a body refused on
+        its declared length), the one it would have been."""
+        route: Any = scope.get("route")
+        if route is None:
+            route = next((each for each in self.routes if each.matches(scope)[0] is Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -190,11 +198,8 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, watched_receive, send_status)
         finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            early = scope.get(ANSWERED_EARLY)
-            label = str(early) if early else CLIENT_CLOSED if client_gone else str(status)
-            self.metrics.count_request(template, scope["method"], label)
+            label = CLIENT_CLOSED if client_gone else str(status)
+            self.metrics.count_request(self._template(scope), scope["method"], label)
 
 
 def timed() -> float:
