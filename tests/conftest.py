@@ -8,9 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 
 from dialbridge.config import Settings
+from dialbridge.store.database import MIGRATIONS
 from dialbridge.web.app import create_app
 from tests.direct_path import BOTH_PATHS, webhook_client
 from tests.postgres import Cluster, PostgresUnavailable
@@ -18,6 +20,7 @@ from tests.served import free_port
 
 # The store and the races it must decide run on each database dialbridge supports: mark a test or a module with it.
 on_both_databases = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+NEWEST = ScriptDirectory(str(MIGRATIONS)).get_current_head()  # the newest migration, whichever it is
 
 
 class FakeClock:

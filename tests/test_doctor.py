@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from alembic.script import ScriptDirectory
 
 from dialbridge.config import Settings
-from dialbridge.store.database import MIGRATIONS, alembic_config, create_db_engine, migrate
+from dialbridge.store.database import alembic_config, create_db_engine, migrate
+from tests.conftest import NEWEST
 from tests.served import free_port, run_cli, serving, suggested_port
-
-NEWEST = ScriptDirectory(str(MIGRATIONS)).get_current_head()  # the newest migration, whichever it is
 
 
 def files_under(folder: Path) -> set[Path]:

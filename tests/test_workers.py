@@ -14,8 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.migration import MigrationContext
 
 from dialbridge.server.workers import LeastConnections, parse_report
+from dialbridge.store.database import alembic_config, create_db_engine
+from tests.conftest import NEWEST
 from tests.served import Served, client_ports_held, connections_held, serving, start
 
 
@@ -269,7 +273,41 @@ def test_sigterm_stops_the_server_and_its_workers(tmp_path: Path) -> None:
             connection.close()
 
 
+WORKERS_CANNOT_MIGRATE = """
+# In a worker process only (serve itself migrates fine), the schema upgrade fails as a full disk would make it.
+import multiprocessing
+
+from alembic import command
+
+_original = command.upgrade
+
+
+def _failing(*args, **kw):
+    if multiprocessing.parent_process() is not None:
+        raise OSError(28, "No space left on device")
+    return _original(*args, **kw)
+
+
+command.upgrade = _failing
+"""
+
+
 def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(tmp_path: Path) -> None:
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(WORKERS_CANNOT_MIGRATE)
+    served = start(tmp_path, "--workers", "2", stderr=subprocess.PIPE, PYTHONPATH=str(patches))
+    try:
+        _out, err = served.process.communicate(timeout=60)
+    finally:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGKILL)
+    assert served.process.returncode == 3
+    assert "could not migrate the database" in err and "No space left on device" in err  # the worker's own error
+    assert "exited during start-up" in err
+
+
+def test_serve_refuses_a_file_that_is_not_a_database_before_starting_anything(tmp_path: Path) -> None:
     (tmp_path / "db.sqlite").write_bytes(b"this is not a database" * 100)
     served = start(tmp_path, "--workers", "2", stderr=subprocess.PIPE)
     try:
@@ -277,9 +315,9 @@ def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(tmp_path: P
     finally:
         if served.process.poll() is None:
             os.killpg(served.process.pid, signal.SIGKILL)
-    assert served.process.returncode == 3
-    assert "could not migrate the database" in err  # the worker's own error, naming the database
-    assert "exited during start-up" in err
+    assert served.process.returncode == 1, err
+    assert "db.sqlite" in err and "not a database" in err, err
+    assert "Traceback" not in err and "worker" not in err, err
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -299,3 +337,49 @@ def test_a_sigterm_shutdown_logs_no_error(tmp_path: Path, workers: str) -> None:
     log = served.log.read_text()
     assert "Application shutdown complete" in log or "worker process" in log
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+SLOW_UPGRADE = """
+# Every migration that has work to do takes 11 s longer, inside the migration lock: what upgrading a large SQLite
+# file (a table rebuilt row by row) does. One with nothing to do is as fast as ever.
+import os
+import time
+
+from alembic.runtime.migration import MigrationContext
+
+_original = MigrationContext.run_migrations
+
+
+def _slow(self, **kw):
+    if self.get_current_revision() != os.environ["TEST_NEWEST_REVISION"]:
+        time.sleep(11)
+    return _original(self, **kw)
+
+
+MigrationContext.run_migrations = _slow
+"""
+
+
+def test_serve_with_workers_survives_an_upgrade_longer_than_the_lock_wait(tmp_path: Path) -> None:
+    """`serve --workers 2` on a database behind by one revision whose upgrade takes longer than SQLite's 10 s busy
+    timeout: the workers used to migrate as they started, the second waiting for the first's lock until it gave
+    up, which stopped `serve` with exit 3 and nothing serving. `serve` migrates once before starting workers."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"  # the served tests' database
+    engine = create_db_engine(url)
+    command.upgrade(alembic_config(engine), "0004")
+    engine.dispose()
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(SLOW_UPGRADE)
+
+    with serving(tmp_path, "--workers", "2", PYTHONPATH=str(patches), TEST_NEWEST_REVISION=NEWEST) as served:
+        assert len(served.workers()) == 2
+        with urllib.request.urlopen(f"{served.base}/webhooks/answer?uuid=u1&from=1&to=2", timeout=10) as response:
+            assert response.status == 200
+        assert served.log is not None
+        printed = served.log.read_text()
+    assert "Traceback" not in printed and "database is locked" not in printed, printed
+    engine = create_db_engine(url)
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == NEWEST
+    engine.dispose()

@@ -30,6 +30,8 @@ from dialbridge.store.database import MIGRATIONS, create_db_engine, shown
 class SchemaPlan:
     says: str  # what serve would do, or that nothing needs doing
     problem: str | None = None  # why serve could not, naming the fix
+    current: bool = False  # the schema is at the newest revision: nothing to do
+    upgrade: bool = False  # an existing schema is behind: migrations will change tables holding data
 
 
 def _scripts() -> ScriptDirectory:
@@ -62,7 +64,7 @@ def schema_plan(database_url: str) -> SchemaPlan:
     if problem is not None:
         return SchemaPlan("unknown", problem)
     if current == head:
-        return SchemaPlan(f"at revision {head}, the newest: nothing to migrate")
+        return SchemaPlan(f"at revision {head}, the newest: nothing to migrate", current=True)
     try:
         pending = _pending(scripts, current)
     except RevisionError:
@@ -73,7 +75,9 @@ def schema_plan(database_url: str) -> SchemaPlan:
         )
     if current is None:
         return SchemaPlan(f"empty: serve would apply migrations {_span(pending)}")
-    return SchemaPlan(f"at revision {current}: serve would upgrade it to {head} (applying {_span(pending)})")
+    return SchemaPlan(
+        f"at revision {current}: serve would upgrade it to {head} (applying {_span(pending)})", upgrade=True
+    )
 
 
 def _new_sqlite_file(database: str, pending: list[str]) -> SchemaPlan:

@@ -153,6 +153,10 @@ def serve(settings: Settings, workers: int) -> int:
         sip = _sip_port_problem(settings)
         if sip:
             problems.append(sip)
+    if not problems:
+        schema = _migrate_once(settings)
+        if schema:
+            problems.append(schema)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -177,6 +181,40 @@ def serve(settings: Settings, workers: int) -> int:
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0
+
+
+def _migrate_once(settings: Settings) -> str | None:
+    """Bring the schema up to date here, once, before any worker or the voice engine starts; why it could not.
+
+    Why here: with `--workers N` every worker migrated as it started, one at a time under the migration lock, the
+    others waiting with SQLite's 10 s busy timeout; an upgrade longer than that (a large file's table rebuild takes
+    ~5 s per 500,000 call events) failed them and stopped `serve` with exit 3. The workers still migrate, and find
+    nothing to do (instances elsewhere on one PostgreSQL take turns under its lock, which has no timeout).
+    """
+    from dialbridge.checks import schema_plan
+    from dialbridge.store.database import DatabaseError, create_db_engine, migrate, shown
+
+    try:
+        plan = schema_plan(settings.database_url)
+        if plan.problem:
+            return plan.problem
+        if plan.current:
+            return None
+        if plan.upgrade:
+            database = shown(settings.database_url)
+            print(
+                f"upgrading the schema of {database} (once, before serving; a large database takes a while)", flush=True
+            )
+        engine = create_db_engine(settings.database_url)
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+    except DatabaseError as exc:  # says which database and why
+        return str(exc)
+    except Exception as exc:
+        return f"cannot use DIALBRIDGE_DATABASE_URL={shown(settings.database_url)!r}: {exc}"
+    return None
 
 
 def _start_voice_engine(settings: Settings) -> subprocess.Popen[bytes]:
