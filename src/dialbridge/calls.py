@@ -49,31 +49,33 @@ class CallDesk:
         self._longest_pin_cached = flow.pin_max_digits
         self._longest_pin_until = 0.0
 
-    def _flow(self) -> CallFlow:
+    async def _flow(self) -> CallFlow:
         """The call flow for the current longest PIN; it is immutable, so it is rebuilt only when that changes."""
-        pin_max_digits = self._longest_pin()
+        pin_max_digits = await self._longest_pin()
         if self._flow_now.pin_max_digits != pin_max_digits:
             self._flow_now = replace(self._flow_now, pin_max_digits=pin_max_digits)
         return self._flow_now
 
-    def _longest_pin(self) -> int:
+    async def _longest_pin(self) -> int:
         """maxDigits follows the longest PIN in use (PINs grow with the number of rooms). It changes only when the
         PIN length grows, so it is looked up at most once every few seconds rather than on every call."""
         now = time.monotonic()
         if now >= self._longest_pin_until:
-            self._longest_pin_cached = max(self.store.longest_pin(), self._min_pin_length)
+            self._longest_pin_cached = max(await self.store.read(self.store.longest_pin), self._min_pin_length)
             self._longest_pin_until = now + LONGEST_PIN_TTL_S
         return self._longest_pin_cached
 
     async def answer(self, request: AnswerRequest) -> Ncco:
         now = self.clock()
         session_id = request.session_header
-        bridge_room = self.store.room_by_session(session_id) if session_id else None
+        bridge_room = await self.store.read(self.store.room_by_session, session_id) if session_id else None
         guesses_left = 1
         if bridge_room is None:
-            by_caller = self.store.caller_failures(request.call.caller, now - self.quota.window_s)
+            by_caller = await self.store.read(
+                self.store.caller_failures, request.call.caller, now - self.quota.window_s
+            )
             guesses_left = self.quota.max_failures - by_caller
-        ncco = self._flow().answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
+        ncco = (await self._flow()).answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
             await self._link_dial_out(request, bridge_room.room_id)
@@ -84,7 +86,7 @@ class CallDesk:
     async def pin_entered(self, entry: PinInput) -> Ncco:
         now = self.clock()
         guessed = bool(entry.digits)
-        flow = self._flow()
+        flow = await self._flow()
 
         def decide(on_call: int, by_caller: int, room: Room | None) -> tuple[PinDecision, PinRecord]:
             decision = flow.pin_entered(

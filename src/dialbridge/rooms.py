@@ -44,11 +44,11 @@ class RoomDirectory:
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def find(self, room_id: str) -> Room | None:
-        return self.store.room(room_id)
+    async def find(self, room_id: str) -> Room | None:
+        return await self.store.read(self.store.room, room_id)
 
     async def get_or_create(self, room_id: str) -> RoomCreated:
-        room = self.store.room(room_id)
+        room = await self.find(room_id)
         if room is not None:
             return RoomCreated(room, created=False)
         lock = self._locks.setdefault(room_id, asyncio.Lock())
@@ -62,11 +62,11 @@ class RoomDirectory:
     async def _create_or_wait(self, room_id: str) -> RoomCreated:
         give_up_at = self.clock() + 2 * LEASE_S
         while True:
-            room = self.store.room(room_id)
+            room = await self.find(room_id)
             if room is not None:
                 return RoomCreated(room, created=False)
             now = self.clock()
-            state = self.store.room_state(room_id)
+            state = await self.store.read(self.store.room_state, room_id)
             if state is None:
                 # Counting a million rooms takes milliseconds: done on a worker thread, not the event loop.
                 rooms = await asyncio.to_thread(self.store.room_count)

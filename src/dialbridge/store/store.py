@@ -1,9 +1,12 @@
 """`Store`: every read and write dialbridge makes of rooms, calls, PIN attempts and server keys.
 
 SQL is compiled once from the table definitions and run on connections the store keeps open (prepared.py says
-why). Reads are synchronous: on SQLite an indexed read takes a few microseconds, cheaper than a hop to a worker
-thread, so the async web layer calls them inline. On the event loop they run on the writer's connection in one
-snapshot per loop turn (`GroupCommitWriter.read` says why); elsewhere (threads, start-up) each is its own
+why). Reads are plain methods, for threads and start-up; code on the event loop calls them through `await
+store.read(store.room, room_id)`. On SQLite that runs inline: an indexed read takes a few microseconds, cheaper
+than a hop to a worker thread, and in WAL mode a reader never waits for another connection's lock; it runs on the
+writer's connection in one snapshot per loop turn (`GroupCommitWriter.read` says why). On PostgreSQL a read is a
+network round trip and can wait for a lock another instance holds (a migration, `VACUUM FULL`), so it runs on a
+reader thread and the loop serves other requests meanwhile. Elsewhere (threads, start-up) each read is its own
 transaction on a connection of the calling thread. Writes go to
 the group-commit writer (writer.py): the call paths' writes are awaited and share one transaction per turn of
 the event loop, room creation's included (on PostgreSQL they commit on the writer's thread, where waiting for
@@ -19,8 +22,9 @@ import contextvars
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Engine,
@@ -47,6 +51,11 @@ from dialbridge.store.prepared import Prepared
 from dialbridge.store.writer import GroupCommitWriter, Run
 
 T = TypeVar("T")
+P = ParamSpec("P")
+# PostgreSQL reads from the event loop run on this many threads, each with a connection of its own: enough for
+# the reads a loop has in flight at once (one or two per request, each a round trip), few enough to bound the
+# connections a process holds.
+READER_THREADS = 4
 
 
 class PinTaken(Exception):
@@ -319,6 +328,16 @@ class Store:
             )
         else:
             self._writer = GroupCommitWriter(self._open, "BEGIN", commit_on_thread=True)
+        self._read_pool = (
+            None if self._is_sqlite else ThreadPoolExecutor(READER_THREADS, thread_name_prefix="dialbridge-db-reader")
+        )
+
+    async def read(self, query: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`query(*args, **kwargs)` (one of this store's reads), from the event loop without stalling it: inline
+        on SQLite, on a reader thread on PostgreSQL (the module's docstring says why)."""
+        if self._read_pool is None:
+            return query(*args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, lambda: query(*args, **kwargs))
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
     def _open(self) -> Any:
@@ -424,6 +443,8 @@ class Store:
         return self._writer.write_now(work)
 
     def close(self) -> None:
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True, cancel_futures=True)
         self._writer.close()
         with self._held_lock:
             for proxy in self._held:

@@ -42,7 +42,7 @@ def room_out(room: Room, svc: Services) -> RoomOut:
 @router.get("/rooms/{room_id}", response_model=RoomOut)
 async def get_room(room_id: str, svc: ServicesDep) -> RoomOut:
     check_room_id(room_id)
-    room = svc.rooms.find(room_id)
+    room = await svc.rooms.find(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}; GET /room/{room_id} or POST /api/rooms creates it")
     return room_out(room, svc)

@@ -57,7 +57,9 @@ def dial_out_out(dial_out: DialOut) -> dict[str, object]:
 CALLING_ROLES = frozenset({Role.PUBLISHER, Role.MODERATOR})
 
 
-def participant_room(room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Room:
+async def participant_room(
+    room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Room:
     """The room, when the caller holds a valid participant token of it whose role may place calls (401 for no
     valid token, 404 for no such room, 403 for a role that may not)."""
     scheme, _, token = (authorization or "").partition(" ")
@@ -66,7 +68,7 @@ def participant_room(room_id: str, svc: ServicesDep, authorization: Annotated[st
     now = svc.clock()
     svc.tokens.verify(token.strip(), now=now)  # a forged or expired token learns nothing about rooms
     check_room_id(room_id)
-    room = svc.rooms.find(room_id)
+    room = await svc.rooms.find(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
     claims = svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
