@@ -1,11 +1,12 @@
-"""Small helpers the HTTP tests share."""
+"""Small helpers the tests share."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -68,3 +69,12 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     running in the main thread once the browser tests have started)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every 20 ms until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -235,7 +235,7 @@ def test_pipelined_requests_are_answered_in_order_whatever_path_they_take(server
         b"HTTP/1.1 204 No Content",
         b"HTTP/1.1 200 OK",
     ]
-    assert json.loads(answers[0][1])[0]["action"] == "talk" and json.loads(answers[1][1])["status"] == "ok"
+    assert json.loads(answers[0][1])[0]["action"] == "talk" and json.loads(answers[1][1])["backend"] == "embedded"
 
 
 def test_connection_close_and_http_1_0_close_after_the_answer(server: tuple[str, int]) -> None:
@@ -421,5 +421,6 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer(
         conn.sendall(request_bytes)
         conn.shutdown(socket.SHUT_WR)
         head, _, _ = read_response(conn)
-        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+        # (With `connection: close` when the server saw the half-close before answering; it may answer first.)
+        assert head.startswith(b"HTTP/1.1 200")
         assert closed_by_server(conn)

@@ -8,18 +8,19 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
 from dialbridge.config import Backend, Settings
+
+if TYPE_CHECKING:
+    from dialbridge.server.voice_engine import VoiceEngineProcess
 
 SIP_KINDS: Final = (socket.SOCK_DGRAM, socket.SOCK_STREAM)  # the voice engine takes its SIP port for both
 
@@ -174,10 +175,10 @@ def serve(settings: Settings, workers: int) -> int:
         shared_metrics = tempfile.mkdtemp(prefix="dialbridge-metrics-")
         os.environ["DIALBRIDGE_METRICS_DIR"] = shared_metrics
     try:
-        _run_uvicorn(settings, workers)
+        _run_uvicorn(settings, workers, before_stop=voice.stop if voice is not None else None)
     finally:
         if voice is not None:
-            _stop(voice)
+            voice.stop()
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0
@@ -217,22 +218,17 @@ def _migrate_once(settings: Settings) -> str | None:
     return None
 
 
-def _start_voice_engine(settings: Settings) -> subprocess.Popen[bytes]:
+def _start_voice_engine(settings: Settings) -> VoiceEngineProcess:
     """The voice engine in a process of its own: media timing must not wait behind HTTP work (and `--workers N`
     must not start N engines). It inherits the environment, so it reads the same settings."""
+    from dialbridge.server.voice_engine import VoiceEngineProcess
+
     host = settings.sip_contact_host
     print(f"  phones dial in:   sip:{settings.sip_dial_in_user}@{host}:{settings.sip_port} (UDP or TCP)", flush=True)
-    return subprocess.Popen([sys.executable, "-m", "dialbridge.cli", "voice"])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    print(f"  browser phone:    {settings.base_url}/phone", flush=True)
+    engine = VoiceEngineProcess([sys.executable, "-m", "dialbridge.cli", "voice"])
+    engine.start()
+    return engine
 
 
 def voice(settings: Settings) -> int:
@@ -293,11 +289,14 @@ def voice(settings: Settings) -> int:
     return 0
 
 
-def _run_uvicorn(settings: Settings, workers: int) -> None:
+def _run_uvicorn(settings: Settings, workers: int, before_stop: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; `before_stop` (stopping the voice engine) runs first, while requests are still
+    answered: the engine's last events (every call hung up) must reach the application."""
     import uvicorn
 
     from dialbridge.engine.rooms.signalling import MAX_MESSAGE_CHARS
     from dialbridge.server.choice import http_protocol
+    from dialbridge.server.one_process import STARTUP_FAILURE, run_one_process
     from dialbridge.server.workers import WorkerPool, WorkerStartupFailed
 
     options: dict[str, Any] = {
@@ -314,7 +313,7 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     }
     app = "dialbridge.web.app:app_from_environment"
     if workers == 1:
-        _run_one_process(lambda: uvicorn.run(app, **options))
+        run_one_process(uvicorn.Config(app, **options), before_stop)
         return
     # Several workers: dialbridge's own pool rather than uvicorn's (server/workers.py says why).
     config = uvicorn.Config(app, **options)
@@ -322,44 +321,12 @@ def _run_uvicorn(settings: Settings, workers: int) -> None:
     listener = _listen(settings.host, settings.port, config.backlog)
     print(f"  {workers} worker processes; each new connection goes to the one holding the fewest", flush=True)
     try:
-        WorkerPool(config, workers, listener, liveness_timeout_s=settings.worker_timeout_s).run()
+        WorkerPool(
+            config, workers, listener, liveness_timeout_s=settings.worker_timeout_s, before_stop=before_stop
+        ).run()
     except WorkerStartupFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
-
-
-class _StopRequested(Exception):
-    """SIGTERM or SIGHUP reached a one-process server, which has shut down gracefully."""
-
-
-def _run_one_process(run: Callable[[], None]) -> None:
-    """Run the server in this process until it is told to stop, then return, so that `serve` stops the voice engine.
-
-    Why: uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the handler it found, which
-    by default killed this process there and then — before `serve` could stop the voice engine, which stayed
-    behind holding the SIP port (only signalling the whole process group, as a terminal or systemd does, reached
-    it). And one process has no supervisor to start replacements: SIGHUP (`kill -HUP`, or its terminal closing)
-    stops it as SIGTERM does, gracefully, instead of Python's default of dying on the spot.
-    """
-
-    def stop_requested(_signum: int, _frame: object) -> None:
-        raise _StopRequested
-
-    def stop_as_sigterm_does(_signum: int, _frame: object) -> None:
-        logging.getLogger("dialbridge").info(
-            "SIGHUP: one process has no workers to replace; stopping as on SIGTERM (restart it to reload)"
-        )
-        signal.raise_signal(signal.SIGTERM)  # uvicorn's own handler while it serves: a graceful shutdown
-
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop_requested)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, stop_as_sigterm_does)
-    try:
-        run()
-    except _StopRequested:
-        pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:

@@ -133,8 +133,8 @@ class DialOuts:
     def _require_sip(self) -> None:
         if not self.platform.supports_sip:
             raise NotSupported(
-                f"the {self.platform.name} backend cannot dial phones or hang them up yet: its SIP voice engine "
-                "is still being built; run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
+                f"the {self.platform.name} backend cannot dial phones or hang them up yet: its voice engine answers "
+                "calls but does not place them; run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
             )
 
 

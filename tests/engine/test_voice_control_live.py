@@ -88,7 +88,7 @@ def test_the_vonage_sdk_lists_mutes_and_hangs_up_a_live_phone_call(
 
 def test_the_apps_health_and_metrics_report_the_voice_engine(stack: VoiceStack) -> None:
     health = stack.get("/healthz")
-    assert health["voice_engine"]["status"] == "ok"
+    assert health["voice_engine"]["status"] == "ok" and health["status"] == "ok"
     assert health["voice_engine"]["sip"] == f"127.0.0.1:{stack.sip_port}"
     with urllib.request.urlopen(stack.base + "/metrics", timeout=5) as response:
         text = response.read().decode()

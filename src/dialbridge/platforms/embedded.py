@@ -40,7 +40,7 @@ class EmbeddedVideo:
 
     async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall:
         raise NotSupported(
-            "the embedded backend cannot dial phones yet: its SIP voice engine is still being built; "
+            "the embedded backend cannot dial phones yet: its voice engine answers calls but does not place them; "
             "run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
         )
 

@@ -27,6 +27,7 @@ import os
 import selectors
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -232,9 +233,18 @@ class WorkerPool:
     loop stuck: each worker reports at least once a second) is killed and replaced."""
 
     def __init__(
-        self, config: uvicorn.Config, count: int, listener: socket.socket, liveness_timeout_s: float = 30.0
+        self,
+        config: uvicorn.Config,
+        count: int,
+        listener: socket.socket,
+        liveness_timeout_s: float = 30.0,
+        before_stop: Callable[[], None] | None = None,
     ) -> None:
+        """`before_stop` runs on a thread at the first SIGINT/SIGTERM while the workers still serve (the voice
+        engine's last events must reach them); the workers stop when it returns, or at a second signal."""
         self.config = config
+        self.before_stop = before_stop
+        self._stopping_others = False
         self.count = count
         self.listener = listener
         self.liveness_timeout_s = liveness_timeout_s
@@ -456,8 +466,21 @@ class WorkerPool:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             self._replace_all = True
+        elif self.before_stop is not None and not self._stopping_others:
+            self._stopping_others = True
+            threading.Thread(
+                target=self._stop_others_first, args=(self.before_stop,), name="dialbridge-stopping", daemon=True
+            ).start()
         else:
             self._stopping = True
+
+    def _stop_others_first(self, before_stop: Callable[[], None]) -> None:
+        try:
+            before_stop()
+        finally:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._wakeup_w.send(b"\0")  # the loop may be waiting in select() for up to a second
 
     def _drain_wakeup(self) -> None:
         try:

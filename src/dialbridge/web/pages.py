@@ -82,8 +82,11 @@ async def healthz(request: Request, svc: ServicesDep) -> dict[str, Any]:
     if svc.settings.backend is Backend.EMBEDDED:
         from dialbridge.web.voice import engine_health, voice_engine  # voice.py renders with this module's templates
 
-        # Reported, not required: the web server still serves rooms while the voice engine restarts.
-        body["voice_engine"] = await engine_health(svc, voice_engine(request))
+        # Reported, not required (still 200): the web server serves rooms while `serve` restarts the voice engine.
+        # But not "ok": a monitor reading the status must see that phone calls are not being answered.
+        engine = body["voice_engine"] = await engine_health(svc, voice_engine(request))
+        if engine.get("status") != "ok":
+            body["status"] = "degraded"
     return body
 
 

@@ -1,0 +1,74 @@
+"""`dialbridge serve` on the embedded backend keeps its voice engine alive and stops it before itself: a SIGTERM
+with callers in the conference leaves every call ended in the database (their final events reached the web server
+before it stopped), and an engine that dies is started again, with the reason in the log and `/healthz` saying
+"degraded" meanwhile. Real processes, a real SIPp caller."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine import sipp
+from tests.engine.stack import VoiceStack, free_port, options_ping, voice_stack
+from tests.helpers import wait_until
+
+pytestmark = [
+    pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs the sip-tester package"),
+    pytest.mark.timeout(90),
+]
+
+
+def call_statuses(database: Path) -> list[str]:
+    with sqlite3.connect(database, timeout=5) as db:
+        return [row[0] for row in db.execute("SELECT status FROM calls")]
+
+
+def engine_pid(stack: VoiceStack) -> int:
+    """`serve`'s voice engine child (a restarted one is the child of the thread that started it)."""
+    tasks = Path(f"/proc/{stack.process.pid}/task")
+    children = [child for task in tasks.iterdir() for child in (task / "children").read_text().split()]
+    (pid,) = [int(child) for child in children if b"voice" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return pid
+
+
+@pytest.mark.parametrize("to", ["serve", "its process group"])
+def test_sigterm_with_a_caller_in_the_conference_ends_the_call_in_the_database(tmp_path: Path, to: str) -> None:
+    """To `serve` alone (`kill PID`), or to the whole group (Ctrl+C in a terminal, systemd's default)."""
+    with voice_stack(tmp_path) as stack:
+        pin = stack.new_room("standup")
+        caller = sipp.start(
+            tmp_path / "caller",
+            sipp.scenario(
+                sipp.invite(), sipp.ANSWERED, sipp.ACK, sipp.pause(500), sipp.info_digits(pin + "#"),
+                sipp.REMOTE_BYE.format(timeout_ms=60000),
+            ),
+            target=stack.sip_target, sip_port=free_port(), media_port=17000,
+        )  # fmt: skip
+        database = tmp_path / "db.sqlite"
+        wait_until(lambda: call_statuses(database) == ["in_conference"], 30, "the caller to join the conference")
+        time.sleep(1.0)  # SIPp is past its last INFO's answer and waiting for the BYE
+        if to == "serve":
+            stack.process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(stack.process.pid, signal.SIGTERM)
+        assert stack.process.wait(timeout=20) == 0, stack.log.read_text()
+        assert caller.wait(20) == 0, f"the caller was not hung up on:\n{caller.errors()}"
+        assert call_statuses(database) == ["completed"], stack.log.read_text()
+        log = stack.log.read_text()
+        assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def test_a_voice_engine_that_dies_is_started_again(tmp_path: Path) -> None:
+    with voice_stack(tmp_path) as stack:
+        first = engine_pid(stack)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: stack.get("/healthz")["status"] == "degraded", 5, "/healthz to say degraded")
+        wait_until(lambda: stack.get("/healthz")["status"] == "ok" and options_ping(stack.sip_port), 30, "a new engine")
+        assert engine_pid(stack) != first
+        log = stack.log.read_text()
+        assert "the voice engine stopped (killed by SIGKILL)" in log and "starting it again in 1 s" in log, log
