@@ -226,19 +226,31 @@ def test_a_port_in_use_is_named_with_the_fix(command: tuple[str, ...], tmp_path:
 
 
 @pytest.mark.parametrize("command", ["serve", "doctor", "voice"])
-def test_a_sip_port_in_use_is_named_with_the_fix(command: str, tmp_path: Path) -> None:
-    """The voice engine needs its SIP port on UDP (and TCP): a softphone or PBX holding it is named, with the fix."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+def test_the_voice_engine_s_ports_in_use_are_named_together_with_the_fix(command: str, tmp_path: Path) -> None:
+    """The voice engine needs its SIP port on UDP (and TCP) and its API port: a softphone or PBX holding one is
+    named, with the fix, and both at once (fixing one only to be told of the next costs a round trip each)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, socket.socket() as api:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
+        api.bind(("127.0.0.1", 0))
+        api.listen()
+        api_port = api.getsockname()[1]
         with socket.socket() as web:
             web.bind(("127.0.0.1", 0))
             web_port = web.getsockname()[1]
-        result = run_cli(command, tmp_path=tmp_path, DIALBRIDGE_SIP_PORT=str(port), DIALBRIDGE_PORT=str(web_port))
+        result = run_cli(
+            command,
+            tmp_path=tmp_path,
+            DIALBRIDGE_SIP_PORT=str(port),
+            DIALBRIDGE_VOICE_API_PORT=str(api_port),
+            DIALBRIDGE_PORT=str(web_port),
+        )
     assert result.returncode == 1
     said = result.stderr + result.stdout
     assert f"SIP port {port} on 127.0.0.1 is already in use" in said
     assert suggested_port(said, "SIP_PORT") > port
+    assert f"voice API port {api_port} on 127.0.0.1 is already in use" in said
+    assert suggested_port(said, "VOICE_API_PORT") > api_port
 
 
 def post_then(client: TestClient, path: str, *messages: dict[str, Any]) -> list[dict[str, Any]]:

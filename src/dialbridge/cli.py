@@ -98,18 +98,23 @@ def _port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _sip_port_problem(settings: Settings) -> str | None:
-    """Why the voice engine could not take its SIP port (UDP and TCP) or its API port, naming the fix."""
+def _voice_port_problems(settings: Settings) -> list[str]:
+    """Why the voice engine could not take its SIP port (UDP and TCP) or its API port, each naming the fix (all of
+    them at once: fixing one only to be told of the next is a round trip each)."""
+    problems = []
     for kind in SIP_KINDS:
         try:
             _bound(settings.sip_host, settings.sip_port, kind).close()
         except OSError as exc:
-            return _bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT", SIP_KINDS)
+            problems.append(_bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT", SIP_KINDS))
+            break
     try:
         _bound(settings.voice_api_host, settings.voice_api_port).close()
     except OSError as exc:
-        return _bind_problem(settings.voice_api_host, settings.voice_api_port, exc, "voice API port", "VOICE_API_PORT")
-    return None
+        problems.append(
+            _bind_problem(settings.voice_api_host, settings.voice_api_port, exc, "voice API port", "VOICE_API_PORT")
+        )
+    return problems
 
 
 def doctor(settings: Settings) -> int:
@@ -118,9 +123,7 @@ def doctor(settings: Settings) -> int:
     if port:
         problems.append(port)
     if settings.backend is Backend.EMBEDDED:
-        sip = _sip_port_problem(settings)
-        if sip:
-            problems.append(sip)
+        problems += _voice_port_problems(settings)
     from dialbridge.checks import SchemaPlan, schema_plan
     from dialbridge.store.database import shown
 
@@ -151,9 +154,7 @@ def serve(settings: Settings, workers: int) -> int:
         problems.append(port)
     embedded = settings.backend is Backend.EMBEDDED
     if embedded:
-        sip = _sip_port_problem(settings)
-        if sip:
-            problems.append(sip)
+        problems += _voice_port_problems(settings)
     if not problems:
         schema = _migrate_once(settings)
         if schema:
@@ -234,9 +235,7 @@ def _start_voice_engine(settings: Settings) -> VoiceEngineProcess:
 def voice(settings: Settings) -> int:
     """Run the voice engine alone (`dialbridge serve` starts it beside the web server on the embedded backend)."""
     problems = [p for p in settings.problems() if "VONAGE" not in p]
-    sip = _sip_port_problem(settings)
-    if sip:
-        problems.append(sip)
+    problems += _voice_port_problems(settings)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -350,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook the voice engine sends
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE candidate pair of every browser phone
     settings = _load_settings()
     if args.command == "doctor":
         return doctor(settings)

@@ -82,3 +82,6 @@ def test_the_browser_phone_keys_the_pin_and_hears_a_phone_caller(
         time.sleep(0.2)
     assert errors == []
     assert run.wait(40) == 0, run.errors()
+    log = stack.log.read_text()
+    assert "browser phone call ended" in log  # the engine's own lines are there; aioice's line per candidate pair not
+    assert "aioice" not in log, log

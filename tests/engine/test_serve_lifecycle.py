@@ -6,9 +6,9 @@ before it stopped), and an engine that dies is started again, with the reason in
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -50,8 +50,9 @@ def test_sigterm_with_a_caller_in_the_conference_ends_the_call_in_the_database(t
             target=stack.sip_target, sip_port=free_port(), media_port=17000,
         )  # fmt: skip
         database = tmp_path / "db.sqlite"
-        wait_until(lambda: call_statuses(database) == ["in_conference"], 30, "the caller to join the conference")
-        time.sleep(1.0)  # SIPp is past its last INFO's answer and waiting for the BYE
+        wait_until(lambda: call_statuses(database) == ["in_conference"], 30, "the PIN to be taken")
+        joined = re.compile(r"call \S+ joined conference \S+ \(0 already in it\)")
+        wait_until(lambda: bool(joined.search(stack.log.read_text())), 30, "the engine to put the call in")
         if to == "serve":
             stack.process.send_signal(signal.SIGTERM)
         else:
@@ -61,6 +62,9 @@ def test_sigterm_with_a_caller_in_the_conference_ends_the_call_in_the_database(t
         assert call_statuses(database) == ["completed"], stack.log.read_text()
         log = stack.log.read_text()
         assert "Traceback" not in log and "ERROR" not in log, log
+        # The call's life in the log, a line each: answered, in the room's conference (above), ended and why.
+        assert re.search(r"call (\S+) from \+15550001111 to dialin: answered", log), log
+        assert re.search(r"call \S+: completed \(engine_shutdown, \d+ s after the answer\)", log), log
 
 
 def test_a_voice_engine_that_dies_is_started_again(tmp_path: Path) -> None:

@@ -754,6 +754,7 @@ class VoiceEngine:
             self._leave_conference(call, now)
         others = self.mixer.members(name) if name in self.mixer.conferences() else []
         call.conference, call.conversation = name, conversation
+        log.info("call %s joined conference %s (%d already in it)", call.uuid, name, len(others))
         if conversation.start_on_enter and name not in self._started:
             self._started.add(name)
             for uuid in others:
@@ -837,11 +838,15 @@ class VoiceEngine:
             self._event(call, "failed" if reason.startswith("failed") else "cancelled", now, reason=reason)
         else:
             self._event(call, "completed", now, start_time=call.answered_at, end_time=now, reason=reason)
+        lasted = f", {now - call.answered_at:.0f} s after the answer" if call.answered_at is not None else ""
+        log.info("call %s: %s (%s%s)", call.uuid, call.state, reason, lasted)
         call.ended_at = now
         self._ended.append(self._snapshot(call))
 
     def _event(self, call: Call, status: str, now: float, **extra: Any) -> None:
         call.state = status
+        if status == "answered":  # this, joining a conference and the end: what an operator looks for in the log
+            log.info("call %s from %s to %s: answered", call.uuid, call.from_, call.to)
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
         self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
 
