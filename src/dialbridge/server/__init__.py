@@ -1,1 +1,2 @@
-"""The server process around the application: its HTTP protocol and its worker pool (`web/` is the application)."""
+"""The server process around the application: its HTTP protocol, its worker pool and the voice engine's process
+beside it (`web/` is the application)."""
