@@ -276,6 +276,9 @@ def voice(settings: Settings) -> int:
         rtp_ports=settings.rtp_port_range,
         signature_secret=secret,
         control=(credentials, settings.voice_api_host, settings.voice_api_port),
+        # Named by the SIP port, which no two engines on a machine share: one sharing VOICE_DIR with another (two
+        # instances started from one folder) must not take the other's live calls for a crashed engine's.
+        journal=Path(settings.voice_dir) / f"live-calls-{settings.sip_port}.jsonl",
     )
     logging.getLogger("dialbridge").info(
         "voice engine: SIP on %s:%d (UDP, TCP), RTP %s, answer webhook %s",

@@ -52,6 +52,11 @@ class VoiceStack:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def database(self) -> Path:
+        """The stack's SQLite file (beside its log)."""
+        return self.log.parent / "db.sqlite"
+
+    @property
     def sip_target(self) -> str:
         return f"127.0.0.1:{self.sip_port}"
 

@@ -36,35 +36,50 @@ def engine_pid(stack: VoiceStack) -> int:
     return pid
 
 
+def caller_in_the_conference(stack: VoiceStack, folder: Path) -> sipp.SippRun:
+    """A SIPp caller that keys a new room's PIN (SIP INFO), is put in its conference and waits to be hung up on."""
+    pin = stack.new_room("standup")
+    caller = sipp.start(
+        folder,
+        sipp.scenario(
+            sipp.invite(), sipp.ANSWERED, sipp.ACK, sipp.pause(500), sipp.info_digits(pin + "#"),
+            sipp.REMOTE_BYE.format(timeout_ms=60000),
+        ),
+        target=stack.sip_target, sip_port=free_port(), media_port=17000,
+    )  # fmt: skip
+    wait_until(lambda: call_statuses(stack.database) == ["in_conference"], 30, "the PIN to be taken")
+    joined = re.compile(r"call \S+ joined conference \S+ \(0 already in it\)")
+    wait_until(lambda: bool(joined.search(stack.log.read_text())), 30, "the engine to put the call in")
+    return caller
+
+
 @pytest.mark.parametrize("to", ["serve", "its process group"])
 def test_sigterm_with_a_caller_in_the_conference_ends_the_call_in_the_database(tmp_path: Path, to: str) -> None:
     """To `serve` alone (`kill PID`), or to the whole group (Ctrl+C in a terminal, systemd's default)."""
     with voice_stack(tmp_path) as stack:
-        pin = stack.new_room("standup")
-        caller = sipp.start(
-            tmp_path / "caller",
-            sipp.scenario(
-                sipp.invite(), sipp.ANSWERED, sipp.ACK, sipp.pause(500), sipp.info_digits(pin + "#"),
-                sipp.REMOTE_BYE.format(timeout_ms=60000),
-            ),
-            target=stack.sip_target, sip_port=free_port(), media_port=17000,
-        )  # fmt: skip
-        database = tmp_path / "db.sqlite"
-        wait_until(lambda: call_statuses(database) == ["in_conference"], 30, "the PIN to be taken")
-        joined = re.compile(r"call \S+ joined conference \S+ \(0 already in it\)")
-        wait_until(lambda: bool(joined.search(stack.log.read_text())), 30, "the engine to put the call in")
+        caller = caller_in_the_conference(stack, tmp_path / "caller")
         if to == "serve":
             stack.process.send_signal(signal.SIGTERM)
         else:
             os.killpg(stack.process.pid, signal.SIGTERM)
         assert stack.process.wait(timeout=20) == 0, stack.log.read_text()
         assert caller.wait(20) == 0, f"the caller was not hung up on:\n{caller.errors()}"
-        assert call_statuses(database) == ["completed"], stack.log.read_text()
+        assert call_statuses(stack.database) == ["completed"], stack.log.read_text()
         log = stack.log.read_text()
         assert "Traceback" not in log and "ERROR" not in log, log
         # The call's life in the log, a line each: answered, in the room's conference (above), ended and why.
         assert re.search(r"call (\S+) from \+15550001111 to dialin: answered", log), log
         assert re.search(r"call \S+: completed \(engine_shutdown, \d+ s after the answer\)", log), log
+
+
+def test_a_call_a_dead_engine_held_is_ended_by_the_next_one(tmp_path: Path) -> None:
+    """The caller's line is gone with the engine; the new engine reads its journal and ends the call's record."""
+    with voice_stack(tmp_path) as stack:
+        caller = caller_in_the_conference(stack, tmp_path / "caller")
+        os.kill(engine_pid(stack), signal.SIGKILL)
+        wait_until(lambda: call_statuses(stack.database) == ["completed"], 30, "the call's record to be ended")
+        assert "ending 1 calls a previous voice engine left live" in stack.log.read_text()
+        caller.process.kill()
 
 
 def test_a_voice_engine_that_dies_is_started_again(tmp_path: Path) -> None:

@@ -27,12 +27,14 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
+from dialbridge.engine.calls.journal import LiveCallJournal
 from dialbridge.engine.core import (
     CloseBrowserLeg,
     EngineRequest,
@@ -52,6 +54,7 @@ from dialbridge.engine.sip.message import SipParseError, SipStreamFramer
 log = logging.getLogger(__name__)
 TICK_S = 0.020
 MAX_BEHIND_S = 0.100
+RECOVERED_EVENT_PATIENCE_S = 60.0  # how long a crashed engine's calls' final events wait for the application
 Address = tuple[str, int]
 
 
@@ -220,8 +223,11 @@ class VoiceServer:
         rtp_ports: tuple[int, int],
         signature_secret: str | None,
         control: tuple[VoiceCredentials, str, int] | None = None,
+        journal: Path | None = None,
     ) -> None:
+        """`journal`: where this engine notes its live calls, and finds those a crashed one left (journal.py)."""
         self.settings = settings
+        self._journal = LiveCallJournal(journal) if journal is not None else None
         self._sip_host, self._sip_port = sip_host, sip_port
         self._rtp_range = rtp_ports
         self.sip_address: Address = (sip_host, sip_port)
@@ -262,6 +268,22 @@ class VoiceServer:
         # The clock starts last: start-up's own pauses (the collection above) are not the first ticks' lateness.
         self._next_tick = loop.time() + TICK_S
         loop.call_at(self._next_tick, self._tick)
+        if self._journal is not None:
+            left = self._journal.recover(self.now())
+            if left:
+                log.warning("ending %d calls a previous voice engine left live (it stopped without them)", len(left))
+                self._spawn(self._send_recovered(left))
+
+    async def _send_recovered(self, payloads: list[dict[str, Any]]) -> None:
+        """The final events of a crashed engine's calls. Patient: `serve` may start the application beside this
+        engine at the same moment, so it may not answer yet."""
+        for payload in payloads:
+            deadline = self.now() + RECOVERED_EVENT_PATIENCE_S
+            while not (await self.webhooks.event(self.settings.event_url, payload)).ok:
+                if self.now() > deadline or self._stopping.is_set():
+                    log.warning("could not send call %s's final event; its record stays as it was", payload["uuid"])
+                    break
+                await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         await self.start()
@@ -290,6 +312,8 @@ class VoiceServer:
         self.media.close_all()
         await self.webhooks.aclose()
         self._audio.shutdown(wait=False, cancel_futures=True)
+        if self._journal is not None:
+            self._journal.close()
 
     def stats_summary(self) -> dict[str, Any]:
         """The counters of the clock and the media, cumulative since the start (live calls' RTP: since they began)."""
@@ -418,6 +442,8 @@ class VoiceServer:
         self.flush()
 
     def _send_event(self, request: SendEvent) -> None:
+        if self._journal is not None:
+            self._journal.observe(request.payload, self.now())
         # One call's events arrive in the order they happened: each waits for the one before it.
         key = str(request.payload.get("uuid", ""))
         previous = self._event_chains.get(key)

@@ -31,6 +31,8 @@ EVENT_STATUSES = frozenset(
         "completed",
     }
 )
+# The statuses after which a call has no more events.
+FINAL_EVENT_STATUSES = frozenset({"busy", "cancelled", "unanswered", "rejected", "failed", "timeout", "completed"})
 # Vonage's `disconnected` event (a websocket leg going away) carries no direction.
 _WITHOUT_DIRECTION = frozenset({"disconnected"})
 

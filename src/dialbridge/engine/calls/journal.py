@@ -1,0 +1,150 @@
+"""The calls an engine holds, in a file, so that the engine started after a crash can end them.
+
+Why: an engine that dies (`kill -9`, a crash, the OOM killer) sends no final event for its calls, so the application
+kept them "in_conference" for good (in its database and `/metrics`), though nobody was on the line any more. `serve`
+starts a new engine within seconds; that one reads what the last left here and sends each call it finds its final
+event: `completed` if it had been answered, `failed` if not, with the reason `engine_restarted`.
+
+The file holds one JSON line per call's first event and per answer and end (not per tick: nothing on the media
+path writes here), flushed to the page cache at once, so a crashed process loses nothing (a machine that loses power
+may lose the last lines). It is started afresh whenever no call is live, and rewritten with the live calls alone
+once it has grown well past them, so it stays small whatever the load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from dialbridge.engine.calls.payloads import FINAL_EVENT_STATUSES, CallInfo, event_payload
+
+log = logging.getLogger(__name__)
+
+REASON = "engine_restarted"
+COMPACT_AFTER_LINES = 1000  # ...more lines than three per live call: rewrite the file with the live calls alone
+
+
+@dataclass(slots=True)
+class _LiveCall:
+    info: CallInfo
+    answered_at: float | None = None
+
+
+def _call_line(info: CallInfo) -> dict[str, Any]:
+    return {"call": info.uuid, "conversation_uuid": info.conversation_uuid, "from": info.from_, "to": info.to}
+
+
+class LiveCallJournal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._live: dict[str, _LiveCall] = {}
+        self._lines = 0
+        self._file: IO[str] | None = None
+
+    def recover(self, now: float) -> list[dict[str, Any]]:
+        """The final events of the calls a previous engine left live, then a fresh file for this one's calls."""
+        left = self._read()
+        self._live.clear()
+        self._rewrite()
+        return [
+            event_payload("completed", call.info, now, start_time=call.answered_at, end_time=now, reason=REASON)
+            if call.answered_at is not None
+            else event_payload("failed", call.info, now, reason=REASON)
+            for call in left.values()
+        ]
+
+    def observe(self, payload: Mapping[str, Any], now: float) -> None:
+        """Note an event this engine is sending for one of its calls."""
+        uuid = str(payload.get("uuid", ""))
+        status = payload.get("status")
+        if not uuid or not isinstance(status, str):
+            return
+        if status in FINAL_EVENT_STATUSES:
+            if self._live.pop(uuid, None) is not None:
+                self._write({"end": uuid})
+        elif uuid not in self._live:
+            info = CallInfo(
+                uuid=uuid,
+                conversation_uuid=str(payload.get("conversation_uuid", "")),
+                from_=str(payload.get("from", "")),
+                to=str(payload.get("to", "")),
+            )
+            self._live[uuid] = _LiveCall(info)
+            self._write(_call_line(info))
+        if status == "answered" and uuid in self._live:
+            self._live[uuid].answered_at = now
+            self._write({"answered": uuid, "at": now})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if not self._live:
+            self._rewrite()  # nothing live: start afresh rather than grow
+            return
+        if self._lines > COMPACT_AFTER_LINES and self._lines > 3 * len(self._live):
+            self._rewrite()
+            return
+        try:
+            if self._file is None:
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self._file.flush()
+            self._lines += 1
+        except OSError as exc:  # the calls go on; only their recovery after a crash is lost
+            log.warning("cannot write the live calls' journal %s: %s", self.path, exc)
+
+    def _rewrite(self) -> None:
+        """The file holding the live calls alone (none: empty)."""
+        self.close()
+        lines: list[dict[str, Any]] = []
+        for call in self._live.values():
+            lines.append(_call_line(call.info))
+            if call.answered_at is not None:
+                lines.append({"answered": call.info.uuid, "at": call.answered_at})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+            temporary.replace(self.path)
+            self._lines = len(lines)
+        except OSError as exc:
+            log.warning("cannot write the live calls' journal %s: %s", self.path, exc)
+
+    def _read(self) -> dict[str, _LiveCall]:
+        live: dict[str, _LiveCall] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return live
+        except OSError as exc:
+            log.warning("cannot read the live calls' journal %s: %s", self.path, exc)
+            return live
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the crash
+            if not isinstance(entry, dict):
+                continue
+            if "call" in entry:
+                uuid = str(entry["call"])
+                live[uuid] = _LiveCall(
+                    CallInfo(
+                        uuid,
+                        str(entry.get("conversation_uuid", "")),
+                        str(entry.get("from", "")),
+                        str(entry.get("to", "")),
+                    )
+                )
+            elif "answered" in entry and str(entry["answered"]) in live and isinstance(entry.get("at"), int | float):
+                live[str(entry["answered"])].answered_at = float(entry["at"])
+            elif "end" in entry:
+                live.pop(str(entry["end"]), None)
+        return live

@@ -1,0 +1,63 @@
+"""LiveCallJournal: what a crashed engine's successor learns of the calls it left, from a real file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dialbridge.engine.calls.journal import LiveCallJournal
+from dialbridge.engine.calls.payloads import CallInfo, event_payload
+
+
+def event(status: str, uuid: str, now: float, **extra: Any) -> dict[str, Any]:
+    return event_payload(status, CallInfo(uuid, "CON-" + uuid, "+15550001111", "dialin"), now, **extra)
+
+
+def test_the_calls_a_crashed_engine_left_are_ended_as_vonage_would_end_them(tmp_path: Path) -> None:
+    path = tmp_path / "live-calls.jsonl"
+    crashed = LiveCallJournal(path)
+    assert crashed.recover(now=1000.0) == []
+    for uuid in ("answered", "ringing", "ended"):
+        crashed.observe(event("started", uuid, 1000.0), 1000.0)
+    crashed.observe(event("answered", "answered", 1001.0), 1001.0)
+    crashed.observe(event("answered", "ended", 1001.0), 1001.0)
+    crashed.observe(event("completed", "ended", 1005.0, start_time=1001.0, end_time=1005.0), 1005.0)
+    # the process dies here: no close(), no final events
+
+    successor = LiveCallJournal(path)
+    left = {payload["uuid"]: payload for payload in successor.recover(now=1010.0)}
+    assert set(left) == {"answered", "ringing"}
+    completed = left["answered"]
+    assert (completed["status"], completed["reason"], completed["duration"]) == ("completed", "engine_restarted", "9")
+    assert (completed["from"], completed["to"], completed["conversation_uuid"]) == (
+        "+15550001111",
+        "dialin",
+        "CON-answered",
+    )
+    assert (left["ringing"]["status"], left["ringing"]["reason"]) == ("failed", "engine_restarted")
+    assert LiveCallJournal(path).recover(now=1011.0) == [], "recovered calls are ended once"
+
+
+def test_a_line_cut_short_by_the_crash_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "live-calls.jsonl"
+    journal = LiveCallJournal(path)
+    journal.recover(now=0.0)
+    journal.observe(event("started", "a", 1.0), 1.0)
+    with path.open("a") as file:
+        file.write('{"call":"b","conversa')
+    assert [payload["uuid"] for payload in LiveCallJournal(path).recover(now=2.0)] == ["a"]
+
+
+def test_the_file_stays_small_however_many_calls_come_and_go(tmp_path: Path) -> None:
+    path = tmp_path / "live-calls.jsonl"
+    journal = LiveCallJournal(path)
+    journal.recover(now=0.0)
+    journal.observe(event("started", "long-call", 0.0), 0.0)  # one call lives throughout: never "nothing live"
+    for n in range(5000):
+        journal.observe(event("started", f"c{n}", n), n)
+        journal.observe(event("answered", f"c{n}", n), n)
+        journal.observe(event("completed", f"c{n}", n + 1, start_time=n, end_time=n + 1), n + 1)
+    assert len(path.read_text().splitlines()) <= 1100
+    journal.observe(event("completed", "long-call", 6000.0, start_time=0.0, end_time=6000.0), 6000.0)
+    assert path.read_text() == "", "with no call live the file starts afresh"
+    assert LiveCallJournal(path).recover(now=6001.0) == []
