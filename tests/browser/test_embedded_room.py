@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from live_server import LiveServer
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -133,3 +135,25 @@ def test_phone_panel_reports_what_the_server_says(context: BrowserContext, live_
     page.click("#dial-number button")
     page.wait_for_function("document.getElementById('phone-status').textContent.startsWith('number')")
     assert page.locator("#phone-calls li").count() == 0
+
+
+def test_a_participant_no_network_path_reaches_is_reported_not_left_black(
+    playwright: Playwright, live_server: LiveServer
+) -> None:
+    """Without `--allow-loopback-in-peer-connection`, Chromium in the tests' loopback-only namespace gathers no ICE
+    candidate at all: as on a network that blocks WebRTC, no pair ever forms and ICE never says "failed". The
+    page must say so rather than show "Connected." over a black tile."""
+    args = [arg for arg in CHROMIUM_ARGS if arg != "--allow-loopback-in-peer-connection"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    try:
+        context = browser.new_context()
+        alice = open_room(context, live_server, "blocked")
+        open_room(context, live_server, "blocked")
+        wait_for_event(alice, "streamCreated")
+        alice.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('no network path to this participant')",
+            timeout=WAIT_MS,
+        )
+        assert "Could not show a participant" in (alice.text_content("#status") or "")
+    finally:
+        browser.close()

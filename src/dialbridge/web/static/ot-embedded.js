@@ -8,6 +8,9 @@
   const DEFAULT_SIGNALLING_PATH = "/rt/signalling";
   const KEEPALIVE_MS = 15000;  // the server drops a socket silent for 45 s
   const RTC_CONFIG = { iceServers: [] };  // host candidates only: no public STUN/TURN is assumed reachable
+  // A subscriber not connected by then is reported as failed: with no candidate pair at all (UDP blocked, no
+  // address in common) ICE never reaches "failed", and the page showed a black tile under "Connected." for good.
+  const SUBSCRIBE_TIMEOUT_MS = 20000;
 
   function otError(name, message) {
     const error = new Error(message);
@@ -444,7 +447,17 @@
       this._subscribers.set(stream.streamId, subscriber);
       this._watchIce(subscriber.peer, stream.connection.connectionId, stream.streamId);
       let reported = false;
-      const report = (error) => { if (!reported) { reported = true; if (completion) completion(error); } };
+      const report = (error) => {
+        clearTimeout(timer);
+        if (!reported) { reported = true; if (completion) completion(error); }
+      };
+      const timer = setTimeout(() => {
+        if (!subscriber.peer) return;  // unsubscribed or gone meanwhile: nothing to report
+        report(otError(
+          "OT_STREAM_SUBSCRIBE_FAILED",
+          `no network path to this participant within ${SUBSCRIBE_TIMEOUT_MS / 1000} s (a firewall may block WebRTC)`,
+        ));
+      }, SUBSCRIBE_TIMEOUT_MS);
       subscriber.peer.addEventListener("connectionstatechange", () => {
         const state = subscriber.peer && subscriber.peer.connectionState;
         if (state === "connected") { report(undefined); subscriber._dispatch("connected", {}); }
