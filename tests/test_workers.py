@@ -128,7 +128,12 @@ def _all_ready(served: Served, count: int = 2) -> list[int]:
         time.sleep(0.05)
     for connection in _open(served.port, 2):
         connection.close()
-    return served.workers()
+    pids = served.workers()
+    # The two are closed, and the workers have said so: connections opened next are balanced on counts without
+    # them (seen in a clean-clone run: 3/5 instead of 4/4, the supervisor still counting a closed one).
+    _held(pids, served.port, 0)
+    time.sleep(0.3)
+    return pids
 
 
 def test_a_worker_that_dies_is_replaced_and_serving_goes_on(tmp_path: Path) -> None:
