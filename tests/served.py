@@ -93,6 +93,24 @@ class Served:
         return [pid for pid in children(self.process.pid) if b"resource_tracker" not in _command_line(pid)]
 
 
+def patched_python(tmp_path: Path, sitecustomize: str) -> dict[str, str]:
+    """The environment under which the processes a test starts run `sitecustomize` first (a patch of its own)."""
+    patches = tmp_path / "patches"
+    patches.mkdir(exist_ok=True)
+    (patches / "sitecustomize.py").write_text(sitecustomize)
+    return {"PYTHONPATH": str(patches)}
+
+
+def exit_of(served: Served, timeout: float = 60) -> tuple[int, str]:
+    """The exit code and stderr of a `serve` started with `stderr=subprocess.PIPE` that is expected to stop."""
+    try:
+        _out, err = served.process.communicate(timeout=timeout)
+    finally:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGKILL)
+    return served.process.returncode, str(err)
+
+
 def start(tmp_path: Path, *args: str, stderr: Any = None, **env: str) -> Served:
     """`dialbridge serve`; its stderr goes to `stderr` if given, else to server.log in `tmp_path`."""
     port = free_port()

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from dialbridge.server.limits import ClientWaits, ServerLimits, connection_cap
-from tests.served import serving, start
+from tests.served import patched_python, serving, start
 
 LIMITS = ServerLimits(request_timeout_s=5, idle_timeout_s=10, max_connections=100)
 
@@ -95,10 +95,7 @@ httptools_impl.HttpToolsProtocol.__init__ = _init
 
 
 def test_a_uvicorn_with_changed_internals_falls_back_to_its_own_protocol_with_a_warning(tmp_path: Path) -> None:
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    with serving(tmp_path, PYTHONPATH=str(patches)) as served:
+    with serving(tmp_path, **patched_python(tmp_path, SITECUSTOMIZE)) as served:
         request = urllib.request.Request(served.base + "/webhooks/answer?uuid=fallback-1&from=447700900001")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200 and b'"action":"talk"' in response.read()

@@ -20,7 +20,7 @@ from alembic.migration import MigrationContext
 from dialbridge.server.workers import LeastConnections, parse_report
 from dialbridge.store.database import alembic_config, create_db_engine
 from tests.conftest import NEWEST
-from tests.served import Served, client_ports_held, connections_held, serving, start
+from tests.served import Served, client_ports_held, connections_held, exit_of, patched_python, serving, start
 
 
 def test_the_next_connection_goes_to_the_worker_holding_fewest() -> None:
@@ -298,29 +298,17 @@ command.upgrade = _failing
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(tmp_path: Path) -> None:
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "sitecustomize.py").write_text(WORKERS_CANNOT_MIGRATE)
-    served = start(tmp_path, "--workers", "2", stderr=subprocess.PIPE, PYTHONPATH=str(patches))
-    try:
-        _out, err = served.process.communicate(timeout=60)
-    finally:
-        if served.process.poll() is None:
-            os.killpg(served.process.pid, signal.SIGKILL)
-    assert served.process.returncode == 3
+    patched = patched_python(tmp_path, WORKERS_CANNOT_MIGRATE)
+    code, err = exit_of(start(tmp_path, "--workers", "2", stderr=subprocess.PIPE, **patched))
+    assert code == 3
     assert "could not migrate the database" in err and "No space left on device" in err  # the worker's own error
     assert "exited during start-up" in err
 
 
 def test_serve_refuses_a_file_that_is_not_a_database_before_starting_anything(tmp_path: Path) -> None:
     (tmp_path / "db.sqlite").write_bytes(b"this is not a database" * 100)
-    served = start(tmp_path, "--workers", "2", stderr=subprocess.PIPE)
-    try:
-        _out, err = served.process.communicate(timeout=60)
-    finally:
-        if served.process.poll() is None:
-            os.killpg(served.process.pid, signal.SIGKILL)
-    assert served.process.returncode == 1, err
+    code, err = exit_of(start(tmp_path, "--workers", "2", stderr=subprocess.PIPE))
+    assert code == 1, err
     assert "db.sqlite" in err and "not a database" in err, err
     assert "Traceback" not in err and "worker" not in err, err
 
@@ -373,11 +361,8 @@ def test_serve_with_workers_survives_an_upgrade_longer_than_the_lock_wait(tmp_pa
     engine = create_db_engine(url)
     command.upgrade(alembic_config(engine), "0004")
     engine.dispose()
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "sitecustomize.py").write_text(SLOW_UPGRADE)
-
-    with serving(tmp_path, "--workers", "2", PYTHONPATH=str(patches), TEST_NEWEST_REVISION=NEWEST) as served:
+    patched = patched_python(tmp_path, SLOW_UPGRADE)
+    with serving(tmp_path, "--workers", "2", TEST_NEWEST_REVISION=NEWEST, **patched) as served:
         assert len(served.workers()) == 2
         with urllib.request.urlopen(f"{served.base}/webhooks/answer?uuid=u1&from=1&to=2", timeout=10) as response:
             assert response.status == 200

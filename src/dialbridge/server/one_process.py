@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+
+from dialbridge.server.voice_engine import stop_first_then
 
 # The exit code when the application cannot start: uvicorn's (uvicorn.run exits with it), `serve --workers N`'s too.
 STARTUP_FAILURE = 3
@@ -33,15 +34,7 @@ class _ServerStoppingOthersFirst(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._stopping_others = True
-        before_stop = self._before_stop
-
-        def then_exit() -> None:
-            try:
-                before_stop()
-            finally:
-                super(_ServerStoppingOthersFirst, self).handle_exit(sig, None)
-
-        threading.Thread(target=then_exit, name="dialbridge-stopping", daemon=True).start()
+        stop_first_then(self._before_stop, lambda: uvicorn.Server.handle_exit(self, sig, None))
 
 
 def run_one_process(config: uvicorn.Config, before_stop: Callable[[], None] | None = None) -> None:

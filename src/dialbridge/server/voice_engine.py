@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("dialbridge")
 
@@ -34,6 +34,19 @@ def _how_it_ended(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def stop_first_then(before_stop: Callable[[], None], then: Callable[[], None]) -> None:
+    """`before_stop()` (stopping the voice engine) on a thread of its own, so that the server keeps answering while
+    it runs, then `then()` (the server's own stop), even if it raised. From a signal handler: it returns at once."""
+
+    def in_order() -> None:
+        try:
+            before_stop()
+        finally:
+            then()
+
+    threading.Thread(target=in_order, name="dialbridge-stopping", daemon=True).start()
 
 
 class VoiceEngineProcess:

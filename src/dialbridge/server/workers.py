@@ -27,13 +27,14 @@ import os
 import selectors
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from dialbridge.server.voice_engine import stop_first_then
 
 log = logging.getLogger("dialbridge.workers")
 READY = b"ready"
@@ -468,19 +469,15 @@ class WorkerPool:
             self._replace_all = True
         elif self.before_stop is not None and not self._stopping_others:
             self._stopping_others = True
-            threading.Thread(
-                target=self._stop_others_first, args=(self.before_stop,), name="dialbridge-stopping", daemon=True
-            ).start()
+            stop_first_then(self.before_stop, self._stop_soon)
         else:
             self._stopping = True
 
-    def _stop_others_first(self, before_stop: Callable[[], None]) -> None:
-        try:
-            before_stop()
-        finally:
-            self._stopping = True
-            with contextlib.suppress(OSError):
-                self._wakeup_w.send(b"\0")  # the loop may be waiting in select() for up to a second
+    def _stop_soon(self) -> None:
+        """From another thread: stop as on a signal."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")  # the loop may be waiting in select() for up to a second
 
     def _drain_wakeup(self) -> None:
         try:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     true,
     update,
 )
@@ -441,6 +442,11 @@ class Store:
 
     def _write_now(self, work: Callable[[Run], T]) -> T:
         return self._writer.write_now(work)
+
+    def check_reachable(self) -> None:
+        """A round trip to the database on a pooled connection; raises if it cannot be made (for `/healthz`)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
         if self._read_pool is not None:

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from dialbridge.conference.rooms import is_valid_room_id
 from dialbridge.config import Backend, Settings
@@ -74,8 +73,7 @@ def sip_address(settings: Settings) -> str:
 @router.get("/healthz")
 async def healthz(request: Request, svc: ServicesDep) -> dict[str, Any]:
     try:
-        with svc.store.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        await svc.store.read(svc.store.check_reachable)  # a monitor polls this: on PostgreSQL, off the event loop
     except Exception as exc:
         raise ApiError(503, "database_unavailable", f"database unreachable: {exc.__class__.__name__}") from exc
     body: dict[str, Any] = {"status": "ok", "backend": svc.platform.name}

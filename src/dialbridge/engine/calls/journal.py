@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from dialbridge.engine.calls.payloads import FINAL_EVENT_STATUSES, CallInfo, event_payload
+from dialbridge.conference.webhooks import FINAL_STATUSES
+from dialbridge.engine.calls.payloads import CallInfo, call_named_by, event_payload, parties
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ COMPACT_AFTER_LINES = 1000  # ...more lines than three per live call: rewrite th
 class _LiveCall:
     info: CallInfo
     answered_at: float | None = None
-
-
-def _call_line(info: CallInfo) -> dict[str, Any]:
-    return {"call": info.uuid, "conversation_uuid": info.conversation_uuid, "from": info.from_, "to": info.to}
 
 
 class LiveCallJournal:
@@ -63,18 +60,13 @@ class LiveCallJournal:
         status = payload.get("status")
         if not uuid or not isinstance(status, str):
             return
-        if status in FINAL_EVENT_STATUSES:
+        if status in FINAL_STATUSES:
             if self._live.pop(uuid, None) is not None:
                 self._write({"end": uuid})
         elif uuid not in self._live:
-            info = CallInfo(
-                uuid=uuid,
-                conversation_uuid=str(payload.get("conversation_uuid", "")),
-                from_=str(payload.get("from", "")),
-                to=str(payload.get("to", "")),
-            )
+            info = call_named_by(payload)
             self._live[uuid] = _LiveCall(info)
-            self._write(_call_line(info))
+            self._write({"call": parties(info)})
         if status == "answered" and uuid in self._live:
             self._live[uuid].answered_at = now
             self._write({"answered": uuid, "at": now})
@@ -105,7 +97,7 @@ class LiveCallJournal:
         self.close()
         lines: list[dict[str, Any]] = []
         for call in self._live.values():
-            lines.append(_call_line(call.info))
+            lines.append({"call": parties(call.info)})
             if call.answered_at is not None:
                 lines.append({"answered": call.info.uuid, "at": call.answered_at})
         try:
@@ -133,16 +125,9 @@ class LiveCallJournal:
                 continue  # a line cut short by the crash
             if not isinstance(entry, dict):
                 continue
-            if "call" in entry:
-                uuid = str(entry["call"])
-                live[uuid] = _LiveCall(
-                    CallInfo(
-                        uuid,
-                        str(entry.get("conversation_uuid", "")),
-                        str(entry.get("from", "")),
-                        str(entry.get("to", "")),
-                    )
-                )
+            if isinstance(entry.get("call"), dict):
+                info = call_named_by(entry["call"])
+                live[info.uuid] = _LiveCall(info)
             elif "answered" in entry and str(entry["answered"]) in live and isinstance(entry.get("at"), int | float):
                 live[str(entry["answered"])].answered_at = float(entry["at"])
             elif "end" in entry:

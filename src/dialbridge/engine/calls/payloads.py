@@ -31,8 +31,6 @@ EVENT_STATUSES = frozenset(
         "completed",
     }
 )
-# The statuses after which a call has no more events.
-FINAL_EVENT_STATUSES = frozenset({"busy", "cancelled", "unanswered", "rejected", "failed", "timeout", "completed"})
 # Vonage's `disconnected` event (a websocket leg going away) carries no direction.
 _WITHOUT_DIRECTION = frozenset({"disconnected"})
 
@@ -65,8 +63,19 @@ def timestamp(now: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _parties(call: CallInfo) -> dict[str, str]:
+def parties(call: CallInfo) -> dict[str, str]:
+    """The fields that name a call in every webhook."""
     return {"from": call.from_, "to": call.to, "uuid": call.uuid, "conversation_uuid": call.conversation_uuid}
+
+
+def call_named_by(fields: Mapping[str, Any]) -> CallInfo:
+    """The call `fields` name (`parties`' inverse; missing fields are empty)."""
+    return CallInfo(
+        uuid=str(fields.get("uuid", "")),
+        conversation_uuid=str(fields.get("conversation_uuid", "")),
+        from_=str(fields.get("from", "")),
+        to=str(fields.get("to", "")),
+    )
 
 
 def answer_query(
@@ -105,7 +114,7 @@ def event_payload(
     start_time, rate and network. `extra` fields are added (e.g. a reason), but never replace those above."""
     if status not in EVENT_STATUSES:
         raise ValueError(f"unknown call status {status!r}")
-    payload: dict[str, Any] = {**_parties(call), "status": status}
+    payload: dict[str, Any] = {**parties(call), "status": status}
     if status not in _WITHOUT_DIRECTION:
         payload["direction"] = DIRECTION
     payload.update(extra)  # before the documented fields, which always keep Vonage's format
@@ -131,6 +140,6 @@ def input_payload(call: CallInfo, digits: str, timed_out: bool, now: float) -> d
     return {
         "speech": {"results": []},
         "dtmf": {"digits": digits, "timed_out": timed_out},
-        **_parties(call),
+        **parties(call),
         "timestamp": timestamp(now),
     }
