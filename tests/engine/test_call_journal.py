@@ -22,7 +22,7 @@ def test_the_calls_a_crashed_engine_left_are_ended_as_vonage_would_end_them(tmp_
     crashed.observe(event("answered", "answered", 1001.0), 1001.0)
     crashed.observe(event("answered", "ended", 1001.0), 1001.0)
     crashed.observe(event("completed", "ended", 1005.0, start_time=1001.0, end_time=1005.0), 1005.0)
-    # the process dies here: no close(), no final events
+    crashed.close()  # the process dies here, with no final events: the kernel lets its lock go
 
     successor = LiveCallJournal(path)
     left = {payload["uuid"]: payload for payload in successor.recover(now=1010.0)}
@@ -35,6 +35,7 @@ def test_the_calls_a_crashed_engine_left_are_ended_as_vonage_would_end_them(tmp_
         "CON-answered",
     )
     assert (left["ringing"]["status"], left["ringing"]["reason"]) == ("failed", "engine_restarted")
+    successor.close()
     assert LiveCallJournal(path).recover(now=1011.0) == [], "recovered calls are ended once"
 
 
@@ -45,6 +46,7 @@ def test_a_line_cut_short_by_the_crash_is_skipped(tmp_path: Path) -> None:
     journal.observe(event("started", "a", 1.0), 1.0)
     with path.open("a") as file:
         file.write('{"call":"b","conversa')
+    journal.close()
     assert [payload["uuid"] for payload in LiveCallJournal(path).recover(now=2.0)] == ["a"]
 
 
@@ -60,4 +62,20 @@ def test_the_file_stays_small_however_many_calls_come_and_go(tmp_path: Path) -> 
     assert len(path.read_text().splitlines()) <= 1100
     journal.observe(event("completed", "long-call", 6000.0, start_time=0.0, end_time=6000.0), 6000.0)
     assert path.read_text() == "", "with no call live the file starts afresh"
+    journal.close()
     assert LiveCallJournal(path).recover(now=6001.0) == []
+
+
+def test_a_journal_another_live_engine_owns_is_left_alone(tmp_path: Path) -> None:
+    """Two engines on one VOICE_DIR and SIP port (two network namespaces on one disk): the second must not end the
+    first's live calls as a crashed engine's, nor write into its journal."""
+    path = tmp_path / "live-calls.jsonl"
+    first = LiveCallJournal(path)
+    first.recover(now=0.0)
+    first.observe(event("started", "live", 1.0), 1.0)
+    second = LiveCallJournal(path)
+    assert second.recover(now=2.0) == []
+    second.observe(event("started", "other", 2.0), 2.0)
+    assert "other" not in path.read_text() and "live" in path.read_text()
+    first.close()  # the first dies: its call is now the successor's to end
+    assert [payload["uuid"] for payload in LiveCallJournal(path).recover(now=3.0)] == ["live"]

@@ -9,12 +9,19 @@ The file holds one JSON line per call's first event and per answer and end (not 
 path writes here), flushed to the page cache at once, so a crashed process loses nothing (a machine that loses power
 may lose the last lines). It is started afresh whenever no call is live, and rewritten with the live calls alone
 once it has grown well past them, so it stays small whatever the load.
+
+One engine owns a journal at a time: it holds an exclusive lock on it (`flock`, released by the kernel when the
+process dies, however it dies). Two engines given one VOICE_DIR and one SIP port (two network namespaces or
+containers on one disk, say) would otherwise each take the other's live calls for a crashed engine's and end them.
+The second runs without a journal and says so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +48,13 @@ class LiveCallJournal:
         self._live: dict[str, _LiveCall] = {}
         self._lines = 0
         self._file: IO[str] | None = None
+        self._lock: int | None = None  # the descriptor holding the journal's lock: this engine owns it
 
     def recover(self, now: float) -> list[dict[str, Any]]:
-        """The final events of the calls a previous engine left live, then a fresh file for this one's calls."""
+        """The final events of the calls a previous engine left live, then a fresh file for this one's calls; none
+        (and no journal) if another live engine owns this one."""
+        if not self._own():
+            return []
         left = self._read()
         self._live.clear()
         self._rewrite()
@@ -58,7 +69,7 @@ class LiveCallJournal:
         """Note an event this engine is sending for one of its calls."""
         uuid = str(payload.get("uuid", ""))
         status = payload.get("status")
-        if not uuid or not isinstance(status, str):
+        if self._lock is None or not uuid or not isinstance(status, str):
             return
         if status in FINAL_STATUSES:
             if self._live.pop(uuid, None) is not None:
@@ -72,6 +83,34 @@ class LiveCallJournal:
             self._write({"answered": uuid, "at": now})
 
     def close(self) -> None:
+        self._close_file()
+        if self._lock is not None:
+            os.close(self._lock)  # and with it the lock
+            self._lock = None
+
+    def _own(self) -> bool:
+        """Take the journal's lock; False (with a warning naming the fix) if another engine holds it."""
+        lock_path = self.path.with_suffix(".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.warning("cannot open the live calls' journal lock %s: %s", lock_path, exc)
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            log.warning(
+                "another voice engine owns the live calls' journal %s: this one keeps none, so its calls cannot be "
+                "ended after a crash; give each engine a DIALBRIDGE_VOICE_DIR of its own",
+                self.path,
+            )
+            return False
+        self._lock = descriptor
+        return True
+
+    def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -94,7 +133,7 @@ class LiveCallJournal:
 
     def _rewrite(self) -> None:
         """The file holding the live calls alone (none: empty)."""
-        self.close()
+        self._close_file()
         lines: list[dict[str, Any]] = []
         for call in self._live.values():
             lines.append({"call": parties(call.info)})
