@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dialbridge.engine.media import g711
-from dialbridge.engine.media.dtmf import InbandDtmfBank, detect_rows, dtmf_tone
-from dialbridge.engine.media.mixer import ConferenceMixer
-from dialbridge.engine.media.tones import join_tone
+from dialbridge.media import g711
+from dialbridge.media.dtmf import InbandDtmfBank, detect_rows, dtmf_tone
+from dialbridge.media.mixer import ConferenceMixer
+from dialbridge.media.tones import join_tone
 
 FRAME = 160
 RNG = np.random.default_rng(0)
@@ -125,7 +125,7 @@ def bench_g711() -> None:
 
 
 def bench_tts() -> None:
-    from dialbridge.engine.media.tts import SpeechSynthesizer
+    from dialbridge.media.tts import SpeechSynthesizer
 
     text = "Welcome. Please enter the PIN of your meeting, followed by the hash key."
     synthesizer = SpeechSynthesizer()

@@ -110,7 +110,7 @@ def _bpf_outgoing_udp() -> list[tuple[int, int, int, int]]:
 
 
 def _loud_table(codec: str) -> bytes:
-    from dialbridge.engine.media import g711
+    from dialbridge.media import g711
 
     decoded = g711.decode(codec, bytes(range(256)))
     return bytes(1 if abs(int(v)) > LOUD else 0 for v in decoded)

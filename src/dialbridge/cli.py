@@ -257,7 +257,7 @@ def voice(settings: Settings) -> int:
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         join_tone=settings.join_tones,
     )
-    from dialbridge.engine.credentials import CredentialsError, VoiceCredentials
+    from dialbridge.credentials import CredentialsError, VoiceCredentials
 
     try:
         credentials = VoiceCredentials.load_or_create(Path(settings.voice_dir))

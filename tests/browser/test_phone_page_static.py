@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 import dialbridge.web
 from dialbridge.engine.browser_phone import FRAME_SAMPLES, SAMPLE_RATE, BrowserPhoneLeg
-from dialbridge.engine.media import g711
+from dialbridge.media import g711
 
 
 def _only_loopback() -> bool:

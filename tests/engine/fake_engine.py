@@ -27,9 +27,9 @@ from dialbridge.engine.core import (
     SendWebhook,
     VoiceEngine,
 )
-from dialbridge.engine.media import g711
-from dialbridge.engine.rtp.packet import RtpPacket, build_rtp, parse_rtp
-from dialbridge.engine.sip.message import SipRequest, SipResponse, parse_message
+from dialbridge.media import g711
+from dialbridge.rtp.packet import RtpPacket, build_rtp, parse_rtp
+from dialbridge.sip.message import SipRequest, SipResponse, parse_message
 
 NOW = 1_800_000_000.0
 TICK = 0.020

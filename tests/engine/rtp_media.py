@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dialbridge.engine.media import g711
+from dialbridge.media import g711
 
 RATE = 8000
 DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from dialbridge.engine.media.audiofile import AudioFileError, load_audio, resample_to_8k
+from dialbridge.media.audiofile import AudioFileError, load_audio, resample_to_8k
 
 
 def sine(freq: float, rate: int, seconds: float, amplitude: float = 10000.0) -> npt.NDArray[np.int16]:

@@ -33,7 +33,7 @@ from dialbridge.engine.browser_phone import (
     InboundAudio,
     install_loopback_fallback,
 )
-from dialbridge.engine.media import g711
+from dialbridge.media import g711
 from tests.aio import run_in_thread
 
 T = TypeVar("T")

@@ -34,8 +34,8 @@ from vonage_jwt.jwt import JwtClient
 from vonage_voice.models.ncco import Talk
 from vonage_voice.models.requests import AudioStreamOptions, ListCallsFilter, TtsStreamOptions
 
+from dialbridge.credentials import CredentialsError, TokenError, VoiceCredentials
 from dialbridge.engine.control import CALL_ACTIONS, CallRecord, create_control_app
-from dialbridge.engine.credentials import CredentialsError, TokenError, VoiceCredentials
 
 NOW = 1_800_000_000.0
 CONVERSATION = "CON-5c4f5d0e-0000-4000-8000-00000000c0de"
@@ -934,7 +934,7 @@ def test_threads_starting_together_share_one_identity(tmp_path: Path) -> None:
 STARTER = """
 import json, sys, time
 from pathlib import Path
-from dialbridge.engine.credentials import VoiceCredentials
+from dialbridge.credentials import VoiceCredentials
 folder, go = Path(sys.argv[1]), Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():

@@ -6,8 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from dialbridge.engine.media import g711
-from dialbridge.engine.media.dtmf import (
+from dialbridge.media import g711
+from dialbridge.media.dtmf import (
     DTMF_DIGITS,
     HIGH_FREQS,
     LOW_FREQS,
@@ -16,7 +16,7 @@ from dialbridge.engine.media.dtmf import (
     detect_rows,
     dtmf_tone,
 )
-from dialbridge.engine.media.tones import silence, tone
+from dialbridge.media.tones import silence, tone
 
 Samples = npt.NDArray[np.int16]
 
@@ -151,7 +151,7 @@ def test_single_tones_silence_and_noise_are_not_digits() -> None:
 
 
 def test_speech_is_not_digits() -> None:
-    from dialbridge.engine.media.tts import SpeechSynthesizer
+    from dialbridge.media.tts import SpeechSynthesizer
 
     synthesizer = SpeechSynthesizer()
     texts = [
@@ -186,7 +186,7 @@ def test_music_like_chords_are_not_digits() -> None:
 
 
 def test_digits_over_quieter_speech_are_detected() -> None:
-    from dialbridge.engine.media.tts import SpeechSynthesizer
+    from dialbridge.media.tts import SpeechSynthesizer
 
     speech = SpeechSynthesizer().synthesize("Please enter the PIN of your meeting.", level=-1.0)
     keys = keyed("2580", tone_ms=100, gap_ms=150, level_dbfs=-6)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from dialbridge.engine.media import g711
+from dialbridge.media import g711
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -6,8 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from dialbridge.engine.media.mixer import ConferenceMixer, MixResult
-from dialbridge.engine.media.tones import join_tone, leave_tone, silence, tone
+from dialbridge.media.mixer import ConferenceMixer, MixResult
+from dialbridge.media.tones import join_tone, leave_tone, silence, tone
 
 FREQS = {"alice": 500.0, "bob": 1000.0, "carol": 1500.0, "dave": 2000.0, "erin": 2500.0}
 T = np.arange(160) / 8000

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.rtp.events import (
+from dialbridge.rtp.events import (
     DtmfReceiver,
     DtmfSender,
     EventSlot,

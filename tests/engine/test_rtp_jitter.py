@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.rtp.jitter import _RING_SAMPLES, FrameKind, JitterBuffer
+from dialbridge.rtp.jitter import _RING_SAMPLES, FrameKind, JitterBuffer
 
 SILENCE = 0xFF
 RECEIVED, CONCEALED, SILENT = FrameKind.RECEIVED, FrameKind.CONCEALED, FrameKind.SILENCE

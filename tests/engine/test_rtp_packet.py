@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.rtp.packet import RtpError, RtpHeaderExtension, RtpPacket, build_rtp, is_rtcp, parse_rtp
-from dialbridge.engine.rtp.rtcp import (
+from dialbridge.rtp.packet import RtpError, RtpHeaderExtension, RtpPacket, build_rtp, is_rtcp, parse_rtp
+from dialbridge.rtp.rtcp import (
     Bye,
     ReceiverReport,
     ReceptionStatistics,

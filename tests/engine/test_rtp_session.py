@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.rtp.events import TelephoneEvent, parse_telephone_event
-from dialbridge.engine.rtp.jitter import FrameKind
-from dialbridge.engine.rtp.packet import RtpHeaderExtension, RtpPacket, build_rtp, parse_rtp
-from dialbridge.engine.rtp.rtcp import (
+from dialbridge.rtp.events import TelephoneEvent, parse_telephone_event
+from dialbridge.rtp.jitter import FrameKind
+from dialbridge.rtp.packet import RtpHeaderExtension, RtpPacket, build_rtp, parse_rtp
+from dialbridge.rtp.rtcp import (
     ReceiverReport,
     ReportBlock,
     SenderReport,
@@ -25,8 +25,8 @@ from dialbridge.engine.rtp.rtcp import (
     ntp_middle,
     parse_rtcp,
 )
-from dialbridge.engine.rtp.session import DtmfDigit, DtmfUnavailable, RtpSession
-from dialbridge.engine.sdp import AudioParameters
+from dialbridge.rtp.session import DtmfDigit, DtmfUnavailable, RtpSession
+from dialbridge.sdp import AudioParameters
 
 SDP_ADDRESS = ("203.0.113.5", 4000)
 NAT_ADDRESS = ("198.51.100.9", 61000)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.sdp import (
+from dialbridge.sdp import (
     AudioParameters,
     NoUsableMedia,
     SdpError,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.sip.agent import (
+from dialbridge.sip.agent import (
     CallCancelled,
     CallConfirmed,
     CallEnded,
@@ -20,7 +20,7 @@ from dialbridge.engine.sip.agent import (
     SipAgent,
     SipEvent,
 )
-from dialbridge.engine.sip.message import SipParseError, SipRequest, SipResponse, SipStreamFramer, parse_message
+from dialbridge.sip.message import SipParseError, SipRequest, SipResponse, SipStreamFramer, parse_message
 
 HOST = "203.0.113.10"
 PEER = ("192.0.2.20", 5061)

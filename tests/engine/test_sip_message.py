@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.sip.message import (
+from dialbridge.sip.message import (
     CSeq,
     Headers,
     NameAddr,

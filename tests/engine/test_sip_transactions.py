@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dialbridge.engine.sip.dialog import Dialog, DialogState
-from dialbridge.engine.sip.message import SipRequest, SipResponse, build_response, parse_message
-from dialbridge.engine.sip.transaction import (
+from dialbridge.sip.dialog import Dialog, DialogState
+from dialbridge.sip.message import SipRequest, SipResponse, build_response, parse_message
+from dialbridge.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
     ClientTransaction,

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from dialbridge.engine.media.tts import VOICES, SpeechSynthesizer, UnsupportedLanguage
+from dialbridge.media.tts import VOICES, SpeechSynthesizer, UnsupportedLanguage
 
 WELCOME = "Welcome. Please enter the PIN of your meeting, followed by the hash key."
 

@@ -12,7 +12,7 @@ import pytest
 from vonage import Auth, HttpClientOptions, Vonage
 from vonage_voice.models.requests import ListCallsFilter
 
-from dialbridge.engine.credentials import VoiceCredentials
+from dialbridge.credentials import VoiceCredentials
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookResult
 from dialbridge.engine.calls.runner import DEFAULT_APOLOGY
 from dialbridge.engine.core import EngineSettings, FetchAnswer, SendWebhook
-from dialbridge.engine.rtp.events import parse_telephone_event
-from dialbridge.engine.rtp.packet import RtpPacket, build_rtp
+from dialbridge.rtp.events import parse_telephone_event
+from dialbridge.rtp.packet import RtpPacket, build_rtp
 from tests.engine.fake_engine import (
     ANSWER_URL,
     ENGINE_HOST,
@@ -215,7 +215,7 @@ def test_the_prompt_reaches_the_caller_right_after_its_audio_is_ready() -> None:
 
 
 def _payload_audio(packet: RtpPacket) -> np.ndarray:
-    from dialbridge.engine.media import g711
+    from dialbridge.media import g711
 
     return g711.decode("PCMA" if packet.payload_type == 8 else "PCMU", packet.payload)
 

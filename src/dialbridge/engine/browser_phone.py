@@ -33,7 +33,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 
-from dialbridge.engine.media import g711
+from dialbridge.media import g711
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from dialbridge.engine.credentials import TokenError, TokenExpired, VoiceCredentials
+from dialbridge.credentials import TokenError, TokenExpired, VoiceCredentials
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from dialbridge.engine import sdp
+from dialbridge import sdp
 from dialbridge.engine.calls import (
     Action,
     CallInfo,
@@ -48,12 +48,12 @@ from dialbridge.engine.calls import (
     answer_query,
     event_payload,
 )
-from dialbridge.engine.media import g711, tones
-from dialbridge.engine.media.dtmf import InbandDtmfBank
-from dialbridge.engine.media.mixer import ConferenceMixer
 from dialbridge.engine.playback import FRAME, Playback
-from dialbridge.engine.rtp.session import DtmfUnavailable, RtpSession
-from dialbridge.engine.sip.agent import (
+from dialbridge.media import g711, tones
+from dialbridge.media.dtmf import InbandDtmfBank
+from dialbridge.media.mixer import ConferenceMixer
+from dialbridge.rtp.session import DtmfUnavailable, RtpSession
+from dialbridge.sip.agent import (
     CallCancelled,
     CallConfirmed,
     CallEnded,
@@ -65,7 +65,7 @@ from dialbridge.engine.sip.agent import (
     SipAgent,
     SipEvent,
 )
-from dialbridge.engine.sip.message import SipParseError
+from dialbridge.sip.message import SipParseError
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]

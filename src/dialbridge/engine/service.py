@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, parse_ncco
 from dialbridge.engine.control import CallRecord, create_control_app
 from dialbridge.engine.core import CallSnapshot, VoiceEngine
-from dialbridge.engine.credentials import VoiceCredentials
 
 if TYPE_CHECKING:
     from dialbridge.engine.shell import VoiceServer

@@ -33,6 +33,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
 from dialbridge.engine.calls.journal import LiveCallJournal
 from dialbridge.engine.core import (
@@ -45,11 +46,10 @@ from dialbridge.engine.core import (
     SendWebhook,
     VoiceEngine,
 )
-from dialbridge.engine.credentials import VoiceCredentials
-from dialbridge.engine.media.audiofile import load_audio
-from dialbridge.engine.media.tts import SpeechSynthesizer, UnsupportedLanguage
 from dialbridge.engine.service import ControlService
-from dialbridge.engine.sip.message import SipParseError, SipStreamFramer
+from dialbridge.media.audiofile import load_audio
+from dialbridge.media.tts import SpeechSynthesizer, UnsupportedLanguage
+from dialbridge.sip.message import SipParseError, SipStreamFramer
 
 log = logging.getLogger(__name__)
 TICK_S = 0.020

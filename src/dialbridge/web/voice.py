@@ -2,7 +2,7 @@
 and metrics folded into the app's own.
 
 The engine runs in its own process and serves Vonage's Voice REST shape over HTTPS on loopback; the app signs its
-requests with the application key the engine keeps in `DIALBRIDGE_VOICE_DIR` (`engine/credentials.py`) and trusts
+requests with the application key the engine keeps in `DIALBRIDGE_VOICE_DIR` (`credentials.py`) and trusts
 the engine's self-made certificate, exactly as it would call Vonage with its own application's key.
 """
 
@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from dialbridge.config import Backend, Settings
-from dialbridge.engine.credentials import VoiceCredentials
+from dialbridge.credentials import VoiceCredentials
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import sip_address, templates
 from dialbridge.web.services import Services, services

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dialbridge.engine.rtp.events import DtmfReceiver, DtmfSender, TelephoneEvent, TelephoneEventError
-from dialbridge.engine.rtp.jitter import FrameKind, JitterBuffer, JitterStats
-from dialbridge.engine.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp, parse_rtp
-from dialbridge.engine.rtp.rtcp import RtcpError, build_rtcp, parse_rtcp
-from dialbridge.engine.rtp.session import DtmfDigit, DtmfUnavailable, RtpSession, RtpStats
+from dialbridge.rtp.events import DtmfReceiver, DtmfSender, TelephoneEvent, TelephoneEventError
+from dialbridge.rtp.jitter import FrameKind, JitterBuffer, JitterStats
+from dialbridge.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp, parse_rtp
+from dialbridge.rtp.rtcp import RtcpError, build_rtcp, parse_rtcp
+from dialbridge.rtp.session import DtmfDigit, DtmfUnavailable, RtpSession, RtpStats
 
 __all__ = [
     "DtmfDigit",

@@ -35,7 +35,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from dialbridge.engine.media.tones import tone
+from dialbridge.media.tones import tone
 
 SAMPLE_RATE: Final = 8000
 FRAME_SAMPLES: Final = 160

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from dialbridge.engine.sip.message import (
+from dialbridge.sip.message import (
     MAGIC_COOKIE,
     Headers,
     SipMessage,

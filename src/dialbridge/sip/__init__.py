@@ -7,7 +7,7 @@ what `drain()` returns.
 
 from __future__ import annotations
 
-from dialbridge.engine.sip.agent import (
+from dialbridge.sip.agent import (
     ALLOW,
     Address,
     CallCancelled,
@@ -21,8 +21,8 @@ from dialbridge.engine.sip.agent import (
     SipAgent,
     SipEvent,
 )
-from dialbridge.engine.sip.dialog import Dialog, DialogState
-from dialbridge.engine.sip.message import (
+from dialbridge.sip.dialog import Dialog, DialogState
+from dialbridge.sip.message import (
     CSeq,
     Headers,
     NameAddr,
@@ -36,7 +36,7 @@ from dialbridge.engine.sip.message import (
     build_response,
     parse_message,
 )
-from dialbridge.engine.sip.transaction import (
+from dialbridge.sip.transaction import (
     T1,
     T2,
     T4,

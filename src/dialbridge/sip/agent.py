@@ -33,8 +33,8 @@ import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dialbridge.engine.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
-from dialbridge.engine.sip.message import (
+from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
+from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
     SipMessage,
@@ -46,7 +46,7 @@ from dialbridge.engine.sip.message import (
     build_response,
     parse_message,
 )
-from dialbridge.engine.sip.transaction import (
+from dialbridge.sip.transaction import (
     T1,
     T2,
     ClientNonInviteTransaction,

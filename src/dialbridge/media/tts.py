@@ -20,7 +20,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from dialbridge.engine.media.audiofile import resample_to_8k
+from dialbridge.media.audiofile import resample_to_8k
 
 #: Vonage ``language`` codes -> espeak-ng voice names.
 VOICES: Final[dict[str, str]] = {

@@ -18,10 +18,10 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from dialbridge.engine.rtp.events import DtmfReceiver, DtmfSender, TelephoneEventError, parse_telephone_event
-from dialbridge.engine.rtp.jitter import FRAME_SAMPLES, FrameKind, JitterBuffer
-from dialbridge.engine.rtp.packet import HEADER_BYTES, RtpError, is_rtcp, parse_rtp
-from dialbridge.engine.rtp.rtcp import (
+from dialbridge.rtp.events import DtmfReceiver, DtmfSender, TelephoneEventError, parse_telephone_event
+from dialbridge.rtp.jitter import FRAME_SAMPLES, FrameKind, JitterBuffer
+from dialbridge.rtp.packet import HEADER_BYTES, RtpError, is_rtcp, parse_rtp
+from dialbridge.rtp.rtcp import (
     Bye,
     ReceiverReport,
     ReceptionStatistics,
@@ -35,7 +35,7 @@ from dialbridge.engine.rtp.rtcp import (
     ntp_middle,
     parse_rtcp,
 )
-from dialbridge.engine.sdp import AudioParameters
+from dialbridge.sdp import AudioParameters
 
 __all__ = ["DtmfDigit", "DtmfUnavailable", "FrameKind", "RtpSession", "RtpStats"]
 
