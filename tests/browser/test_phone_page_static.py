@@ -33,7 +33,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import dialbridge.web
-from dialbridge.engine.browser_phone import FRAME_SAMPLES, SAMPLE_RATE, BrowserPhoneLeg
+from dialbridge.engine.browser_phone import BrowserPhoneLeg
+from dialbridge.gateway.webrtc import FRAME_SAMPLES, SAMPLE_RATE
 from dialbridge.media import g711
 
 

@@ -24,13 +24,13 @@ from aiortc.mediastreams import MediaStreamError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialbridge.engine.browser_phone import (
+from dialbridge.engine.browser_phone import BrowserPhoneLeg
+from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
     MAX_BUFFERED_FRAMES,
     SAMPLE_RATE,
-    BrowserPhoneLeg,
-    EngineAudioTrack,
     InboundAudio,
+    PacedAudioTrack,
     install_loopback_fallback,
 )
 from dialbridge.media import g711
@@ -476,7 +476,7 @@ def test_inbound_audio_keeps_the_newest_samples_and_resamples_48k_stereo_to_8k_m
 
 def test_engine_audio_track_keeps_at_most_its_bound_and_paces_20_ms() -> None:
     async def scenario() -> tuple[int, list[float], list[int]]:
-        track = EngineAudioTrack()
+        track = PacedAudioTrack()
         for value in range(12):
             track.push(np.full(FRAME_SAMPLES, value, dtype=np.int16))
         queued = track.queued_frames
