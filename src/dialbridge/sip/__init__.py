@@ -1,4 +1,5 @@
-"""Sans-I/O SIP core (RFC 3261): messages, transactions, dialogs and the UAS agent the engine drives.
+"""Sans-I/O SIP core (RFC 3261): messages, transactions, dialogs, digest auth, and the agent that answers calls
+(UAS, for the voice engine) and places them (UAC, `SipAgent.dial`, for the WebRTC-SIP gateway).
 
 The engine owns the sockets and the clock: it feeds `SipAgent.receive(data, source, now, transport)` (TCP data first
 cut into messages by `SipStreamFramer`), calls `on_timer(now)` when `next_timer()` is due, and after each call sends
@@ -10,9 +11,12 @@ from __future__ import annotations
 from dialbridge.sip.agent import (
     ALLOW,
     Address,
+    CallAnswered,
     CallCancelled,
     CallConfirmed,
     CallEnded,
+    CallFailed,
+    CallProgress,
     IncomingCall,
     InfoReceived,
     OfferAnswered,
@@ -20,6 +24,15 @@ from dialbridge.sip.agent import (
     Outgoing,
     SipAgent,
     SipEvent,
+)
+from dialbridge.sip.auth import (
+    DigestChallenge,
+    DigestClient,
+    DigestCredentials,
+    build_challenge,
+    parse_challenges,
+    select_challenges,
+    verify_authorization,
 )
 from dialbridge.sip.dialog import Dialog, DialogState
 from dialbridge.sip.message import (
@@ -54,13 +67,19 @@ __all__ = [
     "T4",
     "Address",
     "CSeq",
+    "CallAnswered",
     "CallCancelled",
     "CallConfirmed",
     "CallEnded",
+    "CallFailed",
+    "CallProgress",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "Dialog",
     "DialogState",
+    "DigestChallenge",
+    "DigestClient",
+    "DigestCredentials",
     "Headers",
     "IncomingCall",
     "InfoReceived",
@@ -80,6 +99,10 @@ __all__ = [
     "SipUri",
     "TransactionState",
     "Via",
+    "build_challenge",
     "build_response",
+    "parse_challenges",
     "parse_message",
+    "select_challenges",
+    "verify_authorization",
 ]

@@ -1,16 +1,32 @@
-"""The SIP user agent core (RFC 3261 section 8, 12-15), UAS side: owns transactions, dialogs and call legs.
+"""The SIP user agent core (RFC 3261 section 8, 12-15, 22): owns transactions, dialogs and call legs, both ways.
 
 Sans-I/O: `receive(bytes, source, now)` and the commands take the time; `drain()` hands back the events and the
 datagrams/stream writes to perform; `next_timer()` / `on_timer(now)` drive retransmissions and timeouts. One
-`CallLeg` per incoming INVITE dialog. Its transitions (made by the commands and the `_on_*` handlers, each through
-`_move`, which checks them against `_LEG_TRANSITIONS`):
+`CallLeg` per call: made by an incoming INVITE (UAS) or by `dial()` (UAC). Its transitions (made by the commands and
+the `_on_*` handlers, each through `_move`, which checks them against `_LEG_TRANSITIONS` for incoming calls and
+`_DIAL_TRANSITIONS` for outbound ones):
 
+Incoming (UAS):
     OFFERED   --ringing()-->           OFFERED   (180 with To-tag)
     OFFERED   --accept()-->            ACCEPTED  (200 + SDP, resent at T1, 2T1 .. T2 until ACK)
     OFFERED   --reject()/hangup()-->   ENDED     (final 3xx-6xx; the INVITE transaction absorbs the ACK)
     OFFERED   --CANCEL / BYE-->        ENDED     (487 to the INVITE, CallCancelled / CallEnded("bye"))
     ACCEPTED  --ACK-->                 CONFIRMED (CallConfirmed; a deferred hangup() now sends its BYE)
     ACCEPTED  --no ACK in 64*T1-->     ENDING    (BYE sent, CallEnded("ack_timeout"))
+
+Outbound (UAC, `dial()`; the INVITE is a ClientInviteTransaction, which ACKs non-2xx finals itself):
+    CALLING     --100-->                      CALLING    (a provisional arrived: a CANCEL may now be sent, 9.1)
+    CALLING/EARLY --101-199-->                EARLY      (CallProgress; 183 carries early-media SDP)
+    CALLING/EARLY --2xx-->                    CONFIRMED  (ACK sent to the dialog's next hop, CallAnswered)
+    CALLING/EARLY --401/407 + credentials-->  CALLING    (INVITE re-sent: new branch, CSeq+1, (Proxy-)Authorization)
+    CALLING/EARLY --3xx-6xx-->                ENDED      (CallFailed(status); 401/407 again for a realm: the same)
+    CALLING/EARLY --Timer B / transport-->    ENDED      (CallFailed(408) / CallFailed(503))
+    CALLING/EARLY --hangup()-->               CANCELLING (CANCEL now, or once a provisional arrives)
+    CANCELLING  --final non-2xx / Timer B / 64*T1 after the CANCEL--> ENDED (CallEnded("cancelled"))
+    CANCELLING  --2xx (crossed the CANCEL)--> CONFIRMED, then ENDING (ACK, BYE; CallEnded("hangup"))
+    any         --a further 2xx-->            (re-ACKed if retransmitted; another fork's dialog is ACKed and BYEd)
+
+Both, once the dialog is confirmed (in-dialog requests are handled alike whichever side made the dialog):
     CONFIRMED --re-INVITE/UPDATE-->    CONFIRMED (OfferReceived; answer_offer()/reject_offer(); 491 if one is pending)
     CONFIRMED --BYE-->                 ENDED     (200, CallEnded("bye"))
     CONFIRMED --hangup()-->            ENDING    (BYE in a client non-INVITE transaction)
@@ -20,9 +36,8 @@ datagrams/stream writes to perform; `next_timer()` / `on_timer(now)` drive retra
 Commands for a leg that no longer exists or is in the wrong state are ignored: the engine and the network race
 (a CANCEL can land while the engine is about to accept), and the engine learns the outcome from the events.
 
-Outbound calls (next issue) slot in beside this: a `ClientInviteTransaction` created by a `dial()` command, a
-`Dialog.as_uac` from its 2xx, the ACK for the 2xx sent by the leg (the transaction sends non-2xx ACKs), and 401/407
-answered by re-sending with credentials. Responses already reach `_on_response`, keyed by branch + CSeq method.
+UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
+no 100rel/PRACK, and in-dialog requests we send (BYE) are not re-sent on a 401/407.
 """
 
 from __future__ import annotations
@@ -31,12 +46,16 @@ import enum
 import logging
 import random as random_module
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from dialbridge.sip.auth import DigestClient, DigestCredentials, parse_challenges, select_challenges
 from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
 from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
+    REASON_PHRASES,
+    Headers,
+    NameAddr,
     SipMessage,
     SipParseError,
     SipRequest,
@@ -49,12 +68,14 @@ from dialbridge.sip.message import (
 from dialbridge.sip.transaction import (
     T1,
     T2,
+    ClientInviteTransaction,
     ClientNonInviteTransaction,
     ClientTransaction,
     ResponseReceived,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     ServerTransaction,
+    TransactionEvent,
     TransactionKey,
     TransactionState,
     TransactionTimedOut,
@@ -71,6 +92,12 @@ ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"
 ALLOW = ", ".join(ALLOWED_METHODS)
 ACCEPT = "application/sdp"
 SUPPORTED: tuple[str, ...] = ()  # no extensions yet (no 100rel, timer, replaces): any Require gets 420
+# Headers dial() builds itself; `headers=` may not override them.
+_DIAL_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type", "Content-Length")
+)
+_MAX_AUTH_ROUNDS = 4  # stale=true nonces could otherwise bounce us forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +145,37 @@ class CallCancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class CallProgress:
+    """dial(): a provisional response above 100 (180 Ringing, 183 with early-media SDP in `sdp`)."""
+
+    leg_id: str
+    status: int
+    reason: str
+    sdp: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """dial(): a 2xx arrived and the agent has ACKed it. `sdp` is the peer's answer (None if the 2xx had none)."""
+
+    leg_id: str
+    sdp: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """dial() did not connect: the final 3xx-6xx (401/407 once auth is exhausted), 408 on Timer B, 503 when the
+    transport failed. The leg is gone; no CallEnded follows."""
+
+    leg_id: str
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded:
-    """The leg is over. reason: "bye" | "ack_timeout" | "hangup" | "rejected" | "transport_error"."""
+    """The leg is over. reason: "bye" | "ack_timeout" | "hangup" | "rejected" | "transport_error" | "cancelled"
+    (a dial() hung up before the answer)."""
 
     leg_id: str
     reason: str
@@ -152,15 +208,29 @@ class InfoReceived:
     body: bytes
 
 
-SipEvent = IncomingCall | CallConfirmed | CallCancelled | CallEnded | OfferReceived | OfferAnswered | InfoReceived
+SipEvent = (
+    IncomingCall
+    | CallConfirmed
+    | CallCancelled
+    | CallEnded
+    | OfferReceived
+    | OfferAnswered
+    | InfoReceived
+    | CallProgress
+    | CallAnswered
+    | CallFailed
+)
 
 
 # --- internal state -----------------------------------------------------------------------------------------------
 
 
 class LegState(enum.Enum):
-    OFFERED = "offered"
-    ACCEPTED = "accepted"
+    OFFERED = "offered"  # UAS only
+    ACCEPTED = "accepted"  # UAS only
+    CALLING = "calling"  # UAC only
+    EARLY = "early"  # UAC only
+    CANCELLING = "cancelling"  # UAC only
     CONFIRMED = "confirmed"
     ENDING = "ending"
     ENDED = "ended"
@@ -183,6 +253,9 @@ class _ClientEntry:
     destination: Address
     transport: str
     leg_id: str | None = None
+    # INVITE only: the ACK sent for each 2xx, by To-tag, resent when that 2xx is retransmitted (13.2.2.4). Kept on
+    # the transaction (Timer M) rather than the leg, so 2xx retransmits are still ACKed after the leg has gone.
+    acks: dict[str, Outgoing] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -208,11 +281,26 @@ class _PendingOffer:
 
 
 @dataclass(eq=False, slots=True)
+class _Dial:
+    """What a UAC leg needs until its INVITE has a final response (one INVITE per auth round)."""
+
+    invite: SipRequest  # the INVITE of the current round
+    invite_key: TransactionKey
+    auth: DigestClient | None
+    authorizations: dict[tuple[str, str], str] = field(default_factory=dict)  # (header, realm) -> value
+    answered_realms: set[str] = field(default_factory=set)
+    auth_rounds: int = 0
+    provisional: bool = False  # 9.1: a CANCEL may only follow a provisional response
+    cancel_sent: bool = False
+    give_up_at: float | None = None  # 64*T1 after our CANCEL: end even if no final response comes (9.1)
+
+
+@dataclass(eq=False, slots=True)
 class CallLeg:
     leg_id: str
-    dialog: Dialog
-    invite_entry: _ServerEntry
-    source: Address
+    dialog: Dialog  # UAC: a stand-in (no remote tag, not indexed) until the 2xx builds the real one
+    invite_entry: _ServerEntry | None  # UAS: the INVITE's server transaction; None for UAC legs
+    source: Address  # UAS: where the INVITE came from; UAC: where ours went (TCP requests reuse that connection)
     transport: str
     state: LegState = LegState.OFFERED
     pending_2xx: _Pending2xx | None = None
@@ -221,9 +309,12 @@ class CallLeg:
     end_reported: bool = False
     hangup_requested: bool = False  # hangup() before the ACK: BYE waits for it (RFC 3261 15)
     invite_had_offer: bool = False
+    dial: _Dial | None = None  # set on UAC legs (made by dial())
 
 
-# Every leg state change goes through `_move`, which enforces the diagram in the module docstring.
+# Every leg state change goes through `_move`, which enforces the diagrams in the module docstring: one table for
+# incoming calls (UAS) and one for dial() (UAC). Both end in the shared CONFIRMED/ENDING/ENDED dialog states, so
+# in-dialog requests are handled the same whichever side created the dialog.
 _LEG_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
     LegState.OFFERED: frozenset({LegState.ACCEPTED, LegState.ENDED}),
     LegState.ACCEPTED: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # ACK timeout: CONFIRMED, then ENDING
@@ -231,12 +322,39 @@ _LEG_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
     LegState.ENDING: frozenset({LegState.ENDED}),
     LegState.ENDED: frozenset({LegState.ENDED}),
 }
+_DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
+    # CALLING -> CALLING: a 100 Trying, or the INVITE re-sent with credentials after 401/407.
+    LegState.CALLING: frozenset(
+        {LegState.CALLING, LegState.EARLY, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
+    ),
+    LegState.EARLY: frozenset(
+        {LegState.EARLY, LegState.CALLING, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
+    ),
+    LegState.CANCELLING: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # CONFIRMED: a 2xx crossed our CANCEL
+    LegState.CONFIRMED: frozenset({LegState.CONFIRMED, LegState.ENDING, LegState.ENDED}),
+    LegState.ENDING: frozenset({LegState.ENDED}),
+    LegState.ENDED: frozenset({LegState.ENDED}),
+}
 
 
 def _move(leg: CallLeg, state: LegState) -> None:
-    if state not in _LEG_TRANSITIONS[leg.state]:
+    table = _DIAL_TRANSITIONS if leg.dial is not None else _LEG_TRANSITIONS
+    if state not in table.get(leg.state, frozenset()):
         raise RuntimeError(f"call leg {leg.leg_id}: no transition {leg.state.value} -> {state.value}")
     leg.state = state
+
+
+def _uas_entry(leg: CallLeg) -> _ServerEntry:
+    """The INVITE server transaction of an incoming call (the UAS-only states OFFERED/ACCEPTED guarantee one)."""
+    if leg.invite_entry is None:
+        raise RuntimeError(f"call leg {leg.leg_id} is outbound: it has no INVITE server transaction")
+    return leg.invite_entry
+
+
+def _dial_of(leg: CallLeg) -> _Dial:
+    if leg.dial is None:
+        raise RuntimeError(f"call leg {leg.leg_id} is inbound: it has no dial state")
+    return leg.dial
 
 
 def _is_sdp(message: SipMessage) -> bool:
@@ -331,6 +449,8 @@ class SipAgent:
         for leg in self._legs.values():
             if leg.pending_2xx is not None:
                 deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
+            if leg.dial is not None and leg.dial.give_up_at is not None:
+                deadlines.append(leg.dial.give_up_at)
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
@@ -346,6 +466,7 @@ class SipAgent:
                 self._pump_client(client_entry, now)
         for leg in list(self._legs.values()):
             self._leg_2xx_timer(leg, now)
+            self._dial_timer(leg, now)
 
     def drain(self) -> tuple[list[SipEvent], list[Outgoing]]:
         events, outgoing = self._events, self._outgoing
@@ -354,18 +475,89 @@ class SipAgent:
 
     # --- public: commands ------------------------------------------------------------------------------------------
 
+    def dial(
+        self,
+        request_uri: str,
+        *,
+        destination: Address,
+        transport: str,
+        sdp: bytes,
+        now: float,
+        from_uri: str,
+        from_display: str | None = None,
+        to_uri: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        credentials: DigestCredentials | None = None,
+    ) -> str:
+        """Start an outbound call (UAC): send an INVITE with our offer to `destination` (already resolved).
+
+        Returns the leg id; the outcome arrives as CallProgress* then CallAnswered or CallFailed (or CallEnded
+        after hangup()). `headers` are added as given (not Via/From/To/Call-ID/CSeq/Contact/...). Raises
+        ValueError for a bad URI, transport or header.
+        """
+        transport = transport.lower()
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"dial(): unsupported transport {transport!r}")
+        target = SipUri.parse(request_uri)
+        remote = NameAddr(uri=SipUri.parse(to_uri) if to_uri else target.without_params())
+        local = NameAddr(uri=SipUri.parse(from_uri), display_name=from_display)
+        extra = list(headers.items()) if headers else []
+        for name, value in extra:
+            bad = not name or ":" in name or "\r" in name + value or "\n" in name + value
+            if bad or name.lower() in _DIAL_OWN_HEADERS:
+                raise ValueError(f"dial(): header {name!r} cannot be set this way")
+        dialog = Dialog(
+            call_id=f"{self._random.getrandbits(128):032x}",
+            local_tag=self._new_tag(),
+            remote_tag="",
+            local_uri=local,
+            remote_uri=remote,
+            remote_target=target,
+            local_seq=self._random.randint(1, 1 << 20),  # 8.1.1.5: any start below 2**31
+        )
+        invite = dialog.create_request(
+            "INVITE",
+            via_host=self.contact_host,
+            via_port=self.contact_port,
+            transport=transport,
+            branch=self._new_branch(),
+            user_agent=self.user_agent,
+            contact=self._contact(transport),
+            body=sdp,
+            cseq=dialog.local_seq,
+        )
+        invite.headers.add("Allow", ALLOW)
+        for name, value in extra:
+            invite.headers.add(name, value)
+        leg_id = self._new_leg_id()
+        auth = DigestClient(credentials, self._random) if credentials is not None else None
+        leg = CallLeg(
+            leg_id=leg_id,
+            dialog=dialog,
+            invite_entry=None,
+            source=destination,
+            transport=transport,
+            state=LegState.CALLING,
+            invite_had_offer=bool(sdp),
+            dial=_Dial(invite=invite, invite_key=(), auth=auth),
+        )
+        self._legs[leg_id] = leg
+        self._send_invite(leg, invite, now)
+        return leg_id
+
     def ringing(self, leg_id: str, now: float) -> None:
         leg = self._legs.get(leg_id)
         if leg is None or leg.state is not LegState.OFFERED:
             return
-        response = self._dialog_response(leg, leg.invite_entry.transaction.request, 180, dialog_creating=True)
-        self._respond_with(leg.invite_entry, response, now)
+        entry = _uas_entry(leg)
+        response = self._dialog_response(leg, entry.transaction.request, 180, dialog_creating=True)
+        self._respond_with(entry, response, now)
 
     def accept(self, leg_id: str, sdp: bytes, now: float) -> None:
         leg = self._legs.get(leg_id)
         if leg is None or leg.state is not LegState.OFFERED:
             return
-        entry = leg.invite_entry
+        entry = _uas_entry(leg)
         response = self._dialog_response(leg, entry.transaction.request, 200, sdp=sdp, dialog_creating=True)
         self._respond_with(entry, response, now)
         _move(leg, LegState.ACCEPTED)
@@ -389,10 +581,16 @@ class SipAgent:
         self._end_leg(leg, "rejected")
 
     def hangup(self, leg_id: str, now: float) -> None:
+        """End a leg: UAS -> 480 before the answer, BYE after; UAC (dial) -> CANCEL before the answer, BYE after."""
         leg = self._legs.get(leg_id)
         if leg is None:
             return
-        if leg.state is LegState.OFFERED:
+        if leg.dial is not None and leg.state in (LegState.CALLING, LegState.EARLY):
+            _move(leg, LegState.CANCELLING)
+            if leg.dial.provisional:
+                self._send_cancel(leg, now)
+            # else 9.1: no CANCEL before a provisional; one goes out when it arrives, or Timer B ends the leg.
+        elif leg.state is LegState.OFFERED:
             self._final_to_invite(leg, 480, now)
             self._end_leg(leg, "hangup")
         elif leg.state is LegState.ACCEPTED:
@@ -632,6 +830,167 @@ class SipAgent:
         entry.transaction.on_response(response, now)
         self._pump_client(entry, now)
 
+    # --- outbound calls (dial) ---------------------------------------------------------------------------------------
+
+    def _send_invite(self, leg: CallLeg, invite: SipRequest, now: float) -> None:
+        dial = _dial_of(leg)
+        transaction = ClientInviteTransaction(invite, now, reliable=_reliable(leg.transport))
+        entry = _ClientEntry(transaction.key, transaction, leg.source, leg.transport, leg.leg_id)
+        self._client[entry.key] = entry
+        dial.invite = invite
+        dial.invite_key = entry.key
+        dial.provisional = False
+        self._pump_client(entry, now)
+
+    def _on_dial_event(self, entry: _ClientEntry, event: TransactionEvent, now: float) -> None:
+        leg = self._legs.get(entry.leg_id) if entry.leg_id else None
+        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key):
+            leg = None  # an earlier auth round's INVITE: its outcome no longer matters
+        if isinstance(event, ResponseReceived):
+            status = event.response.status
+            if 200 <= status < 300:
+                self._on_dial_2xx(entry, leg, event.response, now)
+            elif leg is None:
+                return
+            elif status < 200:
+                self._on_dial_provisional(leg, event.response, now)
+            else:
+                self._on_dial_final(leg, event.response, now)
+        elif leg is not None:
+            if leg.state is LegState.CANCELLING:
+                self._end_leg(leg, "cancelled")
+            elif isinstance(event, TransactionTimedOut):
+                self._fail_dial(leg, 408)
+            else:
+                self._fail_dial(leg, 503)
+
+    def _on_dial_provisional(self, leg: CallLeg, response: SipResponse, now: float) -> None:
+        dial = _dial_of(leg)
+        dial.provisional = True
+        if leg.state is LegState.CANCELLING:
+            if not dial.cancel_sent:
+                self._send_cancel(leg, now)  # hangup() came before any provisional (9.1)
+            return
+        if response.status > 100:
+            _move(leg, LegState.EARLY)
+            self._events.append(
+                CallProgress(leg.leg_id, response.status, response.reason, response.body if _is_sdp(response) else None)
+            )
+
+    def _on_dial_2xx(self, entry: _ClientEntry, leg: CallLeg | None, response: SipResponse, now: float) -> None:
+        tag = response.to_addr.tag or ""
+        sent = entry.acks.get(tag)
+        if sent is not None:
+            self._outgoing.append(sent)  # a retransmitted 2xx: the same ACK again, nothing new to report
+            return
+        invite = entry.transaction.request
+        dialog = Dialog.as_uac(invite, response)
+        destination, transport = self._in_dialog_destination(dialog, entry.destination, entry.transport)
+        ack = dialog.create_request(
+            "ACK",
+            via_host=self.contact_host,
+            via_port=self.contact_port,
+            transport=transport,
+            branch=self._new_branch(),
+            user_agent=self.user_agent,
+            cseq=invite.cseq.number,
+        )
+        for name in ("Authorization", "Proxy-Authorization"):
+            for value in invite.headers.get_all(name):
+                ack.headers.add(name, value)  # 13.2.2.4: the ACK carries the INVITE's credentials
+        out = Outgoing(ack.to_bytes(), destination, transport)
+        entry.acks[tag] = out
+        self._outgoing.append(out)
+        if leg is None or leg.state not in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
+            # Another fork answered too (or the leg is gone): one dialog is all we want, so end this one (13.2.2.4).
+            bye = self._new_bye(dialog, entry.destination, entry.transport, now, None)
+            self._pump_client(bye, now)
+            return
+        leg.dialog = dialog
+        self._dialogs[dialog.id] = leg.leg_id
+        cancelled = leg.state is LegState.CANCELLING
+        _move(leg, LegState.CONFIRMED)
+        if cancelled:
+            self._send_bye(leg, now)  # the 2xx crossed our CANCEL: ACK it, then BYE (CallEnded("hangup"))
+        else:
+            self._events.append(CallAnswered(leg.leg_id, response.body if _is_sdp(response) else None))
+
+    def _on_dial_final(self, leg: CallLeg, response: SipResponse, now: float) -> None:
+        """3xx-6xx (the transaction has ACKed it): answer a challenge, or the call failed."""
+        if leg.state is LegState.CANCELLING:
+            self._end_leg(leg, "cancelled")  # normally 487; any final ends a call we were cancelling
+        elif response.status in (401, 407) and self._retry_with_credentials(leg, response, now):
+            return
+        else:
+            self._fail_dial(leg, response.status, response.reason)
+
+    def _retry_with_credentials(self, leg: CallLeg, response: SipResponse, now: float) -> bool:
+        """RFC 3261 22.2/22.3: re-send the INVITE answering each realm's challenge (new branch, CSeq + 1, same
+        Call-ID and From-tag). False (so the call fails) without credentials, after `_MAX_AUTH_ROUNDS`, or when a
+        realm we already answered challenges again without stale=true: the credentials are wrong."""
+        dial = _dial_of(leg)
+        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+            return False
+        proxy = response.status == 407
+        challenges = select_challenges(
+            parse_challenges(response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"))
+        )
+        if not challenges or any(c.realm in dial.answered_realms and not c.stale for c in challenges):
+            return False
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        old = dial.invite
+        cseq = leg.dialog.local_seq + 1
+        leg.dialog.local_seq = cseq
+        for challenge in challenges:
+            dial.answered_realms.add(challenge.realm)
+            value = dial.auth.authorization(challenge, "INVITE", old.uri, old.body)
+            dial.authorizations[(header, challenge.realm)] = value
+        headers = old.headers.copy()
+        headers.replace_first("Via", str(old.top_via.with_params(branch=self._new_branch())))
+        headers.set("CSeq", f"{cseq} INVITE")
+        headers.remove("Authorization")
+        headers.remove("Proxy-Authorization")
+        for (name, _realm), value in dial.authorizations.items():
+            headers.add(name, value)
+        dial.auth_rounds += 1
+        _move(leg, LegState.CALLING)
+        self._send_invite(leg, SipRequest(method="INVITE", uri=old.uri, headers=headers, body=old.body), now)
+        return True
+
+    def _send_cancel(self, leg: CallLeg, now: float) -> None:
+        """RFC 3261 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the peer matches it to the
+        INVITE's transaction), as a transaction of its own. Its outcome does not matter: the INVITE's 487 ends us."""
+        dial = _dial_of(leg)
+        invite = dial.invite
+        headers = Headers()
+        for name in ("Via", "From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
+        headers.add("Max-Forwards", "70")
+        for route in invite.headers.get_all("Route"):
+            headers.add("Route", route)
+        headers.add("User-Agent", self.user_agent)
+        cancel = SipRequest(method="CANCEL", uri=invite.uri, headers=headers)
+        transaction = ClientNonInviteTransaction(cancel, now, reliable=_reliable(leg.transport))
+        entry = _ClientEntry(transaction.key, transaction, leg.source, leg.transport, None)
+        self._client[entry.key] = entry
+        dial.cancel_sent = True
+        dial.give_up_at = now + 64 * T1
+        self._pump_client(entry, now)
+
+    def _dial_timer(self, leg: CallLeg, now: float) -> None:
+        dial = leg.dial
+        if dial is None or dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
+            return
+        # 9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled and destroy its transaction.
+        self._client.pop(dial.invite_key, None)
+        self._end_leg(leg, "cancelled")
+
+    def _fail_dial(self, leg: CallLeg, status: int, reason: str | None = None) -> None:
+        leg.end_reported = True
+        self._events.append(CallFailed(leg.leg_id, status, reason or REASON_PHRASES.get(status, "Unknown")))
+        self._finish_leg(leg)
+
     # --- leg helpers ------------------------------------------------------------------------------------------------
 
     def _leg_for(self, request: SipRequest, to_tag: str | None) -> CallLeg | None:
@@ -683,7 +1042,7 @@ class SipAgent:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         extra = list(headers.items()) if headers else []
-        self._respond(leg.invite_entry, status, now, reason=reason, to_tag=leg.dialog.local_tag, headers=extra)
+        self._respond(_uas_entry(leg), status, now, reason=reason, to_tag=leg.dialog.local_tag, headers=extra)
 
     def _abandon_pending_offer(self, leg: CallLeg, now: float) -> None:
         if leg.pending_offer is not None:
@@ -691,11 +1050,14 @@ class SipAgent:
             leg.pending_offer = None
 
     def _send_bye(self, leg: CallLeg, now: float) -> None:
-        dialog = leg.dialog
-        hop = dialog.next_hop(leg.transport)
-        # On TCP we reuse the connection the call arrived on (the peer may not accept inbound connections).
-        reuse = _reliable(leg.transport)
-        destination, transport = (leg.source, leg.transport) if reuse else (hop.address, hop.transport)
+        entry = self._new_bye(leg.dialog, leg.source, leg.transport, now, leg.leg_id)
+        leg.bye_key = entry.key
+        _move(leg, LegState.ENDING)
+        leg.pending_2xx = None  # a re-INVITE's 2xx awaiting its ACK: the BYE supersedes it
+        self._pump_client(entry, now)
+
+    def _new_bye(self, dialog: Dialog, source: Address, transport: str, now: float, leg_id: str | None) -> _ClientEntry:
+        destination, transport = self._in_dialog_destination(dialog, source, transport)
         request = dialog.create_request(
             "BYE",
             via_host=self.contact_host,
@@ -705,12 +1067,18 @@ class SipAgent:
             user_agent=self.user_agent,
         )
         transaction = ClientNonInviteTransaction(request, now, reliable=_reliable(transport))
-        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg.leg_id)
+        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id)
         self._client[entry.key] = entry
-        leg.bye_key = entry.key
-        _move(leg, LegState.ENDING)
-        leg.pending_2xx = None  # a re-INVITE's 2xx awaiting its ACK: the BYE supersedes it
-        self._pump_client(entry, now)
+        return entry
+
+    @staticmethod
+    def _in_dialog_destination(dialog: Dialog, source: Address, transport: str) -> tuple[Address, str]:
+        """Where a request in the dialog goes. On TCP we reuse the connection the call came in on or our INVITE
+        went out on (the peer may not accept inbound connections); on UDP the next hop (route set / Contact)."""
+        if _reliable(transport):
+            return source, transport
+        hop = dialog.next_hop(transport)
+        return hop.address, hop.transport
 
     def _end_leg(self, leg: CallLeg, reason: str) -> None:
         if not leg.end_reported:
@@ -763,6 +1131,9 @@ class SipAgent:
         if entry.transaction.terminated:
             self._client.pop(entry.key, None)
         for event in events:
+            if isinstance(entry.transaction, ClientInviteTransaction):  # only dial() sends INVITEs so far
+                self._on_dial_event(entry, event, now)
+                continue
             finished = isinstance(event, TransactionTimedOut | TransportFailed) or (
                 isinstance(event, ResponseReceived) and event.response.status >= 200
             )
