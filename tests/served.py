@@ -133,13 +133,18 @@ def room_config(base: str, room: str) -> dict[str, Any]:
 
 def start_embedded(tmp_path: Path, **env: str) -> Served:
     """`dialbridge serve` on the embedded backend (so with its voice engine), every port its own."""
-    rtp = free_port() // 2 * 2
+    rtp, gateway_rtp = free_port() // 2 * 2, free_port() // 2 * 2
+    while abs(gateway_rtp - rtp) < 4:
+        gateway_rtp = free_port() // 2 * 2
     return start(
         tmp_path,
         DIALBRIDGE_BACKEND="embedded",
         DIALBRIDGE_SIP_PORT=str(free_port()),
         DIALBRIDGE_VOICE_API_PORT=str(free_port()),
         DIALBRIDGE_RTP_PORTS=f"{rtp}-{rtp + 3}",
+        DIALBRIDGE_GATEWAY_SIP_PORT=str(free_port()),
+        DIALBRIDGE_GATEWAY_API_PORT=str(free_port()),
+        DIALBRIDGE_GATEWAY_RTP_PORTS=f"{gateway_rtp}-{gateway_rtp + 3}",
         DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
         **env,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dialbridge.server.voice_engine import VoiceEngineProcess
+from dialbridge.server.supervised import SupervisedProcess
 from tests.helpers import wait_until
 
 
@@ -29,7 +29,7 @@ def starts(tmp_path: Path) -> int:
 def test_an_engine_that_is_killed_is_started_again_and_the_log_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = VoiceEngineProcess(engine_counting_starts(tmp_path), first_delay_s=0.1)
+    engine = SupervisedProcess(engine_counting_starts(tmp_path), first_delay_s=0.1)
     engine.start()
     try:
         wait_until(lambda: starts(tmp_path) == 1, 10, "start 1")
@@ -46,7 +46,7 @@ def test_an_engine_that_is_killed_is_started_again_and_the_log_says_so(
 
 
 def test_an_engine_that_keeps_dying_young_is_started_again_later_each_time(tmp_path: Path) -> None:
-    engine = VoiceEngineProcess(
+    engine = SupervisedProcess(
         engine_counting_starts(tmp_path, "raise SystemExit(1)"), first_delay_s=0.2, stop_notice_s=0.0
     )
     engine.start()
@@ -58,7 +58,7 @@ def test_an_engine_that_keeps_dying_young_is_started_again_later_each_time(tmp_p
 
 
 def test_a_stopped_engine_gets_sigterm_and_is_not_started_again(tmp_path: Path) -> None:
-    engine = VoiceEngineProcess(
+    engine = SupervisedProcess(
         engine_counting_starts(
             tmp_path,
             "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(60)",
@@ -76,7 +76,7 @@ def test_a_stopped_engine_gets_sigterm_and_is_not_started_again(tmp_path: Path) 
 
 
 def test_an_engine_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
-    engine = VoiceEngineProcess(
+    engine = SupervisedProcess(
         engine_counting_starts(
             tmp_path, "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
         ),

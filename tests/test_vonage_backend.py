@@ -467,15 +467,26 @@ def test_legacy_session_creation_failure_is_a_502(legacy: TestClient, stub: Vona
 
 
 # ---- the embedded backend ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("path", "body"), [("dial-out", {}), ("hang-up", {"call_id": "do_x"})])
-def test_embedded_backend_answers_501_for_dial_out_and_hang_up(path: str, body: Any, client: TestClient) -> None:
+def test_embedded_dial_out_without_a_gateway_running_says_how_to_start_it(client: TestClient) -> None:
+    """The embedded backend dials through its gateway; none runs beside this test app. The dial-out is refused with
+    502 naming the fix, and its record ends failed (nothing stays "dialling")."""
     config = visit(client, "standup")
 
-    response = client.post(f"/api/rooms/standup/{path}", json=body, headers=bearer(config))
+    response = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
 
-    assert response.status_code == 501
-    assert response.json()["error"]["code"] == "not_implemented"
-    assert "DIALBRIDGE_BACKEND=vonage" in response.json()["error"]["message"]
+    assert response.status_code == 502
+    assert "`dialbridge gateway`" in response.json()["error"]["message"]
+    store = client.app.state.services.dial_outs.store  # type: ignore[attr-defined]
+    assert [d.state for d in store.for_room("standup")] == ["failed"]
+
+
+def test_embedded_phone_dial_out_without_a_trunk_names_the_settings(client: TestClient) -> None:
+    config = visit(client, "standup")
+
+    response = client.post("/api/rooms/standup/dial-out", json={"number": "+14155550100"}, headers=bearer(config))
+
+    assert response.status_code == 503
+    assert "DIALBRIDGE_SIP_TRUNK_URI" in response.json()["error"]["message"]
     store = client.app.state.services.dial_outs.store  # type: ignore[attr-defined]
     assert store.for_room("standup") == []
 

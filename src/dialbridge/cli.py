@@ -1,4 +1,4 @@
-"""`dialbridge serve`, `dialbridge voice` and `dialbridge doctor`."""
+"""`dialbridge serve`, `dialbridge voice`, `dialbridge gateway` and `dialbridge doctor`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from dialbridge.config import Backend, Settings
 
 if TYPE_CHECKING:
-    from dialbridge.server.voice_engine import VoiceEngineProcess
+    from dialbridge.credentials import VoiceCredentials
+    from dialbridge.server.supervised import SupervisedProcess
 
 SIP_KINDS: Final = (socket.SOCK_DGRAM, socket.SOCK_STREAM)  # the voice engine takes its SIP port for both
 
@@ -117,13 +118,36 @@ def _voice_port_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _gateway_port_problems(settings: Settings) -> list[str]:
+    """Why the gateway could not take its SIP port (UDP) or its control API port, each naming the fix."""
+    problems = []
+    try:
+        _bound(settings.sip_host, settings.gateway_sip_port, socket.SOCK_DGRAM).close()
+    except OSError as exc:
+        problems.append(
+            _bind_problem(
+                settings.sip_host, settings.gateway_sip_port, exc, "gateway SIP port", "GATEWAY_SIP_PORT",
+                (socket.SOCK_DGRAM,),
+            )
+        )  # fmt: skip
+    try:
+        _bound(settings.gateway_api_host, settings.gateway_api_port).close()
+    except OSError as exc:
+        problems.append(
+            _bind_problem(
+                settings.gateway_api_host, settings.gateway_api_port, exc, "gateway API port", "GATEWAY_API_PORT"
+            )
+        )
+    return problems
+
+
 def doctor(settings: Settings) -> int:
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
         problems.append(port)
     if settings.backend is Backend.EMBEDDED:
-        problems += _voice_port_problems(settings)
+        problems += _voice_port_problems(settings) + _gateway_port_problems(settings)
     from dialbridge.checks import SchemaPlan, schema_plan
     from dialbridge.store.database import shown
 
@@ -154,7 +178,7 @@ def serve(settings: Settings, workers: int) -> int:
         problems.append(port)
     embedded = settings.backend is Backend.EMBEDDED
     if embedded:
-        problems += _voice_port_problems(settings)
+        problems += _voice_port_problems(settings) + _gateway_port_problems(settings)
     if not problems:
         schema = _migrate_once(settings)
         if schema:
@@ -169,17 +193,22 @@ def serve(settings: Settings, workers: int) -> int:
     print(f"  answer webhook:   {settings.base_url}/webhooks/answer")
     print(f"  event webhook:    {settings.base_url}/webhooks/events")
     print(f"  health, metrics:  {settings.base_url}/healthz  {settings.base_url}/metrics", flush=True)
-    voice = _start_voice_engine(settings) if embedded else None
+    beside = _start_beside(settings) if embedded else []
+
+    def stop_beside() -> None:
+        # The gateway first: its calls' BYEs reach the engine, which then posts their final events to the app.
+        for process in reversed(beside):
+            process.stop()
+
     shared_metrics = None
     if workers > 1 and settings.metrics_dir is None:
         # Each worker counts its own requests; they meet in this folder so that any worker's /metrics has them all.
         shared_metrics = tempfile.mkdtemp(prefix="dialbridge-metrics-")
         os.environ["DIALBRIDGE_METRICS_DIR"] = shared_metrics
     try:
-        _run_uvicorn(settings, workers, before_stop=voice.stop if voice is not None else None)
+        _run_uvicorn(settings, workers, before_stop=stop_beside if beside else None)
     finally:
-        if voice is not None:
-            voice.stop()
+        stop_beside()
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0
@@ -219,26 +248,69 @@ def _migrate_once(settings: Settings) -> str | None:
     return None
 
 
-def _start_voice_engine(settings: Settings) -> VoiceEngineProcess:
-    """The voice engine in a process of its own: media timing must not wait behind HTTP work (and `--workers N`
-    must not start N engines). It inherits the environment, so it reads the same settings."""
-    from dialbridge.server.voice_engine import VoiceEngineProcess
+def _start_beside(settings: Settings) -> list[SupervisedProcess]:
+    """The voice engine and the gateway, each in a process of its own: media timing must not wait behind HTTP work,
+    nor the engine's 20 ms clock behind the gateway's WebRTC (an aiortc peer costs ~3 % of a core). They inherit the
+    environment, so they read the same settings."""
+    from dialbridge.server.supervised import SupervisedProcess
 
     host = settings.sip_contact_host
     print(f"  phones dial in:   sip:{settings.sip_dial_in_user}@{host}:{settings.sip_port} (UDP or TCP)", flush=True)
     print(f"  browser phone:    {settings.base_url}/phone", flush=True)
-    engine = VoiceEngineProcess([sys.executable, "-m", "dialbridge.cli", "voice"])
+    engine = SupervisedProcess([sys.executable, "-m", "dialbridge.cli", "voice"], name="the voice engine")
     engine.start()
-    return engine
+    gateway = SupervisedProcess([sys.executable, "-m", "dialbridge.cli", "gateway"], name="the gateway")
+    gateway.start()
+    return [engine, gateway]
+
+
+def _ready_beside(settings: Settings, port_problems: list[str]) -> VoiceCredentials | None:
+    """The local application's credentials for a process beside the web server (the engine, the gateway), or None
+    after printing each problem in its way, with its fix."""
+    from dialbridge.credentials import CredentialsError, VoiceCredentials
+
+    problems = [p for p in settings.problems() if "VONAGE" not in p] + port_problems
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return None
+    try:
+        return VoiceCredentials.load_or_create(Path(settings.voice_dir))
+    except (CredentialsError, OSError) as exc:
+        print(
+            f"error: cannot use the local application's credentials in {settings.voice_dir} ({exc}); fix the "
+            "folder's permissions, or remove it to have new ones made, or point DIALBRIDGE_VOICE_DIR elsewhere",
+            file=sys.stderr,
+        )
+        return None
+
+
+def gateway(settings: Settings) -> int:
+    """Run the WebRTC-SIP gateway alone (`dialbridge serve` starts it beside the web server on the embedded backend)."""
+    credentials = _ready_beside(settings, _gateway_port_problems(settings))
+    if credentials is None:
+        return 1
+    import asyncio
+
+    from dialbridge.gateway.service import serve_gateway
+    from dialbridge.gateway.shell import GatewaySettings
+
+    gateway_settings = GatewaySettings(
+        sip_host=settings.sip_host,
+        sip_port=settings.gateway_sip_port,
+        contact_host=settings.sip_contact_host,
+        rtp_ports=settings.gateway_rtp_port_range,
+        signalling_url=settings.signalling_url,
+        max_calls=settings.gateway_max_calls,
+    )
+    asyncio.run(serve_gateway(gateway_settings, credentials, (settings.gateway_api_host, settings.gateway_api_port)))
+    return 0
 
 
 def voice(settings: Settings) -> int:
     """Run the voice engine alone (`dialbridge serve` starts it beside the web server on the embedded backend)."""
-    problems = [p for p in settings.problems() if "VONAGE" not in p]
-    problems += _voice_port_problems(settings)
-    if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
+    credentials = _ready_beside(settings, _voice_port_problems(settings))
+    if credentials is None:
         return 1
     # numpy's BLAS threads would fight the 20 ms clock for the cores (the DTMF bank's matrix product): one thread.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -257,17 +329,6 @@ def voice(settings: Settings) -> int:
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         join_tone=settings.join_tones,
     )
-    from dialbridge.credentials import CredentialsError, VoiceCredentials
-
-    try:
-        credentials = VoiceCredentials.load_or_create(Path(settings.voice_dir))
-    except (CredentialsError, OSError) as exc:
-        print(
-            f"error: cannot use the voice engine's credentials in {settings.voice_dir} ({exc}); fix the folder's "
-            "permissions, or remove it to have new ones made, or point DIALBRIDGE_VOICE_DIR elsewhere",
-            file=sys.stderr,
-        )
-        return 1
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
     server = VoiceServer(
         settings=engine_settings,
@@ -347,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("serve", help="run the web server (settings from DIALBRIDGE_* / .env)")
     run.add_argument("--workers", type=int, default=1, help="worker processes (needs a shared database)")
     commands.add_parser("voice", help="run the embedded voice engine alone (SIP/RTP; serve starts it itself)")
+    commands.add_parser("gateway", help="run the WebRTC-SIP gateway alone (serve starts it itself)")
     commands.add_parser("doctor", help="check the configuration and say how to fix what is wrong")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -358,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         return doctor(settings)
     if args.command == "voice":
         return voice(settings)
+    if args.command == "gateway":
+        return gateway(settings)
     if args.workers < 1:
         print(f"error: --workers {args.workers}: run at least one worker (--workers 1, the default)", file=sys.stderr)
         return 2

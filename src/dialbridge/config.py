@@ -99,6 +99,21 @@ class Settings(BaseSettings):
     voice_answer_url: str | None = None
     voice_event_url: str | None = None
 
+    # The WebRTC-SIP gateway (its own process on the embedded backend): joins rooms as a participant and calls the
+    # voice engine (or a phone) over SIP from its own SIP port and RTP range; its control API is Vonage Video's
+    # SIP dial (HTTPS, the voice engine's application key and certificate).
+    gateway_api_host: str = "127.0.0.1"
+    gateway_api_port: Annotated[int, Field(ge=1, le=65535)] = 8092
+    gateway_sip_port: Annotated[int, Field(ge=1, le=65535)] = 5062
+    gateway_rtp_ports: str = Field(default="40000-40999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
+    # The SIP trunk the embedded backend calls phones through (the gateway places the call): its URI, e.g.
+    # sip:trunk.example.com or sip:trunk.example.com:5080;transport=udp, and its digest credentials when it asks.
+    sip_trunk_uri: str | None = None
+    sip_trunk_username: str | None = None
+    sip_trunk_password: SecretStr | None = None
+    # Bridges and calls the gateway holds at once (each is an aiortc peer per browser: ~3 % of a core each).
+    gateway_max_calls: Annotated[int, Field(ge=1)] = 50
+
     # Vonage: application id + private key (PEM text or a path to it) ...
     vonage_application_id: str | None = None
     vonage_private_key: SecretStr | None = None
@@ -140,8 +155,28 @@ class Settings(BaseSettings):
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:
-        low, _, high = self.rtp_ports.partition("-")
-        return int(low), int(high)
+        return _port_range(self.rtp_ports)
+
+    @property
+    def gateway_rtp_port_range(self) -> tuple[int, int]:
+        return _port_range(self.gateway_rtp_ports)
+
+    @property
+    def gateway_api_url(self) -> str:
+        host = "127.0.0.1" if self.gateway_api_host in ("0.0.0.0", "::") else self.gateway_api_host
+        return f"https://{host}:{self.gateway_api_port}"
+
+    @property
+    def signalling_url(self) -> str:
+        """Where the gateway reaches this server's room signalling (always this machine: rooms live in-process)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"ws://{shown}:{self.port}/rt/signalling"
+
+    @property
+    def conference_sip_uri(self) -> str:
+        """What the gateway dials to bring a room into its phone conference: the voice engine's dial-in."""
+        return f"sip:{self.sip_dial_in_user}@{self.sip_contact_host}:{self.sip_port}"
 
     @property
     def websocket_origins(self) -> frozenset[str]:
@@ -213,11 +248,19 @@ class Settings(BaseSettings):
 
     def _voice_problems(self) -> list[str]:
         found: list[str] = []
-        low, high = self.rtp_port_range
-        if not 1024 <= low < high <= 65535 or high - low < 3:
+        for setting, text, (low, high), example in (
+            ("RTP_PORTS", self.rtp_ports, self.rtp_port_range, "30000-39999"),
+            ("GATEWAY_RTP_PORTS", self.gateway_rtp_ports, self.gateway_rtp_port_range, "40000-40999"),
+        ):
+            if not 1024 <= low < high <= 65535 or high - low < 3:
+                found.append(
+                    f"DIALBRIDGE_{setting}={text!r} must be a range of at least four ports within 1024-65535, "
+                    f"e.g. {example}"
+                )
+        if _overlap(self.rtp_port_range, self.gateway_rtp_port_range):
             found.append(
-                f"DIALBRIDGE_RTP_PORTS={self.rtp_ports!r} must be a range of at least four ports within "
-                "1024-65535, e.g. 30000-39999"
+                f"DIALBRIDGE_RTP_PORTS ({self.rtp_ports}) and DIALBRIDGE_GATEWAY_RTP_PORTS ({self.gateway_rtp_ports}) "
+                "overlap: the voice engine and the gateway would take each other's ports; give each its own range"
             )
         try:
             self.sip_allowed_networks  # noqa: B018 - parsed for its errors
@@ -324,3 +367,12 @@ def web_origin(url: str) -> str | None:
         return None
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{scheme}://{host}" + (f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else "")
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    return int(low), int(high)
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]

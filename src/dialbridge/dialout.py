@@ -1,9 +1,13 @@
 """`DialOuts`: a room's video session dials the phone conference (the phone bridge) or a phone, and hangs up.
 
-As in Vonage's tutorial, the conference dial-out calls our own dial-in number over SIP with the header
+As in Vonage's tutorial, the conference dial-out calls our own dial-in over SIP with the header
 `X-OpenTok-SessionId`, which makes the answer webhook put the call straight into the room's conversation; a phone
-dial-out calls that number through Vonage's SIP endpoint. Every dial-out also carries `X-dialbridge-dial-out` with
-its id, so the answer webhook can link the phone call Vonage creates to this record (`DialOutStore.mark_call`).
+dial-out calls that number through a SIP endpoint. Every dial-out also carries `X-dialbridge-dial-out` with its id,
+so the answer webhook can link the phone call the voice side creates to this record (`DialOutStore.mark_call`).
+
+Where the SIP calls go is the backend's (`SipRoute`): on Vonage, the dial-in number and phones at Vonage's SIP
+domain over TLS with the account's SIP credentials; on the embedded backend, the voice engine's own dial-in
+(`sip:dialin@…`, no credentials: it is this machine's) and phones through the configured SIP trunk.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import contextlib
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER
-from dialbridge.config import Settings
+from dialbridge.config import Backend, Settings
 from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
 from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
 
@@ -37,6 +42,17 @@ class DialOutNotLive(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class SipRoute:
+    """Where one dial-out's SIP call goes, and with what credentials."""
+
+    uri: str
+    username: str | None = None
+    password: str | None = None
+    from_: str | None = None
+    secure: bool = True
+
+
 class DialOuts:
     def __init__(
         self, store: DialOutStore, platform: VideoPlatform, settings: Settings, clock: Callable[[], float]
@@ -50,14 +66,10 @@ class DialOuts:
     # on a worker thread, never on the event loop. Dial-outs are rare; a thread hop costs nothing here.
     async def dial_conference(self, room: Room) -> DialOut:
         self._require_sip()
-        if not self.settings.dial_in_number:
-            raise DialOutUnavailable(
-                "no conference number to dial: set DIALBRIDGE_DIAL_IN_NUMBER to the Vonage number callers dial"
-            )
-        token_data = {"sip": True, "role": "client", "name": "phone bridge", "dialOut": CONFERENCE}
-        return await self._dial(
-            room, CONFERENCE, self.settings.dial_in_number, token_data, {SESSION_HEADER: room.session_id}
-        )
+        route = self._conference_route()
+        token_data = {"sip": True, "role": "client", "name": "Phone", "dialOut": CONFERENCE}
+        target = self.settings.dial_in_number or route.uri
+        return await self._dial(room, CONFERENCE, target, route, token_data, {SESSION_HEADER: room.session_id})
 
     async def dial_phone(self, room: Room, number: str) -> DialOut:
         self._require_sip()
@@ -67,8 +79,9 @@ class DialOuts:
                 f"{number} is not among the numbers this server may call ({', '.join(allowed)}); "
                 "the operator sets these in DIALBRIDGE_DIAL_OUT_PREFIXES"
             )
+        route = self._phone_route(number)
         token_data = {"sip": True, "role": "client", "name": number, "dialOut": PHONE}
-        return await self._dial(room, PHONE, number, token_data, {})
+        return await self._dial(room, PHONE, number, route, token_data, {})
 
     async def hang_up(self, room: Room, dial_out_id: str) -> DialOut:
         self._require_sip()
@@ -81,25 +94,72 @@ class DialOuts:
             await self.platform.disconnect(room.session_id, dial_out.connection_id)
         return await asyncio.to_thread(self.store.mark_ended, dial_out_id, self.clock())
 
-    async def _dial(
-        self, room: Room, kind: str, number: str, token_data: dict[str, object], headers: dict[str, str]
-    ) -> DialOut:
+    def _embedded(self) -> bool:
+        return self.settings.backend is Backend.EMBEDDED
+
+    def _conference_route(self) -> SipRoute:
+        if self._embedded():
+            # The voice engine's own dial-in, on this machine: no number, no credentials, no TLS.
+            return SipRoute(uri=self.settings.conference_sip_uri, secure=False)
+        if not self.settings.dial_in_number:
+            raise DialOutUnavailable(
+                "no conference number to dial: set DIALBRIDGE_DIAL_IN_NUMBER to the Vonage number callers dial"
+            )
+        return self._vonage_route(self.settings.dial_in_number, PHONE_FROM_NONE)
+
+    def _phone_route(self, number: str) -> SipRoute:
+        if self._embedded():
+            trunk = self.settings.sip_trunk_uri
+            if not trunk:
+                raise DialOutUnavailable(
+                    "the embedded backend calls phones through a SIP trunk: set DIALBRIDGE_SIP_TRUNK_URI (e.g. "
+                    "sip:trunk.example.com;transport=udp) and, if it asks for them, DIALBRIDGE_SIP_TRUNK_USERNAME "
+                    "and DIALBRIDGE_SIP_TRUNK_PASSWORD"
+                )
+            password = self.settings.sip_trunk_password
+            caller = self.settings.dial_in_number
+            return SipRoute(
+                uri=trunk_uri(trunk, number),
+                username=self.settings.sip_trunk_username,
+                password=password.get_secret_value() if password else None,
+                from_=caller,
+                secure=False,
+            )
+        return self._vonage_route(number, self.settings.dial_in_number)
+
+    def _vonage_route(self, number: str, caller: str | None) -> SipRoute:
         credentials = self.settings.sip_credentials()
         if credentials is None:
             raise DialOutUnavailable(
                 "Vonage's SIP endpoint needs credentials: set DIALBRIDGE_VONAGE_SIP_USERNAME and "
                 "DIALBRIDGE_VONAGE_SIP_PASSWORD (or DIALBRIDGE_VONAGE_API_KEY/_API_SECRET)"
             )
-        dial_out_id = "do_" + secrets.token_urlsafe(12)
-        caller = self.settings.dial_in_number
-        dial = SipDial(
+        return SipRoute(
             uri=self.sip_uri(number),
-            headers={**headers, DIAL_OUT_HEADER: dial_out_id},
             username=credentials[0],
             password=credentials[1],
-            from_=f"{digits(caller)}@{self.settings.vonage_sip_domain}" if kind == PHONE and caller else None,
-            token_data=json.dumps(token_data, separators=(",", ":")),
+            from_=f"{digits(caller)}@{self.settings.vonage_sip_domain}" if caller else None,
             secure=True,
+        )
+
+    async def _dial(
+        self,
+        room: Room,
+        kind: str,
+        target: str,
+        route: SipRoute,
+        token_data: dict[str, object],
+        headers: dict[str, str],
+    ) -> DialOut:
+        dial_out_id = "do_" + secrets.token_urlsafe(12)
+        dial = SipDial(
+            uri=route.uri,
+            headers={**headers, DIAL_OUT_HEADER: dial_out_id},
+            username=route.username,
+            password=route.password,
+            from_=route.from_,
+            token_data=json.dumps(token_data, separators=(",", ":")),
+            secure=route.secure,
         )
         # Recorded before Vonage is asked, so a second conference dial-out is refused even while this one dials.
         await asyncio.to_thread(
@@ -107,7 +167,7 @@ class DialOuts:
             dial_out_id=dial_out_id,
             room_id=room.room_id,
             kind=kind,
-            target=number,
+            target=target,
             now=self.clock(),
             limit=self.settings.dial_outs_per_room_per_hour,
         )
@@ -132,11 +192,19 @@ class DialOuts:
 
     def _require_sip(self) -> None:
         if not self.platform.supports_sip:
-            raise NotSupported(
-                f"the {self.platform.name} backend cannot dial phones or hang them up yet: its voice engine answers "
-                "calls but does not place them; run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
-            )
+            raise NotSupported(f"the {self.platform.name} video platform cannot dial SIP")
+
+
+PHONE_FROM_NONE: None = None  # the conference dial-out presents no caller number
 
 
 def digits(e164: str) -> str:
     return e164.removeprefix("+")
+
+
+def trunk_uri(trunk: str, number: str) -> str:
+    """The trunk's URI with the number as its user part: `sip:host;transport=tcp` → `sip:+1415…@host;transport=tcp`
+    (a user already in the setting is replaced: the number is who is called)."""
+    scheme, _, rest = trunk.partition(":")
+    host = rest.split("@", 1)[-1]
+    return f"{scheme}:{number}@{host}"

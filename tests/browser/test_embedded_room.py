@@ -125,12 +125,16 @@ def test_server_force_disconnect_ends_that_page_and_removes_its_stream_from_the_
 
 
 def test_phone_panel_reports_what_the_server_says(context: BrowserContext, live_server: LiveServer) -> None:
-    """The room page's phone controls reach the room's API with the page's participant token and show its answer:
-    on the embedded backend dialling is not built yet (501), and a malformed number is refused (422)."""
+    """The room page's phone controls reach the room's API with the page's participant token and show its answer,
+    whose message names the fix: no gateway running here (502), no SIP trunk configured for phones (503), a
+    malformed number (422)."""
     page = context.new_page()
     page.goto(f"{live_server.base_url}/room/phone-panel")
     page.click("#dial-conference")
-    page.wait_for_function("document.getElementById('phone-status').textContent.includes('DIALBRIDGE_BACKEND')")
+    page.wait_for_function("document.getElementById('phone-status').textContent.includes('dialbridge gateway')")
+    page.fill("#number", "+14155550100")
+    page.click("#dial-number button")
+    page.wait_for_function("document.getElementById('phone-status').textContent.includes('DIALBRIDGE_SIP_TRUNK_URI')")
     page.fill("#number", "12345")
     page.click("#dial-number button")
     page.wait_for_function("document.getElementById('phone-status').textContent.startsWith('number')")

@@ -101,7 +101,9 @@ def options_ping(port: int, timeout: float = 0.3) -> bool:
 @contextmanager
 def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
     http_port, sip_port, api_port = free_port(), free_port(), free_port()
+    gateway_sip_port, gateway_api_port = free_port(), free_port()
     rtp_low = 20000 + (sip_port % 200) * 100
+    gateway_rtp_low = 42000 + (gateway_sip_port % 200) * 100
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
     environment.update(
         DIALBRIDGE_BACKEND="embedded",
@@ -111,6 +113,9 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
         DIALBRIDGE_VOICE_API_PORT=str(api_port),
         DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
         DIALBRIDGE_RTP_PORTS=f"{rtp_low}-{rtp_low + 99}",
+        DIALBRIDGE_GATEWAY_SIP_PORT=str(gateway_sip_port),
+        DIALBRIDGE_GATEWAY_API_PORT=str(gateway_api_port),
+        DIALBRIDGE_GATEWAY_RTP_PORTS=f"{gateway_rtp_low}-{gateway_rtp_low + 99}",
         DIALBRIDGE_SIGNATURE_SECRET=SECRET,
         DIALBRIDGE_PIN_INPUT_TIMEOUT_S="8",
         **env,
@@ -123,18 +128,19 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
         )  # fmt: skip
     stack = VoiceStack(process, http_port, sip_port, log, api_port, tmp_path / "voice")
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # three processes start; aiortc alone takes a second to import
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"dialbridge serve exited with {process.returncode}:\n{log.read_text()}")
             try:
-                engine = stack.get("/healthz").get("voice_engine", {})
-                if engine.get("status") == "ok" and options_ping(sip_port):
+                health = stack.get("/healthz")
+                engine, gateway = health.get("voice_engine", {}), health.get("gateway", {})
+                if engine.get("status") == "ok" and gateway.get("status") == "ok" and options_ping(sip_port):
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"dialbridge did not start within 30 s:\n{log.read_text()}")
+                raise AssertionError(f"dialbridge did not start within 60 s:\n{log.read_text()}")
             time.sleep(0.1)
         yield stack
     finally:
@@ -306,6 +312,8 @@ def voice_engine(tmp_path: Path, **env: str) -> Iterator[VoiceEngineProcess]:
         DIALBRIDGE_VOICE_API_PORT=str(api_port),
         DIALBRIDGE_VOICE_DIR=str(tmp_path / "voice"),
         DIALBRIDGE_RTP_PORTS=f"{rtp_low}-{rtp_low + 99}",
+        # The gateway's range must not overlap the engine's (a configuration problem the engine refuses).
+        DIALBRIDGE_GATEWAY_RTP_PORTS=f"{rtp_low + 100}-{rtp_low + 199}",
         DIALBRIDGE_SIGNATURE_SECRET=SECRET,
         **env,
     )

@@ -119,6 +119,10 @@ class RoomParticipant:
         return sum(1 for data in self._connections.values() if not is_sip_participant(data))
 
     @property
+    def peer_count(self) -> int:
+        return self._peer_count()
+
+    @property
     def over(self) -> bool:
         return self._over
 

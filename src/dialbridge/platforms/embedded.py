@@ -2,29 +2,101 @@
 
 The browser loads `/static/ot-embedded.js`, which implements the subset of Vonage's `OT` API the room page uses
 over the WebSocket signalling in `engine.rooms`; the participant token is the signalling token.
+
+SIP dial goes through the gateway (`dialbridge gateway`), whose control API is Vonage Video's own: this platform
+sends it the request the `vonage` SDK sends Vonage (`POST /v2/project/{appId}/dial`, signed with the local
+application's key), with a participant token it issues for the SIP participant, so the gateway joins the room as
+that participant. Hanging up is the same force-disconnect as for any participant: the gateway sees its socket
+closed and ends the call.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Protocol
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
-from dialbridge.platforms.base import BrowserConfig, NotSupported, SipCall, SipDial
+import httpx
+
+from dialbridge.credentials import VoiceCredentials
+from dialbridge.platforms.base import BrowserConfig, ConnectionGone, PlatformError, SipCall, SipDial
 
 SESSION_PREFIX = "emb_"
 SIGNALLING_PATH = "/rt/signalling"
+SIP_DIAL = "dialling through the gateway"
+DIAL_TIMEOUT_S = 15.0  # the gateway joins the room (a WebSocket and a publish) before it answers
 
 
 class ConnectionCloser(Protocol):
     async def force_disconnect(self, session_id: str, connection_id: str) -> bool: ...
 
 
+#: Issues the SIP participant's token: (session_id, room_id, connection data) → token.
+TokenIssuer = Callable[[str, str, str], str]
+
+
+class GatewayClient:
+    """HTTPS to the gateway, signed with the local application's key (loaded, or made, on first use)."""
+
+    def __init__(self, url: str, credentials_dir: Path) -> None:
+        self.url = url
+        self._credentials_dir = credentials_dir
+        self._credentials: VoiceCredentials | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> tuple[httpx.AsyncClient, VoiceCredentials]:
+        if self._http is None or self._credentials is None:
+            self._credentials = VoiceCredentials.load_or_create(self._credentials_dir)
+            self._http = httpx.AsyncClient(
+                base_url=self.url,
+                verify=ssl.create_default_context(cafile=str(self._credentials.ca_bundle_path)),
+                timeout=httpx.Timeout(DIAL_TIMEOUT_S, connect=1.0),
+            )
+        return self._http, self._credentials
+
+    async def dial(self, body: dict[str, Any]) -> httpx.Response:
+        http, credentials = self._client()
+        headers = {"authorization": f"Bearer {credentials.app_token(time.time())}"}
+        return await http.post(f"/v2/project/{credentials.application_id}/dial", json=body, headers=headers)
+
+    async def health(self) -> dict[str, Any]:
+        """The gateway's own /healthz, or why it could not be read."""
+        try:
+            http, _ = self._client()
+            response = await http.get("/healthz", timeout=httpx.Timeout(1.0, connect=1.0))
+            body = response.json()
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            return {"status": "unreachable", "error": type(exc).__name__, "url": self.url}
+        return body if isinstance(body, dict) else {"status": "error"}
+
+    async def metrics(self) -> bytes:
+        """The gateway's Prometheus text, after whether it could be scraped."""
+        try:
+            http, _ = self._client()
+            response: httpx.Response | None = await http.get("/metrics", timeout=httpx.Timeout(1.0, connect=1.0))
+        except (httpx.HTTPError, OSError):
+            response = None
+        up = response is not None and response.status_code == 200
+        head = b"# HELP dialbridge_gateway_up Whether the gateway answered this scrape\n"
+        head += b"# TYPE dialbridge_gateway_up gauge\ndialbridge_gateway_up " + (b"1\n" if up else b"0\n")
+        return head + (response.content if up and response is not None else b"")
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+
 class EmbeddedVideo:
     name = "embedded"
-    supports_sip = False
+    supports_sip = True
 
-    def __init__(self, hub: ConnectionCloser) -> None:
+    def __init__(self, hub: ConnectionCloser, gateway: GatewayClient | None = None) -> None:
         self.hub = hub
+        self.gateway = gateway
+        self.issue_token: TokenIssuer | None = None  # set once the server's token key is known
 
     async def create_session(self) -> str:
         return SESSION_PREFIX + secrets.token_urlsafe(24)
@@ -39,10 +111,37 @@ class EmbeddedVideo:
         )
 
     async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall:
-        raise NotSupported(
-            "the embedded backend cannot dial phones yet: its voice engine answers calls but does not place them; "
-            "run with DIALBRIDGE_BACKEND=vonage to dial out through Vonage"
+        if self.gateway is None or self.issue_token is None:
+            raise PlatformError(SIP_DIAL, "this server runs without a gateway")
+        sip: dict[str, Any] = {"uri": dial.uri, "headers": dict(dial.headers), "secure": False}
+        if dial.from_:
+            sip["from"] = dial.from_
+        if dial.username and dial.password:
+            sip["auth"] = {"username": dial.username, "password": dial.password}
+        body = {"sessionId": session_id, "token": self.issue_token(session_id, room_id, dial.token_data), "sip": sip}
+        try:
+            response = await self.gateway.dial(body)
+        except (httpx.HTTPError, OSError) as exc:
+            raise PlatformError(
+                SIP_DIAL,
+                f"the gateway at {self.gateway.url} is not reachable ({type(exc).__name__}); is `dialbridge gateway` "
+                "running (`dialbridge serve` starts it) and DIALBRIDGE_GATEWAY_API_PORT the same for both?",
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code != 200:
+            detail = answer.get("message") if isinstance(answer, dict) else None
+            raise PlatformError(
+                SIP_DIAL, f"the gateway answered {response.status_code}: {detail or response.text[:200]}"
+            )
+        return SipCall(
+            call_id=str(answer.get("id", "")),
+            connection_id=str(answer.get("connectionId", "")),
+            stream_id=answer.get("streamId"),
         )
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:
-        await self.hub.force_disconnect(session_id, connection_id)
+        if not await self.hub.force_disconnect(session_id, connection_id):
+            raise ConnectionGone("disconnecting the SIP participant", "it has left the room already")

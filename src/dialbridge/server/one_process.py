@@ -9,7 +9,7 @@ from types import FrameType
 
 import uvicorn
 
-from dialbridge.server.voice_engine import stop_first_then
+from dialbridge.server.supervised import stop_first_then
 
 # The exit code when the application cannot start: uvicorn's (uvicorn.run exits with it), `serve --workers N`'s too.
 STARTUP_FAILURE = 3

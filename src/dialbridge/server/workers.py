@@ -34,7 +34,7 @@ from typing import Any
 
 import uvicorn
 
-from dialbridge.server.voice_engine import stop_first_then
+from dialbridge.server.supervised import stop_first_then
 
 log = logging.getLogger("dialbridge.workers")
 READY = b"ready"

@@ -58,6 +58,9 @@ def create_app(
         engine_client = getattr(app.state, "voice_engine", None)
         if engine_client is not None:
             await engine_client.aclose()
+        gateway = getattr(services.platform, "gateway", None)
+        if gateway is not None:
+            await gateway.aclose()
 
     app = FastAPI(
         lifespan=lifespan,

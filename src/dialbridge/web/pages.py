@@ -83,7 +83,10 @@ async def healthz(request: Request, svc: ServicesDep) -> dict[str, Any]:
         # Reported, not required (still 200): the web server serves rooms while `serve` restarts the voice engine.
         # But not "ok": a monitor reading the status must see that phone calls are not being answered.
         engine = body["voice_engine"] = await engine_health(svc, voice_engine(request))
-        if engine.get("status") != "ok":
+        gateway = getattr(svc.platform, "gateway", None)
+        if gateway is not None:  # the same for the gateway: rooms are served, but cannot reach the phones
+            body["gateway"] = await gateway.health()
+        if engine.get("status") != "ok" or body.get("gateway", {"status": "ok"}).get("status") != "ok":
             body["status"] = "degraded"
     return body
 
@@ -97,4 +100,7 @@ async def metrics(request: Request, svc: ServicesDep) -> Response:
         from dialbridge.web.voice import engine_metrics, voice_engine
 
         text += await engine_metrics(voice_engine(request))
+        gateway = getattr(svc.platform, "gateway", None)
+        if gateway is not None:
+            text += await gateway.metrics()
     return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -17,7 +17,7 @@ from dialbridge.config import Backend, Settings
 from dialbridge.dialout import DialOuts
 from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.platforms.base import VideoPlatform
-from dialbridge.platforms.embedded import EmbeddedVideo
+from dialbridge.platforms.embedded import EmbeddedVideo, GatewayClient
 from dialbridge.rooms import RoomDirectory
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import DialOutStore
@@ -76,6 +76,12 @@ def build_services(
     quota = CallerQuota(max_failures=settings.caller_max_failures, window_s=settings.caller_failure_window_s)
     pins = PinPolicy(min_length=settings.pin_length, max_fill=settings.pin_max_fill)
     dial_out_store = DialOutStore(engine)
+    tokens = ParticipantTokens(secret, settings.token_ttl_s)
+    if isinstance(platform, EmbeddedVideo):
+        # The gateway joins a room as the SIP participant with a token of this server, as any participant does.
+        platform.issue_token = lambda session_id, room_id, data: tokens.issue(
+            session_id=session_id, room_id=room_id, now=clock(), data=data
+        )
     return Services(
         settings=settings,
         clock=clock,
@@ -85,7 +91,7 @@ def build_services(
         rooms=RoomDirectory(store, platform, pins, clock),
         calls=CallDesk(store, flow, quota, clock, dial_out_store),
         dial_outs=DialOuts(dial_out_store, platform, settings, clock),
-        tokens=ParticipantTokens(secret, settings.token_ttl_s),
+        tokens=tokens,
         signatures=signatures,
         metrics=Metrics(store, Path(settings.metrics_dir) if settings.metrics_dir else None),
     )
@@ -94,7 +100,7 @@ def build_services(
 def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
     if settings.backend is Backend.VONAGE:
         return make_vonage_platform(settings)
-    return EmbeddedVideo(hub)
+    return EmbeddedVideo(hub, GatewayClient(settings.gateway_api_url, Path(settings.voice_dir)))
 
 
 def make_vonage_platform(settings: Settings) -> VideoPlatform:

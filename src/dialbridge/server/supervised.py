@@ -1,4 +1,5 @@
-"""The embedded voice engine's process beside the web server: started with it, restarted when it dies, stopped first.
+"""The processes beside the web server on the embedded backend (the voice engine, the gateway): started with it,
+restarted when they die, stopped first.
 
 Why restarted: calls are the product's main job, and an engine that died (a crash, the OOM killer, `kill -9`) left
 the web server answering `/healthz` with 200 and every phone call timing out, with nothing in the log. Its calls are
@@ -49,19 +50,22 @@ def stop_first_then(before_stop: Callable[[], None], then: Callable[[], None]) -
     threading.Thread(target=in_order, name="dialbridge-stopping", daemon=True).start()
 
 
-class VoiceEngineProcess:
-    """Runs `command` (the engine) and keeps it running until `stop()`; thread-safe."""
+class SupervisedProcess:
+    """Runs `command` (the engine, the gateway: `name` says which in the log) and keeps it running until `stop()`;
+    thread-safe."""
 
     def __init__(
         self,
         command: Sequence[str],
         *,
+        name: str = "the voice engine",
         first_delay_s: float = FIRST_RESTART_DELAY_S,
         longest_delay_s: float = LONGEST_RESTART_DELAY_S,
         healthy_run_s: float = HEALTHY_RUN_S,
         stop_notice_s: float = STOP_NOTICE_S,
     ) -> None:
         self.command = list(command)
+        self.name = name
         self.first_delay_s = first_delay_s
         self.longest_delay_s = longest_delay_s
         self.healthy_run_s = healthy_run_s
@@ -70,7 +74,7 @@ class VoiceEngineProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="dialbridge-voice-engine-watch", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name=f"dialbridge-watch-{name.split()[-1]}", daemon=True)
 
     @property
     def pid(self) -> int | None:
@@ -97,7 +101,8 @@ class VoiceEngineProcess:
             ran = time.monotonic() - started
             delay = self.first_delay_s if ran >= self.healthy_run_s else delay
             log.error(
-                "the voice engine stopped (%s) after %.0f s; its calls are lost; starting it again in %.0f s",
+                "%s stopped (%s) after %.0f s; its calls are lost; starting it again in %.0f s",
+                self.name,
                 _how_it_ended(returncode),
                 ran,
                 delay,
@@ -122,6 +127,6 @@ class VoiceEngineProcess:
         try:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            log.warning("the voice engine did not stop within %.0f s; killing it", grace_s)
+            log.warning("%s did not stop within %.0f s; killing it", self.name, grace_s)
             process.kill()
             process.wait()

@@ -1,0 +1,100 @@
+"""`dialbridge gateway`: the gateway's process — its SIP socket and media clock, its HTTPS control API, metrics,
+and a graceful stop (every call hung up with a BYE) on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator, Iterator
+
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dialbridge.credentials import VoiceCredentials
+from dialbridge.gateway.control import create_gateway_app
+from dialbridge.gateway.shell import Gateway, GatewaySettings
+
+log = logging.getLogger("dialbridge.gateway")
+
+
+class GatewayMetrics(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        calls = GaugeMetricFamily("dialbridge_gateway_calls", "Gateway calls by state", labels=["state"])
+        states: dict[str, int] = {}
+        for call in gateway.calls.values():
+            states[call.state] = states.get(call.state, 0) + 1
+        for state in ("dialling", "ringing", "answered", "ending"):
+            calls.add_metric([state], states.get(state, 0))
+        yield calls
+        peers = GaugeMetricFamily("dialbridge_gateway_browser_peers", "WebRTC peers the gateway's calls hold")
+        peers.add_metric([], sum(call.room.peer_count for call in gateway.calls.values()))
+        yield peers
+        placed = CounterMetricFamily("dialbridge_gateway_calls_placed", "SIP calls the gateway placed")
+        placed.add_metric([], gateway.calls_placed)
+        yield placed
+        failed = CounterMetricFamily("dialbridge_gateway_calls_failed", "SIP calls that failed before answer")
+        failed.add_metric([], gateway.calls_failed)
+        yield failed
+        late = CounterMetricFamily("dialbridge_gateway_late_ticks", "Media ticks more than 100 ms late")
+        late.add_metric([], gateway.late_ticks)
+        yield late
+
+
+class _ServerWithoutSignals(uvicorn.Server):
+    """The gateway owns SIGTERM (it hangs its calls up first); uvicorn would take the signal for itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials, api: tuple[str, int]) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayMetrics(gateway))
+    app = create_gateway_app(gateway, credentials, metrics=lambda: generate_latest(registry))
+    config = uvicorn.Config(
+        app,
+        host=api[0],
+        port=api[1],
+        ssl_certfile=str(credentials.cert_path),
+        ssl_keyfile=str(credentials.key_path),
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    server = _ServerWithoutSignals(config)
+    serving = asyncio.ensure_future(server.serve())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    while not server.started:
+        if serving.done():
+            await gateway.stop()
+            serving.result()
+            raise RuntimeError("the gateway's control API stopped while starting")
+        await asyncio.sleep(0.01)
+    log.info(
+        "gateway: SIP on %s:%d (UDP), RTP %d-%d, control API https://%s:%d, rooms at %s",
+        settings.sip_host,
+        settings.sip_port,
+        *settings.rtp_ports,
+        *api,
+        settings.signalling_url,
+    )
+    await stop.wait()
+    log.info("gateway: stopping; hanging up %d calls", len(gateway.calls))
+    await gateway.stop()
+    server.should_exit = True
+    server.force_exit = True
+    await asyncio.wait([serving], timeout=3)

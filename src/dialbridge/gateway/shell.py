@@ -1,0 +1,450 @@
+"""The gateway's asyncio shell: its SIP socket, its RTP ports, one 20 ms media clock, and its calls.
+
+A call (`GatewayCall`) is one room participant joined to one outbound SIP leg. Each tick moves one 20 ms frame
+each way for every call: what the room's streams said, mixed, is G.711-encoded into the leg's RTP session; what the
+leg's jitter buffer plays out is decoded and published to the room. The SIP agent and the RTP sessions are sans-I/O;
+this file only moves their bytes and keeps the clock.
+
+A call ends, once, from whichever side ends first: the SIP leg fails or ends (the participant leaves the room), the
+participant is removed from the room or the room's last browser leaves (the leg is hung up: CANCEL or BYE), or the
+gateway stops (every leg is hung up, and their BYEs get a moment to be answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from dialbridge import sdp
+from dialbridge.gateway.room import RoomJoinFailed, RoomParticipant
+from dialbridge.media import g711
+from dialbridge.rtp.session import RtpSession
+from dialbridge.sip import (
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    DigestCredentials,
+    SipAgent,
+    SipUri,
+)
+from dialbridge.udp_ports import NoMediaPorts, UdpMediaPorts
+
+log = logging.getLogger(__name__)
+
+TICK_S: Final = 0.020
+MAX_BEHIND_S: Final = 0.100
+STOP_GRACE_S: Final = 2.0  # how long stopping waits for the BYEs it sent to be answered
+FRAME_SAMPLES: Final = 160
+Address = tuple[str, int]
+
+
+class DialRefused(Exception):
+    """The dial request cannot be placed; `status` is the HTTP status the control API answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class DialRequest:
+    """Vonage Video's SIP dial: join `session_id` with `token` and call `uri`."""
+
+    session_id: str
+    token: str
+    uri: str
+    from_: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    username: str | None = None
+    password: str | None = None
+    name: str = "Phone"
+
+
+@dataclass(frozen=True, slots=True)
+class DialResult:
+    call_id: str
+    connection_id: str
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    sip_host: str
+    sip_port: int
+    contact_host: str
+    rtp_ports: tuple[int, int]
+    signalling_url: str
+    max_calls: int = 50
+    join_timeout_s: float = 10.0
+
+
+@dataclass(eq=False)
+class GatewayCall:
+    call_id: str
+    room: RoomParticipant
+    rtp_port: int
+    leg_id: str | None = None
+    state: str = "dialling"  # dialling | ringing | answered | ended
+    rtp: RtpSession | None = None
+    codec: str = "PCMU"
+    end_reason: str | None = None
+    sip_status: int | None = None
+    had_browsers: bool = False
+    created_at: float = field(default_factory=time.time)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.SystemRandom()
+        self.agent = SipAgent(
+            contact_host=settings.contact_host, contact_port=settings.sip_port, user_agent="dialbridge-gateway"
+        )
+        self.calls: dict[str, GatewayCall] = {}
+        self._by_leg: dict[str, GatewayCall] = {}
+        self._by_port: dict[int, GatewayCall] = {}
+        self._sip: asyncio.DatagramTransport | None = None
+        self._media: UdpMediaPorts | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._legs_gone = asyncio.Event()
+        self._session_ids = self._rng.getrandbits(31)
+        self.ticks = 0
+        self.late_ticks = 0
+        self.calls_placed = 0
+        self.calls_failed = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.settings.sip_host else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _SipUdp(self), local_addr=(self.settings.sip_host, self.settings.sip_port), family=family
+        )
+        self._sip = transport
+        self._media = UdpMediaPorts(
+            loop,
+            self.settings.sip_host,
+            *self.settings.rtp_ports,
+            self._rtp_received,
+            self._rtcp_received,
+            setting="DIALBRIDGE_GATEWAY_RTP_PORTS",
+        )
+        self._tick_task = loop.create_task(self._clock(), name="gateway-media-clock")
+
+    async def stop(self) -> None:
+        """Hang up every call (BYE or CANCEL), give the answers a moment, then close everything."""
+        for call in list(self.calls.values()):
+            self._hang_up(call, "the gateway is stopping")
+        self._flush()
+        if self._by_leg:  # the BYEs' answers arrive on the SIP socket; each releases its call
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._legs_gone.wait(), STOP_GRACE_S)
+        for call in list(self.calls.values()):
+            self._finish(call, call.end_reason or "the gateway stopped")
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        if self._media is not None:
+            self._media.close_all()
+        if self._sip is not None:
+            self._sip.close()
+
+    # --- the control API's operations ---------------------------------------------------------------------------
+
+    async def dial(self, request: DialRequest) -> DialResult:
+        if len(self.calls) >= self.settings.max_calls:
+            raise DialRefused(429, f"the gateway holds {self.settings.max_calls} calls (DIALBRIDGE_GATEWAY_MAX_CALLS)")
+        try:
+            target = SipUri.parse(request.uri)
+        except ValueError as exc:
+            raise DialRefused(400, f"sip.uri {request.uri!r} is not a SIP URI: {exc}") from None
+        if target.scheme != "sip":
+            raise DialRefused(400, "sip.uri must be a sip: URI (this gateway has no TLS/SRTP: sips is refused)")
+        transport = (target.transport or "udp").lower()
+        if transport != "udp":
+            raise DialRefused(400, f"transport={transport} is not supported yet: the gateway calls over UDP")
+        destination = await self._resolve(target.host, target.port or 5060)
+        assert self._media is not None
+        try:
+            rtp_port = self._media.open()
+        except NoMediaPorts as exc:
+            raise DialRefused(503, str(exc)) from None
+        call_id = str(uuid.uuid4())
+        room = RoomParticipant(
+            signalling_url=self.settings.signalling_url,
+            session_id=request.session_id,
+            token=request.token,
+            name=request.name,
+            on_over=lambda reason: self._room_over(call_id, reason),
+            on_browsers_changed=lambda count: self._browsers_changed(call_id, count),
+        )
+        call = GatewayCall(call_id=call_id, room=room, rtp_port=rtp_port)
+        self.calls[call_id] = call
+        self._by_port[rtp_port] = call
+        try:
+            await room.join(self.settings.join_timeout_s)
+        except RoomJoinFailed as exc:
+            self._release(call)
+            raise DialRefused(403 if "token" in str(exc) else 502, str(exc)) from None
+        call.had_browsers = room.browsers > 0
+        if call.state == "ended":  # the room went away while joining
+            raise DialRefused(409, f"the room ended the participant while it joined: {call.end_reason}")
+        self._session_ids += 1
+        offer = sdp.make_offer(
+            local_host=self.settings.contact_host, local_port=rtp_port, session_id=self._session_ids, session_version=1
+        )
+        credentials = (
+            DigestCredentials(request.username, request.password) if request.username and request.password else None
+        )
+        from_uri = _from_uri(request.from_, self.settings.contact_host)
+        leg_id = self.agent.dial(
+            request.uri,
+            destination=destination,
+            transport="udp",
+            sdp=offer,
+            now=time.monotonic(),
+            from_uri=from_uri,
+            from_display=request.name,
+            headers=request.headers,
+            credentials=credentials,
+        )
+        call.leg_id = leg_id
+        self._by_leg[leg_id] = call
+        self.calls_placed += 1
+        self._pump()
+        log.info("gateway call %s: dialling %s for session %s", call_id, request.uri, request.session_id)
+        assert room.connection_id is not None and room.stream_id is not None
+        return DialResult(call_id=call_id, connection_id=room.connection_id, stream_id=room.stream_id)
+
+    def disconnect(self, session_id: str, connection_id: str) -> bool:
+        """Vonage's force-disconnect of a SIP connection: hang its call up. False when no such call is live."""
+        for call in self.calls.values():
+            if call.room.session_id == session_id and call.room.connection_id == connection_id:
+                self._hang_up(call, "disconnected through the control API")
+                self._flush()
+                return True
+        return False
+
+    # --- events --------------------------------------------------------------------------------------------------
+
+    def _room_over(self, call_id: str, reason: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._hang_up(call, reason)
+            self._flush()
+
+    def _browsers_changed(self, call_id: str, count: int) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return
+        if count > 0:
+            call.had_browsers = True
+        elif call.had_browsers:
+            self._hang_up(call, "the room's last browser left")
+            self._flush()
+
+    def _hang_up(self, call: GatewayCall, reason: str) -> None:
+        if call.state == "ended":
+            return
+        call.end_reason = call.end_reason or reason
+        if call.leg_id is not None and call.leg_id in self._by_leg:
+            self.agent.hangup(call.leg_id, time.monotonic())
+            call.state = "ending"
+        else:
+            self._finish(call, reason)
+
+    def _finish(self, call: GatewayCall, reason: str) -> None:
+        """The call is over on both sides: leave the room, free the port."""
+        if call.state == "ended":
+            return
+        call.state = "ended"
+        call.end_reason = call.end_reason or reason
+        log.info("gateway call %s ended: %s", call.call_id, call.end_reason)
+        self._release(call)
+        self._spawn(call.room.leave())
+
+    def _release(self, call: GatewayCall) -> None:
+        call.state = "ended"
+        self.calls.pop(call.call_id, None)
+        if call.leg_id is not None:
+            self._by_leg.pop(call.leg_id, None)
+            if not self._by_leg:
+                self._legs_gone.set()
+        if self._by_port.pop(call.rtp_port, None) is not None and self._media is not None:
+            self._media.close(call.rtp_port)
+
+    def _on_sip_event(self, event: object) -> None:
+        leg_id = getattr(event, "leg_id", None)
+        call = self._by_leg.get(leg_id) if isinstance(leg_id, str) else None
+        if call is None:
+            return
+        now = time.monotonic()
+        if isinstance(event, CallProgress):
+            call.state = "ringing" if call.state == "dialling" else call.state
+            if event.sdp:
+                self._media_from(call, event.sdp, now)
+        elif isinstance(event, CallAnswered):
+            if call.state != "ending":
+                call.state = "answered"
+            if event.sdp:
+                self._media_from(call, event.sdp, now)
+        elif isinstance(event, CallFailed):
+            self.calls_failed += 1
+            call.sip_status = event.status
+            self._finish(call, f"the call failed: {event.status} {event.reason}")
+        elif isinstance(event, CallEnded):
+            self._finish(call, f"the SIP call ended ({event.reason})")
+
+    def _media_from(self, call: GatewayCall, description: bytes, now: float) -> None:
+        try:
+            params = sdp.accept_answer(description)
+        except sdp.SdpError as exc:
+            log.warning("gateway call %s: unusable SDP from the far end (%s); hanging up", call.call_id, exc)
+            self._hang_up(call, f"unusable SDP: {exc}")
+            return
+        call.codec = params.codec
+        if call.rtp is None:
+            call.rtp = RtpSession(params, ssrc=self._rng.getrandbits(32), now=now)
+        else:
+            call.rtp.update(params, now)
+
+    # --- media -------------------------------------------------------------------------------------------------
+
+    def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
+        call = self._by_port.get(port - (port % 2))
+        if call is not None and call.rtp is not None:
+            call.rtp.receive(data, source, time.monotonic())
+
+    def _rtcp_received(self, port: int, data: bytes, source: Address) -> None:
+        call = self._by_port.get(port - (port % 2))
+        if call is not None and call.rtp is not None:
+            call.rtp.receive_rtcp(data, source, time.monotonic())
+
+    async def _clock(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += TICK_S
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > MAX_BEHIND_S:
+                self.late_ticks += 1
+                next_at = loop.time()  # a long stall: start the schedule again rather than burst to catch up
+            try:
+                self._tick(time.monotonic())
+            except Exception:
+                log.exception("gateway: a media tick failed")
+
+    def _tick(self, now: float) -> None:
+        self.ticks += 1
+        media = self._media
+        assert media is not None
+        for call in list(self.calls.values()):
+            rtp = call.rtp
+            if rtp is None or call.state == "ended":
+                continue
+            mix = call.room.take_mix()
+            silence = g711.SILENCE[call.codec]
+            frame = g711.encode(call.codec, mix) if mix is not None else bytes([silence]) * FRAME_SAMPLES
+            destination = rtp.destination
+            for datagram in rtp.send(frame, now):
+                if destination is not None:
+                    media.send(call.rtp_port, datagram, destination)
+            payload, _kind = rtp.playout(now)
+            call.room.hear(g711.decode(call.codec, payload))
+            report = rtp.rtcp_due(now)
+            rtcp_to = rtp.rtcp_destination
+            if report is not None and rtcp_to is not None:
+                media.send(call.rtp_port + 1, report, rtcp_to)
+        deadline = self.agent.next_timer()
+        if deadline is not None and deadline <= now:
+            self.agent.on_timer(now)
+            self._pump()
+
+    # --- SIP ---------------------------------------------------------------------------------------------------
+
+    def sip_received(self, data: bytes, source: Address) -> None:
+        self.agent.receive(data, source, time.monotonic(), "udp")
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the agent queued and act on its events, until handling them queues nothing more (a BYE)."""
+        while True:
+            events, outgoing = self.agent.drain()
+            if not events and not outgoing:
+                return
+            for message in outgoing:
+                if self._sip is not None and message.transport == "udp":
+                    try:
+                        self._sip.sendto(message.data, message.destination)
+                    except (OSError, ValueError) as exc:  # a message that cannot be sent costs that message only
+                        log.warning("gateway: could not send SIP to %s: %s", message.destination, exc)
+            for event in events:
+                try:
+                    self._on_sip_event(event)
+                except Exception:
+                    log.exception("gateway: handling %r failed", event)
+
+    def _flush(self) -> None:
+        self._pump()
+
+    async def _resolve(self, host: str, port: int) -> Address:
+        bare = host.strip("[]")
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(bare)
+            return (bare, port)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(bare, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise DialRefused(502, f"cannot resolve {host}: {exc}") from None
+        address = infos[0][4]
+        return (str(address[0]), int(address[1]))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "gateway": "webrtc-sip",
+            "calls": len(self.calls),
+            "sip": f"{self.settings.contact_host}:{self.settings.sip_port}",
+        }
+
+
+def _from_uri(from_: str | None, contact_host: str) -> str:
+    if not from_:
+        return f"sip:gateway@{contact_host}"
+    if from_.startswith(("sip:", "sips:", "tel:")):
+        return from_
+    return f"sip:{from_}" if "@" in from_ else f"sip:{from_}@{contact_host}"
+
+
+class _SipUdp(asyncio.DatagramProtocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            self.gateway.sip_received(data, (str(addr[0]), int(addr[1])))
+        except Exception:
+            log.exception("gateway: a SIP datagram from %s failed", addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("gateway SIP socket: %s", exc)

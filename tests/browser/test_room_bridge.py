@@ -1,0 +1,113 @@
+"""The room meets the phone on the embedded backend, end to end: `dialbridge serve` (web server, voice engine and
+gateway as real processes), Chromium in a room clicks "Bring in the phone conference", a SIPp caller keys the PIN,
+and the two hear each other through the gateway; the page never hears itself back."""
+
+from __future__ import annotations
+
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Playwright
+
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.engine import sipp
+from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
+from tests.engine.stack import VoiceStack, free_port, voice_stack
+from tests.media_probe import SUBSCRIBER_PEAK
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs the sip-tester package"),
+    pytest.mark.timeout(120),
+]
+PAGE_HZ = 440.0  # the page's microphone
+CALLER_HZ = 700.0  # the phone caller's voice
+WAIT_MS = 20_000
+CALLER_MEDIA_PORT = 17300
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[VoiceStack]:
+    with voice_stack(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser]:
+    """Chromium whose microphone plays a steady 440 Hz tone (a WAV file as the fake capture device)."""
+    path = tmp_path / "mic.wav"
+    rate = 48_000
+    samples = (0.3 * 32767 * np.sin(2 * np.pi * PAGE_HZ * np.arange(rate * 30) / rate)).astype(np.int16)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
+    )
+    yield browser
+    browser.close()
+
+
+def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
+    stack: VoiceStack, singing_chromium: Browser, tmp_path: Path
+) -> None:
+    pin = stack.new_room("bridged")
+    context = singing_chromium.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{stack.base}/room/bridged")
+    page.wait_for_function(
+        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
+    )
+    page.click("#dial-conference")
+    # The gateway joins as a participant named "Phone" and publishes the conference's audio.
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    page.wait_for_function("() => document.querySelectorAll('#phone-calls li').length === 1", timeout=WAIT_MS)
+    assert page.text_content("#phone-status") == ""
+
+    caller = RtpStream(ssrc=31)
+    for digit in pin + "#":
+        caller.rfc4733(digit)
+    caller.silence(3.5)  # "Thank you. You are joining the meeting now."
+    caller.audio(tone([CALLER_HZ], 25.0))
+    folder = tmp_path / "sipp"
+    folder.mkdir()
+    xml = sipp.scenario(
+        sipp.invite(), sipp.ANSWERED, sipp.ACK, sipp.pause(300),
+        sipp.play(caller.write_pcap(folder / "media.pcap")), sipp.pause(30000), sipp.BYE,
+    )  # fmt: skip
+    with LoopbackCapture() as capture:
+        run = sipp.start(folder, xml, target=stack.sip_target, sip_port=free_port(), media_port=CALLER_MEDIA_PORT)
+        time.sleep(9.0)  # the prompt, the PIN, "joining", then the conference
+        heard = page.evaluate(SUBSCRIBER_PEAK)
+        time.sleep(2.0)
+    to_caller = received_audio(capture.rtp_to(CALLER_MEDIA_PORT))
+    last_seconds = to_caller[-8000 * 3 :]  # the conference, after the prompts
+    assert abs(heard["hz"] - CALLER_HZ) <= 2 * heard["binHz"] + 8, f"the page hears {heard}, not the caller"
+    assert heard["db"] - heard["medianDb"] > 30, heard
+    assert tone_energy(last_seconds, PAGE_HZ) > 0.3, "the caller does not hear the page's 440 Hz"
+    assert errors == []
+    assert run.wait(60) == 0, run.errors()
+    context.close()
+
+
+def test_the_bridge_is_refused_a_second_time_while_live(stack: VoiceStack, singing_chromium: Browser) -> None:
+    stack.new_room("twice")
+    context = singing_chromium.new_context()
+    page = context.new_page()
+    page.goto(f"{stack.base}/room/twice")
+    page.wait_for_function(
+        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
+    )
+    page.click("#dial-conference")
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    page.click("#dial-conference")
+    page.wait_for_function("() => document.querySelector('#phone-status').textContent.includes('already')")
+    context.close()
