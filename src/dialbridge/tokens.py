@@ -6,6 +6,7 @@ room's HTTP actions (dial-out, hang-up) require as `Authorization: Bearer`.
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -102,6 +103,16 @@ def _what_is_wrong(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.InvalidAlgorithmError):
         return "it is not signed with HS256"
     return "it is not a well-formed JWT (header.claims.signature)"
+
+
+def is_sip_participant(data: str) -> bool:
+    """Whether a connection's token data marks a SIP participant (a call the gateway or Vonage put into the room, as
+    the tutorial marks it: `{"sip": true, ...}`), not a browser."""
+    try:
+        parsed = json.loads(data) if data else None
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("sip") is True
 
 
 def participant_id(token: str) -> str:

@@ -4,9 +4,11 @@ and the two hear each other through the gateway; the page never hears itself bac
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,51 @@ def test_the_bridge_is_refused_a_second_time_while_live(stack: VoiceStack, singi
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelector('#phone-status').textContent.includes('already')")
     context.close()
+
+
+def _gateway_pid(stack: VoiceStack) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == stack.process.pid and b"gateway" in command:
+            return int(entry.name)
+    raise AssertionError("serve started no gateway process")
+
+
+def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, singing_chromium: Browser) -> None:
+    """The gateway dies mid-call (SIGKILL: no BYE). serve starts it again, /healthz says degraded meanwhile, the app
+    ends the orphaned call (so no record stays in the conference), and the room can bring the conference in again."""
+    stack.new_room("crash")
+    context = singing_chromium.new_context()
+    page = context.new_page()
+    page.goto(f"{stack.base}/room/crash")
+    page.wait_for_function(
+        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
+    )
+    page.click("#dial-conference")
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1, "the bridge never reached the engine")
+
+    os.kill(_gateway_pid(stack), signal.SIGKILL)
+    wait_for(lambda: stack.get("/healthz")["status"] == "degraded", "/healthz did not say degraded")
+    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 0, "the orphaned bridge call was not ended")
+    wait_for(lambda: stack.get("/healthz")["status"] == "ok", "the gateway was not started again", timeout=20)
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 0", timeout=WAIT_MS)
+
+    page.click("#dial-conference")
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1, "the room could not bring it in again")
+    assert "the gateway stopped (killed by SIGKILL)" in stack.log.read_text()
+    context.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)

@@ -45,6 +45,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from dialbridge.gateway.webrtc import FRAME_SAMPLES, InboundAudio, PacedAudioTrack, install_loopback_fallback
+from dialbridge.tokens import is_sip_participant
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,6 @@ class _Subscription:
     peer: RTCPeerConnection
     audio: InboundAudio = field(default_factory=InboundAudio)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def is_sip_participant(data: str) -> bool:
-    """Whether a connection's token data marks a SIP participant (the gateway's own legs), not a browser."""
-    try:
-        parsed = json.loads(data) if data else None
-    except ValueError:
-        return False
-    return isinstance(parsed, dict) and parsed.get("sip") is True
 
 
 class RoomParticipant:

@@ -157,6 +157,13 @@ class DialOutStore:
             row = conn.execute(select(t.dial_outs).where(t.dial_outs.c.id == dial_out_id)).first()
         return DialOut(**row._mapping) if row else None
 
+    def live_by_connection(self, connection_id: str) -> DialOut | None:
+        """The live dial-out whose SIP participant is this connection of its room's session."""
+        query = select(t.dial_outs).where(t.dial_outs.c.connection_id == connection_id, t.dial_outs.c.state == LIVE)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return DialOut(**row._mapping) if row else None
+
     def open_conference(self, room_id: str) -> DialOut | None:
         query = select(t.dial_outs).where(
             t.dial_outs.c.room_id == room_id,

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from dialbridge import __version__
-from dialbridge.config import Settings
+from dialbridge.config import Backend, Settings
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.web import api, dialout, logredact, pages, signalling, voice
 from dialbridge.web.bodylimit import BoundedBodies
@@ -72,6 +72,9 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.services = services
+    if settings.backend is Backend.EMBEDDED:
+        app.state.voice_engine = voice.VoiceEngineClient(settings)
+        services.hub.on_left = voice.SipParticipantWatch(services, app.state.voice_engine).left
     install_error_handlers(app)
     routers = (pages.router, api.router, dialout.router, signalling.router, voice.router)
     for router in routers:

@@ -8,6 +8,7 @@ the engine's self-made certificate, exactly as it would call Vonage with its own
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dialbridge.config import Backend, Settings
 from dialbridge.credentials import VoiceCredentials
+from dialbridge.tokens import is_sip_participant
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import sip_address, templates
 from dialbridge.web.services import Services, services
@@ -57,6 +59,43 @@ class VoiceEngineClient:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+
+class SipParticipantWatch:
+    """Ends the call of a SIP participant whose connection left its room on its own (embedded backend).
+
+    The gateway hangs up a call whose participant the room removes, and sends BYE when it stops; but a gateway that
+    died (a crash, the OOM killer, `kill -9`) sends nothing, and its call would stay in the phone conference, the
+    room's dial-out "live", for good. Its socket closing is the sign: the app then ends the call through the Voice
+    API, as it ends any call. (A call that has ended already answers 404: nothing to do.)
+    """
+
+    def __init__(self, svc: Services, engine: VoiceEngineClient) -> None:
+        self.svc = svc
+        self.engine = engine
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def left(self, session_id: str, connection_id: str, data: str) -> None:
+        if is_sip_participant(data):
+            task = asyncio.get_running_loop().create_task(self._end_call_of(connection_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _end_call_of(self, connection_id: str) -> None:
+        store = self.svc.dial_outs.store
+        try:
+            dial_out = await asyncio.to_thread(store.live_by_connection, connection_id)
+            if dial_out is None or dial_out.call_uuid is None:
+                return
+            response = await self.engine.request("PUT", f"/v1/calls/{dial_out.call_uuid}", {"action": "hangup"})
+            log.info(
+                "the SIP participant of dial-out %s left its room; its call %s hung up (%d)",
+                dial_out.id,
+                dial_out.call_uuid,
+                response.status_code,
+            )
+        except Exception:
+            log.exception("ending the call of a SIP participant that left its room failed")
 
 
 def voice_engine(request: Request) -> VoiceEngineClient:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +52,9 @@ class Member:
 class SignallingHub:
     def __init__(self, *, outbox_limit: int = 512) -> None:
         self.outbox_limit = outbox_limit
+        #: Called with (session id, connection id, its token data) when a member's socket closes without the
+        #: server having removed it: the participant went away on its own (or its process died).
+        self.on_left: Callable[[str, str, str], None] | None = None
         self._sessions: dict[str, SignallingSession] = {}
         self._members: dict[tuple[str, str], Member] = {}
 
@@ -94,8 +98,14 @@ class SignallingHub:
             del self._members[(member.session_id, member.connection_id)]
             state = self._sessions.get(member.session_id)
             if state is not None:
+                data = state.data_of(member.connection_id)
                 self._apply(state, state.leave(member.connection_id))
                 self._forget_if_empty(state)
+                if data is not None and self.on_left is not None:
+                    try:
+                        self.on_left(member.session_id, member.connection_id, data)
+                    except Exception:
+                        log.exception("signalling: on_left failed")
         writer = member.writer
         if writer is not None and not writer.done():
             # A hung-up member's writer is closing the socket: let it finish; otherwise there is nobody to write to.

@@ -138,6 +138,11 @@ class SignallingSession:
     def is_empty(self) -> bool:
         return not self._connections
 
+    def data_of(self, connection_id: str) -> str | None:
+        """The connection's token data, or None when it is not a member."""
+        found = self._connections.get(connection_id)
+        return found.data if found else None
+
     def stream_ids_of(self, connection_id: str) -> list[str]:
         found = self._connections.get(connection_id)
         return list(found.stream_ids) if found else []
