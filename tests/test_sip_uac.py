@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
 
 from dialbridge.sip import (
     CallAnswered,
@@ -17,6 +24,8 @@ from dialbridge.sip import (
 )
 from dialbridge.sip.auth import DigestCredentials, build_challenge, parse_params, verify_authorization
 from dialbridge.sip.message import Headers, SipRequest, SipResponse, build_response, parse_message
+from tests.aio import run_in_thread
+from tests.engine import sipp
 
 HOST = "203.0.113.10"
 TRUNK = ("192.0.2.20", 5060)  # where dial() sends the INVITE
@@ -456,3 +465,251 @@ def test_reinvite_and_info_from_the_peer() -> None:
     u.from_peer("INFO", ok, 6, body=b"Signal=5\r\n", content_type="application/dtmf-relay")
     events, _ = u.take()
     assert events == [InfoReceived(leg, "application/dtmf-relay", b"Signal=5\r\n")]
+
+
+# --- against a real UAS: SIPp over UDP on 127.0.0.1 ------------------------------------------------------------------
+
+SIPP_USER, SIPP_PASSWORD = "gateway", "s3cret"
+
+_SIPP_REPLY = """<send{retrans}><![CDATA[
+SIP/2.0 {status}
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+{extra}Content-Length: {length}
+{body}
+]]></send>
+"""
+_SIPP_SDP = """
+v=0
+o=sipp 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000"""
+# The INVITE must carry the gateway's X- header (check_it fails the call otherwise); echoed so that it is used.
+_SIPP_RECV_INVITE = """<recv request="INVITE" crlf="true">
+  <action>
+    <ereg regexp="2_MX4xfn5" search_in="hdr" header="X-OpenTok-SessionId:" check_it="true" assign_to="session"/>
+    {verify}
+  </action>
+</recv>
+"""
+_SIPP_ANSWER = (
+    _SIPP_REPLY.format(retrans="", status="180 Ringing", extra="", length="0", body="")
+    + _SIPP_REPLY.format(
+        retrans=' retrans="500"',
+        status="200 OK",
+        extra="X-Session-Seen: [$session]\nContent-Type: application/sdp\n",
+        length="[len]",
+        body=_SIPP_SDP,
+    )
+    + """<recv request="ACK" crlf="true"/>
+<recv request="BYE"/>
+<send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"""
+)
+SIPP_UAS_ANSWERS = _SIPP_RECV_INVITE.format(verify="") + _SIPP_ANSWER
+# 401 with an MD5 challenge (SIPp's verifyauth checks the Authorization header with MD5), then answer only if the
+# re-sent INVITE proves the password; otherwise 403, which fails our call and the test.
+SIPP_UAS_CHALLENGES = (
+    _SIPP_RECV_INVITE.format(verify="")
+    + _SIPP_REPLY.format(
+        retrans="",
+        status="401 Unauthorized",
+        extra='WWW-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
+        'algorithm=MD5, qop="auth", opaque="0paque"\n',
+        length="0",
+        body="",
+    )
+    + '<recv request="ACK" crlf="true"/>\n'
+    + _SIPP_RECV_INVITE.format(
+        verify=f'<verifyauth assign_to="authvalid" username="{SIPP_USER}" password="{SIPP_PASSWORD}"/>'
+    )
+    + '<nop hide="true" test="authvalid" next="goodauth"/>\n'
+    + _SIPP_REPLY.format(retrans="", status="403 Forbidden", extra="", length="0", body="")
+    + '<recv request="ACK" crlf="true"/>\n'
+    + '<nop><action><exec int_cmd="stop_now"/></action></nop>\n'
+    + '<label id="goodauth"/>\n'
+    + _SIPP_ANSWER
+)
+# 407: SIPp's verifyauth reads only Authorization, so here SIPp checks the Proxy-Authorization's fields (its nonce
+# echoed, our user, realm and Request-URI, a 32-hex response) and the test verifies the digest itself off the wire.
+SIPP_UAS_PROXY_CHALLENGES = (
+    _SIPP_RECV_INVITE.format(verify="")
+    + _SIPP_REPLY.format(
+        retrans="",
+        status="407 Proxy Authentication Required",
+        extra='Proxy-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
+        'algorithm=MD5, qop="auth"\n',
+        length="0",
+        body="",
+    )
+    + '<recv request="ACK" crlf="true"/>\n'
+    + _SIPP_RECV_INVITE.format(
+        verify=f'<ereg regexp="Digest username=.{SIPP_USER}., realm=.dialbridge[.]test., nonce=.[0-9]+-1-n0nce., '
+        'uri=.sip:dialin@127[.]0[.]0[.]1:[0-9]+., response=.[0-9a-f]{32}." search_in="hdr" '
+        'header="Proxy-Authorization:" check_it="true" assign_to="proxyauth"/>'
+    )
+    + _SIPP_ANSWER.replace("X-Session-Seen: [$session]", "X-Session-Seen: [$session] [$proxyauth]")
+)
+
+
+class _UdpShell(asyncio.DatagramProtocol):
+    """The smallest event loop shell for the agent: datagrams in, timers on loop time, drain, sendto."""
+
+    def __init__(self, agent: SipAgent, loop: asyncio.AbstractEventLoop) -> None:
+        self.agent = agent
+        self.loop = loop
+        self.transport: asyncio.DatagramTransport | None = None
+        self.events: list[SipEvent] = []
+        self.sent: list[bytes] = []
+        self.changed = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # the selector one isn't a subclass of it
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.agent.receive(data, (str(addr[0]), int(addr[1])), self.loop.time())
+        self.flush()
+
+    def on_timer(self) -> None:
+        self.agent.on_timer(self.loop.time())
+        self.flush()
+
+    def flush(self) -> None:
+        events, out = self.agent.drain()
+        assert self.transport is not None
+        for item in out:
+            assert item.transport == "udp" and item.destination[0] == "127.0.0.1"
+            self.transport.sendto(item.data, item.destination)
+            self.sent.append(item.data)
+        if events:
+            self.events += events
+            self.changed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self.agent.next_timer()
+        self._timer = None if deadline is None else self.loop.call_at(deadline, self.on_timer)
+
+    async def wait_for(self, kind: type[SipEvent], within: float = 15.0) -> SipEvent:
+        async with asyncio.timeout(within):
+            while True:
+                for event in self.events:
+                    if isinstance(event, kind):
+                        return event
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def _udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_sipp_uas(folder: Path, xml: str, port: int) -> subprocess.Popen[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "uas.xml").write_text(sipp.scenario(xml, name="dialbridge UAC test peer"))
+    command = [
+        sipp.SIPP or "sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
+        "-mp", str(_udp_port()), "-m", "1", "-t", "u1", "-timeout", "30s", "-timeout_error",
+        "-trace_err", "-trace_msg", "-nostdin",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+
+
+def _sipp_logs(folder: Path) -> str:
+    logs = sorted(folder.glob("*errors.log")) + sorted(folder.glob("*messages.log"))
+    return "\n".join(path.read_text(errors="replace")[-4000:] for path in logs)
+
+
+async def _call_sipp(
+    folder: Path, xml: str, credentials: DigestCredentials | None
+) -> tuple[list[SipEvent], list[bytes]]:
+    """Dial SIPp (as UAS), expect the answer, hang up; return the events. SIPp must exit 0 (its scenario passed)."""
+    sipp_port = _udp_port()
+    process = _start_sipp_uas(folder, xml, sipp_port)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    agent = SipAgent(contact_host="127.0.0.1", contact_port=sock.getsockname()[1])
+    transport, shell = await loop.create_datagram_endpoint(lambda: _UdpShell(agent, loop), sock=sock)
+    try:
+        await asyncio.sleep(0.3)  # SIPp binds its port (Timer A would cover a late start anyway)
+        leg = agent.dial(
+            f"sip:dialin@127.0.0.1:{sipp_port}",
+            destination=("127.0.0.1", sipp_port),
+            transport="udp",
+            sdp=OFFER,
+            now=loop.time(),
+            from_uri="sip:gateway@127.0.0.1",
+            headers={"X-OpenTok-SessionId": "2_MX4xfn5"},
+            credentials=credentials,
+        )
+        shell.flush()
+        try:
+            answered = await shell.wait_for(CallAnswered | CallFailed)  # type: ignore[arg-type]
+        except TimeoutError:
+            pytest.fail(f"no answer from SIPp: {shell.events}\n{_sipp_logs(folder)}")
+        assert isinstance(answered, CallAnswered), f"{answered}\n{_sipp_logs(folder)}"
+        assert answered.leg_id == leg and answered.sdp is not None and b"m=audio" in answered.sdp
+        agent.hangup(leg, loop.time())
+        shell.flush()
+        ended = await shell.wait_for(CallEnded)
+        assert ended == CallEnded(leg, "hangup")
+        status = await asyncio.to_thread(process.wait, 20)
+        assert status == 0, f"SIPp exited {status}:\n{_sipp_logs(folder)}"
+        return shell.events, shell.sent
+    finally:
+        transport.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+sipp_only = pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs sip-tester")
+
+
+@sipp_only
+@pytest.mark.timeout(60)
+def test_sipp_uas_answers_our_call(tmp_path: Path) -> None:
+    events, _ = run_in_thread(lambda: _call_sipp(tmp_path, SIPP_UAS_ANSWERS, None))
+    assert [type(e) for e in events] == [CallProgress, CallAnswered, CallEnded]
+    assert isinstance(events[0], CallProgress) and events[0].status == 180
+
+
+@sipp_only
+@pytest.mark.timeout(60)
+def test_sipp_uas_accepts_our_digest(tmp_path: Path) -> None:
+    creds = DigestCredentials(SIPP_USER, SIPP_PASSWORD)
+    events, _ = run_in_thread(lambda: _call_sipp(tmp_path, SIPP_UAS_CHALLENGES, creds))
+    assert [type(e) for e in events] == [CallProgress, CallAnswered, CallEnded]
+
+
+@sipp_only
+@pytest.mark.timeout(60)
+def test_sipp_proxy_challenge_is_answered(tmp_path: Path) -> None:
+    creds = DigestCredentials(SIPP_USER, SIPP_PASSWORD)
+    events, sent = run_in_thread(lambda: _call_sipp(tmp_path, SIPP_UAS_PROXY_CHALLENGES, creds))
+    assert [type(e) for e in events] == [CallProgress, CallAnswered, CallEnded]
+    invites = [m for m in map(parse_message, sent) if isinstance(m, SipRequest) and m.method == "INVITE"]
+    answer = invites[-1].headers.get("Proxy-Authorization")
+    assert answer is not None and invites[0].headers.get("Proxy-Authorization") is None
+    assert verify_authorization(answer, method="INVITE", credentials=creds, realm="dialbridge.test")
