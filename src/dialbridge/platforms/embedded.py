@@ -18,6 +18,8 @@ SIGNALLING_PATH = "/rt/signalling"
 class ConnectionCloser(Protocol):
     async def force_disconnect(self, session_id: str, connection_id: str) -> bool: ...
 
+    def signal(self, session_id: str, signal_type: str, data: str) -> int: ...
+
 
 class EmbeddedVideo:
     name = "embedded"
@@ -46,3 +48,6 @@ class EmbeddedVideo:
 
     async def disconnect(self, session_id: str, connection_id: str) -> None:
         await self.hub.force_disconnect(session_id, connection_id)
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        self.hub.signal(session_id, signal_type, data)  # queued for every member connected here

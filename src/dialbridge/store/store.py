@@ -115,6 +115,8 @@ def _call_upsert(dialect_name: str) -> Any:
         ended_at=bindparam("ended_at"),
         duration_s=bindparam("duration_s"),
         pin_failures=bindparam("failed"),
+        muted=literal_column("0"),
+        keypad=literal_column("''"),
     )
     new = statement.excluded
     return statement.on_conflict_do_update(
