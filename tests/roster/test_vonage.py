@@ -176,3 +176,39 @@ def test_keypad_star_six_mutes_with_a_spoken_confirmation_and_star_one_counts(
     key("1")
     talks = [json.loads(r.body)["text"] for r in stub.received("PUT", "/v1/calls/call-a/talk")]
     assert talks[-1] == "There are 2 participants in the room."
+
+
+def test_a_phone_dial_out_is_signalled_when_placed_and_when_ended(vonage: TestClient, stub: VonageStub) -> None:
+    config = visit(vonage, "standup")
+    session = config["sessionId"]
+    placed = vonage.post("/api/rooms/standup/dial-out", json={"number": "+447700900123"}, headers=bearer(config))
+    assert placed.status_code == 201, placed.text
+    dial_out_id = placed.json()["call_id"]
+    wait_until(lambda: bool(participant_signals(stub, session, dial_out_id)), 5, "a signal of the dial-out")
+    [placed_signal] = participant_signals(stub, session, dial_out_id)
+    assert placed_signal["number"] == "+44 ••• ••• 0123" and placed_signal["dial_out"] is True
+    assert placed_signal["state"] == "answered"  # Vonage's SIP dial answers once the call is connected
+    [listed] = vonage.get("/api/rooms/standup/participants", headers=bearer(config)).json()["participants"]
+    assert listed["call_id"] == dial_out_id and listed["number"] == "+44 ••• ••• 0123"
+
+    assert vonage.post("/api/rooms/standup/hang-up", json={"call_id": dial_out_id}, headers=bearer(config)).is_success
+    wait_until(lambda: len(participant_signals(stub, session, dial_out_id)) == 2, 5, "a signal of its end")
+    assert participant_signals(stub, session, dial_out_id)[-1]["state"] == "ended"
+    assert stub.received("PUT") == []  # a dial-out ends by force-disconnect, as before
+
+
+def test_the_legacy_opentok_account_signals_but_has_no_voice_api(legacy: TestClient, stub: VonageStub) -> None:
+    config = visit(legacy, "standup")
+    ncco = join_by_pin(legacy, config, "call-a")
+    assert not any(action["action"] == "input" for action in ncco)  # no keypad commands: nothing to act through
+    project = config["apiKey"]
+
+    def signalled() -> list[Any]:
+        return stub.received("POST", f"/v2/project/{project}/session/{config['sessionId']}/signal")
+
+    wait_until(lambda: bool(signalled()), 5, "the legacy SDK's signal")
+    data = json.loads(json.loads(signalled()[0].body)["data"])
+    assert data["participant"]["number"] == MASKED
+    refused = legacy.post("/api/rooms/standup/mute", json={"call_id": "call-a", "muted": True}, headers=bearer(config))
+    assert refused.status_code == 501 and "APPLICATION_ID" in refused.json()["error"]["message"]
+    assert stub.received("PUT") == []
