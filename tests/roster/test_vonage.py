@@ -187,7 +187,7 @@ def test_a_phone_dial_out_is_signalled_when_placed_and_when_ended(vonage: TestCl
     wait_until(lambda: bool(participant_signals(stub, session, dial_out_id)), 5, "a signal of the dial-out")
     [placed_signal] = participant_signals(stub, session, dial_out_id)
     assert placed_signal["number"] == "+44 ••• ••• 0123" and placed_signal["dial_out"] is True
-    assert placed_signal["state"] == "answered"  # Vonage's SIP dial answers once the call is connected
+    assert placed_signal["state"] == "answered"  # the dial-out is live (Vonage placed the SIP call)
     [listed] = vonage.get("/api/rooms/standup/participants", headers=bearer(config)).json()["participants"]
     assert listed["call_id"] == dial_out_id and listed["number"] == "+44 ••• ••• 0123"
 
