@@ -37,7 +37,7 @@ from dialbridge.conference.participants import (
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import PinInput
 from dialbridge.engine.rooms.hub import SignallingHub
-from dialbridge.platforms.base import CallGone, NotSupported, VideoPlatform
+from dialbridge.platforms.base import CallGone, NotSupported, PlatformError, VideoPlatform
 from dialbridge.store.dial_outs import DIALLING, PHONE, DialOut, DialOutStore
 from dialbridge.store.store import CallRecord, Store
 
@@ -131,16 +131,23 @@ class Roster:
             await self.store.set_call_keypad(call.uuid, step.pending)
         if step.command is None or self.voice is None:
             return
-        if step.command is KeypadCommand.TOGGLE_MUTE:
+        try:
+            await self._keypad_command(step.command, call, self.voice)
+        except PlatformError:  # the caller's call ended meanwhile, or the Voice API failed: nothing to answer
+            log.warning("keypad command %s for call %s failed", step.command.value, call.uuid, exc_info=True)
+
+    async def _keypad_command(self, command: KeypadCommand, call: CallRecord, voice: CallControl) -> None:
+        assert call.room_id is not None
+        if command is KeypadCommand.TOGGLE_MUTE:
             muted = not call.muted
-            await self.voice.mute(call.uuid, muted)
+            await voice.mute(call.uuid, muted)
             await self.store.set_call_muted(call.uuid, muted)
             self.call_changed(call.room_id, call.uuid)
-            await self.voice.talk(call.uuid, mute_confirmation(muted))
-        elif step.command is KeypadCommand.COUNT:
+            await voice.talk(call.uuid, mute_confirmation(muted))
+        elif command is KeypadCommand.COUNT:
             room = await self.store.read(self.store.room, call.room_id)
             others = await self.others_present(room, call.uuid) if room is not None else 0
-            await self.voice.talk(call.uuid, count_announcement(others + 1))
+            await voice.talk(call.uuid, count_announcement(others + 1))
 
     # ---- signals ---------------------------------------------------------------------------------------------
     def call_changed(self, room_id: str, call_uuid: str) -> None:
