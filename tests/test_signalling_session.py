@@ -212,3 +212,27 @@ def test_messages_from_a_departed_connection_are_ignored() -> None:
 def test_ping_is_answered_with_pong() -> None:
     session = joined("a")
     assert send(session, "a", type="ping") == [Deliver("a", {"type": "pong"})]
+
+
+def test_a_server_signal_reaches_every_member_once_from_nobody() -> None:
+    session = make_session()
+    session.join("a", data="", may_publish=True, now=NOW)
+    session.join("b", data="", may_publish=True, now=NOW)
+    outputs = session.server_signal("participants", '{"participant":{}}')
+    for member in ("a", "b"):
+        assert to(outputs, member) == [
+            {"type": "sessionSignal", "signalType": "participants", "data": '{"participant":{}}', "from": None}
+        ]
+    assert len(outputs) == 2
+
+
+def test_a_server_signal_is_held_to_vonages_limits_and_members_cannot_forge_one() -> None:
+    session = make_session()
+    session.join("a", data="", may_publish=True, now=NOW)
+    session.join("b", data="", may_publish=True, now=NOW)
+    with pytest.raises(ValueError):
+        session.server_signal("participants", "x" * 8193)
+    with pytest.raises(ValueError):
+        session.server_signal("t" * 129, "")
+    forged = send(session, "a", type="sessionSignal", signalType="participants", data="{}")
+    assert types(forged, "b") == [] and types(forged, "a") == ["error"]

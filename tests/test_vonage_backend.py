@@ -543,7 +543,7 @@ def test_phone_dial_out_is_held_to_the_configured_prefixes(
         assert allowed.status_code == 201, allowed.text
         conference = client.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))
         assert conference.status_code == 201  # the room's own conference number is not a phone dial-out
-    assert len(stub.received("POST", "/v2/")) == 2
+    assert len(stub.received("POST", f"/v2/project/{APPLICATION_ID}/dial")) == 2  # (besides, the room's signals)
 
 
 def test_a_room_may_place_only_so_many_dial_outs_an_hour(
@@ -565,7 +565,7 @@ def test_a_room_may_place_only_so_many_dial_outs_an_hour(
         assert refused.json()["error"]["code"] == "dial_out_limit_reached"
         assert "DIALBRIDGE_DIAL_OUTS_PER_ROOM_PER_HOUR" in refused.json()["error"]["message"]
         assert refused.headers["retry-after"] == str(3600 - 1200)  # when the first of the two leaves the hour
-        assert len(stub.received("POST", "/v2/")) == 2  # the refused one never reached Vonage
+        assert len(stub.received("POST", f"/v2/project/{APPLICATION_ID}/dial")) == 2  # the refused one never did
         assert [d.target for d in client.app.state.services.dial_outs.store.for_room("standup")] == [
             "+14155550100",
             "+14155550101",

@@ -2,7 +2,11 @@
 
 It answers with the shapes Vonage documents: `POST /session/create` → `[{"session_id", "project_id", "create_dt",
 "media_server_url"}]`; `POST /v2/project/{project}/dial` → `{"id", "connectionId", "streamId"}`;
-`DELETE /v2/project/{project}/session/{sid}/connection/{cid}` → 204. The project is read from the request's JWT
+`DELETE /v2/project/{project}/session/{sid}/connection/{cid}` → 204;
+`POST /v2/project/{project}/session/{sid}/signal` `{"type", "data"}` → 204 (type ≤ 128, data ≤ 8 kB, else 413; an
+unknown session 404); and the Voice API's `PUT /v1/calls/{uuid}` `{"action": hangup|mute|unmute|earmuff|unearmuff}`
+→ 204 and `PUT /v1/calls/{uuid}/talk` `{"text", ...}` → 200 `{"message": "Talk started", "uuid"}`.
+The project is read from the request's JWT
 (`application_id` for the `vonage` SDK's Bearer token, `iss` for the legacy opentok `X-OPENTOK-AUTH`), so a request
 for another project gets 403, as at Vonage. Session ids have OpenTok's real form, which the legacy SDK decodes.
 """
@@ -26,6 +30,10 @@ import jwt
 import trustme
 
 DIAL_PATH = re.compile(r"^/v2/project/(?P<project>[^/]+)/dial$")
+SIGNAL_PATH = re.compile(r"^/v2/project/(?P<project>[^/]+)/session/(?P<session>[^/]+)/signal$")
+CALL_PATH = re.compile(r"^/v1/calls/(?P<uuid>[^/]+)$")
+TALK_PATH = re.compile(r"^/v1/calls/(?P<uuid>[^/]+)/talk$")
+CALL_ACTIONS = frozenset({"hangup", "mute", "unmute", "earmuff", "unearmuff"})
 CONNECTION_PATH = re.compile(r"^/v2/project/(?P<project>[^/]+)/session/(?P<session>[^/]+)/connection/(?P<conn>[^/]+)$")
 
 
@@ -117,7 +125,31 @@ class VonageStub:
             if match["project"] != project:
                 return 403, {"code": 403, "message": "project does not match the JWT"}
             return self._failure("DELETE", "connection") or self._disconnect(match["session"], match["conn"])
+        if request.method == "POST" and (match := SIGNAL_PATH.match(request.path)):
+            if match["project"] != project:
+                return 403, {"code": 403, "message": "project does not match the JWT"}
+            return self._failure("POST", "signal") or self._signal(match["session"], request.json())
+        if request.method == "PUT" and (match := CALL_PATH.match(request.path)):
+            body = request.json()
+            if not isinstance(body, dict) or body.get("action") not in CALL_ACTIONS:
+                return 400, {"type": "BAD_REQUEST", "title": "Bad Request", "detail": "unknown action"}
+            return self._failure("PUT", "call") or (204, None)
+        if request.method == "PUT" and (match := TALK_PATH.match(request.path)):
+            body = request.json()
+            if not isinstance(body, dict) or not body.get("text"):
+                return 400, {"type": "BAD_REQUEST", "title": "Bad Request", "detail": "text is required"}
+            return 200, {"message": "Talk started", "uuid": match["uuid"]}
         return 404, {"code": 404, "message": f"no route {request.method} {request.path}"}
+
+    def _signal(self, session_id: str, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not isinstance(body.get("data"), str):
+            return 400, {"code": 400, "message": "type and data (strings) are required"}
+        if len(body["type"].encode()) > 128 or len(body["data"].encode()) > 8192:
+            return 413, {"code": 413, "message": "the type exceeds 128 bytes or the data 8 kB"}
+        with self._lock:
+            if session_id not in self.sessions:
+                return 404, {"code": 404, "message": "session not found"}
+        return 204, None
 
     def _failure(self, method: str, kind: str) -> tuple[int, Any] | None:
         failure = self._failures.get((method, kind))

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from dialbridge.conference.callflow import CallerQuota, CallFlow, PinDecision, PinOutcome
 from dialbridge.conference.ncco import Ncco
@@ -30,6 +30,18 @@ CALL_STATUS = {
 }
 
 
+class CallListener(Protocol):
+    """Who hears of calls joining, changing and leaving rooms (the roster: it signals the room's browsers)."""
+
+    def call_changed(self, room_id: str, call_uuid: str) -> None:
+        """Called after the write that changed the call; must not block or raise."""
+        ...
+
+    async def others_present(self, room: Room, call_uuid: str) -> int:
+        """How many are in the room besides this call (browsers and phones)."""
+        ...
+
+
 class CallDesk:
     def __init__(
         self,
@@ -44,6 +56,7 @@ class CallDesk:
         self.quota = quota
         self.clock = clock
         self.dial_outs = dial_outs
+        self.listener: CallListener | None = None
         self._min_pin_length = flow.pin_max_digits
         self._flow_now = flow
         self._longest_pin_cached = flow.pin_max_digits
@@ -79,6 +92,7 @@ class CallDesk:
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
             await self._link_dial_out(request, bridge_room.room_id)
+            self._changed(bridge_room.room_id, request.call.uuid)
         else:
             await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
         return ncco
@@ -106,11 +120,24 @@ class CallDesk:
 
         since = now - self.quota.window_s
         decision = await self.store.settle_pin_entry(entry.call, entry.digits, since, now, decide)
+        if decision.outcome is PinOutcome.ACCEPTED and decision.room is not None:
+            room = decision.room
+            self._changed(room.room_id, entry.call.uuid)
+            if self.listener is not None:
+                others = await self.listener.others_present(room, entry.call.uuid)
+                return flow.join_room(room, others_present=others)
         return decision.ncco
+
+    def _changed(self, room_id: str, call_uuid: str) -> None:
+        if self.listener is not None:
+            self.listener.call_changed(room_id, call_uuid)
 
     async def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
         # A final event also ends the dial-out the call was, in the same write (the room may dial again).
-        return await self.store.record_call_event(event, payload, self.clock())
+        room_id = await self.store.record_call_event(event, payload, self.clock())
+        if room_id is not None:
+            self._changed(room_id, event.call.uuid)
+        return room_id
 
     async def _link_dial_out(self, request: AnswerRequest, room_id: str) -> None:
         """A call that a room's dial-out placed carries that dial-out's id; remember which call it became, but only

@@ -373,3 +373,82 @@ def test_any_event_sequence_keeps_the_runner_consistent(start: int, events: list
         assert (runner.state is RunnerState.ENDED) == (hangups == 1)
         timer = runner.next_timer()
         assert timer is None or runner.state is RunnerState.COLLECTING
+
+
+# -- asynchronous input (keypad commands during the conversation) -------------------------------------------------
+
+KEYPAD_URL = "https://app.example/webhooks/keypad"
+
+
+def test_asynchronous_input_does_not_wait_and_posts_each_digit_during_the_conversation() -> None:
+    ncco = parse_ncco(
+        [
+            {"action": "input", "type": ["dtmf"], "mode": "asynchronous", "eventUrl": [KEYPAD_URL]},
+            {"action": "conversation", "name": "room-1"},
+        ]
+    )
+    runner = NccoRunner(CALL, event_url=EVENT_URL)
+    join = only(runner.start(ncco, T0), JoinConversation)
+    assert isinstance(join, JoinConversation) and join.name == "room-1"
+    assert runner.next_timer() is None  # nothing to time out: the input does not collect
+    posts = [runner.digit("*", T0 + 1), runner.digit("6", T0 + 1.2)]
+    for digit, commands in zip("*6", posts, strict=True):
+        post = only(commands, PostWebhook)
+        assert isinstance(post, PostWebhook)
+        assert post.url == KEYPAD_URL and post.purpose == "keypad" and post.method == "POST"
+        assert post.payload["dtmf"] == {"digits": digit, "timed_out": False}
+        assert post.payload["uuid"] == CALL.uuid
+    assert runner.state is RunnerState.IN_CONVERSATION  # the call stays in the conversation
+    # An answer to a keypad post changes nothing, whatever it holds.
+    first = posts[0][0]
+    assert isinstance(first, PostWebhook)
+    assert runner.webhook_answered(first.request_id, answered((Talk("x"),)), T0 + 2) == []
+    assert runner.state is RunnerState.IN_CONVERSATION
+
+
+def test_without_an_asynchronous_input_digits_in_a_conversation_are_dropped() -> None:
+    runner = NccoRunner(CALL, event_url=EVENT_URL)
+    runner.start(parse_ncco([{"action": "conversation", "name": "room-1"}]), T0)
+    assert runner.digit("*", T0 + 1) == []
+
+
+def test_asynchronous_input_without_event_url_posts_to_the_application_event_url() -> None:
+    ncco = parse_ncco(
+        [{"action": "input", "type": ["dtmf"], "mode": "asynchronous"}, {"action": "conversation", "name": "r"}]
+    )
+    runner = NccoRunner(CALL, event_url=EVENT_URL)
+    runner.start(ncco, T0)
+    post = only(runner.digit("5", T0 + 1), PostWebhook)
+    assert isinstance(post, PostWebhook) and post.url == EVENT_URL
+
+
+def test_the_call_flow_joining_ncco_runs_in_the_engine() -> None:
+    from dialbridge.conference.rooms import Room
+
+    flow = CallFlow(input_url=INPUT_URL, pin_max_digits=6, keypad_url=KEYPAD_URL)
+    ncco = parse_ncco(ncco_json(flow.join_room(Room("r", "session-1", "123456"), others_present=0)))
+    runner = NccoRunner(CALL, event_url=EVENT_URL)
+    first = only(runner.start(ncco, T0), Play)
+    assert isinstance(first, Play)
+    second = only(runner.playback_finished(first.playback_id, T0 + 1), Play)
+    assert isinstance(second, Play) and isinstance(second.source, TalkSource)
+    assert second.source.text == "You are the first participant."
+    assert runner.digit("*", T0 + 1.5) == []  # keyed before the input is set up: dropped, as Vonage drops it
+    only(runner.playback_finished(second.playback_id, T0 + 2), JoinConversation)
+    post = only(runner.digit("*", T0 + 3), PostWebhook)
+    assert isinstance(post, PostWebhook) and post.url == KEYPAD_URL
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        {"action": "input", "type": ["dtmf"], "mode": "asynchronous", "dtmf": {"maxDigits": 2}},
+        {"action": "input", "type": ["dtmf"], "mode": "sometimes"},
+        {"action": "input", "type": ["dtmf", "speech"], "mode": "asynchronous"},
+    ],
+)
+def test_asynchronous_input_rules(action: dict[str, object]) -> None:
+    from dialbridge.engine.calls.ncco import NccoError
+
+    with pytest.raises(NccoError):
+        parse_ncco([action])

@@ -9,6 +9,9 @@ Rules (the web layer looks facts up and records outcomes; this module only decid
 - A right PIN joins the conversation named after that room's session. A wrong or empty one is announced and the
   caller is asked again, until the call's `attempts_per_call`-th failure, which ends the call with goodbye.
 - An NCCO that ends with a talk ends the call; no path yields a conversation without a name.
+- A caller who joins a room with nobody in it hears that they are the first participant. With a keypad URL, the
+  caller's conversation is preceded by an asynchronous input, so digits keyed in the room reach that URL one by one
+  (keypad commands, `participants.keypad_step`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dialbridge.conference.ncco import Conversation, DtmfInput, Ncco, Talk
+from dialbridge.conference.ncco import Conversation, DtmfInput, KeypadInput, Ncco, Talk
 from dialbridge.conference.rooms import Room
 
 
@@ -26,6 +29,7 @@ class Prompts:
     wrong_pin: str = "That PIN was not recognised."
     ask_again: str = "Please enter the PIN again, followed by the hash key."
     joining: str = "Thank you. You are joining the meeting now."
+    first_participant: str = "You are the first participant."
     too_many_failures: str = "Sorry, that PIN was not recognised. Goodbye."
     locked_out: str = "Sorry, too many wrong PINs have been entered from this number. Please try later. Goodbye."
 
@@ -63,6 +67,7 @@ class CallFlow:
     input_timeout_s: int = 5
     attempts_per_call: int = 3
     prompts: Prompts = field(default_factory=Prompts)
+    keypad_url: str | None = None  # where digits keyed during the conversation go (asynchronous input)
     # The NCCOs that depend on nothing but the fields above, built once: every call hears one of them.
     _asking: Ncco = field(init=False, repr=False, compare=False)
     _asking_again: Ncco = field(init=False, repr=False, compare=False)
@@ -95,13 +100,21 @@ class CallFlow:
         if caller_guesses_left <= 0:
             return PinDecision(PinOutcome.LOCKED_OUT, self._locked_out)
         if room is not None:
-            ncco = (Talk(self.prompts.joining), Conversation(room.session_id))
-            return PinDecision(PinOutcome.ACCEPTED, ncco, room)
+            return PinDecision(PinOutcome.ACCEPTED, self.join_room(room, others_present=1), room)
         if guessed and caller_guesses_left == 1:  # this wrong guess used up the caller's quota
             return PinDecision(PinOutcome.EXHAUSTED, self._locked_out)
         if failures_on_call + 1 >= self.attempts_per_call:
             return PinDecision(PinOutcome.EXHAUSTED, self._too_many_failures)
         return PinDecision(PinOutcome.REJECTED, self._asking_again)
+
+    def join_room(self, room: Room, *, others_present: int) -> Ncco:
+        """What a caller with the right PIN hears and does: `others_present` counts the room's browsers and other
+        phones at that moment."""
+        talks = [Talk(self.prompts.joining)]
+        if others_present <= 0:
+            talks.append(Talk(self.prompts.first_participant))
+        keypad = (KeypadInput(self.keypad_url),) if self.keypad_url else ()
+        return (*talks, *keypad, Conversation(room.session_id))
 
     def _ask(self, text: str) -> Ncco:
         return (

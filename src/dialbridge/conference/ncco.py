@@ -50,6 +50,23 @@ class DtmfInput:
 
 
 @dataclass(frozen=True, slots=True)
+class KeypadInput:
+    """Asynchronous DTMF input: each digit goes to `event_url` as it is keyed while the NCCO carries on (the
+    conversation after it). Vonage allows no dtmf settings in this mode, so none are sent."""
+
+    event_url: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": "input",
+            "type": ["dtmf"],
+            "mode": "asynchronous",
+            "eventUrl": [self.event_url],
+            "eventMethod": "POST",
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Conversation:
     """Join the named conference. A nameless conversation would merge strangers: the name is mandatory."""
 
@@ -63,7 +80,7 @@ class Conversation:
         return {"action": "conversation", "name": self.name}
 
 
-Action = Talk | DtmfInput | Conversation
+Action = Talk | DtmfInput | KeypadInput | Conversation
 Ncco = tuple[Action, ...]
 
 

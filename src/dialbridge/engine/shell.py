@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -148,6 +149,7 @@ class VoiceServer:
         self.tcp_connections: dict[Address, asyncio.Transport] = {}
         self.ticks = TickStats()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._keypad_posts: dict[str, asyncio.Task[Any]] = {}  # the last keypad post of each call
         self._event_chains: dict[str, asyncio.Task[Any]] = {}
         self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialbridge-audio")
         self._speech = SpeechSynthesizer()
@@ -325,6 +327,12 @@ class VoiceServer:
     def _dispatch(self, request: EngineRequest) -> None:
         if isinstance(request, FetchAnswer):
             self._spawn(self._fetch_answer(request))
+        elif isinstance(request, SendWebhook) and request.purpose == "keypad":
+            # One call's keypad digits reach the application in the order they were keyed (`*` before `6`).
+            previous = self._keypad_posts.get(request.call_uuid)
+            task = self._spawn(self._send_keypad(request, previous))
+            self._keypad_posts[request.call_uuid] = task
+            task.add_done_callback(functools.partial(self._forget_keypad, request.call_uuid))
         elif isinstance(request, SendWebhook):
             self._spawn(self._send_webhook(request))
         elif isinstance(request, SendEvent):
@@ -344,6 +352,15 @@ class VoiceServer:
         result = await self.webhooks.answer(request.url, request.query)
         self.engine.answer_fetched(request.call_uuid, result, self.now())
         self.flush()
+
+    async def _send_keypad(self, request: SendWebhook, previous: asyncio.Task[Any] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        await self._send_webhook(request)
+
+    def _forget_keypad(self, call_uuid: str, done: asyncio.Task[Any]) -> None:
+        if self._keypad_posts.get(call_uuid) is done:
+            del self._keypad_posts[call_uuid]
 
     async def _send_webhook(self, request: SendWebhook) -> None:
         result = await self.webhooks.send(

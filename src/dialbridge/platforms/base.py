@@ -24,6 +24,10 @@ class ConnectionGone(PlatformError):
     """The connection to disconnect is no longer in the session (the other side already left)."""
 
 
+class CallGone(PlatformError):
+    """The Voice API knows no live call by that uuid (it has ended)."""
+
+
 class NotSupported(RuntimeError):
     """The platform cannot do this (yet); shown to the user with a 501."""
 
@@ -72,3 +76,8 @@ class VideoPlatform(Protocol):
     async def dial_sip(self, session_id: str, room_id: str, dial: SipDial, now: float) -> SipCall: ...
 
     async def disconnect(self, session_id: str, connection_id: str) -> None: ...
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        """Send a signal to every client of the session (Vonage's signal REST API; data up to 8 kB); the page
+        hears `signal` and `signal:<type>` with `from` null."""
+        ...

@@ -33,6 +33,8 @@ DIAL_TIMEOUT_S = 15.0  # the gateway joins the room (a WebSocket and a publish) 
 class ConnectionCloser(Protocol):
     async def force_disconnect(self, session_id: str, connection_id: str) -> bool: ...
 
+    def signal(self, session_id: str, signal_type: str, data: str) -> int: ...
+
 
 #: Issues the SIP participant's token: (session_id, room_id, connection data) → token.
 TokenIssuer = Callable[[str, str, str], str]
@@ -145,3 +147,6 @@ class EmbeddedVideo:
     async def disconnect(self, session_id: str, connection_id: str) -> None:
         if not await self.hub.force_disconnect(session_id, connection_id):
             raise ConnectionGone("disconnecting the SIP participant", "it has left the room already")
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        self.hub.signal(session_id, signal_type, data)  # queued for every member connected here

@@ -14,6 +14,7 @@ from opentok.exceptions import ForceDisconnectError
 from dialbridge.platforms.base import ConnectionGone, PlatformError, SipCall, SipDial
 from dialbridge.platforms.vonage_shared import (
     HTTP_TIMEOUT_S,
+    SIGNAL,
     SIP_DIAL,
     ParticipantId,
     VonageVideoBase,
@@ -71,3 +72,7 @@ class LegacyOpenTokVideo(VonageVideoBase):
             if isinstance(exc.__cause__, ForceDisconnectError) and "not connected" in str(exc.__cause__):
                 raise ConnectionGone(what, exc.detail) from exc.__cause__
             raise
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        payload = {"type": signal_type, "data": data}
+        await call_vonage(SIGNAL, lambda: self._client.send_signal(session_id, payload))

@@ -19,15 +19,18 @@ from vonage_video.models import (
     InitiateSipRequest,
     MediaMode,
     SessionOptions,
+    SignalData,
     SipAuth,
     SipOptions,
     TokenOptions,
     TokenRole,
 )
+from vonage_voice.models import TtsStreamOptions
 
-from dialbridge.platforms.base import ConnectionGone, PlatformError, SipCall, SipDial
+from dialbridge.platforms.base import CallGone, ConnectionGone, PlatformError, SipCall, SipDial
 from dialbridge.platforms.vonage_shared import (
     HTTP_TIMEOUT_S,
+    SIGNAL,
     SIP_DIAL,
     ParticipantId,
     VonageVideoBase,
@@ -113,4 +116,50 @@ class VonageVideo(VonageVideoBase):
         except PlatformError as exc:
             if isinstance(exc.__cause__, NotFoundError):
                 raise ConnectionGone(what, exc.detail) from exc.__cause__
+            raise
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        signal = SignalData(type=signal_type, data=data)
+        await call_vonage(SIGNAL, lambda: self._clients.get("signals").video.send_signal(session_id, signal))
+
+
+class VonageVoice:
+    """The Voice API's call control through the SDK (`vonage.voice`): mute, hang up, talk into a call."""
+
+    name = "Vonage"
+
+    def __init__(self, application: VonageApplication) -> None:
+        def make() -> Vonage:
+            options = HttpClientOptions(
+                api_host=application.api_host, video_host=application.video_host, timeout=HTTP_TIMEOUT_S
+            )
+            return Vonage(
+                Auth(application_id=application.application_id, private_key=application.private_key_pem), options
+            )
+
+        self._clients = _ClientsPerThread(make)
+
+    async def mute(self, call_uuid: str, muted: bool) -> None:
+        def act() -> None:
+            voice = self._clients.get("voice").voice
+            voice.mute(call_uuid) if muted else voice.unmute(call_uuid)
+
+        await self._call(f"{'muting' if muted else 'unmuting'} the call at Vonage", act)
+
+    async def hang_up(self, call_uuid: str) -> None:
+        await self._call("hanging up the call at Vonage", lambda: self._clients.get("voice").voice.hangup(call_uuid))
+
+    async def talk(self, call_uuid: str, text: str) -> None:
+        options = TtsStreamOptions(text=text)
+        await self._call(
+            "talking into the call at Vonage",
+            lambda: self._clients.get("voice").voice.play_tts_into_call(call_uuid, options),
+        )
+
+    async def _call(self, what: str, operation: Callable[[], object]) -> None:
+        try:
+            await call_vonage(what, operation)
+        except PlatformError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise CallGone(what, exc.detail) from exc.__cause__
             raise

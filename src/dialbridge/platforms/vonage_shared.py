@@ -19,6 +19,7 @@ HTTP_TIMEOUT_S = 15
 # Vonage checks a client token against its own clock, and both SDKs refuse expiries past 30 days.
 MAX_TOKEN_TTL_S = 30 * 24 * 3600 - 60
 SIP_DIAL = "placing the SIP call at Vonage"
+SIGNAL = "signalling the session at Vonage"
 
 ParticipantId = Callable[[str], str]
 """dialbridge's participant id from the participant token it has just issued (the platform cannot read tokens)."""

@@ -88,6 +88,8 @@ class CallRecord:
     ended_at: float | None
     duration_s: int | None
     pin_failures: int
+    muted: int = 0
+    keypad: str = ""
 
 
 PIN_DECISION_LOCK = 0x64627069_6E646563  # any constant bigint other than the migration lock's
@@ -113,6 +115,8 @@ def _call_upsert(dialect_name: str) -> Any:
         ended_at=bindparam("ended_at"),
         duration_s=bindparam("duration_s"),
         pin_failures=bindparam("failed"),
+        muted=literal_column("0"),
+        keypad=literal_column("''"),
     )
     new = statement.excluded
     return statement.on_conflict_do_update(
@@ -176,6 +180,15 @@ class _Statements:
         self.call = p(select(t.calls).where(calls.uuid == bindparam("uuid")))
         self.call_room = p(select(calls.room_id).where(calls.uuid == bindparam("uuid")))
         self.calls_by_status = p(select(calls.status, func.count()).group_by(calls.status))
+        self.calls_in_room = p(
+            select(t.calls)
+            .where(calls.room_id == bindparam("room_id"), calls.ended_at.is_(None))
+            .order_by(calls.created_at)
+        )
+        self.set_call_muted = p(update(t.calls).where(calls.uuid == bindparam("uuid")).values(muted=bindparam("muted")))
+        self.set_call_keypad = p(
+            update(t.calls).where(calls.uuid == bindparam("uuid")).values(keypad=bindparam("keypad"))
+        )
         self.insert_event = p(_insert_all(t.call_events))
         dial_outs = t.dial_outs.c
         self.end_dial_outs_of_call = p(
@@ -582,6 +595,24 @@ class Store:
     def call(self, uuid: str) -> CallRecord | None:
         row = self._first(self._sql.call, uuid=uuid)
         return CallRecord(*row) if row else None
+
+    def calls_in_room(self, room_id: str) -> list[CallRecord]:
+        """The room's calls that have not ended, oldest first."""
+        return [CallRecord(*row) for row in self._fetch(self._sql.calls_in_room, room_id=room_id)]
+
+    def set_call_muted(self, uuid: str, muted: bool) -> Awaitable[None]:
+        def write(run: Run) -> None:
+            run(self._sql.set_call_muted, uuid=uuid, muted=int(muted))
+
+        return self._write(write)
+
+    def set_call_keypad(self, uuid: str, pending: str) -> Awaitable[None]:
+        """Remember the keypad command the call has started (`*`), or forget it (`""`)."""
+
+        def write(run: Run) -> None:
+            run(self._sql.set_call_keypad, uuid=uuid, keypad=pending)
+
+        return self._write(write)
 
     def call_events(self, uuid: str) -> list[dict[str, Any]]:
         names = [column.name for column in t.call_events.columns]

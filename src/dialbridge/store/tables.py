@@ -62,6 +62,10 @@ calls = Table(
     # Failed PIN entries on this call, kept on the call's own row: the input webhook reads it with the call, and a
     # failure updates a page that the call's status change dirties anyway (migration 0002 says more).
     Column("pin_failures", Integer, nullable=False, default=0, server_default="0"),
+    # Whether the call is muted in its conference (set by the mute API and the *6 keypad command), and the keypad
+    # command the caller has started (`*` awaiting its digit): both shared by every worker (migration 0006).
+    Column("muted", Integer, nullable=False, default=0, server_default="0"),
+    Column("keypad", String(8), nullable=False, default="", server_default=""),
 )
 
 call_events = Table(

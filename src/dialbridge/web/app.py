@@ -53,6 +53,7 @@ def create_app(
         if publishing is not None:
             publishing.cancel()
             services.metrics.publish()
+        await asyncio.wait_for(services.roster.drain(), timeout=5)  # the last participant signals
         # Requests have finished (uvicorn waits for them); commit anything still queued, close the connections.
         services.store.close()
         engine_client = getattr(app.state, "voice_engine", None)

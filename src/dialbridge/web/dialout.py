@@ -1,7 +1,16 @@
-"""`POST /api/rooms/{room_id}/dial-out` and `/hang-up`: a room participant (Bearer participant token) dials out."""
+"""A room's phone controls (Bearer participant token of the room):
+
+- `POST /api/rooms/{room_id}/dial-out`: dial the phone conference or a phone;
+- `POST /api/rooms/{room_id}/hang-up` `{"call_id"}`: end a dial-out (its id, `do_…`) or any phone participant of the
+  room (its call uuid, as the participant list names it);
+- `POST /api/rooms/{room_id}/mute` `{"call_id", "muted"}`: mute or unmute a phone participant, server-side;
+- `GET /api/rooms/{room_id}/participants`: browsers and phones, numbers masked (any role).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header
@@ -10,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
 from dialbridge.dialout import DialOutNotAllowed, DialOutNotLive, DialOutUnavailable, UnknownDialOut
+from dialbridge.roster import CallNotLive, UnknownCall
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut, DialOutLimitReached
 from dialbridge.tokens import Role, TokenError
 from dialbridge.web.errors import ApiError
@@ -31,6 +41,12 @@ class DialOutRequest(BaseModel):
 class HangUpRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     call_id: str = Field(min_length=1, max_length=64)
+
+
+class MuteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(min_length=1, max_length=256)
+    muted: bool
 
 
 class DialOutOut(BaseModel):
@@ -62,6 +78,23 @@ async def participant_room(
 ) -> Room:
     """The room, when the caller holds a valid participant token of it whose role may place calls (401 for no
     valid token, 404 for no such room, 403 for a role that may not)."""
+    room, role = await _room_and_role(room_id, svc, authorization)
+    if role not in CALLING_ROLES:
+        raise ApiError(
+            403,
+            "role_not_allowed",
+            f"a {role.value}'s token may not place or end calls; a publisher's or moderator's may",
+        )
+    return room
+
+
+async def member_room(room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Room:
+    """The room, for a valid participant token of it, whatever its role (401, 404 as above)."""
+    room, _role = await _room_and_role(room_id, svc, authorization)
+    return room
+
+
+async def _room_and_role(room_id: str, svc: Services, authorization: str | None) -> tuple[Room, Role]:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("send the room's participant token as 'Authorization: Bearer <token>'")
@@ -72,16 +105,11 @@ async def participant_room(
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
     claims = svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
-    if claims.role not in CALLING_ROLES:
-        raise ApiError(
-            403,
-            "role_not_allowed",
-            f"a {claims.role.value}'s token may not place or end calls; a publisher's or moderator's may",
-        )
-    return room
+    return room, claims.role
 
 
 RoomDep = Annotated[Room, Depends(participant_room)]
+MemberRoomDep = Annotated[Room, Depends(member_room)]
 
 
 @router.post("/rooms/{room_id}/dial-out", status_code=201, response_model=DialOutOut)
@@ -117,15 +145,50 @@ async def dial_out(
             "dial_out_in_progress",
             f"room {room.room_id!r} is already dialled into the conference{which}; hang up first",
         ) from exc
+    svc.roster.dial_out_changed(room, placed)
     return JsonResponse(dial_out_out(placed), status_code=201)
 
 
-@router.post("/rooms/{room_id}/hang-up", response_model=DialOutOut)
+DIAL_OUT_PREFIX = "do_"  # dialout.py's ids; a call uuid never starts so (Vonage's and the engine's are UUIDs)
+
+
+@router.post("/rooms/{room_id}/hang-up")
 async def hang_up(room: RoomDep, svc: ServicesDep, body: HangUpRequest) -> JsonResponse:
+    """A dial-out id ends that dial-out (as before); a call uuid of the room's phone participant ends that call."""
+    if not body.call_id.startswith(DIAL_OUT_PREFIX):
+        with _call_errors():
+            return JsonResponse(await svc.roster.hang_up(room, body.call_id))
     try:
         ended = await svc.dial_outs.hang_up(room, body.call_id)
     except UnknownDialOut as exc:
         raise ApiError(404, "call_not_found", str(exc)) from exc
     except DialOutNotLive as exc:
         raise ApiError(409, "call_not_live", str(exc)) from exc
+    svc.roster.dial_out_changed(room, ended)
     return JsonResponse(dial_out_out(ended))
+
+
+@router.post("/rooms/{room_id}/mute")
+async def mute(room: RoomDep, svc: ServicesDep, body: MuteRequest) -> JsonResponse:
+    """Server-side mute of one phone participant of the room (its audio reaches nobody; it still hears)."""
+    with _call_errors():
+        return JsonResponse(await svc.roster.set_muted(room, body.call_id, body.muted))
+
+
+@router.get("/rooms/{room_id}/participants")
+async def participants(room: MemberRoomDep, svc: ServicesDep) -> JsonResponse:
+    """Browsers (embedded backend) and phone participants, numbers masked; changes arrive as `participants`
+    signals on the room's session."""
+    return JsonResponse({"room_id": room.room_id, "participants": await svc.roster.participants(room)})
+
+
+@contextmanager
+def _call_errors() -> Iterator[None]:
+    try:
+        yield
+    except UnknownCall as exc:
+        raise ApiError(
+            404, "call_not_found", f"{exc}; use a call_id from GET /api/rooms/{{room_id}}/participants"
+        ) from exc
+    except CallNotLive as exc:
+        raise ApiError(409, "call_not_live", str(exc)) from exc

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import Request
 
+from dialbridge.callcontrol import CallControl, EngineCallControl
 from dialbridge.calls import CallDesk
 from dialbridge.conference.callflow import CallerQuota, CallFlow
 from dialbridge.conference.pins import PinPolicy
@@ -19,6 +20,7 @@ from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.platforms.embedded import EmbeddedVideo, GatewayClient
 from dialbridge.rooms import RoomDirectory
+from dialbridge.roster import Roster
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
@@ -29,6 +31,7 @@ from dialbridge.web.signatures import WebhookSignatures
 log = logging.getLogger(__name__)
 
 INPUT_PATH = "/webhooks/input"
+KEYPAD_PATH = "/webhooks/keypad"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Services:
     tokens: ParticipantTokens
     signatures: WebhookSignatures | None
     metrics: Metrics
+    roster: Roster
 
 
 def build_services(
@@ -58,6 +62,7 @@ def build_services(
     hub = SignallingHub()
     if platform is None:
         platform = make_platform(settings, hub)
+    voice = make_call_control(settings)
     secret = (
         settings.token_secret.get_secret_value()
         if settings.token_secret
@@ -72,6 +77,8 @@ def build_services(
         pin_max_digits=settings.pin_length,
         input_timeout_s=settings.pin_input_timeout_s,
         attempts_per_call=settings.pin_attempts_per_call,
+        # Keypad commands need a Voice API to act through (the legacy API key + secret reach none).
+        keypad_url=settings.base_url + KEYPAD_PATH if voice is not None else None,
     )
     quota = CallerQuota(max_failures=settings.caller_max_failures, window_s=settings.caller_failure_window_s)
     pins = PinPolicy(min_length=settings.pin_length, max_fill=settings.pin_max_fill)
@@ -82,6 +89,9 @@ def build_services(
         platform.issue_token = lambda session_id, room_id, data: tokens.issue(
             session_id=session_id, room_id=room_id, now=clock(), data=data
         )
+    calls = CallDesk(store, flow, quota, clock, dial_out_store)
+    roster = Roster(store, platform, dial_out_store, voice, hub if isinstance(platform, EmbeddedVideo) else None, clock)
+    calls.listener = roster
     return Services(
         settings=settings,
         clock=clock,
@@ -89,11 +99,12 @@ def build_services(
         platform=platform,
         hub=hub,
         rooms=RoomDirectory(store, platform, pins, clock),
-        calls=CallDesk(store, flow, quota, clock, dial_out_store),
+        calls=calls,
         dial_outs=DialOuts(dial_out_store, platform, settings, clock),
         tokens=tokens,
         signatures=signatures,
         metrics=Metrics(store, Path(settings.metrics_dir) if settings.metrics_dir else None),
+        roster=roster,
     )
 
 
@@ -101,6 +112,28 @@ def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
     if settings.backend is Backend.VONAGE:
         return make_vonage_platform(settings)
     return EmbeddedVideo(hub, GatewayClient(settings.gateway_api_url, Path(settings.voice_dir)))
+
+
+def make_call_control(settings: Settings) -> CallControl | None:
+    """What mutes, hangs up and talks into phone calls: the voice engine's API, or Vonage's Voice API (which needs
+    an application id and key; with the legacy API key + secret there is none)."""
+    if settings.backend is not Backend.VONAGE:
+        return EngineCallControl(settings)
+    pem = settings.private_key_pem() if settings.vonage_application_id is not None else None
+    if settings.vonage_application_id is None or pem is None:
+        return None
+    from dialbridge.platforms.vonage import VonageApplication, VonageVoice
+
+    return VonageVoice(
+        VonageApplication(
+            application_id=settings.vonage_application_id,
+            private_key_pem=pem,
+            api_host=settings.vonage_api_host,
+            video_host=settings.vonage_video_host,
+            browser_sdk_url=settings.vonage_browser_sdk_url,
+            token_ttl_s=settings.token_ttl_s,
+        )
+    )
 
 
 def make_vonage_platform(settings: Settings) -> VideoPlatform:

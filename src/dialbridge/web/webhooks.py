@@ -62,6 +62,12 @@ async def _event(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
     return 204, None
 
 
+async def _keypad(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
+    """A digit keyed during the conversation (the NCCO's asynchronous input): keypad commands; nothing to answer."""
+    await svc.roster.keypad(PinInput.parse(fields))
+    return 204, None
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
     name: str
@@ -73,11 +79,13 @@ class Webhook:
 _ANSWER = Webhook("answer", "/webhooks/answer", frozenset({"GET", "POST"}), _answer)
 _INPUT = Webhook("input", "/webhooks/input", frozenset({"POST"}), _input)
 _EVENTS = Webhook("events", "/webhooks/events", frozenset({"GET", "POST"}), _event)
+_KEYPAD = Webhook("keypad", "/webhooks/keypad", frozenset({"POST"}), _keypad)
 # The tutorial's paths stay as aliases so that a Vonage application configured from it works unchanged.
 WEBHOOKS: dict[str, Webhook] = {
     "/webhooks/answer": _ANSWER,
     "/webhooks/input": _INPUT,
     "/webhooks/events": _EVENTS,
+    "/webhooks/keypad": _KEYPAD,
     "/nexmo-answer": _ANSWER,
     "/nexmo-dtmf": _INPUT,
     "/nexmo-events": _EVENTS,

@@ -10,6 +10,8 @@ Rules:
   honoured and speech ignored, which the action records in `warnings`.
 - Vonage: once a talk or stream has bargeIn=true, "the next non-talk action must be an input" — an NCCO that
   breaks this is refused, since the digits that barge in would have nowhere to go.
+- input `"mode": "asynchronous"` (DTMF only, and no `dtmf` settings, as Vonage requires): the input does not wait;
+  each digit keyed afterwards goes to its eventUrl on its own while the NCCO carries on (see runner.py).
 - Unknown fields are ignored, as Vonage's own models ignore them. Nexmo's original input form (no "type",
   the DTMF options at the top level) is still read, as DTMF.
 """
@@ -66,6 +68,11 @@ class Input:
     event_url: tuple[str, ...] | None = None
     event_method: str = "POST"
     warnings: tuple[str, ...] = ()  # what of the action the engine does not honour (speech)
+    mode: str = "synchronous"  # or "asynchronous": digits posted one by one, the NCCO carries on
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.mode == "asynchronous"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +228,20 @@ def _input(f: _Fields) -> Input:
         f.fail("type", 'must hold "dtmf" and/or "speech", each at most once')
     if "dtmf" not in types:
         f.fail("type", "speech input is not supported by the embedded voice engine; use dtmf")
-    if f.data.get("mode") not in (None, "synchronous"):
-        f.fail("mode", "only synchronous input is supported by the embedded voice engine")
+    mode = f.data.get("mode")
+    if mode not in (None, "synchronous", "asynchronous"):
+        f.fail("mode", 'must be "synchronous" or "asynchronous"')
+    if mode == "asynchronous":
+        if f.data.get("dtmf") is not None:
+            f.fail("dtmf", "must be left out in asynchronous mode (Vonage sends every digit as it is keyed)")
+        if "speech" in types:
+            f.fail("type", 'asynchronous mode takes only "dtmf"')
+        return Input(
+            types=types,
+            event_url=f.strings("eventUrl", urls=True),
+            event_method=f.method("eventMethod"),
+            mode="asynchronous",
+        )
     dtmf = f.data.get("dtmf")
     if dtmf is None:
         dtmf = {}
@@ -287,7 +306,7 @@ def _check_barge_in(actions: tuple[Action, ...]) -> None:
         if isinstance(action, Talk | Stream):
             if action.barge_in and barging_from is None:
                 barging_from = index
-        elif isinstance(action, Input):
+        elif isinstance(action, Input) and not action.asynchronous:
             barging_from = None
         elif barging_from is not None:
             break

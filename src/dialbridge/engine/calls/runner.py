@@ -19,6 +19,10 @@ Rules (Vonage NCCO reference; every transition is in the `_start_next`/`_submit`
   the call waits for the answer: an NCCO replaces the rest of the call's NCCO; an empty 2xx body carries on with
   the rest; a failed request (after the client's retry), a non-2xx or an invalid NCCO plays the apology and
   hangs up with a reason naming the failure. With no URL at all the call carries on.
+- input in asynchronous mode: does not wait; from then on every digit that no synchronous input or barge-in play
+  takes is posted on its own (`{"dtmf": {"digits": "5", "timed_out": false}, ...}`, the input payload with one
+  digit) to its eventUrl (or the application's event URL) as it is keyed, while the NCCO carries on — through a
+  conversation too. Its answers change nothing. A new NCCO (transfer, an input's or notify's answer) ends it.
 - notify: posts its payload and waits for the answer, as Vonage does (notify is synchronous): a non-empty NCCO
   replaces the rest; anything else — an empty body, `[]`, a failure — carries on with the rest (Vonage: "If no
   success, continue the call flow").
@@ -83,7 +87,7 @@ class PostWebhook:
     url: str
     method: str
     payload: dict[str, Any]
-    purpose: Literal["input", "notify"]
+    purpose: Literal["input", "notify", "keypad"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,7 @@ class NccoRunner:
         self._deadline: float | None = None
         self._request_id: int | None = None
         self._hangup_reason: str | None = None
+        self._keypad: tuple[str, str] | None = None  # an asynchronous input's (url, method): digits go there
 
     # -- what the engine and GET /v1/calls read ----------------------------------------------------------------
 
@@ -191,6 +196,10 @@ class NccoRunner:
             return self._barge_in(digit, now)
         if self._state is RunnerState.COLLECTING:
             return self._collect(digit, now)
+        if self._keypad is not None and self._state not in (RunnerState.APOLOGIZING, RunnerState.ENDED):
+            url, method = self._keypad
+            payload = input_payload(self.call, digit, False, now)
+            return [PostWebhook(self._new_id(), url, method, payload, "keypad")]
         return []  # Vonage drops digits keyed outside an input and a barge-in play
 
     def webhook_answered(self, request_id: int, result: WebhookResult, now: float) -> list[Command]:
@@ -235,6 +244,7 @@ class NccoRunner:
         """A new NCCO takes the place of the rest of the current one."""
         self._queue = deque(ncco)
         self._sticky_barge_in = False
+        self._keypad = None
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -250,6 +260,11 @@ class NccoRunner:
             self._playback_id = self._new_id()
             self._state = RunnerState.PLAYING
             return [Play(self._playback_id, _source(action), self._barging)]
+        if isinstance(action, Input) and action.asynchronous:
+            url = action.event_url[0] if action.event_url else self._event_url
+            if url is not None:
+                self._keypad = (url, action.event_method)
+            return self._start_next(now)
         if isinstance(action, Input):
             self._sticky_barge_in = False
             self._deadline = now + action.time_out

@@ -128,6 +128,20 @@ class SignallingHub:
             await asyncio.wait({member.writer}, timeout=5)  # return once the close frame has gone out
         return True
 
+    def signal(self, session_id: str, signal_type: str, data: str) -> int:
+        """The server's signal to every member of the session connected here; how many it was queued for."""
+        state = self._sessions.get(session_id)
+        if state is None:
+            return 0
+        outputs = state.server_signal(signal_type, data)
+        self._apply(state, outputs)
+        return len(outputs)
+
+    def connections(self, session_id: str) -> list[tuple[str, str]]:
+        """(connection id, connection data) of the session's members connected here."""
+        state = self._sessions.get(session_id)
+        return [] if state is None else state.connection_data()
+
     # --- internals ----------------------------------------------------------------------------------------
 
     def _apply(self, state: SignallingSession, outputs: list[Output]) -> None:

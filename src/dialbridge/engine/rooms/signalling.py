@@ -11,6 +11,8 @@ Protocol (JSON text frames over the WebSocket; every message is an object with a
     connectionCreated {connection} · connectionDestroyed {connectionId, reason}
     streamCreated {stream} · streamDestroyed {streamId, reason} · published {requestId, stream}
     signal {from, streamId, kind, data} · sessionDisconnected {reason} · error {code, message, requestId?} · pong
+    sessionSignal {signalType, data, from: null}   the server's own signal to every member (Vonage's signal REST
+                                                   API: the page hears OT's `signal` and `signal:<type>` events)
   connection = {connectionId, data, creationTime}; stream = {streamId, connectionId, name, hasAudio, hasVideo,
   videoType, creationTime}. Media flows peer-to-peer: the subscriber sends the offer to the stream's owner.
 """
@@ -27,6 +29,8 @@ MAX_MESSAGE_CHARS: Final = 64 * 1024  # an SDP with a few transceivers is ~5-10 
 MAX_CONNECTIONS_PER_SESSION: Final = 32  # every pair is a peer-to-peer link: a mesh beyond this is unusable anyway
 MAX_STREAMS_PER_CONNECTION: Final = 4
 MAX_NAME_CHARS: Final = 200
+MAX_SIGNAL_TYPE_CHARS: Final = 128  # Vonage's limits for a signal's type and data
+MAX_SIGNAL_DATA_CHARS: Final = 8192
 SIGNAL_KINDS: Final = frozenset({"offer", "answer", "candidate", "bye"})
 VIDEO_TYPES: Final = frozenset({"camera", "screen", "custom"})
 
@@ -122,6 +126,8 @@ class SignallingSession:
     - A signal goes from its sender to one other current member, about a stream that one of the two owns; the
       server writes `from`, and a message that names another sender is refused.
     - A message that breaks a rule is answered with an `error` to its sender and changes nothing.
+    - A server signal reaches every current member once (`server_signal`), with `from` null; members cannot send
+      one (there is no client message for it), and one over Vonage's limits is refused with ValueError.
     """
 
     def __init__(self, session_id: str, *, new_stream_id: Callable[[], str] = _new_stream_id) -> None:
@@ -133,6 +139,9 @@ class SignallingSession:
     @property
     def connection_ids(self) -> list[str]:
         return list(self._connections)
+
+    def connection_data(self) -> list[tuple[str, str]]:
+        return [(c.connection_id, c.data) for c in self._connections.values()]
 
     @property
     def is_empty(self) -> bool:
@@ -199,6 +208,16 @@ class SignallingSession:
             Hangup(connection_id, CLOSE_FORCE_DISCONNECTED, "disconnected by the server"),
             *self.leave(connection_id, reason=reason),
         ]
+
+    def server_signal(self, signal_type: str, data: str) -> list[Output]:
+        """The server's signal to every member, as Vonage's `POST /session/{id}/signal` sends one."""
+        if not signal_type or len(signal_type) > MAX_SIGNAL_TYPE_CHARS:
+            raise ValueError(f"a signal's type must be 1 to {MAX_SIGNAL_TYPE_CHARS} characters")
+        if len(data) > MAX_SIGNAL_DATA_CHARS:
+            raise ValueError(f"a signal's data is limited to {MAX_SIGNAL_DATA_CHARS} characters")
+        return list(
+            self._tell_members({"type": "sessionSignal", "signalType": signal_type, "data": data, "from": None})
+        )
 
     def receive(self, connection_id: str, text: str, *, now: float) -> list[Output]:
         """One text frame from a member. Malformed or forbidden messages yield an error to the sender."""

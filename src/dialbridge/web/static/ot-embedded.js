@@ -348,6 +348,7 @@
         case "streamDestroyed": this._streamDestroyed(message.streamId, message.reason); break;
         case "published": this._published(message); break;
         case "signal": this._signal(message).catch((error) => console.error("OT signalling failed", error)); break;
+        case "sessionSignal": this._sessionSignal(message); break;
         case "sessionDisconnected": this._ended(message.reason); break;
         case "error": this._serverError(message); break;
         case "pong": break;
@@ -495,6 +496,13 @@
         this._send({ type: "signal", to: otherConnectionId, streamId, kind: "candidate",
                      data: event.candidate.toJSON() });
       };
+    }
+
+    // The server's signal (Vonage's signal REST API): OT raises "signal" and "signal:<type>", `from` null.
+    _sessionSignal(message) {
+      const fields = { type: "signal:" + message.signalType, data: message.data, from: null };
+      this._dispatch("signal", fields);
+      this._dispatch("signal:" + message.signalType, fields);
     }
 
     async _signal(message) {

@@ -96,6 +96,100 @@
     }
   }
 
+  // Phone participants: the list from GET /participants, kept live by the server's `participants` signals (the same
+  // on both backends), with mute/unmute and hang-up for each phone participant. Numbers arrive masked.
+  const participantList = document.getElementById("participant-list");
+  const participantsStatus = document.getElementById("participants-status");
+  const phones = new Map();  // call_id -> participant
+  const STATE_LABELS = { ringing: "ringing", answered: "answered", in_conference: "in the room", ended: "left" };
+
+  function renderPhone(participant) {
+    let item = participantList.querySelector(`li[data-call-id="${CSS.escape(participant.call_id)}"]`);
+    if (participant.state === "ended") {
+      phones.delete(participant.call_id);
+      if (item) item.remove();
+      note("phoneLeft", { callId: participant.call_id });
+      return;
+    }
+    phones.set(participant.call_id, participant);
+    if (!item) {
+      item = document.createElement("li");
+      item.dataset.callId = participant.call_id;
+      participantList.append(item);
+    }
+    item.dataset.state = participant.state;
+    item.dataset.muted = String(participant.muted);
+    item.replaceChildren();
+    const icon = document.createElement("span");
+    icon.className = "icon";
+    icon.setAttribute("aria-hidden", "true");
+    icon.textContent = "📞";
+    const number = document.createElement("span");
+    number.className = "number";
+    number.textContent = participant.number;
+    const state = document.createElement("span");
+    state.className = "state";
+    state.textContent = STATE_LABELS[participant.state] || participant.state;
+    item.append(icon, number, state);
+    if (participant.muted) {
+      const flag = document.createElement("span");
+      flag.className = "muted-flag";
+      flag.textContent = "muted";
+      item.append(flag);
+    }
+    if (!participant.dial_out || participant.state === "in_conference") {
+      const mute = document.createElement("button");
+      mute.type = "button";
+      mute.className = "mute";
+      mute.textContent = participant.muted ? "Unmute" : "Mute";
+      mute.setAttribute("aria-label", `${participant.muted ? "Unmute" : "Mute"} ${participant.number}`);
+      mute.addEventListener("click", () => control(mute, "mute", { call_id: participant.call_id, muted: !participant.muted }));
+      item.append(mute);
+    }
+    const hangUp = document.createElement("button");
+    hangUp.type = "button";
+    hangUp.className = "hang-up";
+    hangUp.textContent = "Hang up";
+    hangUp.setAttribute("aria-label", `Hang up ${participant.number}`);
+    hangUp.addEventListener("click", () => control(hangUp, "hang-up", { call_id: participant.call_id }));
+    item.append(hangUp);
+    note("phoneShown", { callId: participant.call_id, state: participant.state, muted: participant.muted });
+  }
+
+  async function control(button, action, body) {
+    button.disabled = true;
+    try {
+      const answer = await roomAction(action, body);
+      if (answer && answer.kind === "phone") renderPhone(answer);
+      participantsStatus.textContent = "";
+    } catch (error) {
+      participantsStatus.textContent = error.message;
+      button.disabled = false;
+    }
+  }
+
+  async function loadParticipants() {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(config.roomId)}/participants`, {
+      headers: { Authorization: `Bearer ${config.participantToken}` },
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      participantsStatus.textContent = (answer.error && answer.error.message) || "Could not list participants.";
+      return;
+    }
+    for (const participant of answer.participants) if (participant.kind === "phone") renderPhone(participant);
+  }
+
+  session.on("signal:participants", (event) => {
+    let payload;
+    try { payload = JSON.parse(event.data); } catch (error) { return; }
+    if (payload && payload.participant && payload.participant.kind === "phone") {
+      note("participantSignal", { callId: payload.participant.call_id, state: payload.participant.state });
+      renderPhone(payload.participant);
+    }
+  });
+  session.on("sessionConnected", () => { loadParticipants().catch((error) => { participantsStatus.textContent = error.message; }); });
+
   const conferenceButton = document.getElementById("dial-conference");
   conferenceButton.addEventListener("click", () => dial({}, conferenceButton));
   document.getElementById("dial-number").addEventListener("submit", (event) => {
