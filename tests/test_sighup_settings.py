@@ -47,18 +47,20 @@ def test_a_signal_to_the_one_process_server_stops_it_gracefully_with_its_voice_e
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     """What `make run` starts, told to stop by `kill` (its process alone, as a container runtime or `kill PID` does)
-    or to reload by SIGHUP, which one process cannot: it stops gracefully, and the voice engine stops with it
-    (left behind, it held the SIP port and the next start failed)."""
+    or to reload by SIGHUP, which one process cannot: it stops gracefully, and the voice engine and the gateway stop
+    with it (left behind, they held their ports and the next start failed)."""
     served = start_embedded(tmp_path)
     try:
         served.wait_healthy()
-        (engine,) = served.workers()  # the voice engine: the one process beside the web server
+        beside = served.workers()  # the voice engine and the gateway: the processes beside the web server
+        assert len(beside) == 2, beside
         served.process.send_signal(signum)
         assert served.process.wait(timeout=30) == 0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{engine}").exists() and not zombie(engine):
-            time.sleep(0.1)
-        assert not Path(f"/proc/{engine}").exists() or zombie(engine), "the voice engine outlived the server"
+        for pid in beside:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and not zombie(pid):
+                time.sleep(0.1)
+            assert not Path(f"/proc/{pid}").exists() or zombie(pid), "a process beside the server outlived it"
     finally:
         if served.process.poll() is None:
             os.killpg(served.process.pid, signal.SIGKILL)

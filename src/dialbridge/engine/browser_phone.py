@@ -18,12 +18,16 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
-from aiortc.mediastreams import MediaStreamError
 
-from dialbridge.gateway.webrtc import FRAME_SAMPLES, InboundAudio, PacedAudioTrack, install_loopback_fallback
+from dialbridge.gateway.webrtc import (
+    FRAME_SAMPLES,
+    InboundAudio,
+    PacedAudioTrack,
+    install_loopback_fallback,
+    read_audio,
+)
 from dialbridge.media import g711
 
 log = logging.getLogger(__name__)
@@ -162,18 +166,7 @@ class BrowserPhoneLeg:
             self._spawn(self._read_audio(track))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
-        while not self._closed:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if not isinstance(frame, av.AudioFrame):
-                continue
-            try:
-                self._inbound.add_frame(frame)
-            except (av.FFmpegError, ValueError):
-                # One frame the resampler cannot take costs that frame, not the call.
-                log.exception("browser phone: dropped an undecodable inbound frame")
+        await read_audio(track, self._inbound, lambda: not self._closed, "browser phone")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != DTMF_CHANNEL_LABEL:

@@ -30,7 +30,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import av
 import numpy as np
 import numpy.typing as npt
 import websockets
@@ -41,10 +40,15 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
-from dialbridge.gateway.webrtc import FRAME_SAMPLES, InboundAudio, PacedAudioTrack, install_loopback_fallback
+from dialbridge.gateway.webrtc import (
+    FRAME_SAMPLES,
+    InboundAudio,
+    PacedAudioTrack,
+    install_loopback_fallback,
+    read_audio,
+)
 from dialbridge.tokens import is_sip_participant
 
 log = logging.getLogger(__name__)
@@ -332,19 +336,9 @@ class RoomParticipant:
         )
 
     async def _read_audio(self, subscription: _Subscription, track: MediaStreamTrack) -> None:
-        if track.kind != "audio":
-            return
-        while subscription.stream_id in self._subscriptions:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if not isinstance(frame, av.AudioFrame):
-                continue
-            try:
-                subscription.audio.add_frame(frame)
-            except (av.FFmpegError, ValueError):
-                log.exception("gateway: dropped an undecodable frame from stream %s", subscription.stream_id)
+        if track.kind == "audio":
+            wanted = lambda: subscription.stream_id in self._subscriptions  # noqa: E731
+            await read_audio(track, subscription.audio, wanted, f"gateway stream {subscription.stream_id}")
 
     async def _signal(self, message: dict[str, Any]) -> None:
         sender = message.get("from")

@@ -16,6 +16,7 @@ import inspect
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import av
@@ -180,3 +181,19 @@ class PacedAudioTrack(MediaStreamTrack):
         frame.time_base = _TIME_BASE
         self._pts += FRAME_SAMPLES
         return frame
+
+
+async def read_audio(track: MediaStreamTrack, into: InboundAudio, wanted: Callable[[], bool], what: str) -> None:
+    """Feed a received audio track's frames into `into` while `wanted()` holds and the track lives. One frame the
+    resampler cannot take costs that frame, not the call."""
+    while wanted():
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        if not isinstance(frame, av.AudioFrame):
+            continue
+        try:
+            into.add_frame(frame)
+        except (av.FFmpegError, ValueError):
+            log.exception("%s: dropped an undecodable inbound frame", what)
