@@ -248,6 +248,39 @@ def test_timer_a_retransmits_and_timer_b_fails_with_408() -> None:
     assert_empty(u.agent)
 
 
+def test_tcp_acks_and_byes_on_the_invites_connection() -> None:
+    u = Uac()
+    leg, invite = u.dial(transport="tcp")
+    assert invite.top_via.transport == "TCP" and str(invite.contacts[0].uri) == f"sip:{HOST}:5060;transport=tcp"
+    u.reply(invite, 200, sdp=ANSWER, transport="tcp")
+    events, (ack_out,) = u.take()
+    assert events == [CallAnswered(leg, ANSWER)]
+    assert (ack_out.destination, ack_out.transport) == (TRUNK, "tcp")  # not the Contact: the same connection
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    assert (bye_out.destination, bye_out.transport) == (TRUNK, "tcp") and _request(bye_out).method == "BYE"
+    u.agent.transport_failed(TRUNK, u.now)
+    assert u.take()[0] == [CallEnded(leg, "hangup")]
+
+
+def test_bad_dial_arguments_raise() -> None:
+    agent = SipAgent(contact_host=HOST, contact_port=5060)
+    good: dict[str, Any] = {
+        "destination": TRUNK, "transport": "udp", "sdp": OFFER, "now": 0.0, "from_uri": "sip:gw@203.0.113.10",
+    }  # fmt: skip
+    for override in (
+        {"transport": "sctp"},
+        {"sdp": b""},
+        {"from_uri": "http://x"},
+        {"headers": {"Call-ID": "mine"}},
+        {"headers": {"X-Evil": "a\r\nBYE: x"}},
+    ):
+        with pytest.raises(ValueError):
+            agent.dial(URI, **{**good, **override})
+    assert agent.drain() == ([], [])
+    assert_empty(agent)
+
+
 def test_tcp_sends_once_and_a_transport_failure_is_503() -> None:
     u = Uac()
     leg, _ = u.dial(transport="tcp")
@@ -329,6 +362,36 @@ def test_stale_nonce_is_retried() -> None:
     answer = third.headers.get("Proxy-Authorization")
     assert answer is not None and len(third.headers.get_all("Proxy-Authorization")) == 1
     assert verify_authorization(answer, method="INVITE", credentials=CREDS, nonce="n2")
+
+
+def test_proxy_and_callee_realms_are_both_answered_each_round() -> None:
+    u = Uac()
+    _leg, first = u.dial(credentials=CREDS)
+    u.reply(first, 407, headers=[_challenge("proxy-nonce")])
+    second = _request(u.take()[1][1])
+    callee = ("WWW-Authenticate", build_challenge("callee.example.com", "callee-nonce", algorithm="MD5"))
+    u.reply(second, 401, headers=[callee])
+    events, out = u.take()
+    assert events == []
+    third = _request(out[1])
+    proxy_answer, callee_answer = third.headers.get("Proxy-Authorization"), third.headers.get("Authorization")
+    assert proxy_answer is not None and callee_answer is not None
+    assert verify_authorization(proxy_answer, method="INVITE", credentials=CREDS, realm=REALM, nonce="proxy-nonce")
+    assert parse_params(proxy_answer)[1]["nc"] == "00000002"  # the proxy's nonce again: the count moves on
+    assert verify_authorization(callee_answer, method="INVITE", credentials=CREDS, nonce="callee-nonce")
+
+
+def test_endless_stale_challenges_give_up() -> None:
+    u = Uac()
+    leg, invite = u.dial(credentials=CREDS)
+    for round_ in range(10):
+        u.reply(invite, 407, headers=[_challenge(f"n{round_}", stale=round_ > 0)])
+        events, out = u.take()
+        if events:
+            break
+        invite = _request(out[1])
+    assert events == [CallFailed(leg, 407, "Proxy Authentication Required")]
+    assert round_ == 4  # four re-sent INVITEs, then the fifth challenge fails the call
 
 
 def test_407_without_credentials_fails() -> None:

@@ -48,7 +48,13 @@ import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dialbridge.sip.auth import DigestClient, DigestCredentials, parse_challenges, select_challenges
+from dialbridge.sip.auth import (
+    DigestChallenge,
+    DigestClient,
+    DigestCredentials,
+    parse_challenges,
+    select_challenges,
+)
 from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
 from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
@@ -287,8 +293,9 @@ class _Dial:
     invite: SipRequest  # the INVITE of the current round
     invite_key: TransactionKey
     auth: DigestClient | None
-    authorizations: dict[tuple[str, str], str] = field(default_factory=dict)  # (header, realm) -> value
-    answered_realms: set[str] = field(default_factory=set)
+    # (answer header, realm) -> the latest challenge: every round answers them all again (a proxy's and the
+    # callee's realms both stay needed), each with a fresh nc/cnonce.
+    challenges: dict[tuple[str, str], DigestChallenge] = field(default_factory=dict)
     auth_rounds: int = 0
     provisional: bool = False  # 9.1: a CANCEL may only follow a provisional response
     cancel_sent: bool = False
@@ -335,6 +342,9 @@ _DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
     LegState.ENDING: frozenset({LegState.ENDED}),
     LegState.ENDED: frozenset({LegState.ENDED}),
 }
+
+
+_DIALLING = frozenset({LegState.CALLING, LegState.EARLY, LegState.CANCELLING})  # UAC: no final response yet
 
 
 def _move(leg: CallLeg, state: LegState) -> None:
@@ -498,6 +508,8 @@ class SipAgent:
         transport = transport.lower()
         if transport not in ("udp", "tcp"):
             raise ValueError(f"dial(): unsupported transport {transport!r}")
+        if not sdp:
+            raise ValueError("dial() needs an SDP offer (late offer, with the answer in the ACK, is not supported)")
         target = SipUri.parse(request_uri)
         remote = NameAddr(uri=SipUri.parse(to_uri) if to_uri else target.without_params())
         local = NameAddr(uri=SipUri.parse(from_uri), display_name=from_display)
@@ -844,8 +856,10 @@ class SipAgent:
 
     def _on_dial_event(self, entry: _ClientEntry, event: TransactionEvent, now: float) -> None:
         leg = self._legs.get(entry.leg_id) if entry.leg_id else None
-        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key):
-            leg = None  # an earlier auth round's INVITE: its outcome no longer matters
+        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key or leg.state not in _DIALLING):
+            # An earlier auth round's INVITE, or one already answered (its transaction lingers in Accepted for
+            # 2xx retransmits; a transport failure then is the dialog's business, not the INVITE's).
+            leg = None
         if isinstance(event, ResponseReceived):
             status = event.response.status
             if 200 <= status < 300:
@@ -901,8 +915,9 @@ class SipAgent:
         out = Outgoing(ack.to_bytes(), destination, transport)
         entry.acks[tag] = out
         self._outgoing.append(out)
-        if leg is None or leg.state not in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
-            # Another fork answered too (or the leg is gone): one dialog is all we want, so end this one (13.2.2.4).
+        if leg is None:
+            # Another fork answered too (or the call is already answered, or gone): one dialog is all we want, so
+            # this one is ACKed and ended at once (13.2.2.4).
             bye = self._new_bye(dialog, entry.destination, entry.transport, now, None)
             self._pump_client(bye, now)
             return
@@ -935,23 +950,21 @@ class SipAgent:
         challenges = select_challenges(
             parse_challenges(response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"))
         )
-        if not challenges or any(c.realm in dial.answered_realms and not c.stale for c in challenges):
-            return False
         header = "Proxy-Authorization" if proxy else "Authorization"
+        if not challenges or any((header, c.realm) in dial.challenges and not c.stale for c in challenges):
+            return False
         old = dial.invite
         cseq = leg.dialog.local_seq + 1
         leg.dialog.local_seq = cseq
         for challenge in challenges:
-            dial.answered_realms.add(challenge.realm)
-            value = dial.auth.authorization(challenge, "INVITE", old.uri, old.body)
-            dial.authorizations[(header, challenge.realm)] = value
+            dial.challenges[(header, challenge.realm)] = challenge
         headers = old.headers.copy()
         headers.replace_first("Via", str(old.top_via.with_params(branch=self._new_branch())))
         headers.set("CSeq", f"{cseq} INVITE")
         headers.remove("Authorization")
         headers.remove("Proxy-Authorization")
-        for (name, _realm), value in dial.authorizations.items():
-            headers.add(name, value)
+        for (name, _realm), challenge in dial.challenges.items():
+            headers.add(name, dial.auth.authorization(challenge, "INVITE", old.uri, old.body))
         dial.auth_rounds += 1
         _move(leg, LegState.CALLING)
         self._send_invite(leg, SipRequest(method="INVITE", uri=old.uri, headers=headers, body=old.body), now)
