@@ -468,6 +468,33 @@ def test_cancelled_call_ends_even_without_a_final_response() -> None:
     assert_empty(u.agent)
 
 
+def test_ring_timeout_fails_the_call_and_cancels_it() -> None:
+    u = Uac()
+    leg, invite = u.dial(ring_timeout=20.0)
+    u.reply(invite, 180)
+    u.take()
+    sent = u.advance(20.0)
+    assert u.timer_events == [(20.0, CallFailed(leg, 408, "Request Timeout"))]
+    assert [(when, _request(o).method) for when, o in sent] == [(20.0, "CANCEL")]
+    u.reply(invite, 487)
+    events, out = u.take()
+    assert events == [] and [_request(o).method for o in out] == ["ACK"]  # the end was already reported
+    u.agent.hangup(leg, u.now)  # too late: ignored
+    assert u.take() == ([], [])
+    u.advance(100.0)
+    assert_empty(u.agent)
+
+
+def test_ring_timeout_does_not_touch_an_answered_call() -> None:
+    u = Uac()
+    _leg, invite = u.dial(ring_timeout=20.0)
+    u.reply(invite, 200, sdp=ANSWER)
+    u.take()
+    u.advance(40.0)  # past the deadline, and past Timer M (32 s), which runs on_timer
+    assert u.timer_events == []
+    assert u.agent.table_sizes()["legs"] == 1
+
+
 def test_2xx_crossing_our_cancel_is_acked_then_byed() -> None:
     u = Uac()
     leg, invite = u.dial()

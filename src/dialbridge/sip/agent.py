@@ -22,6 +22,7 @@ Outbound (UAC, `dial()`; the INVITE is a ClientInviteTransaction, which ACKs non
     CALLING/EARLY --3xx-6xx-->                ENDED      (CallFailed(status); 401/407 again for a realm: the same)
     CALLING/EARLY --Timer B / transport-->    ENDED      (CallFailed(408) / CallFailed(503))
     CALLING/EARLY --hangup()-->               CANCELLING (CANCEL now, or once a provisional arrives)
+    CALLING/EARLY --ring_timeout-->           CANCELLING (CallFailed(408) now; the cancel then runs unreported)
     CANCELLING  --final non-2xx / Timer B / 64*T1 after the CANCEL--> ENDED (CallEnded("cancelled"))
     CANCELLING  --2xx (crossed the CANCEL)--> CONFIRMED, then ENDING (ACK, BYE; CallEnded("hangup"))
     any         --a further 2xx-->            (re-ACKed if retransmitted; another fork's dialog is ACKed and BYEd)
@@ -300,6 +301,7 @@ class _Dial:
     provisional: bool = False  # 9.1: a CANCEL may only follow a provisional response
     cancel_sent: bool = False
     give_up_at: float | None = None  # 64*T1 after our CANCEL: end even if no final response comes (9.1)
+    ring_deadline: float | None = None  # dial(ring_timeout=): no final response by then -> CallFailed(408) + CANCEL
 
 
 @dataclass(eq=False, slots=True)
@@ -461,6 +463,8 @@ class SipAgent:
                 deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
             if leg.dial is not None and leg.dial.give_up_at is not None:
                 deadlines.append(leg.dial.give_up_at)
+            if leg.dial is not None and leg.dial.ring_deadline is not None and leg.state in _DIALLING:
+                deadlines.append(leg.dial.ring_deadline)
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
@@ -498,12 +502,17 @@ class SipAgent:
         to_uri: str | None = None,
         headers: Mapping[str, str] | None = None,
         credentials: DigestCredentials | None = None,
+        ring_timeout: float | None = None,
     ) -> str:
         """Start an outbound call (UAC): send an INVITE with our offer to `destination` (already resolved).
 
         Returns the leg id; the outcome arrives as CallProgress* then CallAnswered or CallFailed (or CallEnded
         after hangup()). `headers` are added as given (not Via/From/To/Call-ID/CSeq/Contact/...). Raises
         ValueError for a bad URI, transport or header.
+
+        `ring_timeout` (seconds): with no final response by then, CallFailed(408) is reported and the INVITE is
+        cancelled in the background (nothing more is reported for the leg). Without it, only Timer B (no response
+        at all in 64*T1) or hangup() end an unanswered call: a 1xx stops Timer B (RFC 3261 17.1.1.2).
         """
         transport = transport.lower()
         if transport not in ("udp", "tcp"):
@@ -551,7 +560,12 @@ class SipAgent:
             transport=transport,
             state=LegState.CALLING,
             invite_had_offer=bool(sdp),
-            dial=_Dial(invite=invite, invite_key=(), auth=auth),
+            dial=_Dial(
+                invite=invite,
+                invite_key=(),
+                auth=auth,
+                ring_deadline=None if ring_timeout is None else now + ring_timeout,
+            ),
         )
         self._legs[leg_id] = leg
         self._send_invite(leg, invite, now)
@@ -993,7 +1007,16 @@ class SipAgent:
 
     def _dial_timer(self, leg: CallLeg, now: float) -> None:
         dial = leg.dial
-        if dial is None or dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
+        if dial is None:
+            return
+        if dial.ring_deadline is not None and dial.ring_deadline <= now:
+            dial.ring_deadline = None
+            if leg.state in (LegState.CALLING, LegState.EARLY):
+                # Reported now, once: the CANCEL (or the ACK + BYE of a 2xx that crosses it) then runs unreported.
+                leg.end_reported = True
+                self._events.append(CallFailed(leg.leg_id, 408, REASON_PHRASES[408]))
+                self.hangup(leg.leg_id, now)
+        if dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
             return
         # 9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled and destroy its transaction.
         self._client.pop(dial.invite_key, None)
