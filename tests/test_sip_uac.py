@@ -552,9 +552,24 @@ def test_reinvite_and_info_from_the_peer() -> None:
     _, out = u.take()
     response = parse_message(out[-1].data)
     assert isinstance(response, SipResponse) and response.status == 200 and response.body == OFFER
+    u.from_peer("ACK", ok, 5)
+    assert u.take() == ([], [])
     u.from_peer("INFO", ok, 6, body=b"Signal=5\r\n", content_type="application/dtmf-relay")
     events, _ = u.take()
     assert events == [InfoReceived(leg, "application/dtmf-relay", b"Signal=5\r\n")]
+    u.from_peer("UPDATE", ok, 7, body=ANSWER, content_type="application/sdp")
+    assert u.take()[0] == [OfferReceived(leg, ANSWER, "UPDATE")]
+    u.agent.answer_offer(leg, OFFER, u.now)
+    u.take()
+    u.from_peer("OPTIONS", ok, 8)
+    events, (out_options,) = u.take()
+    options = parse_message(out_options.data)
+    assert events == [] and isinstance(options, SipResponse) and options.status == 200
+    assert "INVITE" in (options.headers.get("Allow") or "")
+    u.from_peer("INFO", ok, 3)  # CSeq below the last one: out of order (12.2.2)
+    _, (out_old,) = u.take()
+    old = parse_message(out_old.data)
+    assert isinstance(old, SipResponse) and old.status == 500
 
 
 # --- against a real UAS: SIPp over UDP on 127.0.0.1 ------------------------------------------------------------------
