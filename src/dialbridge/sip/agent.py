@@ -38,7 +38,9 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 (a CANCEL can land while the engine is about to accept), and the engine learns the outcome from the events.
 
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
-no 100rel/PRACK, and in-dialog requests we send (BYE) are not re-sent on a 401/407.
+no 100rel/PRACK, no late offer, 3xx is reported (CallFailed) rather than followed, and in-dialog requests we send
+(BYE) are not re-sent on a 401/407. In-dialog requests go to the dialog's next hop (Record-Route / Contact) on
+UDP: if the peer names a host there, the shell must resolve `Outgoing.destination` itself.
 """
 
 from __future__ import annotations
