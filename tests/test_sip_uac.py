@@ -526,6 +526,43 @@ def test_hangup_after_answer_sends_bye() -> None:
     assert_empty(u.agent)
 
 
+def test_a_challenged_bye_is_resent_with_credentials() -> None:
+    u = Uac()
+    leg, invite = u.dial(credentials=CREDS)
+    ok = u.reply(invite, 200, sdp=ANSWER)
+    u.take()
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    bye = _request(bye_out)
+    assert bye.headers.get("Proxy-Authorization") is None
+    u.agent.receive(build_response(bye, 407, headers=[_challenge("bye-nonce")]).to_bytes(), CALLEE, u.now)
+    events, (retry_out,) = u.take()
+    assert events == []
+    retry = _request(retry_out)
+    assert retry_out.destination == CALLEE and retry.method == "BYE"
+    assert retry.cseq.number == bye.cseq.number + 1 and retry.top_via.branch != bye.top_via.branch
+    assert retry.to_addr.tag == ok.to_addr.tag
+    answer = retry.headers.get("Proxy-Authorization")
+    assert answer is not None
+    assert verify_authorization(answer, method="BYE", credentials=CREDS, realm=REALM, nonce="bye-nonce")
+    # Challenged again: the credentials are wrong; the call is over for us anyway (15.1.1).
+    u.agent.receive(build_response(retry, 407, headers=[_challenge("n2")]).to_bytes(), CALLEE, u.now)
+    events, out = u.take()
+    assert events == [CallEnded(leg, "hangup")] and out == []
+    u.advance(60.0)
+    assert_empty(u.agent)
+
+
+def test_a_challenged_bye_without_credentials_ends_the_call() -> None:
+    u = Uac()
+    leg, _, _ = u.answered()
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    response = build_response(_request(bye_out), 407, headers=[_challenge("bye-nonce")])
+    u.agent.receive(response.to_bytes(), CALLEE, u.now)
+    assert u.take() == ([CallEnded(leg, "hangup")], [])
+
+
 # --- requests from the peer in the dialog ----------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ Outbound (UAC, `dial()`; the INVITE is a ClientInviteTransaction, which ACKs non
     CALLING/EARLY --101-199-->                EARLY      (CallProgress; 183 carries early-media SDP)
     CALLING/EARLY --2xx-->                    CONFIRMED  (ACK sent to the dialog's next hop, CallAnswered)
     CALLING/EARLY --401/407 + credentials-->  CALLING    (INVITE re-sent: new branch, CSeq+1, (Proxy-)Authorization)
+    (after the answer, a BYE challenged with 401/407 is re-sent the same way, once per realm)
     CALLING/EARLY --3xx-6xx-->                ENDED      (CallFailed(status); 401/407 again for a realm: the same)
     CALLING/EARLY --Timer B / transport-->    ENDED      (CallFailed(408) / CallFailed(503))
     CALLING/EARLY --hangup()-->               CANCELLING (CANCEL now, or once a provisional arrives)
@@ -38,9 +39,9 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 (a CANCEL can land while the engine is about to accept), and the engine learns the outcome from the events.
 
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
-no 100rel/PRACK, no late offer, 3xx is reported (CallFailed) rather than followed, and in-dialog requests we send
-(BYE) are not re-sent on a 401/407. In-dialog requests go to the dialog's next hop (Record-Route / Contact) on
-UDP: if the peer names a host there, the shell must resolve `Outgoing.destination` itself.
+no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
+the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell must resolve
+`Outgoing.destination` itself.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from dialbridge.sip.auth import (
     DigestClient,
     DigestCredentials,
     parse_challenges,
+    parse_params,
     select_challenges,
 )
 from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
@@ -106,7 +108,7 @@ _DIAL_OWN_HEADERS = frozenset(
     h.lower()
     for h in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type", "Content-Length")
 )
-_MAX_AUTH_ROUNDS = 4  # stale=true nonces could otherwise bounce us forever
+_MAX_AUTH_ROUNDS = 4  # per call leg (INVITE and BYE): stale=true nonces could otherwise bounce us forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +365,13 @@ def _uas_entry(leg: CallLeg) -> _ServerEntry:
     if leg.invite_entry is None:
         raise RuntimeError(f"call leg {leg.leg_id} is outbound: it has no INVITE server transaction")
     return leg.invite_entry
+
+
+def _answered_realm(value: str) -> str | None:
+    try:
+        return parse_params(value)[1].get("realm")
+    except ValueError:
+        return None
 
 
 def _dial_of(leg: CallLeg) -> _Dial:
@@ -956,35 +965,62 @@ class SipAgent:
             self._fail_dial(leg, response.status, response.reason)
 
     def _retry_with_credentials(self, leg: CallLeg, response: SipResponse, now: float) -> bool:
-        """RFC 3261 22.2/22.3: re-send the INVITE answering each realm's challenge (new branch, CSeq + 1, same
-        Call-ID and From-tag). False (so the call fails) without credentials, after `_MAX_AUTH_ROUNDS`, or when a
-        realm we already answered challenges again without stale=true: the credentials are wrong."""
+        """RFC 3261 22.2/22.3: re-send the INVITE answering the challenge (new branch, CSeq + 1, same Call-ID and
+        From-tag). False, so that the call fails, when `_authorized_retry` gives up."""
         dial = _dial_of(leg)
-        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+        cseq = leg.dialog.local_seq + 1
+        invite = self._authorized_retry(dial, dial.invite, response, cseq)
+        if invite is None:
             return False
+        leg.dialog.local_seq = cseq
+        _move(leg, LegState.CALLING)
+        self._send_invite(leg, invite, now)
+        return True
+
+    def _retry_bye(self, leg: CallLeg, entry: _ClientEntry, response: SipResponse, now: float) -> bool:
+        """A trunk that challenges our BYE (it bills until it accepts one): answer as for the INVITE."""
+        if leg.dial is None:
+            return False  # incoming calls carry no credentials
+        cseq = leg.dialog.local_seq + 1
+        bye = self._authorized_retry(leg.dial, entry.transaction.request, response, cseq)
+        if bye is None:
+            return False
+        leg.dialog.local_seq = cseq
+        transaction = ClientNonInviteTransaction(bye, now, reliable=_reliable(entry.transport))
+        retry = _ClientEntry(transaction.key, transaction, entry.destination, entry.transport, leg.leg_id)
+        self._client[retry.key] = retry
+        leg.bye_key = retry.key
+        self._pump_client(retry, now)
+        return True
+
+    def _authorized_retry(
+        self, dial: _Dial, request: SipRequest, response: SipResponse, cseq: int
+    ) -> SipRequest | None:
+        """`request` again with a new branch, CSeq `cseq`, and an answer to every challenge met so far, each with a
+        fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None without credentials, after
+        `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered challenges again without stale=true:
+        the credentials are wrong."""
+        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+            return None
         proxy = response.status == 407
+        header = "Proxy-Authorization" if proxy else "Authorization"
         challenges = select_challenges(
             parse_challenges(response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"))
         )
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        if not challenges or any((header, c.realm) in dial.challenges and not c.stale for c in challenges):
-            return False
-        old = dial.invite
-        cseq = leg.dialog.local_seq + 1
-        leg.dialog.local_seq = cseq
+        answered = {_answered_realm(value) for value in request.headers.get_all(header)}
+        if not challenges or any(c.realm in answered and not c.stale for c in challenges):
+            return None
         for challenge in challenges:
             dial.challenges[(header, challenge.realm)] = challenge
-        headers = old.headers.copy()
-        headers.replace_first("Via", str(old.top_via.with_params(branch=self._new_branch())))
-        headers.set("CSeq", f"{cseq} INVITE")
+        headers = request.headers.copy()
+        headers.replace_first("Via", str(request.top_via.with_params(branch=self._new_branch())))
+        headers.set("CSeq", f"{cseq} {request.method}")
         headers.remove("Authorization")
         headers.remove("Proxy-Authorization")
         for (name, _realm), challenge in dial.challenges.items():
-            headers.add(name, dial.auth.authorization(challenge, "INVITE", old.uri, old.body))
+            headers.add(name, dial.auth.authorization(challenge, request.method, request.uri, request.body))
         dial.auth_rounds += 1
-        _move(leg, LegState.CALLING)
-        self._send_invite(leg, SipRequest(method="INVITE", uri=old.uri, headers=headers, body=old.body), now)
-        return True
+        return SipRequest(method=request.method, uri=request.uri, headers=headers, body=request.body)
 
     def _send_cancel(self, leg: CallLeg, now: float) -> None:
         """RFC 3261 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the peer matches it to the
@@ -1178,6 +1214,12 @@ class SipAgent:
             if finished and entry.leg_id is not None:
                 leg = self._legs.get(entry.leg_id)
                 if leg is not None and leg.bye_key == entry.key:
+                    if (
+                        isinstance(event, ResponseReceived)
+                        and event.response.status in (401, 407)
+                        and self._retry_bye(leg, entry, event.response, now)
+                    ):
+                        continue
                     self._end_leg(leg, "hangup")  # 15.1.1: any final response (or none) ends the dialog
 
     def _respond(
