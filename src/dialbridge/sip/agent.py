@@ -19,7 +19,6 @@ Outbound (UAC, `dial()`; the INVITE is a ClientInviteTransaction, which ACKs non
     CALLING/EARLY --101-199-->                EARLY      (CallProgress; 183 carries early-media SDP)
     CALLING/EARLY --2xx-->                    CONFIRMED  (ACK sent to the dialog's next hop, CallAnswered)
     CALLING/EARLY --401/407 + credentials-->  CALLING    (INVITE re-sent: new branch, CSeq+1, (Proxy-)Authorization)
-    (after the answer, a BYE challenged with 401/407 is re-sent the same way, once per realm)
     CALLING/EARLY --3xx-6xx-->                ENDED      (CallFailed(status); 401/407 again for a realm: the same)
     CALLING/EARLY --Timer B / transport-->    ENDED      (CallFailed(408) / CallFailed(503))
     CALLING/EARLY --hangup()-->               CANCELLING (CANCEL now, or once a provisional arrives)
@@ -32,6 +31,7 @@ Both, once the dialog is confirmed (in-dialog requests are handled alike whichev
     CONFIRMED --re-INVITE/UPDATE-->    CONFIRMED (OfferReceived; answer_offer()/reject_offer(); 491 if one is pending)
     CONFIRMED --BYE-->                 ENDED     (200, CallEnded("bye"))
     CONFIRMED --hangup()-->            ENDING    (BYE in a client non-INVITE transaction)
+    ENDING    --401/407 to our BYE-->  ENDING    (UAC with credentials: BYE re-sent answering it, once per realm)
     ENDING    --BYE final/timeout-->   ENDED     (CallEnded("hangup") unless already reported)
     any       --transport_failed()-->  ENDED     (TCP calls on that connection: CallEnded("transport_error"))
 
