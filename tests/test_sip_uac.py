@@ -248,6 +248,39 @@ def test_timer_a_retransmits_and_timer_b_fails_with_408() -> None:
     assert_empty(u.agent)
 
 
+def test_tcp_acks_and_byes_on_the_invites_connection() -> None:
+    u = Uac()
+    leg, invite = u.dial(transport="tcp")
+    assert invite.top_via.transport == "TCP" and str(invite.contacts[0].uri) == f"sip:{HOST}:5060;transport=tcp"
+    u.reply(invite, 200, sdp=ANSWER, transport="tcp")
+    events, (ack_out,) = u.take()
+    assert events == [CallAnswered(leg, ANSWER)]
+    assert (ack_out.destination, ack_out.transport) == (TRUNK, "tcp")  # not the Contact: the same connection
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    assert (bye_out.destination, bye_out.transport) == (TRUNK, "tcp") and _request(bye_out).method == "BYE"
+    u.agent.transport_failed(TRUNK, u.now)
+    assert u.take()[0] == [CallEnded(leg, "hangup")]
+
+
+def test_bad_dial_arguments_raise() -> None:
+    agent = SipAgent(contact_host=HOST, contact_port=5060)
+    good: dict[str, Any] = {
+        "destination": TRUNK, "transport": "udp", "sdp": OFFER, "now": 0.0, "from_uri": "sip:gw@203.0.113.10",
+    }  # fmt: skip
+    for override in (
+        {"transport": "sctp"},
+        {"sdp": b""},
+        {"from_uri": "http://x"},
+        {"headers": {"Call-ID": "mine"}},
+        {"headers": {"X-Evil": "a\r\nBYE: x"}},
+    ):
+        with pytest.raises(ValueError):
+            agent.dial(URI, **{**good, **override})
+    assert agent.drain() == ([], [])
+    assert_empty(agent)
+
+
 def test_tcp_sends_once_and_a_transport_failure_is_503() -> None:
     u = Uac()
     leg, _ = u.dial(transport="tcp")
@@ -331,6 +364,36 @@ def test_stale_nonce_is_retried() -> None:
     assert verify_authorization(answer, method="INVITE", credentials=CREDS, nonce="n2")
 
 
+def test_proxy_and_callee_realms_are_both_answered_each_round() -> None:
+    u = Uac()
+    _leg, first = u.dial(credentials=CREDS)
+    u.reply(first, 407, headers=[_challenge("proxy-nonce")])
+    second = _request(u.take()[1][1])
+    callee = ("WWW-Authenticate", build_challenge("callee.example.com", "callee-nonce", algorithm="MD5"))
+    u.reply(second, 401, headers=[callee])
+    events, out = u.take()
+    assert events == []
+    third = _request(out[1])
+    proxy_answer, callee_answer = third.headers.get("Proxy-Authorization"), third.headers.get("Authorization")
+    assert proxy_answer is not None and callee_answer is not None
+    assert verify_authorization(proxy_answer, method="INVITE", credentials=CREDS, realm=REALM, nonce="proxy-nonce")
+    assert parse_params(proxy_answer)[1]["nc"] == "00000002"  # the proxy's nonce again: the count moves on
+    assert verify_authorization(callee_answer, method="INVITE", credentials=CREDS, nonce="callee-nonce")
+
+
+def test_endless_stale_challenges_give_up() -> None:
+    u = Uac()
+    leg, invite = u.dial(credentials=CREDS)
+    for round_ in range(10):
+        u.reply(invite, 407, headers=[_challenge(f"n{round_}", stale=round_ > 0)])
+        events, out = u.take()
+        if events:
+            break
+        invite = _request(out[1])
+    assert events == [CallFailed(leg, 407, "Proxy Authentication Required")]
+    assert round_ == 4  # four re-sent INVITEs, then the fifth challenge fails the call
+
+
 def test_407_without_credentials_fails() -> None:
     u = Uac()
     leg, first = u.dial()
@@ -405,6 +468,33 @@ def test_cancelled_call_ends_even_without_a_final_response() -> None:
     assert_empty(u.agent)
 
 
+def test_ring_timeout_fails_the_call_and_cancels_it() -> None:
+    u = Uac()
+    leg, invite = u.dial(ring_timeout=20.0)
+    u.reply(invite, 180)
+    u.take()
+    sent = u.advance(20.0)
+    assert u.timer_events == [(20.0, CallFailed(leg, 408, "Request Timeout"))]
+    assert [(when, _request(o).method) for when, o in sent] == [(20.0, "CANCEL")]
+    u.reply(invite, 487)
+    events, out = u.take()
+    assert events == [] and [_request(o).method for o in out] == ["ACK"]  # the end was already reported
+    u.agent.hangup(leg, u.now)  # too late: ignored
+    assert u.take() == ([], [])
+    u.advance(100.0)
+    assert_empty(u.agent)
+
+
+def test_ring_timeout_does_not_touch_an_answered_call() -> None:
+    u = Uac()
+    _leg, invite = u.dial(ring_timeout=20.0)
+    u.reply(invite, 200, sdp=ANSWER)
+    u.take()
+    u.advance(40.0)  # past the deadline, and past Timer M (32 s), which runs on_timer
+    assert u.timer_events == []
+    assert u.agent.table_sizes()["legs"] == 1
+
+
 def test_2xx_crossing_our_cancel_is_acked_then_byed() -> None:
     u = Uac()
     leg, invite = u.dial()
@@ -436,6 +526,43 @@ def test_hangup_after_answer_sends_bye() -> None:
     assert_empty(u.agent)
 
 
+def test_a_challenged_bye_is_resent_with_credentials() -> None:
+    u = Uac()
+    leg, invite = u.dial(credentials=CREDS)
+    ok = u.reply(invite, 200, sdp=ANSWER)
+    u.take()
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    bye = _request(bye_out)
+    assert bye.headers.get("Proxy-Authorization") is None
+    u.agent.receive(build_response(bye, 407, headers=[_challenge("bye-nonce")]).to_bytes(), CALLEE, u.now)
+    events, (retry_out,) = u.take()
+    assert events == []
+    retry = _request(retry_out)
+    assert retry_out.destination == CALLEE and retry.method == "BYE"
+    assert retry.cseq.number == bye.cseq.number + 1 and retry.top_via.branch != bye.top_via.branch
+    assert retry.to_addr.tag == ok.to_addr.tag
+    answer = retry.headers.get("Proxy-Authorization")
+    assert answer is not None
+    assert verify_authorization(answer, method="BYE", credentials=CREDS, realm=REALM, nonce="bye-nonce")
+    # Challenged again: the credentials are wrong; the call is over for us anyway (15.1.1).
+    u.agent.receive(build_response(retry, 407, headers=[_challenge("n2")]).to_bytes(), CALLEE, u.now)
+    events, out = u.take()
+    assert events == [CallEnded(leg, "hangup")] and out == []
+    u.advance(60.0)
+    assert_empty(u.agent)
+
+
+def test_a_challenged_bye_without_credentials_ends_the_call() -> None:
+    u = Uac()
+    leg, _, _ = u.answered()
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    response = build_response(_request(bye_out), 407, headers=[_challenge("bye-nonce")])
+    u.agent.receive(response.to_bytes(), CALLEE, u.now)
+    assert u.take() == ([CallEnded(leg, "hangup")], [])
+
+
 # --- requests from the peer in the dialog ----------------------------------------------------------------------------
 
 
@@ -462,9 +589,24 @@ def test_reinvite_and_info_from_the_peer() -> None:
     _, out = u.take()
     response = parse_message(out[-1].data)
     assert isinstance(response, SipResponse) and response.status == 200 and response.body == OFFER
+    u.from_peer("ACK", ok, 5)
+    assert u.take() == ([], [])
     u.from_peer("INFO", ok, 6, body=b"Signal=5\r\n", content_type="application/dtmf-relay")
     events, _ = u.take()
     assert events == [InfoReceived(leg, "application/dtmf-relay", b"Signal=5\r\n")]
+    u.from_peer("UPDATE", ok, 7, body=ANSWER, content_type="application/sdp")
+    assert u.take()[0] == [OfferReceived(leg, ANSWER, "UPDATE")]
+    u.agent.answer_offer(leg, OFFER, u.now)
+    u.take()
+    u.from_peer("OPTIONS", ok, 8)
+    events, (out_options,) = u.take()
+    options = parse_message(out_options.data)
+    assert events == [] and isinstance(options, SipResponse) and options.status == 200
+    assert "INVITE" in (options.headers.get("Allow") or "")
+    u.from_peer("INFO", ok, 3)  # CSeq below the last one: out of order (12.2.2)
+    _, (out_old,) = u.take()
+    old = parse_message(out_old.data)
+    assert isinstance(old, SipResponse) and old.status == 500
 
 
 # --- against a real UAS: SIPp over UDP on 127.0.0.1 ------------------------------------------------------------------

@@ -22,6 +22,7 @@ Outbound (UAC, `dial()`; the INVITE is a ClientInviteTransaction, which ACKs non
     CALLING/EARLY --3xx-6xx-->                ENDED      (CallFailed(status); 401/407 again for a realm: the same)
     CALLING/EARLY --Timer B / transport-->    ENDED      (CallFailed(408) / CallFailed(503))
     CALLING/EARLY --hangup()-->               CANCELLING (CANCEL now, or once a provisional arrives)
+    CALLING/EARLY --ring_timeout-->           CANCELLING (CallFailed(408) now; the cancel then runs unreported)
     CANCELLING  --final non-2xx / Timer B / 64*T1 after the CANCEL--> ENDED (CallEnded("cancelled"))
     CANCELLING  --2xx (crossed the CANCEL)--> CONFIRMED, then ENDING (ACK, BYE; CallEnded("hangup"))
     any         --a further 2xx-->            (re-ACKed if retransmitted; another fork's dialog is ACKed and BYEd)
@@ -30,6 +31,7 @@ Both, once the dialog is confirmed (in-dialog requests are handled alike whichev
     CONFIRMED --re-INVITE/UPDATE-->    CONFIRMED (OfferReceived; answer_offer()/reject_offer(); 491 if one is pending)
     CONFIRMED --BYE-->                 ENDED     (200, CallEnded("bye"))
     CONFIRMED --hangup()-->            ENDING    (BYE in a client non-INVITE transaction)
+    ENDING    --401/407 to our BYE-->  ENDING    (UAC with credentials: BYE re-sent answering it, once per realm)
     ENDING    --BYE final/timeout-->   ENDED     (CallEnded("hangup") unless already reported)
     any       --transport_failed()-->  ENDED     (TCP calls on that connection: CallEnded("transport_error"))
 
@@ -37,7 +39,9 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 (a CANCEL can land while the engine is about to accept), and the engine learns the outcome from the events.
 
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
-no 100rel/PRACK, and in-dialog requests we send (BYE) are not re-sent on a 401/407.
+no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
+the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell must resolve
+`Outgoing.destination` itself.
 """
 
 from __future__ import annotations
@@ -48,7 +52,14 @@ import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dialbridge.sip.auth import DigestClient, DigestCredentials, parse_challenges, select_challenges
+from dialbridge.sip.auth import (
+    DigestChallenge,
+    DigestClient,
+    DigestCredentials,
+    parse_challenges,
+    parse_params,
+    select_challenges,
+)
 from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
 from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
@@ -97,7 +108,7 @@ _DIAL_OWN_HEADERS = frozenset(
     h.lower()
     for h in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type", "Content-Length")
 )
-_MAX_AUTH_ROUNDS = 4  # stale=true nonces could otherwise bounce us forever
+_MAX_AUTH_ROUNDS = 4  # per call leg (INVITE and BYE): stale=true nonces could otherwise bounce us forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,12 +298,14 @@ class _Dial:
     invite: SipRequest  # the INVITE of the current round
     invite_key: TransactionKey
     auth: DigestClient | None
-    authorizations: dict[tuple[str, str], str] = field(default_factory=dict)  # (header, realm) -> value
-    answered_realms: set[str] = field(default_factory=set)
+    # (answer header, realm) -> the latest challenge: every round answers them all again (a proxy's and the
+    # callee's realms both stay needed), each with a fresh nc/cnonce.
+    challenges: dict[tuple[str, str], DigestChallenge] = field(default_factory=dict)
     auth_rounds: int = 0
     provisional: bool = False  # 9.1: a CANCEL may only follow a provisional response
     cancel_sent: bool = False
     give_up_at: float | None = None  # 64*T1 after our CANCEL: end even if no final response comes (9.1)
+    ring_deadline: float | None = None  # dial(ring_timeout=): no final response by then -> CallFailed(408) + CANCEL
 
 
 @dataclass(eq=False, slots=True)
@@ -337,6 +350,9 @@ _DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
 }
 
 
+_DIALLING = frozenset({LegState.CALLING, LegState.EARLY, LegState.CANCELLING})  # UAC: no final response yet
+
+
 def _move(leg: CallLeg, state: LegState) -> None:
     table = _DIAL_TRANSITIONS if leg.dial is not None else _LEG_TRANSITIONS
     if state not in table.get(leg.state, frozenset()):
@@ -349,6 +365,13 @@ def _uas_entry(leg: CallLeg) -> _ServerEntry:
     if leg.invite_entry is None:
         raise RuntimeError(f"call leg {leg.leg_id} is outbound: it has no INVITE server transaction")
     return leg.invite_entry
+
+
+def _answered_realm(value: str) -> str | None:
+    try:
+        return parse_params(value)[1].get("realm")
+    except ValueError:
+        return None
 
 
 def _dial_of(leg: CallLeg) -> _Dial:
@@ -451,6 +474,8 @@ class SipAgent:
                 deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
             if leg.dial is not None and leg.dial.give_up_at is not None:
                 deadlines.append(leg.dial.give_up_at)
+            if leg.dial is not None and leg.dial.ring_deadline is not None and leg.state in _DIALLING:
+                deadlines.append(leg.dial.ring_deadline)
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
@@ -488,16 +513,23 @@ class SipAgent:
         to_uri: str | None = None,
         headers: Mapping[str, str] | None = None,
         credentials: DigestCredentials | None = None,
+        ring_timeout: float | None = None,
     ) -> str:
         """Start an outbound call (UAC): send an INVITE with our offer to `destination` (already resolved).
 
         Returns the leg id; the outcome arrives as CallProgress* then CallAnswered or CallFailed (or CallEnded
         after hangup()). `headers` are added as given (not Via/From/To/Call-ID/CSeq/Contact/...). Raises
         ValueError for a bad URI, transport or header.
+
+        `ring_timeout` (seconds): with no final response by then, CallFailed(408) is reported and the INVITE is
+        cancelled in the background (nothing more is reported for the leg). Without it, only Timer B (no response
+        at all in 64*T1) or hangup() end an unanswered call: a 1xx stops Timer B (RFC 3261 17.1.1.2).
         """
         transport = transport.lower()
         if transport not in ("udp", "tcp"):
             raise ValueError(f"dial(): unsupported transport {transport!r}")
+        if not sdp:
+            raise ValueError("dial() needs an SDP offer (late offer, with the answer in the ACK, is not supported)")
         target = SipUri.parse(request_uri)
         remote = NameAddr(uri=SipUri.parse(to_uri) if to_uri else target.without_params())
         local = NameAddr(uri=SipUri.parse(from_uri), display_name=from_display)
@@ -539,7 +571,12 @@ class SipAgent:
             transport=transport,
             state=LegState.CALLING,
             invite_had_offer=bool(sdp),
-            dial=_Dial(invite=invite, invite_key=(), auth=auth),
+            dial=_Dial(
+                invite=invite,
+                invite_key=(),
+                auth=auth,
+                ring_deadline=None if ring_timeout is None else now + ring_timeout,
+            ),
         )
         self._legs[leg_id] = leg
         self._send_invite(leg, invite, now)
@@ -844,8 +881,10 @@ class SipAgent:
 
     def _on_dial_event(self, entry: _ClientEntry, event: TransactionEvent, now: float) -> None:
         leg = self._legs.get(entry.leg_id) if entry.leg_id else None
-        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key):
-            leg = None  # an earlier auth round's INVITE: its outcome no longer matters
+        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key or leg.state not in _DIALLING):
+            # An earlier auth round's INVITE, or one already answered (its transaction lingers in Accepted for
+            # 2xx retransmits; a transport failure then is the dialog's business, not the INVITE's).
+            leg = None
         if isinstance(event, ResponseReceived):
             status = event.response.status
             if 200 <= status < 300:
@@ -901,8 +940,9 @@ class SipAgent:
         out = Outgoing(ack.to_bytes(), destination, transport)
         entry.acks[tag] = out
         self._outgoing.append(out)
-        if leg is None or leg.state not in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
-            # Another fork answered too (or the leg is gone): one dialog is all we want, so end this one (13.2.2.4).
+        if leg is None:
+            # Another fork answered too (or the call is already answered, or gone): one dialog is all we want, so
+            # this one is ACKed and ended at once (13.2.2.4).
             bye = self._new_bye(dialog, entry.destination, entry.transport, now, None)
             self._pump_client(bye, now)
             return
@@ -925,37 +965,62 @@ class SipAgent:
             self._fail_dial(leg, response.status, response.reason)
 
     def _retry_with_credentials(self, leg: CallLeg, response: SipResponse, now: float) -> bool:
-        """RFC 3261 22.2/22.3: re-send the INVITE answering each realm's challenge (new branch, CSeq + 1, same
-        Call-ID and From-tag). False (so the call fails) without credentials, after `_MAX_AUTH_ROUNDS`, or when a
-        realm we already answered challenges again without stale=true: the credentials are wrong."""
+        """RFC 3261 22.2/22.3: re-send the INVITE answering the challenge (new branch, CSeq + 1, same Call-ID and
+        From-tag). False, so that the call fails, when `_authorized_retry` gives up."""
         dial = _dial_of(leg)
-        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+        cseq = leg.dialog.local_seq + 1
+        invite = self._authorized_retry(dial, dial.invite, response, cseq)
+        if invite is None:
             return False
+        leg.dialog.local_seq = cseq
+        _move(leg, LegState.CALLING)
+        self._send_invite(leg, invite, now)
+        return True
+
+    def _retry_bye(self, leg: CallLeg, entry: _ClientEntry, response: SipResponse, now: float) -> bool:
+        """A trunk that challenges our BYE (it bills until it accepts one): answer as for the INVITE."""
+        if leg.dial is None:
+            return False  # incoming calls carry no credentials
+        cseq = leg.dialog.local_seq + 1
+        bye = self._authorized_retry(leg.dial, entry.transaction.request, response, cseq)
+        if bye is None:
+            return False
+        leg.dialog.local_seq = cseq
+        transaction = ClientNonInviteTransaction(bye, now, reliable=_reliable(entry.transport))
+        retry = _ClientEntry(transaction.key, transaction, entry.destination, entry.transport, leg.leg_id)
+        self._client[retry.key] = retry
+        leg.bye_key = retry.key
+        self._pump_client(retry, now)
+        return True
+
+    def _authorized_retry(
+        self, dial: _Dial, request: SipRequest, response: SipResponse, cseq: int
+    ) -> SipRequest | None:
+        """`request` again with a new branch, CSeq `cseq`, and an answer to every challenge met so far, each with a
+        fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None without credentials, after
+        `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered challenges again without stale=true:
+        the credentials are wrong."""
+        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+            return None
         proxy = response.status == 407
+        header = "Proxy-Authorization" if proxy else "Authorization"
         challenges = select_challenges(
             parse_challenges(response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"))
         )
-        if not challenges or any(c.realm in dial.answered_realms and not c.stale for c in challenges):
-            return False
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        old = dial.invite
-        cseq = leg.dialog.local_seq + 1
-        leg.dialog.local_seq = cseq
+        answered = {_answered_realm(value) for value in request.headers.get_all(header)}
+        if not challenges or any(c.realm in answered and not c.stale for c in challenges):
+            return None
         for challenge in challenges:
-            dial.answered_realms.add(challenge.realm)
-            value = dial.auth.authorization(challenge, "INVITE", old.uri, old.body)
-            dial.authorizations[(header, challenge.realm)] = value
-        headers = old.headers.copy()
-        headers.replace_first("Via", str(old.top_via.with_params(branch=self._new_branch())))
-        headers.set("CSeq", f"{cseq} INVITE")
+            dial.challenges[(header, challenge.realm)] = challenge
+        headers = request.headers.copy()
+        headers.replace_first("Via", str(request.top_via.with_params(branch=self._new_branch())))
+        headers.set("CSeq", f"{cseq} {request.method}")
         headers.remove("Authorization")
         headers.remove("Proxy-Authorization")
-        for (name, _realm), value in dial.authorizations.items():
-            headers.add(name, value)
+        for (name, _realm), challenge in dial.challenges.items():
+            headers.add(name, dial.auth.authorization(challenge, request.method, request.uri, request.body))
         dial.auth_rounds += 1
-        _move(leg, LegState.CALLING)
-        self._send_invite(leg, SipRequest(method="INVITE", uri=old.uri, headers=headers, body=old.body), now)
-        return True
+        return SipRequest(method=request.method, uri=request.uri, headers=headers, body=request.body)
 
     def _send_cancel(self, leg: CallLeg, now: float) -> None:
         """RFC 3261 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the peer matches it to the
@@ -980,7 +1045,16 @@ class SipAgent:
 
     def _dial_timer(self, leg: CallLeg, now: float) -> None:
         dial = leg.dial
-        if dial is None or dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
+        if dial is None:
+            return
+        if dial.ring_deadline is not None and dial.ring_deadline <= now:
+            dial.ring_deadline = None
+            if leg.state in (LegState.CALLING, LegState.EARLY):
+                # Reported now, once: the CANCEL (or the ACK + BYE of a 2xx that crosses it) then runs unreported.
+                leg.end_reported = True
+                self._events.append(CallFailed(leg.leg_id, 408, REASON_PHRASES[408]))
+                self.hangup(leg.leg_id, now)
+        if dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
             return
         # 9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled and destroy its transaction.
         self._client.pop(dial.invite_key, None)
@@ -1140,6 +1214,12 @@ class SipAgent:
             if finished and entry.leg_id is not None:
                 leg = self._legs.get(entry.leg_id)
                 if leg is not None and leg.bye_key == entry.key:
+                    if (
+                        isinstance(event, ResponseReceived)
+                        and event.response.status in (401, 407)
+                        and self._retry_bye(leg, entry, event.response, now)
+                    ):
+                        continue
                     self._end_leg(leg, "hangup")  # 15.1.1: any final response (or none) ends the dialog
 
     def _respond(
