@@ -4,8 +4,10 @@ and the two hear each other through the gateway; the page never hears itself bac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -148,12 +150,22 @@ def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, sing
     wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 0, "the orphaned bridge call was not ended")
     wait_for(lambda: stack.get("/healthz")["status"] == "ok", "the gateway was not started again", timeout=20)
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 0", timeout=WAIT_MS)
+    # The call's final event (posted by the engine after it hung up) is what frees the room to dial again.
+    wait_for(lambda: not _open_dial_outs(stack, "crash"), "the orphaned dial-out stayed open")
 
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
     wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1, "the room could not bring it in again")
     assert "the gateway stopped (killed by SIGKILL)" in stack.log.read_text()
     context.close()
+
+
+def _open_dial_outs(stack: VoiceStack, room_id: str) -> list[str]:
+    with contextlib.closing(sqlite3.connect(stack.database)) as db:
+        rows = db.execute(
+            "SELECT state FROM dial_outs WHERE room_id = ? AND state IN ('dialling', 'live')", (room_id,)
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
