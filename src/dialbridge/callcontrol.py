@@ -3,19 +3,16 @@
 One protocol, two implementations with the same requests (`PUT /v1/calls/{uuid}` `{"action": ...}`,
 `PUT /v1/calls/{uuid}/talk`): Vonage's Voice API through the official SDK (`platforms/vonage.py` `VonageVoice`), and
 the embedded voice engine's Vonage-shaped call-control API (`EngineCallControl`, signed with the engine's
-application key, as `web/voice.py` does for the browser phone).
+application key, through the same `LocalApiClient` the browser phone's routes use).
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from dialbridge.config import Settings
-from dialbridge.credentials import VoiceCredentials
+from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import CallGone, PlatformError
 
 
@@ -34,10 +31,8 @@ class EngineCallControl:
 
     name = "embedded voice engine"
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._credentials: VoiceCredentials | None = None
-        self._http: httpx.AsyncClient | None = None
+    def __init__(self, engine: LocalApiClient) -> None:
+        self._engine = engine
 
     async def mute(self, call_uuid: str, muted: bool) -> None:
         action = "mute" if muted else "unmute"
@@ -49,21 +44,9 @@ class EngineCallControl:
     async def talk(self, call_uuid: str, text: str) -> None:
         await self._put(f"/v1/calls/{call_uuid}/talk", {"text": text}, "talk into the call")
 
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
     async def _put(self, path: str, body: dict[str, Any], what: str) -> None:
-        if self._http is None or self._credentials is None:
-            self._credentials = VoiceCredentials.load_or_create(Path(self._settings.voice_dir))
-            self._http = httpx.AsyncClient(
-                base_url=self._settings.voice_api_url,
-                verify=str(self._credentials.ca_bundle_path),
-                timeout=httpx.Timeout(5.0, connect=1.0),
-            )
-        headers = {"authorization": f"Bearer {self._credentials.app_token(time.time())}"}
         try:
-            response = await self._http.put(path, json=body, headers=headers)
+            response = await self._engine.request("PUT", path, body)
         except (httpx.HTTPError, OSError) as exc:
             raise PlatformError(
                 f"the {what} at the voice engine",

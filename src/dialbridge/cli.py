@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from dialbridge.server.supervised import SupervisedProcess
 
 SIP_KINDS: Final = (socket.SOCK_DGRAM, socket.SOCK_STREAM)  # the voice engine takes its SIP port for both
+TCP: Final = (socket.SOCK_STREAM,)
+UDP: Final = (socket.SOCK_DGRAM,)
 
 
 def _load_settings() -> Settings:
@@ -99,46 +101,37 @@ def _port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _voice_port_problems(settings: Settings) -> list[str]:
-    """Why the voice engine could not take its SIP port (UDP and TCP) or its API port, each naming the fix (all of
-    them at once: fixing one only to be told of the next is a round trip each)."""
+def _ports_problems(ports: list[tuple[str, int, tuple[socket.SocketKind, ...], str, str]]) -> list[str]:
+    """Why each (host, port, kinds, what, setting) could not be taken, each naming the fix (all of them at once:
+    fixing one only to be told of the next is a round trip each)."""
     problems = []
-    for kind in SIP_KINDS:
+    for host, port, kinds, what, setting in ports:
         try:
-            _bound(settings.sip_host, settings.sip_port, kind).close()
+            for kind in kinds:
+                _bound(host, port, kind).close()
         except OSError as exc:
-            problems.append(_bind_problem(settings.sip_host, settings.sip_port, exc, "SIP port", "SIP_PORT", SIP_KINDS))
-            break
-    try:
-        _bound(settings.voice_api_host, settings.voice_api_port).close()
-    except OSError as exc:
-        problems.append(
-            _bind_problem(settings.voice_api_host, settings.voice_api_port, exc, "voice API port", "VOICE_API_PORT")
-        )
+            problems.append(_bind_problem(host, port, exc, what, setting, kinds))
     return problems
+
+
+def _voice_port_problems(settings: Settings) -> list[str]:
+    """The voice engine's SIP port (UDP and TCP) and its API port."""
+    return _ports_problems(
+        [
+            (settings.sip_host, settings.sip_port, SIP_KINDS, "SIP port", "SIP_PORT"),
+            (settings.voice_api_host, settings.voice_api_port, TCP, "voice API port", "VOICE_API_PORT"),
+        ]
+    )
 
 
 def _gateway_port_problems(settings: Settings) -> list[str]:
-    """Why the gateway could not take its SIP port (UDP) or its control API port, each naming the fix."""
-    problems = []
-    try:
-        _bound(settings.sip_host, settings.gateway_sip_port, socket.SOCK_DGRAM).close()
-    except OSError as exc:
-        problems.append(
-            _bind_problem(
-                settings.sip_host, settings.gateway_sip_port, exc, "gateway SIP port", "GATEWAY_SIP_PORT",
-                (socket.SOCK_DGRAM,),
-            )
-        )  # fmt: skip
-    try:
-        _bound(settings.gateway_api_host, settings.gateway_api_port).close()
-    except OSError as exc:
-        problems.append(
-            _bind_problem(
-                settings.gateway_api_host, settings.gateway_api_port, exc, "gateway API port", "GATEWAY_API_PORT"
-            )
-        )
-    return problems
+    """The gateway's SIP port (UDP) and its control API port."""
+    return _ports_problems(
+        [
+            (settings.sip_host, settings.gateway_sip_port, UDP, "gateway SIP port", "GATEWAY_SIP_PORT"),
+            (settings.gateway_api_host, settings.gateway_api_port, TCP, "gateway API port", "GATEWAY_API_PORT"),
+        ]
+    )
 
 
 def doctor(settings: Settings) -> int:

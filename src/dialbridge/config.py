@@ -138,20 +138,18 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return self.public_base_url or f"http://{host}:{self.port}"
+        return self.public_base_url or f"http://{_reachable(self.host)}:{self.port}"
 
     @property
     def sip_contact_host(self) -> str:
         """The address peers are told to send SIP and RTP to."""
         if self.sip_public_host:
             return self.sip_public_host
-        return "127.0.0.1" if self.sip_host in ("0.0.0.0", "::") else self.sip_host
+        return _reachable(self.sip_host)
 
     @property
     def voice_api_url(self) -> str:
-        host = "127.0.0.1" if self.voice_api_host in ("0.0.0.0", "::") else self.voice_api_host
-        return f"https://{host}:{self.voice_api_port}"
+        return f"https://{_reachable(self.voice_api_host)}:{self.voice_api_port}"
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:
@@ -163,13 +161,12 @@ class Settings(BaseSettings):
 
     @property
     def gateway_api_url(self) -> str:
-        host = "127.0.0.1" if self.gateway_api_host in ("0.0.0.0", "::") else self.gateway_api_host
-        return f"https://{host}:{self.gateway_api_port}"
+        return f"https://{_reachable(self.gateway_api_host)}:{self.gateway_api_port}"
 
     @property
     def signalling_url(self) -> str:
         """Where the gateway reaches this server's room signalling (always this machine: rooms live in-process)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = _reachable(self.host)
         shown = f"[{host}]" if ":" in host else host
         return f"ws://{shown}:{self.port}/rt/signalling"
 
@@ -376,3 +373,8 @@ def _port_range(text: str) -> tuple[int, int]:
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _reachable(host: str) -> str:
+    """Where this machine's own processes reach a listener bound to `host`: loopback for a wildcard address."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host

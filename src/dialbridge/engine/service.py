@@ -7,13 +7,10 @@ task. The traffic is a few requests per call, not per packet, so it does not dis
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,6 +19,7 @@ from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, parse_ncco
 from dialbridge.engine.control import CallRecord, create_control_app
 from dialbridge.engine.core import CallSnapshot, VoiceEngine
+from dialbridge.local_api import LocalApiServer
 
 if TYPE_CHECKING:
     from dialbridge.engine.shell import VoiceServer
@@ -237,41 +235,13 @@ class ControlService:
             metrics=lambda: generate_latest(registry),
             browser_phones=self.browser_phones,
         )
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            ssl_certfile=str(credentials.cert_path),
-            ssl_keyfile=str(credentials.key_path),
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
-        self._uvicorn = _ServerWithoutSignals(config)
-        self._task: asyncio.Task[None] | None = None
+        self._server = LocalApiServer(app, credentials, host, port)
 
     async def start(self) -> None:
-        self._task = asyncio.ensure_future(self._uvicorn.serve())
-        while not self._uvicorn.started:
-            if self._task.done():
-                self._task.result()  # raises what stopped it (the port in use, say)
-                raise RuntimeError("the voice engine's control API stopped while starting")
-            await asyncio.sleep(0.01)
+        await self._server.start()
 
     async def close(self) -> None:
-        self._uvicorn.should_exit = True
-        self._uvicorn.force_exit = True  # open keep-alive connections must not hold the engine's shutdown
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=3)
-
-
-class _ServerWithoutSignals(uvicorn.Server):
-    """uvicorn's server minus its signal handling: the engine owns SIGTERM (it hangs its calls up first), and
-    uvicorn would otherwise take the signal and raise it again once its server stopped."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+        await self._server.close()
 
 
 def _health(server: VoiceServer) -> Mapping[str, Any]:

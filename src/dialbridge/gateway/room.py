@@ -42,6 +42,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 
+from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, MAX_MESSAGE_CHARS, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX
 from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
     InboundAudio,
@@ -53,10 +54,7 @@ from dialbridge.tokens import is_sip_participant
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL: Final = "dialbridge.signalling.v1"
-TOKEN_PROTOCOL_PREFIX: Final = "bearer."
 KEEPALIVE_S: Final = 15.0  # the server drops a socket silent for 45 s
-MAX_MESSAGE_BYTES: Final = 64 * 1024
 #: Peers (subscriptions plus browsers subscribed to us) one participant holds at most: a room holds 32 connections.
 MAX_PEERS: Final = 64
 _INT16_MIN: Final = -32768
@@ -64,7 +62,12 @@ _INT16_MAX: Final = 32767
 
 
 class RoomJoinFailed(RuntimeError):
-    """The room's signalling refused the participant or did not answer in time; the message says which."""
+    """The room's signalling refused the participant or did not answer in time; the message says which.
+    `bad_token`: the room refused the participant's token (rather than being unreachable, full, ...)."""
+
+    def __init__(self, message: str, *, bad_token: bool = False) -> None:
+        super().__init__(message)
+        self.bad_token = bad_token
 
 
 @dataclass(eq=False)
@@ -131,21 +134,23 @@ class RoomParticipant:
                 self._socket = await websockets.connect(
                     url,
                     subprotocols=[SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX + self._token],  # type: ignore[list-item]
-                    max_size=MAX_MESSAGE_BYTES,
+                    max_size=MAX_MESSAGE_CHARS,
                     open_timeout=timeout_s,
                     ping_interval=None,  # the protocol's own ping keeps the server's idle timer happy
                 )
                 self._reader = asyncio.get_running_loop().create_task(self._read())
                 await self._published.wait()
         except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
-            reason = self._close_reason() or f"{type(exc).__name__}: {exc}"
-            await self.leave()
-            raise RoomJoinFailed(f"could not join the room's session {self.session_id}: {reason}") from None
-        if self._over:
-            reason = self._close_reason() or "the room closed the connection"
-            await self.leave()
-            raise RoomJoinFailed(f"could not join the room's session {self.session_id}: {reason}")
-        self._spawn(self._keepalive())
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if not self._over:
+                self._spawn(self._keepalive())
+                return
+            failure = "the room closed the connection"
+        reason = self._close_reason() or failure
+        bad_token = getattr(self._socket, "close_code", None) == CLOSE_BAD_TOKEN
+        await self.leave()
+        raise RoomJoinFailed(f"could not join the room's session {self.session_id}: {reason}", bad_token=bad_token)
 
     def hear(self, samples: npt.NDArray[np.int16]) -> None:
         """One tick of what the phone side said, for the room to hear."""
@@ -376,7 +381,7 @@ class RoomParticipant:
 
     async def _answer(self, sender: str, data: dict[str, Any]) -> None:
         sdp = data.get("sdp")
-        if not isinstance(sdp, str) or len(sdp) > MAX_MESSAGE_BYTES:
+        if not isinstance(sdp, str) or len(sdp) > MAX_MESSAGE_CHARS:
             return
         previous = self._publishing.pop(sender, None)
         if previous is not None:

@@ -4,12 +4,10 @@ and a graceful stop (every call hung up with a BYE) on SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
-import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,6 +15,7 @@ from prometheus_client.registry import Collector
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.gateway.control import create_gateway_app
 from dialbridge.gateway.shell import Gateway, GatewaySettings
+from dialbridge.local_api import LocalApiServer
 
 log = logging.getLogger("dialbridge.gateway")
 
@@ -48,42 +47,22 @@ class GatewayMetrics(Collector):
         yield late
 
 
-class _ServerWithoutSignals(uvicorn.Server):
-    """The gateway owns SIGTERM (it hangs its calls up first); uvicorn would take the signal for itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials, api: tuple[str, int]) -> None:
     gateway = Gateway(settings)
     await gateway.start()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayMetrics(gateway))
     app = create_gateway_app(gateway, credentials, metrics=lambda: generate_latest(registry))
-    config = uvicorn.Config(
-        app,
-        host=api[0],
-        port=api[1],
-        ssl_certfile=str(credentials.cert_path),
-        ssl_keyfile=str(credentials.key_path),
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
-    server = _ServerWithoutSignals(config)
-    serving = asyncio.ensure_future(server.serve())
+    server = LocalApiServer(app, credentials, *api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    while not server.started:
-        if serving.done():
-            await gateway.stop()
-            serving.result()
-            raise RuntimeError("the gateway's control API stopped while starting")
-        await asyncio.sleep(0.01)
+    try:
+        await server.start()
+    except BaseException:
+        await gateway.stop()
+        raise
     log.info(
         "gateway: SIP on %s:%d (UDP), RTP %d-%d, control API https://%s:%d, rooms at %s",
         settings.sip_host,
@@ -95,6 +74,4 @@ async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials
     await stop.wait()
     log.info("gateway: stopping; hanging up %d calls", len(gateway.calls))
     await gateway.stop()
-    server.should_exit = True
-    server.force_exit = True
-    await asyncio.wait([serving], timeout=3)
+    await server.close()

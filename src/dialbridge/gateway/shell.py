@@ -45,6 +45,7 @@ MAX_BEHIND_S: Final = 0.100
 STOP_GRACE_S: Final = 2.0  # how long stopping waits for the BYEs it sent to be answered
 FRAME_SAMPLES: Final = 160
 Address = tuple[str, int]
+_SILENT_FRAMES: Final = {codec: bytes([byte]) * FRAME_SAMPLES for codec, byte in g711.SILENCE.items()}
 
 
 class DialRefused(Exception):
@@ -94,13 +95,11 @@ class GatewayCall:
     room: RoomParticipant
     rtp_port: int
     leg_id: str | None = None
-    state: str = "dialling"  # dialling | ringing | answered | ended
+    state: str = "dialling"  # dialling | ringing | answered | ending | ended
     rtp: RtpSession | None = None
     codec: str = "PCMU"
     end_reason: str | None = None
-    sip_status: int | None = None
-    had_browsers: bool = False
-    created_at: float = field(default_factory=time.time)
+    had_browsers: bool = False  # the bridge leaves when the last one leaves, not when it joins an empty room
 
 
 class Gateway:
@@ -119,7 +118,6 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._legs_gone = asyncio.Event()
         self._session_ids = self._rng.getrandbits(31)
-        self.ticks = 0
         self.late_ticks = 0
         self.calls_placed = 0
         self.calls_failed = 0
@@ -147,7 +145,7 @@ class Gateway:
         """Hang up every call (BYE or CANCEL), give the answers a moment, then close everything."""
         for call in list(self.calls.values()):
             self._hang_up(call, "the gateway is stopping")
-        self._flush()
+        self._pump()
         if self._by_leg:  # the BYEs' answers arrive on the SIP socket; each releases its call
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._legs_gone.wait(), STOP_GRACE_S)
@@ -199,8 +197,7 @@ class Gateway:
             await room.join(self.settings.join_timeout_s)
         except RoomJoinFailed as exc:
             self._release(call)
-            raise DialRefused(403 if "token" in str(exc) else 502, str(exc)) from None
-        call.had_browsers = room.browsers > 0
+            raise DialRefused(403 if exc.bad_token else 502, str(exc)) from None
         if call.state == "ended":  # the room went away while joining
             raise DialRefused(409, f"the room ended the participant while it joined: {call.end_reason}")
         self._session_ids += 1
@@ -235,7 +232,7 @@ class Gateway:
         for call in self.calls.values():
             if call.room.session_id == session_id and call.room.connection_id == connection_id:
                 self._hang_up(call, "disconnected through the control API")
-                self._flush()
+                self._pump()
                 return True
         return False
 
@@ -245,7 +242,7 @@ class Gateway:
         call = self.calls.get(call_id)
         if call is not None:
             self._hang_up(call, reason)
-            self._flush()
+            self._pump()
 
     def _browsers_changed(self, call_id: str, count: int) -> None:
         call = self.calls.get(call_id)
@@ -255,7 +252,7 @@ class Gateway:
             call.had_browsers = True
         elif call.had_browsers:
             self._hang_up(call, "the room's last browser left")
-            self._flush()
+            self._pump()
 
     def _hang_up(self, call: GatewayCall, reason: str) -> None:
         if call.state == "ended":
@@ -304,7 +301,6 @@ class Gateway:
                 self._media_from(call, event.sdp, now)
         elif isinstance(event, CallFailed):
             self.calls_failed += 1
-            call.sip_status = event.status
             self._finish(call, f"the call failed: {event.status} {event.reason}")
         elif isinstance(event, CallEnded):
             self._finish(call, f"the SIP call ended ({event.reason})")
@@ -351,7 +347,6 @@ class Gateway:
                 log.exception("gateway: a media tick failed")
 
     def _tick(self, now: float) -> None:
-        self.ticks += 1
         media = self._media
         assert media is not None
         for call in list(self.calls.values()):
@@ -359,8 +354,7 @@ class Gateway:
             if rtp is None or call.state == "ended":
                 continue
             mix = call.room.take_mix()
-            silence = g711.SILENCE[call.codec]
-            frame = g711.encode(call.codec, mix) if mix is not None else bytes([silence]) * FRAME_SAMPLES
+            frame = g711.encode(call.codec, mix) if mix is not None else _SILENT_FRAMES[call.codec]
             destination = rtp.destination
             for datagram in rtp.send(frame, now):
                 if destination is not None:
@@ -399,9 +393,6 @@ class Gateway:
                     self._on_sip_event(event)
                 except Exception:
                     log.exception("gateway: handling %r failed", event)
-
-    def _flush(self) -> None:
-        self._pump()
 
     async def _resolve(self, host: str, port: int) -> Address:
         bare = host.strip("[]")

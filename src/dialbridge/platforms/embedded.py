@@ -13,21 +13,18 @@ closed and ends the call.
 from __future__ import annotations
 
 import secrets
-import ssl
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from dialbridge.credentials import VoiceCredentials
+from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import BrowserConfig, ConnectionGone, PlatformError, SipCall, SipDial
 
 SESSION_PREFIX = "emb_"
 SIGNALLING_PATH = "/rt/signalling"
 SIP_DIAL = "dialling through the gateway"
-DIAL_TIMEOUT_S = 15.0  # the gateway joins the room (a WebSocket and a publish) before it answers
+GATEWAY_DIAL_S = 15.0  # the gateway joins the room (a WebSocket and a publish) before it answers
 
 
 class ConnectionCloser(Protocol):
@@ -40,62 +37,11 @@ class ConnectionCloser(Protocol):
 TokenIssuer = Callable[[str, str, str], str]
 
 
-class GatewayClient:
-    """HTTPS to the gateway, signed with the local application's key (loaded, or made, on first use)."""
-
-    def __init__(self, url: str, credentials_dir: Path) -> None:
-        self.url = url
-        self._credentials_dir = credentials_dir
-        self._credentials: VoiceCredentials | None = None
-        self._http: httpx.AsyncClient | None = None
-
-    def _client(self) -> tuple[httpx.AsyncClient, VoiceCredentials]:
-        if self._http is None or self._credentials is None:
-            self._credentials = VoiceCredentials.load_or_create(self._credentials_dir)
-            self._http = httpx.AsyncClient(
-                base_url=self.url,
-                verify=ssl.create_default_context(cafile=str(self._credentials.ca_bundle_path)),
-                timeout=httpx.Timeout(DIAL_TIMEOUT_S, connect=1.0),
-            )
-        return self._http, self._credentials
-
-    async def dial(self, body: dict[str, Any]) -> httpx.Response:
-        http, credentials = self._client()
-        headers = {"authorization": f"Bearer {credentials.app_token(time.time())}"}
-        return await http.post(f"/v2/project/{credentials.application_id}/dial", json=body, headers=headers)
-
-    async def health(self) -> dict[str, Any]:
-        """The gateway's own /healthz, or why it could not be read."""
-        try:
-            http, _ = self._client()
-            response = await http.get("/healthz", timeout=httpx.Timeout(1.0, connect=1.0))
-            body = response.json()
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            return {"status": "unreachable", "error": type(exc).__name__, "url": self.url}
-        return body if isinstance(body, dict) else {"status": "error"}
-
-    async def metrics(self) -> bytes:
-        """The gateway's Prometheus text, after whether it could be scraped."""
-        try:
-            http, _ = self._client()
-            response: httpx.Response | None = await http.get("/metrics", timeout=httpx.Timeout(1.0, connect=1.0))
-        except (httpx.HTTPError, OSError):
-            response = None
-        up = response is not None and response.status_code == 200
-        head = b"# HELP dialbridge_gateway_up Whether the gateway answered this scrape\n"
-        head += b"# TYPE dialbridge_gateway_up gauge\ndialbridge_gateway_up " + (b"1\n" if up else b"0\n")
-        return head + (response.content if up and response is not None else b"")
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-
 class EmbeddedVideo:
     name = "embedded"
     supports_sip = True
 
-    def __init__(self, hub: ConnectionCloser, gateway: GatewayClient | None = None) -> None:
+    def __init__(self, hub: ConnectionCloser, gateway: LocalApiClient | None = None) -> None:
         self.hub = hub
         self.gateway = gateway
         self.issue_token: TokenIssuer | None = None  # set once the server's token key is known
@@ -122,7 +68,7 @@ class EmbeddedVideo:
             sip["auth"] = {"username": dial.username, "password": dial.password}
         body = {"sessionId": session_id, "token": self.issue_token(session_id, room_id, dial.token_data), "sip": sip}
         try:
-            response = await self.gateway.dial(body)
+            response = await self.gateway.request("POST", f"/v2/project/{self.gateway.application_id}/dial", body)
         except (httpx.HTTPError, OSError) as exc:
             raise PlatformError(
                 SIP_DIAL,

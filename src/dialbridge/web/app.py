@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from dialbridge import __version__
-from dialbridge.config import Backend, Settings
+from dialbridge.config import Settings
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.web import api, dialout, logredact, pages, signalling, voice
 from dialbridge.web.bodylimit import BoundedBodies
@@ -56,12 +56,9 @@ def create_app(
         await asyncio.wait_for(services.roster.drain(), timeout=5)  # the last participant signals
         # Requests have finished (uvicorn waits for them); commit anything still queued, close the connections.
         services.store.close()
-        engine_client = getattr(app.state, "voice_engine", None)
-        if engine_client is not None:
-            await engine_client.aclose()
-        gateway = getattr(services.platform, "gateway", None)
-        if gateway is not None:
-            await gateway.aclose()
+        for client in (services.voice_engine, getattr(services.platform, "gateway", None)):
+            if client is not None:
+                await client.aclose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -73,9 +70,8 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.services = services
-    if settings.backend is Backend.EMBEDDED:
-        app.state.voice_engine = voice.VoiceEngineClient(settings)
-        services.hub.on_left = voice.SipParticipantWatch(services, app.state.voice_engine).left
+    if services.voice_engine is not None and services.roster.voice is not None:
+        services.hub.on_left = voice.SipParticipantWatch(services, services.roster.voice).left
     install_error_handlers(app)
     routers = (pages.router, api.router, dialout.router, signalling.router, voice.router)
     for router in routers:

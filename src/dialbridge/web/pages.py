@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dialbridge.conference.rooms import is_valid_room_id
 from dialbridge.config import Backend, Settings
+from dialbridge.local_api import LocalApiClient
 from dialbridge.web.errors import ApiError
 from dialbridge.web.services import Services, services
 
@@ -77,30 +78,35 @@ async def healthz(request: Request, svc: ServicesDep) -> dict[str, Any]:
     except Exception as exc:
         raise ApiError(503, "database_unavailable", f"database unreachable: {exc.__class__.__name__}") from exc
     body: dict[str, Any] = {"status": "ok", "backend": svc.platform.name}
-    if svc.settings.backend is Backend.EMBEDDED:
-        from dialbridge.web.voice import engine_health, voice_engine  # voice.py renders with this module's templates
-
-        # Reported, not required (still 200): the web server serves rooms while `serve` restarts the voice engine.
-        # But not "ok": a monitor reading the status must see that phone calls are not being answered.
-        engine = body["voice_engine"] = await engine_health(svc, voice_engine(request))
-        gateway = getattr(svc.platform, "gateway", None)
-        if gateway is not None:  # the same for the gateway: rooms are served, but cannot reach the phones
-            body["gateway"] = await gateway.health()
-        if engine.get("status") != "ok" or body.get("gateway", {"status": "ok"}).get("status") != "ok":
-            body["status"] = "degraded"
+    beside = _processes_beside(svc)
+    # Reported, not required (still 200): the web server serves rooms while `serve` restarts the voice engine or the
+    # gateway. But not "ok": a monitor reading the status must see that phone calls are not being answered.
+    reports = await asyncio.gather(*(client.health() for client in beside.values()))
+    body.update(zip(beside, reports, strict=True))
+    if any(report.get("status") != "ok" for report in reports):
+        body["status"] = "degraded"
     return body
+
+
+def _processes_beside(svc: Services) -> dict[str, LocalApiClient]:
+    """The embedded backend's processes beside the web server, by their /healthz key (and their `dialbridge_<key>_up`
+    metric): the voice engine and the gateway."""
+    found: dict[str, LocalApiClient] = {}
+    if svc.voice_engine is not None:
+        found["voice_engine"] = svc.voice_engine
+    gateway = getattr(svc.platform, "gateway", None)
+    if gateway is not None:
+        found["gateway"] = gateway
+    return found
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, svc: ServicesDep) -> Response:
     # Rooms and calls are counted in the database at scrape time: with a million rooms that is milliseconds of
     # scanning, which on the event loop would hold up every webhook in flight. A worker thread counts instead.
-    text = await asyncio.to_thread(generate_latest, svc.metrics.registry)
-    if svc.settings.backend is Backend.EMBEDDED:
-        from dialbridge.web.voice import engine_metrics, voice_engine
-
-        text += await engine_metrics(voice_engine(request))
-        gateway = getattr(svc.platform, "gateway", None)
-        if gateway is not None:
-            text += await gateway.metrics()
+    scrapes = [
+        client.metrics(f"dialbridge_{key}_up", f"Whether the {key.replace('_', ' ')} answered this scrape")
+        for key, client in _processes_beside(svc).items()
+    ]
+    text = b"".join(await asyncio.gather(asyncio.to_thread(generate_latest, svc.metrics.registry), *scrapes))
     return Response(text, media_type=CONTENT_TYPE_LATEST)

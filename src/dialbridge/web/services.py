@@ -17,8 +17,9 @@ from dialbridge.conference.pins import PinPolicy
 from dialbridge.config import Backend, Settings
 from dialbridge.dialout import DialOuts
 from dialbridge.engine.rooms.hub import SignallingHub
+from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import VideoPlatform
-from dialbridge.platforms.embedded import EmbeddedVideo, GatewayClient
+from dialbridge.platforms.embedded import GATEWAY_DIAL_S, EmbeddedVideo
 from dialbridge.rooms import RoomDirectory
 from dialbridge.roster import Roster
 from dialbridge.store.database import create_db_engine, migrate
@@ -48,6 +49,7 @@ class Services:
     signatures: WebhookSignatures | None
     metrics: Metrics
     roster: Roster
+    voice_engine: LocalApiClient | None = None  # embedded backend: the voice engine's API
 
 
 def build_services(
@@ -60,9 +62,12 @@ def build_services(
     migrate(engine)
     store = Store(engine)
     hub = SignallingHub()
+    embedded = settings.backend is Backend.EMBEDDED
+    # The voice engine's API: the browser phone, health, metrics and call control all go through this one client.
+    voice_engine = LocalApiClient(settings.voice_api_url, Path(settings.voice_dir)) if embedded else None
     if platform is None:
         platform = make_platform(settings, hub)
-    voice = make_call_control(settings)
+    voice = EngineCallControl(voice_engine) if voice_engine is not None else make_vonage_call_control(settings)
     secret = (
         settings.token_secret.get_secret_value()
         if settings.token_secret
@@ -105,20 +110,20 @@ def build_services(
         signatures=signatures,
         metrics=Metrics(store, Path(settings.metrics_dir) if settings.metrics_dir else None),
         roster=roster,
+        voice_engine=voice_engine,
     )
 
 
 def make_platform(settings: Settings, hub: SignallingHub) -> VideoPlatform:
     if settings.backend is Backend.VONAGE:
         return make_vonage_platform(settings)
-    return EmbeddedVideo(hub, GatewayClient(settings.gateway_api_url, Path(settings.voice_dir)))
+    gateway = LocalApiClient(settings.gateway_api_url, Path(settings.voice_dir), read_s=GATEWAY_DIAL_S)
+    return EmbeddedVideo(hub, gateway)
 
 
-def make_call_control(settings: Settings) -> CallControl | None:
-    """What mutes, hangs up and talks into phone calls: the voice engine's API, or Vonage's Voice API (which needs
-    an application id and key; with the legacy API key + secret there is none)."""
-    if settings.backend is not Backend.VONAGE:
-        return EngineCallControl(settings)
+def make_vonage_call_control(settings: Settings) -> CallControl | None:
+    """What mutes, hangs up and talks into phone calls on Vonage: its Voice API (which needs an application id and
+    key; with the legacy API key + secret there is none)."""
     pem = settings.private_key_pem() if settings.vonage_application_id is not None else None
     if settings.vonage_application_id is None or pem is None:
         return None

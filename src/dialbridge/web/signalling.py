@@ -18,7 +18,14 @@ from typing import Final
 from fastapi import APIRouter, WebSocket
 
 from dialbridge.config import Settings, web_origin
-from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, CLOSE_IDLE, CLOSE_UNSUPPORTED_DATA, JoinRefused
+from dialbridge.engine.rooms.signalling import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_IDLE,
+    CLOSE_UNSUPPORTED_DATA,
+    SUBPROTOCOL,
+    TOKEN_PROTOCOL_PREFIX,
+    JoinRefused,
+)
 from dialbridge.platforms.embedded import SIGNALLING_PATH
 from dialbridge.tokens import ParticipantClaims, Role, TokenError
 from dialbridge.web.services import Services
@@ -29,8 +36,6 @@ router = APIRouter()
 # The browser module pings every 15 s; a socket silent for this long belongs to a frozen or vanished page.
 IDLE_TIMEOUT_S: Final = 45.0
 CLOSE_POLICY_VIOLATION: Final = 1008  # before the handshake is accepted, uvicorn answers it with HTTP 403
-SUBPROTOCOL: Final = "dialbridge.signalling.v1"  # what the server selects (a browser fails a handshake without it)
-TOKEN_PROTOCOL_PREFIX: Final = "bearer."  # the offered subprotocol that carries the participant token
 
 
 @router.websocket(SIGNALLING_PATH)

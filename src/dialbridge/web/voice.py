@@ -1,5 +1,5 @@
-"""The web app's side of the embedded voice engine: the browser phone page and its calls, and the engine's health
-and metrics folded into the app's own.
+"""The web app's side of the embedded voice engine: the browser phone page and its calls, and the watch that ends
+the call of a SIP participant gone from its room (its health and metrics are folded into the app's in pages.py).
 
 The engine runs in its own process and serves Vonage's Voice REST shape over HTTPS on loopback; the app signs its
 requests with the application key the engine keeps in `DIALBRIDGE_VOICE_DIR` (`credentials.py`) and trusts
@@ -9,9 +9,8 @@ the engine's self-made certificate, exactly as it would call Vonage with its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -20,8 +19,10 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dialbridge.config import Backend, Settings
-from dialbridge.credentials import VoiceCredentials
+from dialbridge.callcontrol import CallControl
+from dialbridge.config import Backend
+from dialbridge.local_api import LocalApiClient
+from dialbridge.platforms.base import CallGone
 from dialbridge.tokens import is_sip_participant
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import sip_address, templates
@@ -33,34 +34,6 @@ ServicesDep = Annotated[Services, Depends(services)]
 MAX_SDP = 64 * 1024
 
 
-class VoiceEngineClient:
-    """HTTPS to the voice engine, signed with its application key (loaded, or made, on first use)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._credentials: VoiceCredentials | None = None
-        self._http: httpx.AsyncClient | None = None
-
-    def _client(self) -> tuple[httpx.AsyncClient, VoiceCredentials]:
-        if self._http is None or self._credentials is None:
-            self._credentials = VoiceCredentials.load_or_create(Path(self._settings.voice_dir))
-            self._http = httpx.AsyncClient(
-                base_url=self._settings.voice_api_url,
-                verify=str(self._credentials.ca_bundle_path),
-                timeout=httpx.Timeout(5.0, connect=1.0),
-            )
-        return self._http, self._credentials
-
-    async def request(self, method: str, path: str, body: Any = None, read_s: float = 5.0) -> httpx.Response:
-        http, credentials = self._client()
-        headers = {"authorization": f"Bearer {credentials.app_token(time.time())}"}
-        return await http.request(method, path, json=body, headers=headers, timeout=httpx.Timeout(read_s, connect=1.0))
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-
 class SipParticipantWatch:
     """Ends the call of a SIP participant whose connection left its room on its own (embedded backend).
 
@@ -70,9 +43,9 @@ class SipParticipantWatch:
     API, as it ends any call. (A call that has ended already answers 404: nothing to do.)
     """
 
-    def __init__(self, svc: Services, engine: VoiceEngineClient) -> None:
+    def __init__(self, svc: Services, control: CallControl) -> None:
         self.svc = svc
-        self.engine = engine
+        self.control = control
         self._tasks: set[asyncio.Task[None]] = set()
 
     def left(self, session_id: str, connection_id: str, data: str) -> None:
@@ -87,26 +60,23 @@ class SipParticipantWatch:
             dial_out = await asyncio.to_thread(store.live_by_connection, connection_id)
             if dial_out is None or dial_out.call_uuid is None:
                 return
-            response = await self.engine.request("PUT", f"/v1/calls/{dial_out.call_uuid}", {"action": "hangup"})
+            with contextlib.suppress(CallGone):  # it ended meanwhile: nothing to do
+                await self.control.hang_up(dial_out.call_uuid)
             log.info(
-                "the SIP participant of dial-out %s left its room; its call %s hung up (%d)",
-                dial_out.id,
-                dial_out.call_uuid,
-                response.status_code,
+                "the SIP participant of dial-out %s left its room; its call %s hung up", dial_out.id, dial_out.call_uuid
             )
         except Exception:
             log.exception("ending the call of a SIP participant that left its room failed")
 
 
-def voice_engine(request: Request) -> VoiceEngineClient:
-    state = request.app.state
-    if getattr(state, "voice_engine", None) is None:
-        state.voice_engine = VoiceEngineClient(state.services.settings)
-    client: VoiceEngineClient = state.voice_engine
-    return client
+def voice_engine(request: Request) -> LocalApiClient:
+    svc: Services = request.app.state.services
+    if svc.voice_engine is None:
+        raise ApiError(404, "not_found", "the browser phone calls the embedded voice engine; this server uses Vonage")
+    return svc.voice_engine
 
 
-VoiceDep = Annotated[VoiceEngineClient, Depends(voice_engine)]
+VoiceDep = Annotated[LocalApiClient, Depends(voice_engine)]
 
 
 def _require_embedded(svc: Services) -> None:
@@ -168,7 +138,7 @@ async def phone_hangup(body: Annotated[PhoneHangup, Body()], svc: ServicesDep, e
 
 
 async def _engine_call(
-    engine: VoiceEngineClient, method: str, path: str, body: Any = None, read_s: float = 5.0
+    engine: LocalApiClient, method: str, path: str, body: Any = None, read_s: float = 5.0
 ) -> httpx.Response:
     try:
         return await engine.request(method, path, body, read_s=read_s)
@@ -187,28 +157,3 @@ def _problem_detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:200]
     return str(body.get("detail") or body.get("title") or body)[:500]
-
-
-async def engine_health(svc: Services, engine: VoiceEngineClient) -> dict[str, Any]:
-    """The voice engine's own /healthz, or why it could not be read."""
-    try:
-        response = await engine.request("GET", "/healthz", read_s=1.0)
-    except (httpx.HTTPError, OSError) as exc:
-        return {"status": "unreachable", "error": type(exc).__name__, "url": svc.settings.voice_api_url}
-    try:
-        body: dict[str, Any] = response.json()
-    except ValueError:
-        return {"status": "error", "http_status": response.status_code}
-    return body
-
-
-async def engine_metrics(engine: VoiceEngineClient) -> bytes:
-    """The engine's Prometheus text, plus whether it could be scraped."""
-    try:
-        response = await engine.request("GET", "/metrics", read_s=1.0)
-    except (httpx.HTTPError, OSError):
-        response = None
-    up = response is not None and response.status_code == 200
-    head = b"# HELP dialbridge_voice_engine_up Whether the voice engine answered this scrape\n"
-    head += b"# TYPE dialbridge_voice_engine_up gauge\ndialbridge_voice_engine_up " + (b"1\n" if up else b"0\n")
-    return head + (response.content if up and response is not None else b"")

@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+# The handshake: the server selects SUBPROTOCOL; the participant token rides as the offered `bearer.<token>`.
+SUBPROTOCOL: Final = "dialbridge.signalling.v1"
+TOKEN_PROTOCOL_PREFIX: Final = "bearer."
 MAX_MESSAGE_CHARS: Final = 64 * 1024  # an SDP with a few transceivers is ~5-10 kB
 MAX_CONNECTIONS_PER_SESSION: Final = 32  # every pair is a peer-to-peer link: a mesh beyond this is unusable anyway
 MAX_STREAMS_PER_CONNECTION: Final = 4
