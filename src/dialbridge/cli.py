@@ -187,11 +187,11 @@ def serve(settings: Settings, workers: int) -> int:
     print(f"  event webhook:    {settings.base_url}/webhooks/events")
     print(f"  health, metrics:  {settings.base_url}/healthz  {settings.base_url}/metrics", flush=True)
     beside = _start_beside(settings) if embedded else []
+    from dialbridge.server.supervised import stop_in_order
 
     def stop_beside() -> None:
         # The gateway first: its calls' BYEs reach the engine, which then posts their final events to the app.
-        for process in reversed(beside):
-            process.stop()
+        stop_in_order(beside[::-1])
 
     shared_metrics = None
     if workers > 1 and settings.metrics_dir is None:

@@ -116,6 +116,10 @@ class SupervisedProcess:
                 self.restarts += 1
             delay = min(delay * 2, self.longest_delay_s)
 
+    def expect_stop(self) -> None:
+        """From now on its end is no death to report or recover from: `stop()` is coming (perhaps after another's)."""
+        self._stopping.set()
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM (the engine hangs up its calls and posts their final events), then SIGKILL after `grace_s`."""
         with self._lock:
@@ -130,3 +134,13 @@ class SupervisedProcess:
             log.warning("%s did not stop within %.0f s; killing it", self.name, grace_s)
             process.kill()
             process.wait()
+
+
+def stop_in_order(processes: Sequence[SupervisedProcess]) -> None:
+    """Stop `processes` one after the other, each told first that its stop is coming: a signal to the whole process
+    group (Ctrl+C, systemd) ends them all at once, and the last one must not take its end for a death to restart
+    while it waits for the others' stops."""
+    for process in processes:
+        process.expect_stop()
+    for process in processes:
+        process.stop()
