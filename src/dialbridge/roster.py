@@ -180,12 +180,11 @@ class Roster:
 
     async def _signal_call(self, room_id: str, call_uuid: str) -> None:
         try:
-            room = await self.store.read(self.store.room, room_id)
-            call = await self._call(call_uuid)
-            if room is None or call is None:
+            found = await self.store.read(self.store.call_in_room, call_uuid, room_id)
+            if found is None:
                 return
-            dial_out = await asyncio.to_thread(self.dial_outs.by_call, call_uuid)
-            await self._signal(room.session_id, self._phone(call, dial_out=dial_out is not None))
+            call, session_id, dialled_out = found
+            await self._signal(session_id, self._phone(call, dial_out=dialled_out))
         except Exception:
             log.exception("participant signal for call %s failed", call_uuid)
 

@@ -164,12 +164,6 @@ class DialOutStore:
             row = conn.execute(query).first()
         return DialOut(**row._mapping) if row else None
 
-    def by_call(self, call_uuid: str) -> DialOut | None:
-        """The dial-out that placed this call, if one did."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(t.dial_outs).where(t.dial_outs.c.call_uuid == call_uuid)).first()
-        return DialOut(**row._mapping) if row else None
-
     def open_conference(self, room_id: str) -> DialOut | None:
         query = select(t.dial_outs).where(
             t.dial_outs.c.room_id == room_id,

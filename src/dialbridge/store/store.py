@@ -32,6 +32,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -184,6 +185,12 @@ class _Statements:
             select(t.calls)
             .where(calls.room_id == bindparam("room_id"), calls.ended_at.is_(None))
             .order_by(calls.created_at)
+        )
+        # A call as its room's browsers are told of it: the row, the room's session, whether a dial-out placed it.
+        self.call_in_room = p(
+            select(t.calls, rooms.session_id, exists().where(t.dial_outs.c.call_uuid == calls.uuid)).where(
+                calls.uuid == bindparam("uuid"), rooms.room_id == bindparam("room_id"), COMPLETE
+            )
         )
         self.set_call_muted = p(update(t.calls).where(calls.uuid == bindparam("uuid")).values(muted=bindparam("muted")))
         self.set_call_keypad = p(
@@ -599,6 +606,15 @@ class Store:
     def calls_in_room(self, room_id: str) -> list[CallRecord]:
         """The room's calls that have not ended, oldest first."""
         return [CallRecord(*row) for row in self._fetch(self._sql.calls_in_room, room_id=room_id)]
+
+    def call_in_room(self, uuid: str, room_id: str) -> tuple[CallRecord, str, bool] | None:
+        """The call, its room's session id and whether a dial-out placed it, in one read; None when the call or
+        the (complete) room is unknown."""
+        row = self._first(self._sql.call_in_room, uuid=uuid, room_id=room_id)
+        if row is None:
+            return None
+        *call, session_id, dialled_out = row
+        return CallRecord(*call), str(session_id), bool(dialled_out)
 
     def set_call_muted(self, uuid: str, muted: bool) -> Awaitable[None]:
         def write(run: Run) -> None:
