@@ -26,6 +26,18 @@ def page_config(html: str) -> dict[str, Any]:
     return config
 
 
+def visit(client: TestClient, room_id: str) -> dict[str, Any]:
+    """Open the room's page (creating the room on first visit); its JSON config."""
+    response = client.get(f"/room/{room_id}")
+    assert response.status_code == 200, response.text
+    return page_config(response.text)
+
+
+def bearer(config: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header of the participant token a room page carries."""
+    return {"Authorization": f"Bearer {config['participantToken']}"}
+
+
 def make_room(client: TestClient, room_id: str) -> dict[str, Any]:
     response = client.post("/api/rooms", json={"room_id": room_id})
     assert response.status_code == 201, response.text
@@ -53,6 +65,14 @@ def enter(client: TestClient, uuid: str, digits: str, caller: str = "44770090000
     assert response.status_code == 200, response.text
     ncco: list[dict[str, Any]] = response.json()
     return ncco
+
+
+def join_by_pin(
+    client: TestClient, config: dict[str, Any], uuid: str, caller: str = "447700900001"
+) -> list[dict[str, Any]]:
+    """A call answered and keying the room's PIN (from its page `config`): the NCCO that joins it."""
+    answer(client, uuid, caller)
+    return enter(client, uuid, config["pin"], caller)
 
 
 def actions(ncco: list[dict[str, Any]]) -> list[str]:

@@ -20,7 +20,7 @@ from dialbridge.config import Settings
 from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock, on_both_databases
-from tests.helpers import page_config, run_async
+from tests.helpers import bearer, page_config, run_async, visit
 from tests.vonage_stub import VonageStub
 
 APPLICATION_ID = "5f2c5d1e-7a4b-4c61-9f0e-2b1d3c4a5e6f"
@@ -90,16 +90,6 @@ def legacy(db_url: str, stub: VonageStub, clock: FakeClock) -> Iterator[TestClie
     settings = vonage_settings(db_url, stub, vonage_api_key=LEGACY_API_KEY, vonage_api_secret=LEGACY_API_SECRET)
     with TestClient(create_app(settings, clock=clock)) as test_client:
         yield test_client
-
-
-def visit(client: TestClient, room_id: str) -> dict[str, Any]:
-    response = client.get(f"/room/{room_id}")
-    assert response.status_code == 200, response.text
-    return page_config(response.text)
-
-
-def bearer(config: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {config['participantToken']}"}
 
 
 def verified_app_jwt(token: str, private_key: rsa.RSAPrivateKey) -> dict[str, Any]:

@@ -19,12 +19,13 @@ from dialbridge.platforms.base import CallGone
 from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
-from tests.helpers import page_config
+from tests.helpers import bearer, join_by_pin, visit
 
 pytestmark = pytest.mark.timeout(30)  # a signal that never comes fails here, not after the suite default
 
 CALLER = "+447700900123"
 MASKED = "+44 ••• ••• 0123"
+CALLER_FROM = CALLER.removeprefix("+")  # as the webhooks send it
 
 
 class RecordingControl:
@@ -57,23 +58,6 @@ def app(settings: Settings, clock: FakeClock) -> Iterator[tuple[TestClient, Reco
         yield client, control
 
 
-def visit(client: TestClient, room_id: str) -> dict[str, Any]:
-    response = client.get(f"/room/{room_id}")
-    assert response.status_code == 200
-    return page_config(response.text)
-
-
-def bearer(config: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {config['participantToken']}"}
-
-
-def join_by_pin(client: TestClient, config: dict[str, Any], uuid: str) -> list[dict[str, Any]]:
-    call = {"uuid": uuid, "from": CALLER.removeprefix("+"), "to": "14155550100"}
-    client.get("/webhooks/answer", params=call)
-    ncco: list[dict[str, Any]] = client.post("/webhooks/input", json={**call, "dtmf": {"digits": config["pin"]}}).json()
-    return ncco
-
-
 def open_room_socket(client: TestClient, config: dict[str, Any]) -> Any:
     return client.websocket_connect(
         f"/rt/signalling?sessionId={config['sessionId']}",
@@ -100,7 +84,7 @@ def test_a_browser_hears_a_caller_arrive_get_muted_and_leave(app: tuple[TestClie
         listed = client.get("/api/rooms/standup/participants", headers=bearer(config)).json()["participants"]
         assert [p["kind"] for p in listed] == ["browser"]
 
-        ncco = join_by_pin(client, config, "call-1")
+        ncco = join_by_pin(client, config, "call-1", CALLER_FROM)
         # A browser is in the room: the caller is not told they are the first.
         assert not any(action.get("text") == "You are the first participant." for action in ncco)
         arrived = next_participant_signal(browser)
@@ -128,8 +112,8 @@ def test_status_codes_and_a_foreign_rooms_call_is_404_with_nothing_sent(
 ) -> None:
     client, control = app
     mine, other = visit(client, "standup"), visit(client, "other")
-    join_by_pin(client, mine, "call-mine")
-    join_by_pin(client, other, "call-other")
+    join_by_pin(client, mine, "call-mine", CALLER_FROM)
+    join_by_pin(client, other, "call-other", CALLER_FROM)
     services = client.app.state.services  # type: ignore[attr-defined]
     room = services.store.room("standup")
     viewer = services.tokens.issue(session_id=room.session_id, room_id="standup", now=clock(), role=Role.SUBSCRIBER)
@@ -164,7 +148,7 @@ def test_star_one_counts_browsers_and_phones(app: tuple[TestClient, RecordingCon
     config = visit(client, "standup")
     with open_room_socket(client, config) as browser:
         assert browser.receive_json()["type"] == "connected"
-        join_by_pin(client, config, "call-1")
+        join_by_pin(client, config, "call-1", CALLER_FROM)
         for digit in "*1":
             client.post("/webhooks/keypad", json={"uuid": "call-1", "dtmf": {"digits": digit, "timed_out": False}})
         assert control.requests == [("talk", "call-1", "There are 2 participants in the room.")]

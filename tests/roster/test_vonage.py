@@ -12,21 +12,12 @@ from fastapi.testclient import TestClient
 
 from dialbridge.tokens import Role
 from tests.conftest import FakeClock
-from tests.helpers import wait_until
-from tests.test_vonage_backend import APPLICATION_ID, bearer, visit
+from tests.helpers import bearer, join_by_pin, visit, wait_until
+from tests.test_vonage_backend import APPLICATION_ID
 from tests.vonage_stub import VonageStub
 
 CALLER = "14155550123"  # as Vonage sends it, without the +
 MASKED = "+1 ••• ••• 0123"
-
-
-def join_by_pin(client: TestClient, config: dict[str, Any], uuid: str, caller: str = CALLER) -> list[dict[str, Any]]:
-    call = {"uuid": uuid, "conversation_uuid": f"CON-{uuid}", "from": caller, "to": "14155550100"}
-    assert client.get("/webhooks/answer", params=call).status_code == 200
-    response = client.post("/webhooks/input", json={**call, "dtmf": {"digits": config["pin"], "timed_out": False}})
-    assert response.status_code == 200, response.text
-    ncco: list[dict[str, Any]] = response.json()
-    return ncco
 
 
 def signals(stub: VonageStub, session_id: str) -> list[dict[str, Any]]:
@@ -50,7 +41,7 @@ def test_a_caller_joining_leaving_is_signalled_to_the_rooms_session_masked(
     config = visit(vonage, "standup")
     session = config["sessionId"]
 
-    ncco = join_by_pin(vonage, config, "call-a")
+    ncco = join_by_pin(vonage, config, "call-a", CALLER)
 
     # The room was empty: the caller hears so; keypad digits go to the keypad webhook while in the conversation.
     assert {"action": "talk", "text": "You are the first participant.", "bargeIn": False, "language": "en-US"} in ncco
@@ -79,15 +70,15 @@ def test_a_caller_joining_leaving_is_signalled_to_the_rooms_session_masked(
 
 def test_a_second_caller_does_not_hear_first_participant(vonage: TestClient, stub: VonageStub) -> None:
     config = visit(vonage, "standup")
-    join_by_pin(vonage, config, "call-a")
-    ncco = join_by_pin(vonage, config, "call-b", caller="447700900123")
+    join_by_pin(vonage, config, "call-a", CALLER)
+    ncco = join_by_pin(vonage, config, "call-b", "447700900123")
     assert not any(action.get("text") == "You are the first participant." for action in ncco)
 
 
 def test_mute_and_hang_up_reach_the_voice_api_and_show_in_the_list(vonage: TestClient, stub: VonageStub) -> None:
     config = visit(vonage, "standup")
     session = config["sessionId"]
-    join_by_pin(vonage, config, "call-a")
+    join_by_pin(vonage, config, "call-a", CALLER)
 
     muted = vonage.post("/api/rooms/standup/mute", json={"call_id": "call-a", "muted": True}, headers=bearer(config))
     assert muted.status_code == 200, muted.text
@@ -115,8 +106,8 @@ def test_controls_status_codes_and_a_foreign_rooms_call_is_404_with_nothing_sent
 ) -> None:
     standup = visit(vonage, "standup")
     other = visit(vonage, "other")
-    join_by_pin(vonage, other, "call-other")
-    join_by_pin(vonage, standup, "call-mine")
+    join_by_pin(vonage, other, "call-other", CALLER)
+    join_by_pin(vonage, standup, "call-mine", CALLER)
     services = vonage.app.state.services  # type: ignore[attr-defined]
     room = services.store.room("standup")
     viewer = services.tokens.issue(session_id=room.session_id, room_id="standup", now=clock(), role=Role.SUBSCRIBER)
@@ -152,8 +143,8 @@ def test_keypad_star_six_mutes_with_a_spoken_confirmation_and_star_one_counts(
     vonage: TestClient, stub: VonageStub
 ) -> None:
     config = visit(vonage, "standup")
-    join_by_pin(vonage, config, "call-a")
-    join_by_pin(vonage, config, "call-b", caller="447700900123")
+    join_by_pin(vonage, config, "call-a", CALLER)
+    join_by_pin(vonage, config, "call-b", "447700900123")
 
     def key(digit: str) -> None:
         body = {"uuid": "call-a", "dtmf": {"digits": digit, "timed_out": False}, "from": CALLER}
@@ -199,7 +190,7 @@ def test_a_phone_dial_out_is_signalled_when_placed_and_when_ended(vonage: TestCl
 
 def test_the_legacy_opentok_account_signals_but_has_no_voice_api(legacy: TestClient, stub: VonageStub) -> None:
     config = visit(legacy, "standup")
-    ncco = join_by_pin(legacy, config, "call-a")
+    ncco = join_by_pin(legacy, config, "call-a", CALLER)
     assert not any(action["action"] == "input" for action in ncco)  # no keypad commands: nothing to act through
     project = config["apiKey"]
 
