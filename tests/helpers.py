@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 
+from dialbridge.platforms.base import CallGone
+
 T = TypeVar("T")
 
 
@@ -91,10 +93,35 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` every 20 ms until it holds; fail naming `what` after `timeout` seconds."""
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
+    """Poll `condition` every `every` seconds until it holds; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class RecordingControl:
+    """Stands in for a call-control API (`callcontrol.CallControl`): records each request; a call in `gone` has
+    ended (`CallGone`)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        self.gone: set[str] = set()
+
+    async def mute(self, call_uuid: str, muted: bool) -> None:
+        self._record("mute" if muted else "unmute", call_uuid, None)
+
+    async def hang_up(self, call_uuid: str) -> None:
+        self._record("hangup", call_uuid, None)
+
+    async def talk(self, call_uuid: str, text: str) -> None:
+        self._record("talk", call_uuid, text)
+
+    def _record(self, action: str, call_uuid: str, detail: Any) -> None:
+        if call_uuid in self.gone:
+            raise CallGone(action, "no such live call")
+        self.requests.append((action, call_uuid, detail))

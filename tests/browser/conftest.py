@@ -11,12 +11,13 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 from live_server import LiveServer
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
+WAIT_MS = 30_000
 CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
@@ -76,3 +77,21 @@ def chromium(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield browser
     browser.close()
+
+
+@pytest.fixture
+def context(chromium: Browser) -> Iterator[BrowserContext]:
+    browser_context = chromium.new_context()
+    yield browser_context
+    browser_context.close()
+
+
+def open_room(context: BrowserContext, server: LiveServer, room_id: str) -> Page:
+    """The room's page in `context`, once its session has connected (the page's console goes to the test's output)."""
+    page = context.new_page()
+    page.on("console", lambda message: print(f"[{page.url}] {message.type}: {message.text}"))
+    page.goto(f"{server.base_url}/room/{room_id}")
+    page.wait_for_function(
+        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
+    )
+    return page

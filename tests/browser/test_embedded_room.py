@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from live_server import LiveServer
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+from playwright.sync_api import BrowserContext, Page, Playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, open_room
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = 30_000
 
 # Frames decoded by the first subscriber video on the page (0 until one exists and plays).
 DECODED_FRAMES = """() => {
   const video = document.querySelector('#subscribers video');
   return video && video.videoWidth > 0 ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
 }"""
-
-
-@pytest.fixture
-def context(chromium: Browser) -> Iterator[BrowserContext]:
-    browser_context = chromium.new_context()
-    yield browser_context
-    browser_context.close()
-
-
-def open_room(context: BrowserContext, server: LiveServer, room_id: str) -> Page:
-    page = context.new_page()
-    page.on("console", lambda message: print(f"[{page.url}] {message.type}: {message.text}"))
-    page.goto(f"{server.base_url}/room/{room_id}")
-    page.wait_for_function(
-        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
-    )
-    return page
 
 
 def events(page: Page, event_type: str) -> list[dict[str, Any]]:

@@ -5,54 +5,20 @@ socket), and the page's Mute button mutes the call through the call-control API.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from live_server import LiveServer
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import BrowserContext
+
+from tests.browser.conftest import open_room
+from tests.helpers import RecordingControl
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = 30_000
 SIGNAL_DEADLINE_MS = 1000
 CALLER = "14155559876"
-
-
-class RecordingControl:
-    """Stands in for the voice engine's call-control API (no engine runs here)."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-
-    async def mute(self, call_uuid: str, muted: bool) -> None:
-        self.requests.append(("mute" if muted else "unmute", call_uuid))
-
-    async def hang_up(self, call_uuid: str) -> None:
-        self.requests.append(("hangup", call_uuid))
-
-    async def talk(self, call_uuid: str, text: str) -> None:
-        self.requests.append(("talk", call_uuid))
-
-
-@pytest.fixture
-def context(chromium: Browser) -> Iterator[BrowserContext]:
-    browser_context = chromium.new_context()
-    yield browser_context
-    browser_context.close()
-
-
-def open_room(context: BrowserContext, server: LiveServer, room_id: str) -> Page:
-    page = context.new_page()
-    page.on("console", lambda message: print(f"[{page.url}] {message.type}: {message.text}"))
-    page.goto(f"{server.base_url}/room/{room_id}")
-    page.wait_for_function(
-        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
-    )
-    return page
 
 
 def webhook(server: LiveServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -88,7 +54,7 @@ def test_a_caller_arrives_is_muted_from_the_page_and_leaves_live(
         "() => document.querySelector('#participant-list li[data-call-id=\"call-1\"]')?.dataset.muted === 'true'",
         timeout=5000,
     )
-    assert control.requests == [("mute", "call-1")]
+    assert control.requests == [("mute", "call-1", None)]
     assert row.get_by_role("button", name="Unmute +1 ••• ••• 9876").is_visible()
 
     webhook(live_server, "POST", "/webhooks/events", json={**call, "status": "completed"})

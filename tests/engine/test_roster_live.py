@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack
@@ -55,12 +57,8 @@ def phones(stack: VoiceStack, config: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in listed if p["kind"] == "phone"]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+# Polled gently: the stack and the SIPp callers share the machine's cores with the test.
+wait_until = partial(helpers.wait_until, every=0.1)
 
 
 def keyed_pin(pin: str, ssrc: int) -> RtpStream:

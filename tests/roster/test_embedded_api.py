@@ -15,39 +15,16 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
 from dialbridge.config import Settings
-from dialbridge.platforms.base import CallGone
 from dialbridge.tokens import Role
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
-from tests.helpers import bearer, join_by_pin, visit
+from tests.helpers import RecordingControl, bearer, join_by_pin, visit
 
 pytestmark = pytest.mark.timeout(30)  # a signal that never comes fails here, not after the suite default
 
 CALLER = "+447700900123"
 MASKED = "+44 ••• ••• 0123"
 CALLER_FROM = CALLER.removeprefix("+")  # as the webhooks send it
-
-
-class RecordingControl:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        self.gone: set[str] = set()
-
-    async def mute(self, call_uuid: str, muted: bool) -> None:
-        self._record("mute" if muted else "unmute", call_uuid, None)
-
-    async def hang_up(self, call_uuid: str) -> None:
-        self._record("hangup", call_uuid, None)
-
-    async def talk(self, call_uuid: str, text: str) -> None:
-        self._record("talk", call_uuid, text)
-
-    def _record(self, action: str, call_uuid: str, detail: Any) -> None:
-        if call_uuid in self.gone:
-            raise CallGone(action, "no such live call")
-        self.requests.append((action, call_uuid, detail))
 
 
 @pytest.fixture
