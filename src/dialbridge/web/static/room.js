@@ -100,18 +100,15 @@
   // on both backends), with mute/unmute and hang-up for each phone participant. Numbers arrive masked.
   const participantList = document.getElementById("participant-list");
   const participantsStatus = document.getElementById("participants-status");
-  const phones = new Map();  // call_id -> participant
   const STATE_LABELS = { ringing: "ringing", answered: "answered", in_conference: "in the room", ended: "left" };
 
   function renderPhone(participant) {
     let item = participantList.querySelector(`li[data-call-id="${CSS.escape(participant.call_id)}"]`);
     if (participant.state === "ended") {
-      phones.delete(participant.call_id);
       if (item) item.remove();
       note("phoneLeft", { callId: participant.call_id });
       return;
     }
-    phones.set(participant.call_id, participant);
     if (!item) {
       item = document.createElement("li");
       item.dataset.callId = participant.call_id;
@@ -137,22 +134,20 @@
       flag.textContent = "muted";
       item.append(flag);
     }
+    const controlButton = (className, text, action, body) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = className;
+      button.textContent = text;
+      button.setAttribute("aria-label", `${text} ${participant.number}`);
+      button.addEventListener("click", () => control(button, action, body));
+      item.append(button);
+    };
     if (!participant.dial_out || participant.state === "in_conference") {
-      const mute = document.createElement("button");
-      mute.type = "button";
-      mute.className = "mute";
-      mute.textContent = participant.muted ? "Unmute" : "Mute";
-      mute.setAttribute("aria-label", `${participant.muted ? "Unmute" : "Mute"} ${participant.number}`);
-      mute.addEventListener("click", () => control(mute, "mute", { call_id: participant.call_id, muted: !participant.muted }));
-      item.append(mute);
+      const text = participant.muted ? "Unmute" : "Mute";
+      controlButton("mute", text, "mute", { call_id: participant.call_id, muted: !participant.muted });
     }
-    const hangUp = document.createElement("button");
-    hangUp.type = "button";
-    hangUp.className = "hang-up";
-    hangUp.textContent = "Hang up";
-    hangUp.setAttribute("aria-label", `Hang up ${participant.number}`);
-    hangUp.addEventListener("click", () => control(hangUp, "hang-up", { call_id: participant.call_id }));
-    item.append(hangUp);
+    controlButton("hang-up", "Hang up", "hang-up", { call_id: participant.call_id });
     note("phoneShown", { callId: participant.call_id, state: participant.state, muted: participant.muted });
   }
 
