@@ -2,7 +2,7 @@
 
 One protocol, two implementations with the same requests (`PUT /v1/calls/{uuid}` `{"action": ...}`,
 `PUT /v1/calls/{uuid}/talk`): Vonage's Voice API through the official SDK (`platforms/vonage.py` `VonageVoice`), and
-the embedded voice engine's Vonage-shaped call-control API (`EngineCallControl`, signed with the engine's
+the embedded voice engine's Vonage-shaped call-control API (`EngineVoiceApi`, signed with the engine's
 application key, through the same `LocalApiClient` the browser phone's routes use).
 """
 
@@ -26,7 +26,7 @@ class CallControl(Protocol):
     async def talk(self, call_uuid: str, text: str) -> None: ...
 
 
-class EngineCallControl:
+class EngineVoiceApi:
     """The embedded voice engine's call-control API over HTTPS on loopback."""
 
     name = "embedded voice engine"

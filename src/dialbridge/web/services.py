@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from dialbridge.callcontrol import CallControl, EngineCallControl
+from dialbridge.callcontrol import CallControl, EngineVoiceApi
 from dialbridge.calls import CallDesk
 from dialbridge.conference.callflow import CallerQuota, CallFlow
 from dialbridge.conference.pins import PinPolicy
@@ -67,7 +67,7 @@ def build_services(
     voice_engine = LocalApiClient(settings.voice_api_url, Path(settings.voice_dir)) if embedded else None
     if platform is None:
         platform = make_platform(settings, hub)
-    voice = EngineCallControl(voice_engine) if voice_engine is not None else make_vonage_call_control(settings)
+    voice = EngineVoiceApi(voice_engine) if voice_engine is not None else make_vonage_call_control(settings)
     secret = (
         settings.token_secret.get_secret_value()
         if settings.token_secret
