@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from vonage_video.models import InitiateSipRequest, SipOptions
 
 from dialbridge.credentials import VoiceCredentials
 from tests.engine.stack import VoiceStack, voice_stack
+from tests.helpers import wait_until
 from tests.served import room_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,13 +37,6 @@ def _api_port(stack: VoiceStack) -> int:
 
 def engine_calls(stack: VoiceStack) -> int:
     return int(stack.get("/healthz")["voice_engine"]["calls"])
-
-
-def wait_for(condition: Any, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_the_vonage_sdk_dials_and_disconnects_through_the_gateway(
@@ -71,9 +64,11 @@ def test_the_vonage_sdk_dials_and_disconnects_through_the_gateway(
     )
 
     assert placed.id and placed.connection_id and placed.stream_id
-    wait_for(lambda: engine_calls(stack) == 1, "the gateway's call never reached the voice engine")
+    wait_until(lambda: engine_calls(stack) == 1, 15, "the gateway's call never reached the voice engine", every=0.1)
     video.disconnect_client(session_id, placed.connection_id)
-    wait_for(lambda: engine_calls(stack) == 0, "the engine's call did not end when the SDK disconnected it")
+    wait_until(
+        lambda: engine_calls(stack) == 0, 15, "the engine's call did not end when the SDK disconnected it", every=0.1
+    )
 
 
 def _post(stack: VoiceStack, path: str, body: object, token: str | None) -> tuple[int, dict[str, Any]]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext
+from playwright.sync_api import BrowserContext
 from test_phone_page_static import REMOTE_PEAK
 
 from tests.engine import sipp
@@ -28,13 +28,6 @@ WAIT_MS = 20_000
 def stack(tmp_path: Path) -> Iterator[VoiceStack]:
     with voice_stack(tmp_path) as running:
         yield running
-
-
-@pytest.fixture
-def context(chromium: Browser) -> Iterator[BrowserContext]:
-    browser_context = chromium.new_context()
-    yield browser_context
-    browser_context.close()
 
 
 def test_the_browser_phone_keys_the_pin_and_hears_a_phone_caller(

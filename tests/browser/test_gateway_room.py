@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from live_server import LiveServer
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import BrowserContext, Page
 
 from dialbridge.gateway.room import RoomJoinFailed, RoomParticipant
 from dialbridge.gateway.webrtc import FRAME_SAMPLES, SAMPLE_RATE
@@ -21,13 +20,6 @@ from tests.media_probe import SUBSCRIBER_PEAK
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 WAIT_MS = 30_000
 TONE_HZ = 1000.0
-
-
-@pytest.fixture
-def context(chromium: Browser) -> Iterator[BrowserContext]:
-    browser_context = chromium.new_context()
-    yield browser_context
-    browser_context.close()
 
 
 class ParticipantThread:

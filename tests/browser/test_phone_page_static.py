@@ -186,13 +186,6 @@ def phone_server() -> Iterator[PhoneServer]:
 
 
 @pytest.fixture
-def context(chromium: Browser) -> Iterator[BrowserContext]:
-    browser_context = chromium.new_context()
-    yield browser_context
-    browser_context.close()
-
-
-@pytest.fixture
 def page_errors() -> list[str]:
     return []
 

@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack
+from tests.helpers import wait_until
 from tests.media_probe import SUBSCRIBER_PEAK
 
 pytestmark = [
@@ -143,19 +144,34 @@ def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, sing
     )
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
-    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1, "the bridge never reached the engine")
+    wait_until(
+        lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1,
+        15,
+        "the bridge never reached the engine",
+        every=0.1,
+    )
 
     os.kill(_gateway_pid(stack), signal.SIGKILL)
-    wait_for(lambda: stack.get("/healthz")["status"] == "degraded", "/healthz did not say degraded")
-    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 0, "the orphaned bridge call was not ended")
-    wait_for(lambda: stack.get("/healthz")["status"] == "ok", "the gateway was not started again", timeout=20)
+    wait_until(lambda: stack.get("/healthz")["status"] == "degraded", 15, "/healthz did not say degraded", every=0.1)
+    wait_until(
+        lambda: stack.get("/healthz")["voice_engine"]["calls"] == 0,
+        15,
+        "the orphaned bridge call was not ended",
+        every=0.1,
+    )
+    wait_until(lambda: stack.get("/healthz")["status"] == "ok", 20, "the gateway was not started again", every=0.1)
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 0", timeout=WAIT_MS)
     # The call's final event (posted by the engine after it hung up) is what frees the room to dial again.
-    wait_for(lambda: not _open_dial_outs(stack, "crash"), "the orphaned dial-out stayed open")
+    wait_until(lambda: not _open_dial_outs(stack, "crash"), 15, "the orphaned dial-out stayed open", every=0.1)
 
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
-    wait_for(lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1, "the room could not bring it in again")
+    wait_until(
+        lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1,
+        15,
+        "the room could not bring it in again",
+        every=0.1,
+    )
     assert "the gateway stopped (killed by SIGKILL)" in stack.log.read_text()
     context.close()
 
@@ -166,10 +182,3 @@ def _open_dial_outs(stack: VoiceStack, room_id: str) -> list[str]:
             "SELECT state FROM dial_outs WHERE room_id = ? AND state IN ('dialling', 'live')", (room_id,)
         ).fetchall()
     return [row[0] for row in rows]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
