@@ -553,6 +553,29 @@ def test_a_challenged_bye_is_resent_with_credentials() -> None:
     assert_empty(u.agent)
 
 
+def test_a_bye_challenged_by_proxy_then_callee_keeps_raising_its_cseq() -> None:
+    u = Uac()
+    leg, invite = u.dial(credentials=CREDS)
+    u.reply(invite, 200, sdp=ANSWER)
+    u.take()
+    u.agent.hangup(leg, u.now)
+    _, (bye_out,) = u.take()
+    bye = _request(bye_out)
+    u.agent.receive(build_response(bye, 407, headers=[_challenge("proxy-nonce")]).to_bytes(), CALLEE, u.now)
+    _, (retry_out,) = u.take()
+    retry = _request(retry_out)
+    callee = ("WWW-Authenticate", build_challenge("callee.example.com", "callee-nonce"))
+    u.agent.receive(build_response(retry, 401, headers=[callee]).to_bytes(), CALLEE, u.now)
+    events, (again_out,) = u.take()
+    assert events == []
+    again = _request(again_out)
+    # Each re-sent BYE is a new request in the dialog: its CSeq must go up again (12.2.1.1).
+    assert again.cseq.number == retry.cseq.number + 1 == bye.cseq.number + 2
+    assert again.headers.get("Proxy-Authorization") is not None and again.headers.get("Authorization") is not None
+    u.agent.receive(build_response(again, 200).to_bytes(), CALLEE, u.now)
+    assert u.take()[0] == [CallEnded(leg, "hangup")]
+
+
 def test_a_challenged_bye_without_credentials_ends_the_call() -> None:
     u = Uac()
     leg, _, _ = u.answered()

@@ -881,9 +881,11 @@ class SipAgent:
 
     def _on_dial_event(self, entry: _ClientEntry, event: TransactionEvent, now: float) -> None:
         leg = self._legs.get(entry.leg_id) if entry.leg_id else None
-        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key or leg.state not in _DIALLING):
-            # An earlier auth round's INVITE, or one already answered (its transaction lingers in Accepted for
-            # 2xx retransmits; a transport failure then is the dialog's business, not the INVITE's).
+        if leg is not None and leg.state not in _DIALLING:
+            # The INVITE was already answered: its transaction lingers in Accepted for 2xx retransmits, and a
+            # transport failure then is the dialog's business, not the INVITE's. (An earlier auth round's INVITE
+            # needs no check: in Completed it only absorbs retransmits, and a transport failure also fails the
+            # current round, which has the same destination.)
             leg = None
         if isinstance(event, ResponseReceived):
             status = event.response.status
