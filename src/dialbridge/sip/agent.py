@@ -413,6 +413,9 @@ class SipAgent:
         self._merge: dict[tuple[str, str, int, str], TransactionKey] = {}
         self._dialogs: dict[DialogId, str] = {}
         self._legs: dict[str, CallLeg] = {}
+        # The dial() legs among `_legs`: only they have dial timers, so incoming calls (the voice engine's, whose
+        # timers run every tick) cost next_timer()/on_timer() nothing for them.
+        self._dial_legs: dict[str, CallLeg] = {}
         self._events: list[SipEvent] = []
         self._outgoing: list[Outgoing] = []
 
@@ -472,10 +475,11 @@ class SipAgent:
         for leg in self._legs.values():
             if leg.pending_2xx is not None:
                 deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
-            if leg.dial is not None and leg.dial.give_up_at is not None:
-                deadlines.append(leg.dial.give_up_at)
-            if leg.dial is not None and leg.dial.ring_deadline is not None and leg.state in _DIALLING:
-                deadlines.append(leg.dial.ring_deadline)
+        for leg in self._dial_legs.values():
+            dial = _dial_of(leg)
+            deadlines.append(dial.give_up_at)
+            if leg.state in _DIALLING:
+                deadlines.append(dial.ring_deadline)
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
@@ -491,6 +495,7 @@ class SipAgent:
                 self._pump_client(client_entry, now)
         for leg in list(self._legs.values()):
             self._leg_2xx_timer(leg, now)
+        for leg in list(self._dial_legs.values()):
             self._dial_timer(leg, now)
 
     def drain(self) -> tuple[list[SipEvent], list[Outgoing]]:
@@ -579,6 +584,7 @@ class SipAgent:
             ),
         )
         self._legs[leg_id] = leg
+        self._dial_legs[leg_id] = leg
         self._send_invite(leg, invite, now)
         return leg_id
 
@@ -1046,9 +1052,7 @@ class SipAgent:
         self._pump_client(entry, now)
 
     def _dial_timer(self, leg: CallLeg, now: float) -> None:
-        dial = leg.dial
-        if dial is None:
-            return
+        dial = _dial_of(leg)
         if dial.ring_deadline is not None and dial.ring_deadline <= now:
             dial.ring_deadline = None
             if leg.state in (LegState.CALLING, LegState.EARLY):
@@ -1168,6 +1172,7 @@ class SipAgent:
         leg.dialog.state = DialogState.TERMINATED
         leg.pending_2xx = None
         self._legs.pop(leg.leg_id, None)
+        self._dial_legs.pop(leg.leg_id, None)
         self._dialogs.pop(leg.dialog.id, None)
 
     # --- transactions -----------------------------------------------------------------------------------------------
