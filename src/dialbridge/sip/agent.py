@@ -3,8 +3,7 @@
 Sans-I/O: `receive(bytes, source, now)` and the commands take the time; `drain()` hands back the events and the
 datagrams/stream writes to perform; `next_timer()` / `on_timer(now)` drive retransmissions and timeouts. One
 `CallLeg` per call: made by an incoming INVITE (UAS) or by `dial()` (UAC). Its transitions (made by the commands and
-the `_on_*` handlers, each through `_move`, which checks them against `_LEG_TRANSITIONS` for incoming calls and
-`_DIAL_TRANSITIONS` for outbound ones):
+the `_on_*` handlers, each through `_move`, which checks them against `_LEG_TRANSITIONS`):
 
 Incoming (UAS):
     OFFERED   --ringing()-->           OFFERED   (180 with To-tag)
@@ -325,18 +324,15 @@ class CallLeg:
     dial: _Dial | None = None  # set on UAC legs (made by dial())
 
 
-# Every leg state change goes through `_move`, which enforces the diagrams in the module docstring: one table for
-# incoming calls (UAS) and one for dial() (UAC). Both end in the shared CONFIRMED/ENDING/ENDED dialog states, so
-# in-dialog requests are handled the same whichever side created the dialog.
+# Every leg state change goes through `_move`, which enforces the diagrams in the module docstring. One table serves
+# both: the UAS-only states (OFFERED, ACCEPTED) and the UAC-only ones (CALLING, EARLY, CANCELLING) lead only to their
+# own kind or to the shared CONFIRMED/ENDING/ENDED, so a leg never crosses to the other side's states, and in-dialog
+# requests are handled the same whichever side created the dialog.
 _LEG_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
+    # UAS (incoming)
     LegState.OFFERED: frozenset({LegState.ACCEPTED, LegState.ENDED}),
     LegState.ACCEPTED: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # ACK timeout: CONFIRMED, then ENDING
-    LegState.CONFIRMED: frozenset({LegState.CONFIRMED, LegState.ENDING, LegState.ENDED}),
-    LegState.ENDING: frozenset({LegState.ENDED}),
-    LegState.ENDED: frozenset({LegState.ENDED}),
-}
-_DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
-    # CALLING -> CALLING: a 100 Trying, or the INVITE re-sent with credentials after 401/407.
+    # UAC (dial); CALLING -> CALLING: a 100 Trying, or the INVITE re-sent with credentials after 401/407.
     LegState.CALLING: frozenset(
         {LegState.CALLING, LegState.EARLY, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
     ),
@@ -344,6 +340,7 @@ _DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
         {LegState.EARLY, LegState.CALLING, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
     ),
     LegState.CANCELLING: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # CONFIRMED: a 2xx crossed our CANCEL
+    # both
     LegState.CONFIRMED: frozenset({LegState.CONFIRMED, LegState.ENDING, LegState.ENDED}),
     LegState.ENDING: frozenset({LegState.ENDED}),
     LegState.ENDED: frozenset({LegState.ENDED}),
@@ -354,8 +351,7 @@ _DIALLING = frozenset({LegState.CALLING, LegState.EARLY, LegState.CANCELLING})  
 
 
 def _move(leg: CallLeg, state: LegState) -> None:
-    table = _DIAL_TRANSITIONS if leg.dial is not None else _LEG_TRANSITIONS
-    if state not in table.get(leg.state, frozenset()):
+    if state not in _LEG_TRANSITIONS[leg.state]:
         raise RuntimeError(f"call leg {leg.leg_id}: no transition {leg.state.value} -> {state.value}")
     leg.state = state
 
