@@ -64,7 +64,6 @@ from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
     REASON_PHRASES,
-    Headers,
     NameAddr,
     SipMessage,
     SipParseError,
@@ -90,6 +89,7 @@ from dialbridge.sip.transaction import (
     TransactionState,
     TransactionTimedOut,
     TransportFailed,
+    build_cancel,
     client_key,
     server_key,
 )
@@ -1027,19 +1027,11 @@ class SipAgent:
         return SipRequest(method=request.method, uri=request.uri, headers=headers, body=request.body)
 
     def _send_cancel(self, leg: CallLeg, now: float) -> None:
-        """RFC 3261 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the peer matches it to the
-        INVITE's transaction), as a transaction of its own. Its outcome does not matter: the INVITE's 487 ends us."""
+        """RFC 3261 9.1 (`build_cancel`), as a transaction of its own. Its outcome does not matter: the INVITE's 487
+        ends us."""
         dial = _dial_of(leg)
-        invite = dial.invite
-        headers = Headers()
-        for name in ("Via", "From", "To", "Call-ID"):
-            headers.add(name, invite.headers.get(name) or "")
-        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
-        headers.add("Max-Forwards", "70")
-        for route in invite.headers.get_all("Route"):
-            headers.add("Route", route)
-        headers.add("User-Agent", self.user_agent)
-        cancel = SipRequest(method="CANCEL", uri=invite.uri, headers=headers)
+        cancel = build_cancel(dial.invite)
+        cancel.headers.add("User-Agent", self.user_agent)
         transaction = ClientNonInviteTransaction(cancel, now, reliable=_reliable(leg.transport))
         entry = _ClientEntry(transaction.key, transaction, leg.source, leg.transport, None)
         self._client[entry.key] = entry
