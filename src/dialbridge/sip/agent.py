@@ -990,9 +990,7 @@ class SipAgent:
         if bye is None:
             return False
         leg.dialog.local_seq = cseq
-        transaction = ClientNonInviteTransaction(bye, now, reliable=_reliable(entry.transport))
-        retry = _ClientEntry(transaction.key, transaction, entry.destination, entry.transport, leg.leg_id)
-        self._client[retry.key] = retry
+        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id)
         leg.bye_key = retry.key
         self._pump_client(retry, now)
         return True
@@ -1032,9 +1030,7 @@ class SipAgent:
         dial = _dial_of(leg)
         cancel = build_cancel(dial.invite)
         cancel.headers.add("User-Agent", self.user_agent)
-        transaction = ClientNonInviteTransaction(cancel, now, reliable=_reliable(leg.transport))
-        entry = _ClientEntry(transaction.key, transaction, leg.source, leg.transport, None)
-        self._client[entry.key] = entry
+        entry = self._new_client(cancel, leg.source, leg.transport, now, None)
         dial.cancel_sent = True
         dial.give_up_at = now + 64 * T1
         self._pump_client(entry, now)
@@ -1134,6 +1130,12 @@ class SipAgent:
             branch=self._new_branch(),
             user_agent=self.user_agent,
         )
+        return self._new_client(request, destination, transport, now, leg_id)
+
+    def _new_client(
+        self, request: SipRequest, destination: Address, transport: str, now: float, leg_id: str | None
+    ) -> _ClientEntry:
+        """A client non-INVITE transaction for `request`, registered; the caller pumps it to send it."""
         transaction = ClientNonInviteTransaction(request, now, reliable=_reliable(transport))
         entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id)
         self._client[entry.key] = entry
