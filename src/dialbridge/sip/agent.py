@@ -971,38 +971,30 @@ class SipAgent:
     def _retry_with_credentials(self, leg: CallLeg, response: SipResponse, now: float) -> bool:
         """RFC 3261 22.2/22.3: re-send the INVITE answering the challenge (new branch, CSeq + 1, same Call-ID and
         From-tag). False, so that the call fails, when `_authorized_retry` gives up."""
-        dial = _dial_of(leg)
-        cseq = leg.dialog.local_seq + 1
-        invite = self._authorized_retry(dial, dial.invite, response, cseq)
+        invite = self._authorized_retry(leg, _dial_of(leg).invite, response)
         if invite is None:
             return False
-        leg.dialog.local_seq = cseq
         _move(leg, LegState.CALLING)
         self._send_invite(leg, invite, now)
         return True
 
     def _retry_bye(self, leg: CallLeg, entry: _ClientEntry, response: SipResponse, now: float) -> bool:
         """A trunk that challenges our BYE (it bills until it accepts one): answer as for the INVITE."""
-        if leg.dial is None:
-            return False  # incoming calls carry no credentials
-        cseq = leg.dialog.local_seq + 1
-        bye = self._authorized_retry(leg.dial, entry.transaction.request, response, cseq)
+        bye = self._authorized_retry(leg, entry.transaction.request, response)
         if bye is None:
             return False
-        leg.dialog.local_seq = cseq
         retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id)
         leg.bye_key = retry.key
         self._pump_client(retry, now)
         return True
 
-    def _authorized_retry(
-        self, dial: _Dial, request: SipRequest, response: SipResponse, cseq: int
-    ) -> SipRequest | None:
-        """`request` again with a new branch, CSeq `cseq`, and an answer to every challenge met so far, each with a
-        fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None without credentials, after
-        `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered challenges again without stale=true:
-        the credentials are wrong."""
-        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+    def _authorized_retry(self, leg: CallLeg, request: SipRequest, response: SipResponse) -> SipRequest | None:
+        """`request` again with a new branch, the dialog's next CSeq, and an answer to every challenge met so far,
+        each with a fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None for incoming calls
+        or without credentials, after `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered
+        challenges again without stale=true: the credentials are wrong."""
+        dial = leg.dial
+        if dial is None or dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
             return None
         proxy = response.status == 407
         header = "Proxy-Authorization" if proxy else "Authorization"
@@ -1016,7 +1008,8 @@ class SipAgent:
             dial.challenges[(header, challenge.realm)] = challenge
         headers = request.headers.copy()
         headers.replace_first("Via", str(request.top_via.with_params(branch=self._new_branch())))
-        headers.set("CSeq", f"{cseq} {request.method}")
+        leg.dialog.local_seq += 1  # a new request in the dialog (12.2.1.1), even if only a BYE follows
+        headers.set("CSeq", f"{leg.dialog.local_seq} {request.method}")
         headers.remove("Authorization")
         headers.remove("Proxy-Authorization")
         for (name, _realm), challenge in dial.challenges.items():
