@@ -87,6 +87,10 @@ class Uac:
         self.agent.receive(response.to_bytes(), TRUNK, self.now, transport)
         return response
 
+    def callee_replies(self, request: SipRequest, status: int, headers: list[tuple[str, str]] | None = None) -> None:
+        """The callee answers `request`, one of ours in the dialog (a BYE), from its Contact address."""
+        self.agent.receive(build_response(request, status, headers=headers).to_bytes(), CALLEE, self.now)
+
     def take(self) -> tuple[list[SipEvent], list[Outgoing]]:
         return self.agent.drain()
 
@@ -101,13 +105,21 @@ class Uac:
         self.now = to
         return sent
 
-    def answered(self) -> tuple[str, SipRequest, SipResponse]:
-        leg, invite = self.dial()
+    def answered(self, **kwargs: object) -> tuple[str, SipRequest, SipResponse]:
+        leg, invite = self.dial(**kwargs)
         ok = self.reply(invite, 200, sdp=ANSWER)
         events, out = self.take()
         assert events == [CallAnswered(leg, ANSWER)]
         assert [_request(o).method for o in out] == ["ACK"]
         return leg, invite, ok
+
+    def hung_up(self, **kwargs: object) -> tuple[str, SipRequest, SipResponse, Outgoing]:
+        """answered(**kwargs), then hangup(): the BYE goes out, nothing is reported yet."""
+        leg, invite, ok = self.answered(**kwargs)
+        self.agent.hangup(leg, self.now)
+        events, (bye_out,) = self.take()
+        assert events == []
+        return leg, invite, ok, bye_out
 
     def from_peer(self, method: str, ok: SipResponse, cseq: int, body: bytes = b"", content_type: str = "") -> None:
         """A request the callee sends in the dialog its 2xx `ok` created (From/To swapped)."""
@@ -504,21 +516,18 @@ def test_2xx_crossing_our_cancel_is_acked_then_byed() -> None:
     assert events == []
     ack, bye = (_request(o) for o in out)
     assert (ack.method, bye.method) == ("ACK", "BYE")
-    u.agent.receive(build_response(bye, 200).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 200)
     assert u.take()[0] == [CallEnded(leg, "hangup")]
 
 
 def test_hangup_after_answer_sends_bye() -> None:
     u = Uac()
-    leg, invite, ok = u.answered()
-    u.agent.hangup(leg, u.now)
-    events, (bye_out,) = u.take()
-    assert events == []
+    leg, invite, ok, bye_out = u.hung_up()
     bye = _request(bye_out)
     assert bye_out.destination == CALLEE and bye.method == "BYE"
     assert bye.cseq.number == invite.cseq.number + 1
     assert bye.to_addr.tag == ok.to_addr.tag and bye.from_addr.tag == invite.from_addr.tag
-    u.agent.receive(build_response(bye, 200).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 200)
     assert u.take()[0] == [CallEnded(leg, "hangup")]
     u.advance(60.0)
     assert_empty(u.agent)
@@ -526,14 +535,10 @@ def test_hangup_after_answer_sends_bye() -> None:
 
 def test_a_challenged_bye_is_resent_with_credentials() -> None:
     u = Uac()
-    leg, invite = u.dial(credentials=CREDS)
-    ok = u.reply(invite, 200, sdp=ANSWER)
-    u.take()
-    u.agent.hangup(leg, u.now)
-    _, (bye_out,) = u.take()
+    leg, _, ok, bye_out = u.hung_up(credentials=CREDS)
     bye = _request(bye_out)
     assert bye.headers.get("Proxy-Authorization") is None
-    u.agent.receive(build_response(bye, 407, headers=[_challenge("bye-nonce")]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 407, [_challenge("bye-nonce")])
     events, (retry_out,) = u.take()
     assert events == []
     retry = _request(retry_out)
@@ -544,7 +549,7 @@ def test_a_challenged_bye_is_resent_with_credentials() -> None:
     assert answer is not None
     assert verify_authorization(answer, method="BYE", credentials=CREDS, realm=REALM, nonce="bye-nonce")
     # Challenged again: the credentials are wrong; the call is over for us anyway (15.1.1).
-    u.agent.receive(build_response(retry, 407, headers=[_challenge("n2")]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(retry, 407, [_challenge("n2")])
     events, out = u.take()
     assert events == [CallEnded(leg, "hangup")] and out == []
     u.advance(60.0)
@@ -553,34 +558,27 @@ def test_a_challenged_bye_is_resent_with_credentials() -> None:
 
 def test_a_bye_challenged_by_proxy_then_callee_keeps_raising_its_cseq() -> None:
     u = Uac()
-    leg, invite = u.dial(credentials=CREDS)
-    u.reply(invite, 200, sdp=ANSWER)
-    u.take()
-    u.agent.hangup(leg, u.now)
-    _, (bye_out,) = u.take()
+    leg, _, _, bye_out = u.hung_up(credentials=CREDS)
     bye = _request(bye_out)
-    u.agent.receive(build_response(bye, 407, headers=[_challenge("proxy-nonce")]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 407, [_challenge("proxy-nonce")])
     _, (retry_out,) = u.take()
     retry = _request(retry_out)
     callee = ("WWW-Authenticate", build_challenge("callee.example.com", "callee-nonce"))
-    u.agent.receive(build_response(retry, 401, headers=[callee]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(retry, 401, [callee])
     events, (again_out,) = u.take()
     assert events == []
     again = _request(again_out)
     # Each re-sent BYE is a new request in the dialog: its CSeq must go up again (12.2.1.1).
     assert again.cseq.number == retry.cseq.number + 1 == bye.cseq.number + 2
     assert again.headers.get("Proxy-Authorization") is not None and again.headers.get("Authorization") is not None
-    u.agent.receive(build_response(again, 200).to_bytes(), CALLEE, u.now)
+    u.callee_replies(again, 200)
     assert u.take()[0] == [CallEnded(leg, "hangup")]
 
 
 def test_a_challenged_bye_without_credentials_ends_the_call() -> None:
     u = Uac()
-    leg, _, _ = u.answered()
-    u.agent.hangup(leg, u.now)
-    _, (bye_out,) = u.take()
-    response = build_response(_request(bye_out), 407, headers=[_challenge("bye-nonce")])
-    u.agent.receive(response.to_bytes(), CALLEE, u.now)
+    leg, _, _, bye_out = u.hung_up()
+    u.callee_replies(_request(bye_out), 407, [_challenge("bye-nonce")])
     assert u.take() == ([CallEnded(leg, "hangup")], [])
 
 
