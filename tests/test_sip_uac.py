@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,6 +87,10 @@ class Uac:
         self.agent.receive(response.to_bytes(), TRUNK, self.now, transport)
         return response
 
+    def callee_replies(self, request: SipRequest, status: int, headers: list[tuple[str, str]] | None = None) -> None:
+        """The callee answers `request`, one of ours in the dialog (a BYE), from its Contact address."""
+        self.agent.receive(build_response(request, status, headers=headers).to_bytes(), CALLEE, self.now)
+
     def take(self) -> tuple[list[SipEvent], list[Outgoing]]:
         return self.agent.drain()
 
@@ -102,13 +105,21 @@ class Uac:
         self.now = to
         return sent
 
-    def answered(self) -> tuple[str, SipRequest, SipResponse]:
-        leg, invite = self.dial()
+    def answered(self, **kwargs: object) -> tuple[str, SipRequest, SipResponse]:
+        leg, invite = self.dial(**kwargs)
         ok = self.reply(invite, 200, sdp=ANSWER)
         events, out = self.take()
         assert events == [CallAnswered(leg, ANSWER)]
         assert [_request(o).method for o in out] == ["ACK"]
         return leg, invite, ok
+
+    def hung_up(self, **kwargs: object) -> tuple[str, SipRequest, SipResponse, Outgoing]:
+        """answered(**kwargs), then hangup(): the BYE goes out, nothing is reported yet."""
+        leg, invite, ok = self.answered(**kwargs)
+        self.agent.hangup(leg, self.now)
+        events, (bye_out,) = self.take()
+        assert events == []
+        return leg, invite, ok, bye_out
 
     def from_peer(self, method: str, ok: SipResponse, cseq: int, body: bytes = b"", content_type: str = "") -> None:
         """A request the callee sends in the dialog its 2xx `ok` created (From/To swapped)."""
@@ -465,7 +476,6 @@ def test_cancelled_call_ends_even_without_a_final_response() -> None:
     assert all(_request(o).method == "CANCEL" for _, o in sent)  # Timer E resends the CANCEL, never the INVITE
     assert u.timer_events == [(32.0, CallEnded(leg, "cancelled"))]  # 9.1: 64*T1 after the CANCEL
     assert_empty(u.agent)  # the INVITE transaction, stuck in Proceeding, is destroyed too
-    assert_empty(u.agent)
 
 
 def test_ring_timeout_fails_the_call_and_cancels_it() -> None:
@@ -506,21 +516,18 @@ def test_2xx_crossing_our_cancel_is_acked_then_byed() -> None:
     assert events == []
     ack, bye = (_request(o) for o in out)
     assert (ack.method, bye.method) == ("ACK", "BYE")
-    u.agent.receive(build_response(bye, 200).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 200)
     assert u.take()[0] == [CallEnded(leg, "hangup")]
 
 
 def test_hangup_after_answer_sends_bye() -> None:
     u = Uac()
-    leg, invite, ok = u.answered()
-    u.agent.hangup(leg, u.now)
-    events, (bye_out,) = u.take()
-    assert events == []
+    leg, invite, ok, bye_out = u.hung_up()
     bye = _request(bye_out)
     assert bye_out.destination == CALLEE and bye.method == "BYE"
     assert bye.cseq.number == invite.cseq.number + 1
     assert bye.to_addr.tag == ok.to_addr.tag and bye.from_addr.tag == invite.from_addr.tag
-    u.agent.receive(build_response(bye, 200).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 200)
     assert u.take()[0] == [CallEnded(leg, "hangup")]
     u.advance(60.0)
     assert_empty(u.agent)
@@ -528,14 +535,10 @@ def test_hangup_after_answer_sends_bye() -> None:
 
 def test_a_challenged_bye_is_resent_with_credentials() -> None:
     u = Uac()
-    leg, invite = u.dial(credentials=CREDS)
-    ok = u.reply(invite, 200, sdp=ANSWER)
-    u.take()
-    u.agent.hangup(leg, u.now)
-    _, (bye_out,) = u.take()
+    leg, _, ok, bye_out = u.hung_up(credentials=CREDS)
     bye = _request(bye_out)
     assert bye.headers.get("Proxy-Authorization") is None
-    u.agent.receive(build_response(bye, 407, headers=[_challenge("bye-nonce")]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(bye, 407, [_challenge("bye-nonce")])
     events, (retry_out,) = u.take()
     assert events == []
     retry = _request(retry_out)
@@ -546,20 +549,36 @@ def test_a_challenged_bye_is_resent_with_credentials() -> None:
     assert answer is not None
     assert verify_authorization(answer, method="BYE", credentials=CREDS, realm=REALM, nonce="bye-nonce")
     # Challenged again: the credentials are wrong; the call is over for us anyway (15.1.1).
-    u.agent.receive(build_response(retry, 407, headers=[_challenge("n2")]).to_bytes(), CALLEE, u.now)
+    u.callee_replies(retry, 407, [_challenge("n2")])
     events, out = u.take()
     assert events == [CallEnded(leg, "hangup")] and out == []
     u.advance(60.0)
     assert_empty(u.agent)
 
 
+def test_a_bye_challenged_by_proxy_then_callee_keeps_raising_its_cseq() -> None:
+    u = Uac()
+    leg, _, _, bye_out = u.hung_up(credentials=CREDS)
+    bye = _request(bye_out)
+    u.callee_replies(bye, 407, [_challenge("proxy-nonce")])
+    _, (retry_out,) = u.take()
+    retry = _request(retry_out)
+    callee = ("WWW-Authenticate", build_challenge("callee.example.com", "callee-nonce"))
+    u.callee_replies(retry, 401, [callee])
+    events, (again_out,) = u.take()
+    assert events == []
+    again = _request(again_out)
+    # Each re-sent BYE is a new request in the dialog: its CSeq must go up again (12.2.1.1).
+    assert again.cseq.number == retry.cseq.number + 1 == bye.cseq.number + 2
+    assert again.headers.get("Proxy-Authorization") is not None and again.headers.get("Authorization") is not None
+    u.callee_replies(again, 200)
+    assert u.take()[0] == [CallEnded(leg, "hangup")]
+
+
 def test_a_challenged_bye_without_credentials_ends_the_call() -> None:
     u = Uac()
-    leg, _, _ = u.answered()
-    u.agent.hangup(leg, u.now)
-    _, (bye_out,) = u.take()
-    response = build_response(_request(bye_out), 407, headers=[_challenge("bye-nonce")])
-    u.agent.receive(response.to_bytes(), CALLEE, u.now)
+    leg, _, _, bye_out = u.hung_up()
+    u.callee_replies(_request(bye_out), 407, [_challenge("bye-nonce")])
     assert u.take() == ([CallEnded(leg, "hangup")], [])
 
 
@@ -641,8 +660,27 @@ _SIPP_RECV_INVITE = """<recv request="INVITE" crlf="true">
   </action>
 </recv>
 """
+_SIPP_RECV_ACK = '<recv request="ACK" crlf="true"/>\n'
+
+
+def _sipp_reply(status: str, extra: str = "") -> str:
+    """A reply without a body (180, a challenge, a refusal) to the request just received."""
+    return _SIPP_REPLY.format(retrans="", status=status, extra=extra, length="0", body="")
+
+
+def _sipp_challenged_invite(status: str, challenge: str, verify: str) -> str:
+    """The INVITE answered `status` with the `challenge` header, the ACK for that, and the INVITE re-sent with
+    credentials (`verify`: the SIPp actions that check them)."""
+    return (
+        _SIPP_RECV_INVITE.format(verify="")
+        + _sipp_reply(status, challenge)
+        + _SIPP_RECV_ACK
+        + _SIPP_RECV_INVITE.format(verify=verify)
+    )
+
+
 _SIPP_ANSWER = (
-    _SIPP_REPLY.format(retrans="", status="180 Ringing", extra="", length="0", body="")
+    _sipp_reply("180 Ringing")
     + _SIPP_REPLY.format(
         retrans=' retrans="500"',
         status="200 OK",
@@ -650,64 +688,37 @@ _SIPP_ANSWER = (
         length="[len]",
         body=_SIPP_SDP,
     )
-    + """<recv request="ACK" crlf="true"/>
-<recv request="BYE"/>
-<send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-"""
+    + _SIPP_RECV_ACK
+    + '<recv request="BYE"/>\n'
+    + sipp.OK_TO_LAST
 )
 SIPP_UAS_ANSWERS = _SIPP_RECV_INVITE.format(verify="") + _SIPP_ANSWER
 # 401 with an MD5 challenge (SIPp's verifyauth checks the Authorization header with MD5), then answer only if the
 # re-sent INVITE proves the password; otherwise 403, which fails our call and the test.
 SIPP_UAS_CHALLENGES = (
-    _SIPP_RECV_INVITE.format(verify="")
-    + _SIPP_REPLY.format(
-        retrans="",
-        status="401 Unauthorized",
-        extra='WWW-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
+    _sipp_challenged_invite(
+        "401 Unauthorized",
+        'WWW-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
         'algorithm=MD5, qop="auth", opaque="0paque"\n',
-        length="0",
-        body="",
-    )
-    + '<recv request="ACK" crlf="true"/>\n'
-    + _SIPP_RECV_INVITE.format(
-        verify=f'<verifyauth assign_to="authvalid" username="{SIPP_USER}" password="{SIPP_PASSWORD}"/>'
+        verify=f'<verifyauth assign_to="authvalid" username="{SIPP_USER}" password="{SIPP_PASSWORD}"/>',
     )
     + '<nop hide="true" test="authvalid" next="goodauth"/>\n'
-    + _SIPP_REPLY.format(retrans="", status="403 Forbidden", extra="", length="0", body="")
-    + '<recv request="ACK" crlf="true"/>\n'
+    + _sipp_reply("403 Forbidden")
+    + _SIPP_RECV_ACK
     + '<nop><action><exec int_cmd="stop_now"/></action></nop>\n'
     + '<label id="goodauth"/>\n'
     + _SIPP_ANSWER
 )
 # 407: SIPp's verifyauth reads only Authorization, so here SIPp checks the Proxy-Authorization's fields (its nonce
 # echoed, our user, realm and Request-URI, a 32-hex response) and the test verifies the digest itself off the wire.
-SIPP_UAS_PROXY_CHALLENGES = (
-    _SIPP_RECV_INVITE.format(verify="")
-    + _SIPP_REPLY.format(
-        retrans="",
-        status="407 Proxy Authentication Required",
-        extra='Proxy-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
-        'algorithm=MD5, qop="auth"\n',
-        length="0",
-        body="",
-    )
-    + '<recv request="ACK" crlf="true"/>\n'
-    + _SIPP_RECV_INVITE.format(
-        verify=f'<ereg regexp="Digest username=.{SIPP_USER}., realm=.dialbridge[.]test., nonce=.[0-9]+-1-n0nce., '
-        'uri=.sip:dialin@127[.]0[.]0[.]1:[0-9]+., response=.[0-9a-f]{32}." search_in="hdr" '
-        'header="Proxy-Authorization:" check_it="true" assign_to="proxyauth"/>'
-    )
-    + _SIPP_ANSWER.replace("X-Session-Seen: [$session]", "X-Session-Seen: [$session] [$proxyauth]")
-)
+SIPP_UAS_PROXY_CHALLENGES = _sipp_challenged_invite(
+    "407 Proxy Authentication Required",
+    'Proxy-Authenticate: Digest realm="dialbridge.test", nonce="[pid]-[call_number]-n0nce", '
+    'algorithm=MD5, qop="auth"\n',
+    verify=f'<ereg regexp="Digest username=.{SIPP_USER}., realm=.dialbridge[.]test., nonce=.[0-9]+-1-n0nce., '
+    'uri=.sip:dialin@127[.]0[.]0[.]1:[0-9]+., response=.[0-9a-f]{32}." search_in="hdr" '
+    'header="Proxy-Authorization:" check_it="true" assign_to="proxyauth"/>',
+) + _SIPP_ANSWER.replace("X-Session-Seen: [$session]", "X-Session-Seen: [$session] [$proxyauth]")
 
 
 class _UdpShell(asyncio.DatagramProtocol):
@@ -764,30 +775,13 @@ def _udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_sipp_uas(folder: Path, xml: str, port: int) -> subprocess.Popen[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "uas.xml").write_text(sipp.scenario(xml, name="dialbridge UAC test peer"))
-    command = [
-        sipp.SIPP or "sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-        "-mp", str(_udp_port()), "-m", "1", "-t", "u1", "-timeout", "30s", "-timeout_error",
-        "-trace_err", "-trace_msg", "-nostdin",
-    ]  # fmt: skip
-    return subprocess.Popen(
-        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
-    )
-
-
-def _sipp_logs(folder: Path) -> str:
-    logs = sorted(folder.glob("*errors.log")) + sorted(folder.glob("*messages.log"))
-    return "\n".join(path.read_text(errors="replace")[-4000:] for path in logs)
-
-
 async def _call_sipp(
     folder: Path, xml: str, credentials: DigestCredentials | None
 ) -> tuple[list[SipEvent], list[bytes]]:
     """Dial SIPp (as UAS), expect the answer, hang up; return the events. SIPp must exit 0 (its scenario passed)."""
     sipp_port = _udp_port()
-    process = _start_sipp_uas(folder, xml, sipp_port)
+    xml = sipp.scenario(xml, name="dialbridge UAC test peer")
+    run = sipp.start(folder, xml, target=None, sip_port=sipp_port, media_port=_udp_port(), timeout_s=30)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -809,21 +803,21 @@ async def _call_sipp(
         try:
             answered = await shell.wait_for(CallAnswered | CallFailed)  # type: ignore[arg-type]
         except TimeoutError:
-            pytest.fail(f"no answer from SIPp: {shell.events}\n{_sipp_logs(folder)}")
-        assert isinstance(answered, CallAnswered), f"{answered}\n{_sipp_logs(folder)}"
+            pytest.fail(f"no answer from SIPp: {shell.events}\n{run.errors()}")
+        assert isinstance(answered, CallAnswered), f"{answered}\n{run.errors()}"
         assert answered.leg_id == leg and answered.sdp is not None and b"m=audio" in answered.sdp
         agent.hangup(leg, loop.time())
         shell.flush()
         ended = await shell.wait_for(CallEnded)
         assert ended == CallEnded(leg, "hangup")
-        status = await asyncio.to_thread(process.wait, 20)
-        assert status == 0, f"SIPp exited {status}:\n{_sipp_logs(folder)}"
+        status = await asyncio.to_thread(run.wait, 20)
+        assert status == 0, f"SIPp exited {status}:\n{run.errors()}"
         return shell.events, shell.sent
     finally:
         transport.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
 
 
 sipp_only = pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs sip-tester")

@@ -91,8 +91,8 @@ ANSWERED = """<recv response="100" optional="true"/>
 <recv response="200" rtd="true"/>
 """
 
-REMOTE_BYE = """<recv request="BYE" timeout="{timeout_ms}"/>
-<send><![CDATA[
+# 200 OK to the request just received (a BYE): for scenarios where the other side hangs up.
+OK_TO_LAST = """<send><![CDATA[
 SIP/2.0 200 OK
 [last_Via:]
 [last_From:]
@@ -103,6 +103,8 @@ Content-Length: 0
 
 ]]></send>
 """
+
+REMOTE_BYE = '<recv request="BYE" timeout="{timeout_ms}"/>\n' + OK_TO_LAST
 
 
 def sdp(payloads: str = "8 0 101", ptime: int = 20) -> str:
@@ -161,18 +163,20 @@ def start(
     folder: Path,
     xml: str,
     *,
-    target: str,
+    target: str | None,
     sip_port: int,
     media_port: int,
     service: str = "dialin",
     transport: str = "u1",
     timeout_s: int = 60,
 ) -> SippRun:
+    """Run SIPp on `xml`: as a caller to `target`, or, with target=None, as a UAS waiting for one call."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "scenario.xml"
     path.write_text(xml)
+    caller = [] if target is None else [target]
     command = [
-        SIPP or "sipp", target, "-sf", str(path), "-s", service, "-i", "127.0.0.1", "-p", str(sip_port),
+        SIPP or "sipp", *caller, "-sf", str(path), "-s", service, "-i", "127.0.0.1", "-p", str(sip_port),
         "-mi", "127.0.0.1", "-mp", str(media_port), "-m", "1", "-l", "1", "-t", transport,
         "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err", "-trace_msg", "-nostdin",
     ]  # fmt: skip

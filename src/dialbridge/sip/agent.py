@@ -3,8 +3,7 @@
 Sans-I/O: `receive(bytes, source, now)` and the commands take the time; `drain()` hands back the events and the
 datagrams/stream writes to perform; `next_timer()` / `on_timer(now)` drive retransmissions and timeouts. One
 `CallLeg` per call: made by an incoming INVITE (UAS) or by `dial()` (UAC). Its transitions (made by the commands and
-the `_on_*` handlers, each through `_move`, which checks them against `_LEG_TRANSITIONS` for incoming calls and
-`_DIAL_TRANSITIONS` for outbound ones):
+the `_on_*` handlers, each through `_move`, which checks them against `_LEG_TRANSITIONS`):
 
 Incoming (UAS):
     OFFERED   --ringing()-->           OFFERED   (180 with To-tag)
@@ -65,7 +64,6 @@ from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
     REASON_PHRASES,
-    Headers,
     NameAddr,
     SipMessage,
     SipParseError,
@@ -91,6 +89,7 @@ from dialbridge.sip.transaction import (
     TransactionState,
     TransactionTimedOut,
     TransportFailed,
+    build_cancel,
     client_key,
     server_key,
 )
@@ -325,18 +324,15 @@ class CallLeg:
     dial: _Dial | None = None  # set on UAC legs (made by dial())
 
 
-# Every leg state change goes through `_move`, which enforces the diagrams in the module docstring: one table for
-# incoming calls (UAS) and one for dial() (UAC). Both end in the shared CONFIRMED/ENDING/ENDED dialog states, so
-# in-dialog requests are handled the same whichever side created the dialog.
+# Every leg state change goes through `_move`, which enforces the diagrams in the module docstring. One table serves
+# both: the UAS-only states (OFFERED, ACCEPTED) and the UAC-only ones (CALLING, EARLY, CANCELLING) lead only to their
+# own kind or to the shared CONFIRMED/ENDING/ENDED, so a leg never crosses to the other side's states, and in-dialog
+# requests are handled the same whichever side created the dialog.
 _LEG_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
+    # UAS (incoming)
     LegState.OFFERED: frozenset({LegState.ACCEPTED, LegState.ENDED}),
     LegState.ACCEPTED: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # ACK timeout: CONFIRMED, then ENDING
-    LegState.CONFIRMED: frozenset({LegState.CONFIRMED, LegState.ENDING, LegState.ENDED}),
-    LegState.ENDING: frozenset({LegState.ENDED}),
-    LegState.ENDED: frozenset({LegState.ENDED}),
-}
-_DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
-    # CALLING -> CALLING: a 100 Trying, or the INVITE re-sent with credentials after 401/407.
+    # UAC (dial); CALLING -> CALLING: a 100 Trying, or the INVITE re-sent with credentials after 401/407.
     LegState.CALLING: frozenset(
         {LegState.CALLING, LegState.EARLY, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
     ),
@@ -344,6 +340,7 @@ _DIAL_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
         {LegState.EARLY, LegState.CALLING, LegState.CANCELLING, LegState.CONFIRMED, LegState.ENDED}
     ),
     LegState.CANCELLING: frozenset({LegState.CONFIRMED, LegState.ENDED}),  # CONFIRMED: a 2xx crossed our CANCEL
+    # both
     LegState.CONFIRMED: frozenset({LegState.CONFIRMED, LegState.ENDING, LegState.ENDED}),
     LegState.ENDING: frozenset({LegState.ENDED}),
     LegState.ENDED: frozenset({LegState.ENDED}),
@@ -354,8 +351,7 @@ _DIALLING = frozenset({LegState.CALLING, LegState.EARLY, LegState.CANCELLING})  
 
 
 def _move(leg: CallLeg, state: LegState) -> None:
-    table = _DIAL_TRANSITIONS if leg.dial is not None else _LEG_TRANSITIONS
-    if state not in table.get(leg.state, frozenset()):
+    if state not in _LEG_TRANSITIONS[leg.state]:
         raise RuntimeError(f"call leg {leg.leg_id}: no transition {leg.state.value} -> {state.value}")
     leg.state = state
 
@@ -413,6 +409,9 @@ class SipAgent:
         self._merge: dict[tuple[str, str, int, str], TransactionKey] = {}
         self._dialogs: dict[DialogId, str] = {}
         self._legs: dict[str, CallLeg] = {}
+        # The dial() legs among `_legs`: only they have dial timers, so incoming calls (the voice engine's, whose
+        # timers run every tick) cost next_timer()/on_timer() nothing for them.
+        self._dial_legs: dict[str, CallLeg] = {}
         self._events: list[SipEvent] = []
         self._outgoing: list[Outgoing] = []
 
@@ -472,10 +471,11 @@ class SipAgent:
         for leg in self._legs.values():
             if leg.pending_2xx is not None:
                 deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
-            if leg.dial is not None and leg.dial.give_up_at is not None:
-                deadlines.append(leg.dial.give_up_at)
-            if leg.dial is not None and leg.dial.ring_deadline is not None and leg.state in _DIALLING:
-                deadlines.append(leg.dial.ring_deadline)
+        for leg in self._dial_legs.values():
+            dial = _dial_of(leg)
+            deadlines.append(dial.give_up_at)
+            if leg.state in _DIALLING:
+                deadlines.append(dial.ring_deadline)
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
@@ -491,6 +491,7 @@ class SipAgent:
                 self._pump_client(client_entry, now)
         for leg in list(self._legs.values()):
             self._leg_2xx_timer(leg, now)
+        for leg in list(self._dial_legs.values()):
             self._dial_timer(leg, now)
 
     def drain(self) -> tuple[list[SipEvent], list[Outgoing]]:
@@ -579,6 +580,7 @@ class SipAgent:
             ),
         )
         self._legs[leg_id] = leg
+        self._dial_legs[leg_id] = leg
         self._send_invite(leg, invite, now)
         return leg_id
 
@@ -881,9 +883,11 @@ class SipAgent:
 
     def _on_dial_event(self, entry: _ClientEntry, event: TransactionEvent, now: float) -> None:
         leg = self._legs.get(entry.leg_id) if entry.leg_id else None
-        if leg is not None and (leg.dial is None or leg.dial.invite_key != entry.key or leg.state not in _DIALLING):
-            # An earlier auth round's INVITE, or one already answered (its transaction lingers in Accepted for
-            # 2xx retransmits; a transport failure then is the dialog's business, not the INVITE's).
+        if leg is not None and leg.state not in _DIALLING:
+            # The INVITE was already answered: its transaction lingers in Accepted for 2xx retransmits, and a
+            # transport failure then is the dialog's business, not the INVITE's. (An earlier auth round's INVITE
+            # needs no check: in Completed it only absorbs retransmits, and a transport failure also fails the
+            # current round, which has the same destination.)
             leg = None
         if isinstance(event, ResponseReceived):
             status = event.response.status
@@ -967,40 +971,30 @@ class SipAgent:
     def _retry_with_credentials(self, leg: CallLeg, response: SipResponse, now: float) -> bool:
         """RFC 3261 22.2/22.3: re-send the INVITE answering the challenge (new branch, CSeq + 1, same Call-ID and
         From-tag). False, so that the call fails, when `_authorized_retry` gives up."""
-        dial = _dial_of(leg)
-        cseq = leg.dialog.local_seq + 1
-        invite = self._authorized_retry(dial, dial.invite, response, cseq)
+        invite = self._authorized_retry(leg, _dial_of(leg).invite, response)
         if invite is None:
             return False
-        leg.dialog.local_seq = cseq
         _move(leg, LegState.CALLING)
         self._send_invite(leg, invite, now)
         return True
 
     def _retry_bye(self, leg: CallLeg, entry: _ClientEntry, response: SipResponse, now: float) -> bool:
         """A trunk that challenges our BYE (it bills until it accepts one): answer as for the INVITE."""
-        if leg.dial is None:
-            return False  # incoming calls carry no credentials
-        cseq = leg.dialog.local_seq + 1
-        bye = self._authorized_retry(leg.dial, entry.transaction.request, response, cseq)
+        bye = self._authorized_retry(leg, entry.transaction.request, response)
         if bye is None:
             return False
-        leg.dialog.local_seq = cseq
-        transaction = ClientNonInviteTransaction(bye, now, reliable=_reliable(entry.transport))
-        retry = _ClientEntry(transaction.key, transaction, entry.destination, entry.transport, leg.leg_id)
-        self._client[retry.key] = retry
+        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id)
         leg.bye_key = retry.key
         self._pump_client(retry, now)
         return True
 
-    def _authorized_retry(
-        self, dial: _Dial, request: SipRequest, response: SipResponse, cseq: int
-    ) -> SipRequest | None:
-        """`request` again with a new branch, CSeq `cseq`, and an answer to every challenge met so far, each with a
-        fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None without credentials, after
-        `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered challenges again without stale=true:
-        the credentials are wrong."""
-        if dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
+    def _authorized_retry(self, leg: CallLeg, request: SipRequest, response: SipResponse) -> SipRequest | None:
+        """`request` again with a new branch, the dialog's next CSeq, and an answer to every challenge met so far,
+        each with a fresh nc/cnonce (a proxy's 407 and the callee's 401 both stay needed). None for incoming calls
+        or without credentials, after `_MAX_AUTH_ROUNDS`, or when a realm that `request` already answered
+        challenges again without stale=true: the credentials are wrong."""
+        dial = leg.dial
+        if dial is None or dial.auth is None or dial.auth_rounds >= _MAX_AUTH_ROUNDS:
             return None
         proxy = response.status == 407
         header = "Proxy-Authorization" if proxy else "Authorization"
@@ -1014,7 +1008,8 @@ class SipAgent:
             dial.challenges[(header, challenge.realm)] = challenge
         headers = request.headers.copy()
         headers.replace_first("Via", str(request.top_via.with_params(branch=self._new_branch())))
-        headers.set("CSeq", f"{cseq} {request.method}")
+        leg.dialog.local_seq += 1  # a new request in the dialog (12.2.1.1), even if only a BYE follows
+        headers.set("CSeq", f"{leg.dialog.local_seq} {request.method}")
         headers.remove("Authorization")
         headers.remove("Proxy-Authorization")
         for (name, _realm), challenge in dial.challenges.items():
@@ -1023,30 +1018,18 @@ class SipAgent:
         return SipRequest(method=request.method, uri=request.uri, headers=headers, body=request.body)
 
     def _send_cancel(self, leg: CallLeg, now: float) -> None:
-        """RFC 3261 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via (so the peer matches it to the
-        INVITE's transaction), as a transaction of its own. Its outcome does not matter: the INVITE's 487 ends us."""
+        """RFC 3261 9.1 (`build_cancel`), as a transaction of its own. Its outcome does not matter: the INVITE's 487
+        ends us."""
         dial = _dial_of(leg)
-        invite = dial.invite
-        headers = Headers()
-        for name in ("Via", "From", "To", "Call-ID"):
-            headers.add(name, invite.headers.get(name) or "")
-        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
-        headers.add("Max-Forwards", "70")
-        for route in invite.headers.get_all("Route"):
-            headers.add("Route", route)
-        headers.add("User-Agent", self.user_agent)
-        cancel = SipRequest(method="CANCEL", uri=invite.uri, headers=headers)
-        transaction = ClientNonInviteTransaction(cancel, now, reliable=_reliable(leg.transport))
-        entry = _ClientEntry(transaction.key, transaction, leg.source, leg.transport, None)
-        self._client[entry.key] = entry
+        cancel = build_cancel(dial.invite)
+        cancel.headers.add("User-Agent", self.user_agent)
+        entry = self._new_client(cancel, leg.source, leg.transport, now, None)
         dial.cancel_sent = True
         dial.give_up_at = now + 64 * T1
         self._pump_client(entry, now)
 
     def _dial_timer(self, leg: CallLeg, now: float) -> None:
-        dial = leg.dial
-        if dial is None:
-            return
+        dial = _dial_of(leg)
         if dial.ring_deadline is not None and dial.ring_deadline <= now:
             dial.ring_deadline = None
             if leg.state in (LegState.CALLING, LegState.EARLY):
@@ -1140,6 +1123,12 @@ class SipAgent:
             branch=self._new_branch(),
             user_agent=self.user_agent,
         )
+        return self._new_client(request, destination, transport, now, leg_id)
+
+    def _new_client(
+        self, request: SipRequest, destination: Address, transport: str, now: float, leg_id: str | None
+    ) -> _ClientEntry:
+        """A client non-INVITE transaction for `request`, registered; the caller pumps it to send it."""
         transaction = ClientNonInviteTransaction(request, now, reliable=_reliable(transport))
         entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id)
         self._client[entry.key] = entry
@@ -1166,6 +1155,7 @@ class SipAgent:
         leg.dialog.state = DialogState.TERMINATED
         leg.pending_2xx = None
         self._legs.pop(leg.leg_id, None)
+        self._dial_legs.pop(leg.leg_id, None)
         self._dialogs.pop(leg.dialog.id, None)
 
     # --- transactions -----------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import random as random_module
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dialbridge.sip.message import _quote, _unquote, split_quoted
+
 # Strongest first: the order a client picks in when one realm offers several (RFC 8760 2.4).
 ALGORITHMS = ("SHA-512-256", "SHA-512-256-SESS", "SHA-256", "SHA-256-SESS", "MD5", "MD5-SESS")
 _HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
@@ -68,37 +70,18 @@ def parse_params(text: str) -> tuple[str, dict[str, str]]:
     text = text.strip()
     scheme, _, rest = text.partition(" ")
     params: dict[str, str] = {}
-    i, n = 0, len(rest)
-    while i < n:
-        while i < n and rest[i] in " \t,":
-            i += 1
-        if i >= n:
-            break
-        eq = rest.find("=", i)
-        if eq < 0:
+    for item in split_quoted(rest, ","):  # a SipParseError (a ValueError) on an unterminated quote
+        if not item.strip():
+            continue
+        name, eq, value = item.partition("=")
+        value = value.strip()
+        if not eq:
             raise ValueError(f"bad auth parameter in {text!r}")
-        name = rest[i:eq].strip().lower()
-        i = eq + 1
-        while i < n and rest[i] in " \t":
-            i += 1
-        if i < n and rest[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while i < n and rest[i] != '"':
-                if rest[i] == "\\" and i + 1 < n:
-                    i += 1
-                chars.append(rest[i])
-                i += 1
-            if i >= n:
-                raise ValueError(f"unterminated quoted string in {text!r}")
-            i += 1
-            value = "".join(chars)
-        else:
-            end = rest.find(",", i)
-            end = n if end < 0 else end
-            value = rest[i:end].strip()
-            i = end
-        params[name] = value
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                raise ValueError(f"bad quoted string in {text!r}")
+            value = _unquote(value[1:-1])
+        params[name.strip().lower()] = value
     return scheme.lower(), params
 
 
@@ -163,10 +146,6 @@ def digest_response(
     if qop is None:
         return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
     return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class DigestClient:

@@ -372,6 +372,16 @@ def build_non_2xx_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
     Same Request-URI, Call-ID, From and top Via (same branch) as the INVITE; To from the response (with its tag);
     CSeq number of the INVITE with method ACK; the INVITE's Route headers.
     """
+    return _in_invite_transaction(invite, "ACK", response.headers.get("To") or invite.headers.get("To") or "")
+
+
+def build_cancel(invite: SipRequest) -> SipRequest:
+    """The CANCEL for our INVITE (RFC 3261 9.1): as the non-2xx ACK, but with the INVITE's own To and method CANCEL,
+    so that the peer matches it to the INVITE's transaction. It is sent as a client transaction of its own."""
+    return _in_invite_transaction(invite, "CANCEL", invite.headers.get("To") or "")
+
+
+def _in_invite_transaction(invite: SipRequest, method: str, to: str) -> SipRequest:
     headers = Headers()
     top_via = invite.headers.get("Via")
     if top_via is None:
@@ -379,9 +389,9 @@ def build_non_2xx_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
     headers.add("Via", top_via)
     headers.add("Max-Forwards", "70")
     headers.add("From", invite.headers.get("From") or "")
-    headers.add("To", response.headers.get("To") or invite.headers.get("To") or "")
+    headers.add("To", to)
     headers.add("Call-ID", invite.headers.get("Call-ID") or "")
-    headers.add("CSeq", f"{invite.cseq.number} ACK")
+    headers.add("CSeq", f"{invite.cseq.number} {method}")
     for route in invite.headers.get_all("Route"):
         headers.add("Route", route)
-    return SipRequest(method="ACK", uri=invite.uri, headers=headers)
+    return SipRequest(method=method, uri=invite.uri, headers=headers)
