@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.engine import sipp
@@ -59,21 +59,30 @@ def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser
     browser.close()
 
 
-def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
-    stack: VoiceStack, singing_chromium: Browser, tmp_path: Path
-) -> None:
-    pin = stack.new_room("bridged")
-    context = singing_chromium.new_context()
+def bring_in_the_conference(
+    browser: Browser, stack: VoiceStack, room: str, errors: list[str] | None = None
+) -> tuple[BrowserContext, Page]:
+    """A page of `room` that has clicked "Bring in the phone conference" and shows the gateway's stream."""
+    context = browser.new_context()
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{stack.base}/room/bridged")
+    if errors is not None:
+        page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{stack.base}/room/{room}")
     page.wait_for_function(
         "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
     )
     page.click("#dial-conference")
     # The gateway joins as a participant named "Phone" and publishes the conference's audio.
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    return context, page
+
+
+def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
+    stack: VoiceStack, singing_chromium: Browser, tmp_path: Path
+) -> None:
+    pin = stack.new_room("bridged")
+    errors: list[str] = []
+    context, page = bring_in_the_conference(singing_chromium, stack, "bridged", errors)
     page.wait_for_function("() => document.querySelectorAll('#phone-calls li').length === 1", timeout=WAIT_MS)
     assert page.text_content("#phone-status") == ""
 
@@ -105,14 +114,7 @@ def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
 
 def test_the_bridge_is_refused_a_second_time_while_live(stack: VoiceStack, singing_chromium: Browser) -> None:
     stack.new_room("twice")
-    context = singing_chromium.new_context()
-    page = context.new_page()
-    page.goto(f"{stack.base}/room/twice")
-    page.wait_for_function(
-        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
-    )
-    page.click("#dial-conference")
-    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    context, page = bring_in_the_conference(singing_chromium, stack, "twice")
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelector('#phone-status').textContent.includes('already')")
     context.close()
@@ -136,14 +138,7 @@ def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, sing
     """The gateway dies mid-call (SIGKILL: no BYE). serve starts it again, /healthz says degraded meanwhile, the app
     ends the orphaned call (so no record stays in the conference), and the room can bring the conference in again."""
     stack.new_room("crash")
-    context = singing_chromium.new_context()
-    page = context.new_page()
-    page.goto(f"{stack.base}/room/crash")
-    page.wait_for_function(
-        "() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')", timeout=WAIT_MS
-    )
-    page.click("#dial-conference")
-    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)
+    context, page = bring_in_the_conference(singing_chromium, stack, "crash")
     wait_until(
         lambda: stack.get("/healthz")["voice_engine"]["calls"] == 1,
         15,
