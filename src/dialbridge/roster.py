@@ -38,7 +38,7 @@ from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import PinInput
 from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.platforms.base import CallGone, NotSupported, PlatformError, VideoPlatform
-from dialbridge.store.dial_outs import DIALLING, PHONE, DialOut, DialOutStore
+from dialbridge.store.dial_outs import CONFERENCE, DIALLING, PHONE, DialOut, DialOutStore
 from dialbridge.store.store import CallRecord, Store
 from dialbridge.tokens import is_sip_participant
 
@@ -80,8 +80,13 @@ class Roster:
     async def participants(self, room: Room) -> list[dict[str, Any]]:
         calls = await self.store.read(self.store.calls_in_room, room.room_id)
         dial_outs = await asyncio.to_thread(self.dial_outs.for_room, room.room_id)
-        linked = {d.call_uuid for d in dial_outs if d.call_uuid}
-        listed = [self._phone(call, dial_out=call.uuid in linked).to_json() for call in calls]
+        placed_by = {d.call_uuid: d.kind for d in dial_outs if d.call_uuid}
+        # The room's own bridge into its phone conference is no phone participant: the callers it carries are.
+        listed = [
+            self._phone(call, dial_out=call.uuid in placed_by).to_json()
+            for call in calls
+            if placed_by.get(call.uuid) != CONFERENCE
+        ]
         listed += [_dial_out_participant(d).to_json() for d in dial_outs if d.call_uuid is None and _open_phone(d)]
         return self._browsers(room) + listed
 
@@ -98,8 +103,14 @@ class Roster:
 
     async def others_present(self, room: Room, call_uuid: str) -> int:
         calls = await self.store.read(self.store.calls_in_room, room.room_id)
-        phones = sum(1 for call in calls if call.uuid != call_uuid and call.status == "in_conference")
+        bridges = await self._bridges(room)  # they carry the browsers, counted as themselves
+        phones = sum(1 for c in calls if c.uuid != call_uuid and c.uuid not in bridges and c.status == "in_conference")
         return phones + len(self._browsers(room))
+
+    async def _bridges(self, room: Room) -> set[str]:
+        """The calls that bring the room into its phone conference (its conference dial-outs')."""
+        dial_outs = await asyncio.to_thread(self.dial_outs.for_room, room.room_id)
+        return {d.call_uuid for d in dial_outs if d.kind == CONFERENCE and d.call_uuid}
 
     # ---- controls --------------------------------------------------------------------------------------------
     async def set_muted(self, room: Room, call_id: str, muted: bool) -> dict[str, Any]:
@@ -183,8 +194,9 @@ class Roster:
             found = await self.store.read(self.store.call_in_room, call_uuid, room_id)
             if found is None:
                 return
-            call, session_id, dialled_out = found
-            await self._signal(session_id, self._phone(call, dial_out=dialled_out))
+            call, session_id, placed_by = found
+            if placed_by != CONFERENCE:  # the room's bridge, as in the list
+                await self._signal(session_id, self._phone(call, dial_out=placed_by is not None))
         except Exception:
             log.exception("participant signal for call %s failed", call_uuid)
 

@@ -33,6 +33,13 @@ PAGE_HZ = 440.0  # the page's microphone
 CALLER_HZ = 700.0  # the phone caller's voice
 WAIT_MS = 20_000
 CALLER_MEDIA_PORT = 17300
+# The room's phone participants, as the page's own token reads them from the API.
+PHONE_PARTICIPANTS = """async () => {
+  const config = window.dialbridgeRoom.config;
+  const response = await fetch(`/api/rooms/${config.roomId}/participants`,
+                               { headers: { Authorization: `Bearer ${config.participantToken}` } });
+  return (await response.json()).participants.filter((p) => p.kind === "phone");
+}"""
 
 
 @pytest.fixture
@@ -101,12 +108,16 @@ def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
         run = sipp.start(folder, xml, target=stack.sip_target, sip_port=free_port(), media_port=CALLER_MEDIA_PORT)
         time.sleep(9.0)  # the prompt, the PIN, "joining", then the conference
         heard = page.evaluate(SUBSCRIBER_PEAK)
+        phones = page.evaluate(PHONE_PARTICIPANTS)
         time.sleep(2.0)
     to_caller = received_audio(capture.rtp_to(CALLER_MEDIA_PORT))
     last_seconds = to_caller[-8000 * 3 :]  # the conference, after the prompts
     assert abs(heard["hz"] - CALLER_HZ) <= 2 * heard["binHz"] + 8, f"the page hears {heard}, not the caller"
     assert heard["db"] - heard["medianDb"] > 30, heard
     assert tone_energy(last_seconds, PAGE_HZ) > 0.3, "the caller does not hear the page's 440 Hz"
+    # The caller is the room's one phone participant; the gateway's own call, which carries the room into the
+    # conference, is not listed as one.
+    assert [(p["number"], p["state"]) for p in phones] == [("+1 ••• ••• 1111", "in_conference")], phones
     assert errors == []
     assert run.wait(60) == 0, run.errors()
     context.close()

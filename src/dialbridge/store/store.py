@@ -32,7 +32,6 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -186,9 +185,11 @@ class _Statements:
             .where(calls.room_id == bindparam("room_id"), calls.ended_at.is_(None))
             .order_by(calls.created_at)
         )
-        # A call as its room's browsers are told of it: the row, the room's session, whether a dial-out placed it.
+        # A call as its room's browsers are told of it: the row, the room's session, the kind of the dial-out that
+        # placed it (none for a caller who dialled in).
+        placed_by = select(t.dial_outs.c.kind).where(t.dial_outs.c.call_uuid == calls.uuid).limit(1).scalar_subquery()
         self.call_in_room = p(
-            select(t.calls, rooms.session_id, exists().where(t.dial_outs.c.call_uuid == calls.uuid)).where(
+            select(t.calls, rooms.session_id, placed_by).where(
                 calls.uuid == bindparam("uuid"), rooms.room_id == bindparam("room_id"), COMPLETE
             )
         )
@@ -607,14 +608,14 @@ class Store:
         """The room's calls that have not ended, oldest first."""
         return [CallRecord(*row) for row in self._fetch(self._sql.calls_in_room, room_id=room_id)]
 
-    def call_in_room(self, uuid: str, room_id: str) -> tuple[CallRecord, str, bool] | None:
-        """The call, its room's session id and whether a dial-out placed it, in one read; None when the call or
-        the (complete) room is unknown."""
+    def call_in_room(self, uuid: str, room_id: str) -> tuple[CallRecord, str, str | None] | None:
+        """The call, its room's session id and the kind of dial-out that placed it (None: it dialled in), in one
+        read; None when the call or the (complete) room is unknown."""
         row = self._first(self._sql.call_in_room, uuid=uuid, room_id=room_id)
         if row is None:
             return None
-        *call, session_id, dialled_out = row
-        return CallRecord(*call), str(session_id), bool(dialled_out)
+        *call, session_id, placed_by = row
+        return CallRecord(*call), str(session_id), placed_by
 
     def set_call_muted(self, uuid: str, muted: bool) -> Awaitable[None]:
         def write(run: Run) -> None:
