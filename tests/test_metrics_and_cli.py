@@ -253,6 +253,37 @@ def test_the_voice_engine_s_ports_in_use_are_named_together_with_the_fix(command
     assert suggested_port(said, "VOICE_API_PORT") > api_port
 
 
+@pytest.mark.parametrize("command", ["serve", "doctor"])
+def test_two_taken_ports_are_never_told_to_move_to_the_same_one(command: str, tmp_path: Path) -> None:
+    """The voice engine's and the gateway's API ports both taken (a second `make run`): each is suggested a free
+    port, and not the same one (a new user who followed both would collide again)."""
+    while True:
+        first, second = socket.socket(), socket.socket()
+        try:
+            first.bind(("127.0.0.1", 0))
+            second.bind(("127.0.0.1", first.getsockname()[1] + 1))
+            break
+        except OSError:
+            first.close()
+            second.close()
+    with first, second:
+        first.listen()
+        second.listen()
+        port = first.getsockname()[1]
+        result = run_cli(
+            command,
+            tmp_path=tmp_path,
+            DIALBRIDGE_VOICE_API_PORT=str(port),
+            DIALBRIDGE_GATEWAY_API_PORT=str(port + 1),
+            DIALBRIDGE_PORT=str(free_port()),
+        )
+    said = result.stderr + result.stdout
+    assert result.returncode == 1, said
+    voice, gateway = suggested_port(said, "VOICE_API_PORT"), suggested_port(said, "GATEWAY_API_PORT")
+    assert voice > port + 1 and gateway > port + 1
+    assert voice != gateway, said
+
+
 def post_then(client: TestClient, path: str, *messages: dict[str, Any]) -> list[dict[str, Any]]:
     """POST `path` straight into the ASGI app, its body arriving as `messages`; what the app sent back."""
     scope = {

@@ -72,15 +72,36 @@ def _bind_problem(
     return f"cannot listen on {host}:{port}: {exc.strerror}"
 
 
+# Ports a suggestion must not name: those the configuration gives to something else, and those already suggested
+# (the voice API's and the gateway's ports were both told to move to the same free port).
+_not_to_suggest: set[int] = set()
+
+
+def _keep_suggestions_off(settings: Settings) -> None:
+    _not_to_suggest.update(
+        (
+            settings.port,
+            settings.sip_port,
+            settings.voice_api_port,
+            settings.gateway_sip_port,
+            settings.gateway_api_port,
+        )
+    )
+
+
 def _another_port(host: str, port: int, setting: str, kinds: tuple[socket.SocketKind, ...]) -> str:
     """The setting of the next port after `port` that is free on `host` right now (for every kind of socket the
-    server takes it for): a suggestion of port + 1 that is taken too sends the reader round again."""
+    server takes it for), and neither used by the configuration nor suggested for another setting already: a
+    suggestion of port + 1 that is taken too sends the reader round again."""
     for candidate in range(port + 1, min(port + 100, 65535) + 1):
+        if candidate in _not_to_suggest:
+            continue
         try:
             for kind in kinds:
                 _bound(host, candidate, kind).close()
         except OSError:
             continue
+        _not_to_suggest.add(candidate)
         return f"DIALBRIDGE_{setting}={candidate}"
     return f"DIALBRIDGE_{setting}=<a free port>"
 
@@ -116,6 +137,7 @@ def _ports_problems(ports: list[tuple[str, int, tuple[socket.SocketKind, ...], s
 
 def _voice_port_problems(settings: Settings) -> list[str]:
     """The voice engine's SIP port (UDP and TCP) and its API port."""
+    _keep_suggestions_off(settings)
     return _ports_problems(
         [
             (settings.sip_host, settings.sip_port, SIP_KINDS, "SIP port", "SIP_PORT"),
@@ -126,6 +148,7 @@ def _voice_port_problems(settings: Settings) -> list[str]:
 
 def _gateway_port_problems(settings: Settings) -> list[str]:
     """The gateway's SIP port (UDP) and its control API port."""
+    _keep_suggestions_off(settings)
     return _ports_problems(
         [
             (settings.sip_host, settings.gateway_sip_port, UDP, "gateway SIP port", "GATEWAY_SIP_PORT"),
@@ -135,6 +158,7 @@ def _gateway_port_problems(settings: Settings) -> list[str]:
 
 
 def doctor(settings: Settings) -> int:
+    _keep_suggestions_off(settings)  # before the web port's check too
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
@@ -165,6 +189,7 @@ def doctor(settings: Settings) -> int:
 
 
 def serve(settings: Settings, workers: int) -> int:
+    _keep_suggestions_off(settings)
     problems = settings.problems()
     port = _port_problem(settings.host, settings.port)
     if port:
