@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -468,6 +469,28 @@ def test_embedded_dial_out_without_a_gateway_running_says_how_to_start_it(client
     assert "`dialbridge gateway`" in response.json()["error"]["message"]
     store = client.app.state.services.dial_outs.store  # type: ignore[attr-defined]
     assert [d.state for d in store.for_room("standup")] == ["failed"]
+
+
+@pytest.mark.parametrize("number", ["4155550123", "", "+1 415 555 0123"])
+def test_a_number_not_in_e164_form_is_refused_in_the_caller_s_words(number: str, client: TestClient) -> None:
+    config = visit(client, "standup")
+
+    response = client.post("/api/rooms/standup/dial-out", json={"number": number}, headers=bearer(config))
+
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert message.startswith("number: ") and "E.164 form" in message and "e.g. +14155550100" in message, message
+    assert "pattern" not in message
+
+
+def test_the_room_page_without_a_dial_in_number_says_how_to_join_by_phone(settings: Settings) -> None:
+    """No dial-in number on the embedded backend: the page offers the SIP address and the browser phone in one
+    sentence, not "Join by phone: no dial-in number configured and enter PIN …"."""
+    with TestClient(create_app(settings.model_copy(update={"dial_in_number": None}))) as client:
+        page = client.get("/room/standup").text
+    text = " ".join(re.sub(r"<[^>]+>", " ", page[page.index('<p class="dial-in">') : page.index("</p>")]).split())
+    assert text.startswith("Join by phone: call sip:dialin@127.0.0.1:5060 from a SIP phone, and enter PIN "), text
+    assert "no dial-in number configured" not in text
 
 
 def test_embedded_phone_dial_out_without_a_trunk_names_the_settings(client: TestClient) -> None:

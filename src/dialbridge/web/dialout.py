@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
@@ -36,6 +37,16 @@ class DialOutRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     number: str | None = Field(default=None, pattern=E164.pattern, description="E.164, e.g. +14155550100")
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _e164(cls, value: object) -> object:
+        # Said in the caller's words before pydantic's own "String should match pattern '^\+[1-9]…'" is reached.
+        if isinstance(value, str) and not E164.match(value):
+            raise PydanticCustomError(
+                "e164", "must be a phone number in E.164 form: + country code and number, e.g. +14155550100"
+            )
+        return value
 
 
 class HangUpRequest(BaseModel):
