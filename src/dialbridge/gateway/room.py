@@ -61,6 +61,14 @@ _INT16_MIN: Final = -32768
 _INT16_MAX: Final = 32767
 
 
+@dataclass(eq=False)
+class _Publication:
+    """Our stream sent to one subscriber. Its candidates wait for `described`: the subscriber's offer applied."""
+
+    peer: RTCPeerConnection
+    described: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class RoomJoinFailed(RuntimeError):
     """The room's signalling refused the participant or did not answer in time; the message says which.
     `bad_token`: the room refused the participant's token (rather than being unreachable, full, ...)."""
@@ -101,7 +109,7 @@ class RoomParticipant:
         self._socket: Any = None
         self._connections: dict[str, str] = {}  # connection id -> its data (others only)
         self._subscriptions: dict[str, _Subscription] = {}  # stream id -> our receive-only peer
-        self._publishing: dict[str, RTCPeerConnection] = {}  # subscriber connection id -> the peer sending to it
+        self._publishing: dict[str, _Publication] = {}  # subscriber connection id -> our stream sent to it
         self._outbound = PacedAudioTrack()
         self._relay = MediaRelay()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,7 +195,7 @@ class RoomParticipant:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        peers = [s.peer for s in self._subscriptions.values()] + list(self._publishing.values())
+        peers = [s.peer for s in self._subscriptions.values()] + [p.peer for p in self._publishing.values()]
         self._subscriptions.clear()
         self._publishing.clear()
         await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
@@ -288,9 +296,9 @@ class RoomParticipant:
     def _connection_destroyed(self, connection_id: str) -> None:
         before = self.browsers
         self._connections.pop(connection_id, None)
-        peer = self._publishing.pop(connection_id, None)
-        if peer is not None:
-            self._spawn(peer.close())
+        publication = self._publishing.pop(connection_id, None)
+        if publication is not None:
+            self._spawn(publication.peer.close())
         for stream_id, subscription in list(self._subscriptions.items()):
             if subscription.connection_id == connection_id:
                 self._drop_subscription(stream_id)
@@ -357,11 +365,14 @@ class RoomParticipant:
                 if kind == "offer":
                     await self._answer(sender, data)
                 elif kind == "bye":
-                    peer = self._publishing.pop(sender, None)
-                    if peer is not None:
-                        await peer.close()
+                    publication = self._publishing.pop(sender, None)
+                    if publication is not None:
+                        await publication.peer.close()
                 elif kind == "candidate" and sender in self._publishing:
-                    await _add_candidate(self._publishing[sender], data)
+                    publication = self._publishing[sender]
+                    await publication.described.wait()
+                    if self._publishing.get(sender) is publication:  # not closed or replaced meanwhile
+                        await _add_candidate(publication.peer, data)
                 return
             subscription = self._subscriptions.get(str(stream_id))
             if subscription is None or subscription.connection_id != sender:
@@ -384,19 +395,26 @@ class RoomParticipant:
         if not isinstance(sdp, str) or len(sdp) > MAX_MESSAGE_CHARS:
             return
         previous = self._publishing.pop(sender, None)
+        publication = None
+        if sender in self._connections and self._peer_count() < MAX_PEERS:
+            # Registered before the first await: the candidates that follow the offer find it, and wait for it.
+            publication = self._publishing[sender] = _Publication(RTCPeerConnection(RTCConfiguration(iceServers=[])))
         if previous is not None:
-            await previous.close()
-        if sender not in self._connections or self._peer_count() >= MAX_PEERS:
+            await previous.peer.close()
+        if publication is None:
             return
-        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._publishing[sender] = peer
+        peer = publication.peer
         try:
-            await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            try:
+                await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            finally:
+                publication.described.set()  # a failed offer releases its waiting candidates too (they find it gone)
             # The offer's receive-only audio transceiver takes our track (matched by kind, as a browser's does).
             peer.addTrack(self._relay.subscribe(self._outbound, buffered=False))
             await peer.setLocalDescription(await peer.createAnswer())
         except BaseException:
-            self._publishing.pop(sender, None)
+            if self._publishing.get(sender) is publication:
+                del self._publishing[sender]
             await asyncio.shield(peer.close())
             raise
         answer = peer.localDescription
