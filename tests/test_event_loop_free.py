@@ -269,7 +269,8 @@ def test_pin_decisions_of_two_instances_each_see_the_other_s_guesses(db_url: str
         async def guesses() -> list[bool]:
             start.wait()
             calls = [CallParty(f"{name}-{n}", "conversation", CALLER, "14155550100") for n in range(3)]
-            return list(await asyncio.gather(*(store.settle_pin_entry(c, "000000", 0.0, 1.0, decide) for c in calls)))
+            settled = await asyncio.gather(*(store.settle_pin_entry(c, "000000", 0.0, 1.0, decide) for c in calls))
+            return [again for again, _callers in settled]
 
         return asyncio.run(guesses())
 

@@ -33,12 +33,12 @@ CALL_STATUS = {
 class CallListener(Protocol):
     """Who hears of calls joining, changing and leaving rooms (the roster: it signals the room's browsers)."""
 
-    def call_changed(self, room_id: str, call_uuid: str) -> None:
+    def call_changed(self, room_id: str, call_uuid: str, session_id: str | None = None) -> None:
         """Called after the write that changed the call; must not block or raise."""
         ...
 
-    async def others_present(self, room: Room, call_uuid: str) -> int:
-        """How many are in the room besides this call (browsers and phones)."""
+    async def others_present(self, room: Room, call_uuid: str, phones: int | None = None) -> int:
+        """How many are in the room besides this call (browsers and phones; `phones` when already counted)."""
         ...
 
 
@@ -92,7 +92,7 @@ class CallDesk:
         if bridge_room is not None:
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
             await self._link_dial_out(request, bridge_room.room_id)
-            self._changed(bridge_room.room_id, request.call.uuid)
+            self._changed(bridge_room.room_id, request.call.uuid, bridge_room.session_id)
         else:
             await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
         return ncco
@@ -119,18 +119,18 @@ class CallDesk:
             return decision, record
 
         since = now - self.quota.window_s
-        decision = await self.store.settle_pin_entry(entry.call, entry.digits, since, now, decide)
+        decision, callers = await self.store.settle_pin_entry(entry.call, entry.digits, since, now, decide)
         if decision.outcome is PinOutcome.ACCEPTED and decision.room is not None:
             room = decision.room
-            self._changed(room.room_id, entry.call.uuid)
+            self._changed(room.room_id, entry.call.uuid, room.session_id)
             if self.listener is not None:
-                others = await self.listener.others_present(room, entry.call.uuid)
+                others = await self.listener.others_present(room, entry.call.uuid, phones=callers)
                 return flow.join_room(room, others_present=others)
         return decision.ncco
 
-    def _changed(self, room_id: str, call_uuid: str) -> None:
+    def _changed(self, room_id: str, call_uuid: str, session_id: str | None = None) -> None:
         if self.listener is not None:
-            self.listener.call_changed(room_id, call_uuid)
+            self.listener.call_changed(room_id, call_uuid, session_id)
 
     async def event(self, event: CallEvent, payload: Mapping[str, Any]) -> str | None:
         # A final event also ends the dial-out the call was, in the same write (the room may dial again).

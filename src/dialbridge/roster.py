@@ -101,16 +101,12 @@ class Roster:
             if not is_sip_participant(data)
         ]
 
-    async def others_present(self, room: Room, call_uuid: str) -> int:
-        calls = await self.store.read(self.store.calls_in_room, room.room_id)
-        bridges = await self._bridges(room)  # they carry the browsers, counted as themselves
-        phones = sum(1 for c in calls if c.uuid != call_uuid and c.uuid not in bridges and c.status == "in_conference")
+    async def others_present(self, room: Room, call_uuid: str, phones: int | None = None) -> int:
+        """The room's browsers and phone callers besides `call_uuid`; `phones` when the caller counted them (a right
+        PIN's write does, in its own transaction)."""
+        if phones is None:
+            phones = await self.store.read(self.store.callers_in_room, room.room_id, call_uuid)
         return phones + len(self._browsers(room))
-
-    async def _bridges(self, room: Room) -> set[str]:
-        """The calls that bring the room into its phone conference (its conference dial-outs')."""
-        dial_outs = await asyncio.to_thread(self.dial_outs.for_room, room.room_id)
-        return {d.call_uuid for d in dial_outs if d.kind == CONFERENCE and d.call_uuid}
 
     # ---- controls --------------------------------------------------------------------------------------------
     async def set_muted(self, room: Room, call_id: str, muted: bool) -> dict[str, Any]:
@@ -164,8 +160,12 @@ class Roster:
             await voice.talk(call.uuid, count_announcement(others + 1))
 
     # ---- signals ---------------------------------------------------------------------------------------------
-    def call_changed(self, room_id: str, call_uuid: str) -> None:
-        """A call of the room changed (after its write): tell the room's browsers, without waiting."""
+    def call_changed(self, room_id: str, call_uuid: str, session_id: str | None = None) -> None:
+        """A call of the room changed (after its write): tell the room's browsers, without waiting. With the room's
+        `session_id` known and nobody of it connected here (embedded), there is no one to tell and nothing to read:
+        this runs for every caller's answer and PIN."""
+        if session_id is not None and self.hub is not None and not self.hub.connections(session_id):
+            return
         self._spawn(self._signal_call(room_id, call_uuid))
 
     def dial_out_changed(self, room: Room, dial_out: DialOut) -> None:

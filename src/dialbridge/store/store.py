@@ -32,6 +32,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -46,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import CallEvent, CallParty
 from dialbridge.store import tables as t
-from dialbridge.store.dial_outs import ENDED
+from dialbridge.store.dial_outs import CONFERENCE, ENDED
 from dialbridge.store.dial_outs import OPEN_STATES as OPEN_DIAL_OUT_STATES
 from dialbridge.store.prepared import Prepared
 from dialbridge.store.writer import GroupCommitWriter, Run
@@ -184,6 +185,20 @@ class _Statements:
             select(t.calls)
             .where(calls.room_id == bindparam("room_id"), calls.ended_at.is_(None))
             .order_by(calls.created_at)
+        )
+        # Phone callers in a room's conference besides one call: the room's own bridges (the calls its conference
+        # dial-outs placed, which carry its browsers) are not callers.
+        bridge = t.dial_outs.c
+        self.callers_in_room = p(
+            select(func.count())
+            .select_from(t.calls)
+            .where(
+                calls.room_id == bindparam("room_id"),
+                calls.status == "in_conference",
+                calls.ended_at.is_(None),
+                calls.uuid != bindparam("besides"),
+                ~exists().where(bridge.call_uuid == calls.uuid, bridge.kind == CONFERENCE),
+            )
         )
         # A call as its room's browsers are told of it: the row, the room's session, the kind of the dial-out that
         # placed it (none for a caller who dialled in).
@@ -608,6 +623,10 @@ class Store:
         """The room's calls that have not ended, oldest first."""
         return [CallRecord(*row) for row in self._fetch(self._sql.calls_in_room, room_id=room_id)]
 
+    def callers_in_room(self, room_id: str, besides: str) -> int:
+        """How many phone callers are in the room's conference besides the call `besides` (bridges not counted)."""
+        return int(self._scalar(self._sql.callers_in_room, room_id=room_id, besides=besides) or 0)
+
     def call_in_room(self, uuid: str, room_id: str) -> tuple[CallRecord, str, str | None] | None:
         """The call, its room's session id and the kind of dial-out that placed it (None: it dialled in), in one
         read; None when the call or the (complete) room is unknown."""
@@ -646,16 +665,19 @@ class Store:
         since: float,
         now: float,
         decide: Callable[[int, int, Room | None], tuple[T, PinRecord]],
-    ) -> Awaitable[T]:
+    ) -> Awaitable[tuple[T, int]]:
         """Decide a PIN entry and record the decision, in one write transaction: `decide` gets the call's failed
         entries, the caller's wrong guesses since `since` and the room `pin` is the PIN of, and says what to record.
+        Returns what `decide` decided, and how many other phone callers are in the conference of the room the call
+        joins (0 when it joins none): counted in the same transaction, not in a read of its own after it, since
+        every caller with the right PIN needs it ("you are the first participant").
 
         Counting in the write, not in a read before it, is what makes the caller quota hold: read first, parallel
         calls from one number all saw the same count before any of them recorded its guess (40 parallel wrong
         guesses over two instances: 13 were invited to try again, where the quota allows 9). In the write they
         take turns — SQLite's write lock is held from BEGIN; on PostgreSQL an advisory lock does the same."""
 
-        def settle(run: Run) -> T:
+        def settle(run: Run) -> tuple[T, int]:
             if self._sql.lock_pin_decisions is not None:
                 run(self._sql.lock_pin_decisions)
             row = run(self._sql.pin_entry, uuid=call.uuid, caller=call.caller, since=since, pin=pin).fetchone()
@@ -671,7 +693,10 @@ class Store:
                     guessed=int(record.guessed),
                 )
             self._upsert_call(run, call, record.call_status, now, room_id=record.room_id, failed=record.failed)
-            return result
+            if record.room_id is None:
+                return result, 0
+            counted = run(self._sql.callers_in_room, room_id=record.room_id, besides=call.uuid).fetchone()
+            return result, int(counted[0] or 0)
 
         return self._write(settle)
 
