@@ -484,7 +484,7 @@ def test_ring_timeout_fails_the_call_and_cancels_it() -> None:
     u.reply(invite, 180)
     u.take()
     sent = u.advance(20.0)
-    assert u.timer_events == [(20.0, CallFailed(leg, 408, "Request Timeout"))]
+    assert u.timer_events == [(20.0, CallFailed(leg, 408, "No Answer", no_answer=True))]
     assert [(when, _request(o).method) for when, o in sent] == [(20.0, "CANCEL")]
     u.reply(invite, 487)
     events, out = u.take()
@@ -632,18 +632,6 @@ def test_reinvite_and_info_from_the_peer() -> None:
 
 SIPP_USER, SIPP_PASSWORD = "gateway", "s3cret"
 
-_SIPP_REPLY = """<send{retrans}><![CDATA[
-SIP/2.0 {status}
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-{extra}Content-Length: {length}
-{body}
-]]></send>
-"""
 _SIPP_SDP = """
 v=0
 o=sipp 53655765 2353687637 IN IP[local_ip_type] [local_ip]
@@ -660,12 +648,9 @@ _SIPP_RECV_INVITE = """<recv request="INVITE" crlf="true">
   </action>
 </recv>
 """
-_SIPP_RECV_ACK = '<recv request="ACK" crlf="true"/>\n'
-
-
-def _sipp_reply(status: str, extra: str = "") -> str:
-    """A reply without a body (180, a challenge, a refusal) to the request just received."""
-    return _SIPP_REPLY.format(retrans="", status=status, extra=extra, length="0", body="")
+_SIPP_RECV_ACK = sipp.UAS_RECV_ACK
+_sipp_reply = sipp.uas_reply
+_SIPP_REPLY = sipp.UAS_REPLY
 
 
 def _sipp_challenged_invite(status: str, challenge: str, verify: str) -> str:

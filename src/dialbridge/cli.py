@@ -320,8 +320,19 @@ def gateway(settings: Settings) -> int:
         rtp_ports=settings.gateway_rtp_port_range,
         signalling_url=settings.signalling_url,
         max_calls=settings.gateway_max_calls,
+        ring_timeout_s=settings.dial_out_ring_s,
+        project_id=credentials.application_id,
     )
-    asyncio.run(serve_gateway(gateway_settings, credentials, (settings.gateway_api_host, settings.gateway_api_port)))
+    secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
+    asyncio.run(
+        serve_gateway(
+            gateway_settings,
+            credentials,
+            (settings.gateway_api_host, settings.gateway_api_port),
+            callback_url=settings.sip_call_events_url,
+            signature_secret=secret,
+        )
+    )
     return 0
 
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Phone dial-out from a room costs the Vonage account per minute, and anyone holding a room's link holds a
     # participant token: the country codes (or longer prefixes) rooms may call, comma-separated. Empty: any.
     dial_out_prefixes: str = Field(default="", description="E.164 prefixes rooms may dial, e.g. +1,+44")
+    # `{"sip_uri"}` dial-outs call that address directly: the SIP hosts (domains or IPs, comma-separated) rooms may
+    # call that way. Empty: any host.
+    dial_out_sip_hosts: str = Field(default="", description="SIP hosts rooms may call by URI, e.g. pbx.example.com")
     # For the same reason, how many dial-outs (conference or phone) one room may place within an hour.
     dial_outs_per_room_per_hour: Annotated[int, Field(ge=1)] = 30
 
@@ -113,6 +116,8 @@ class Settings(BaseSettings):
     sip_trunk_password: SecretStr | None = None
     # Bridges and calls the gateway holds at once (each is an aiortc peer per browser: ~3 % of a core each).
     gateway_max_calls: Annotated[int, Field(ge=1)] = 50
+    # How long a dial-out rings before it ends as "no answer" (the gateway cancels it).
+    dial_out_ring_s: Annotated[float, Field(gt=0, le=600)] = 45.0
 
     # Vonage: application id + private key (PEM text or a path to it) ...
     vonage_application_id: str | None = None
@@ -166,9 +171,18 @@ class Settings(BaseSettings):
     @property
     def signalling_url(self) -> str:
         """Where the gateway reaches this server's room signalling (always this machine: rooms live in-process)."""
+        return f"ws://{self._local_authority}/rt/signalling"
+
+    @property
+    def _local_authority(self) -> str:
+        """host:port where processes beside this server (the gateway) reach it."""
         host = _reachable(self.host)
-        shown = f"[{host}]" if ":" in host else host
-        return f"ws://{shown}:{self.port}/rt/signalling"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def sip_call_events_url(self) -> str:
+        """Where the gateway posts its calls' session-monitoring callbacks: this server, on this machine."""
+        return f"http://{self._local_authority}/webhooks/video/sip-calls"
 
     @property
     def conference_sip_uri(self) -> str:
@@ -209,6 +223,11 @@ class Settings(BaseSettings):
     def allowed_dial_out_prefixes(self) -> list[str]:
         """The prefixes of DIALBRIDGE_DIAL_OUT_PREFIXES; empty when any number may be dialled."""
         return [prefix.strip() for prefix in self.dial_out_prefixes.split(",") if prefix.strip()]
+
+    @property
+    def allowed_dial_out_sip_hosts(self) -> list[str]:
+        """The hosts of DIALBRIDGE_DIAL_OUT_SIP_HOSTS, lower-case; empty when any SIP host may be called."""
+        return [host.strip().lower() for host in self.dial_out_sip_hosts.split(",") if host.strip()]
 
     def problems(self) -> list[str]:
         """What is wrong with this configuration, each entry saying how to fix it."""

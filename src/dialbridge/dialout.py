@@ -16,13 +16,16 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dialbridge.conference.rooms import Room
-from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER
+from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER, PayloadError
 from dialbridge.config import Backend, Settings
+from dialbridge.gateway.events import CREATED, DESTROYED, DIAL_OUT_STATES, FINAL_STATES, RINGING, UPDATED
 from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
+from dialbridge.sip.message import SipParseError, SipUri
 from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
 
 
@@ -82,6 +85,20 @@ class DialOuts:
         route = self._phone_route(number)
         token_data = {"sip": True, "role": "client", "name": number, "dialOut": PHONE}
         return await self._dial(room, PHONE, number, route, token_data, {})
+
+    async def dial_sip_uri(self, room: Room, uri: str) -> DialOut:
+        """Call a SIP address directly (no trunk, no credentials): on the embedded backend the gateway dials it,
+        on Vonage, Video's SIP dial does. The number allow-list does not apply; DIALBRIDGE_DIAL_OUT_SIP_HOSTS does."""
+        self._require_sip()
+        target = check_sip_uri(uri)
+        allowed = self.settings.allowed_dial_out_sip_hosts
+        if allowed and target.host.strip("[]").lower() not in allowed:
+            raise DialOutNotAllowed(
+                f"{target.host} is not among the SIP hosts this server may call ({', '.join(allowed)}); "
+                "the operator sets these in DIALBRIDGE_DIAL_OUT_SIP_HOSTS"
+            )
+        token_data = {"sip": True, "role": "client", "name": "SIP call", "dialOut": PHONE}
+        return await self._dial(room, PHONE, uri, SipRoute(uri=uri, secure=False), token_data, {})
 
     async def hang_up(self, room: Room, dial_out_id: str) -> DialOut:
         self._require_sip()
@@ -182,6 +199,15 @@ class DialOuts:
             platform_call_id=placed.call_id,
             connection_id=placed.connection_id,
             stream_id=placed.stream_id,
+            progress=RINGING if self.platform.reports_sip_progress else None,
+        )
+
+    async def record_progress(self, update: SipCallUpdate) -> DialOut | None:
+        """How the dial-out's SIP call went (the gateway's callback); the record as it now is, or None when it was
+        closed already (a room's hang-up came first)."""
+        final = update.state in FINAL_STATES
+        return await asyncio.to_thread(
+            self.store.mark_progress, update.dial_out_id, update.state, final=final, now=self.clock()
         )
 
     async def open_conference(self, room: Room) -> DialOut | None:
@@ -195,7 +221,55 @@ class DialOuts:
             raise NotSupported(f"the {self.platform.name} video platform cannot dial SIP")
 
 
+@dataclass(frozen=True, slots=True)
+class SipCallUpdate:
+    """One session-monitoring callback about a dial-out's SIP call (gateway/events.py)."""
+
+    dial_out_id: str
+    session_id: str
+    state: str
+
+
+def sip_call_update(fields: Mapping[str, Any]) -> SipCallUpdate | None:
+    """The dial-out update a callback carries; None for one that changes no state (sipCallCreated, or a call that
+    no dial-out of ours placed). Malformed → PayloadError (422)."""
+    event = fields.get("event")
+    call = fields.get("call")
+    session_id = fields.get("sessionId")
+    if event not in (CREATED, UPDATED, DESTROYED) or not isinstance(call, dict) or not isinstance(session_id, str):
+        raise PayloadError("a SIP call callback needs sessionId, event (sipCallCreated/Updated/Destroyed) and call")
+    headers = call.get("headers")
+    named = {str(name).lower(): value for name, value in headers.items()} if isinstance(headers, dict) else {}
+    dial_out_id = named.get(DIAL_OUT_HEADER.lower())  # SIP header names are case-insensitive
+    if event == CREATED or not isinstance(dial_out_id, str):
+        return None
+    state = call.get("state")
+    if state not in DIAL_OUT_STATES:
+        raise PayloadError(f"call.state must be one of {', '.join(DIAL_OUT_STATES)}")
+    return SipCallUpdate(dial_out_id=dial_out_id, session_id=session_id, state=state)
+
+
 PHONE_FROM_NONE: None = None  # the conference dial-out presents no caller number
+
+
+def check_sip_uri(uri: str) -> SipUri:
+    """A dial-out's `sip_uri`, parsed, or ValueError saying what is wrong in the caller's words."""
+    try:
+        target = SipUri.parse(uri)
+    except SipParseError as exc:
+        raise ValueError(
+            f"is not a SIP URI ({exc}); write it as sip:user@host, e.g. sip:alice@pbx.example.com"
+        ) from None
+    if target.scheme != "sip":
+        raise ValueError(
+            "must be a sip: URI: the gateway has no TLS, so sips: cannot be called (and tel: numbers go in 'number')"
+        )
+    if not target.host:
+        raise ValueError("needs a host, e.g. sip:alice@pbx.example.com")
+    transport = (target.transport or "udp").lower()
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"transport={transport} cannot be called: use ;transport=udp (the default) or ;transport=tcp")
+    return target
 
 
 def digits(e164: str) -> str:

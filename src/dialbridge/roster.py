@@ -37,8 +37,9 @@ from dialbridge.conference.participants import (
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import PinInput
 from dialbridge.engine.rooms.hub import SignallingHub
+from dialbridge.gateway.events import ANSWERED, FINAL_STATES, RINGING
 from dialbridge.platforms.base import CallGone, NotSupported, PlatformError, VideoPlatform
-from dialbridge.store.dial_outs import CONFERENCE, DIALLING, PHONE, DialOut, DialOutStore
+from dialbridge.store.dial_outs import CONFERENCE, DIALLING, LIVE, PHONE, DialOut, DialOutStore
 from dialbridge.store.store import CallRecord, Store
 from dialbridge.tokens import is_sip_participant
 
@@ -235,18 +236,33 @@ class Roster:
 
 
 def _open_phone(dial_out: DialOut) -> bool:
-    return dial_out.kind == PHONE and dial_out.ended_at is None and dial_out.state in (DIALLING, "live")
+    return dial_out.kind == PHONE and dial_out.ended_at is None and dial_out.state in (DIALLING, LIVE)
+
+
+def dial_out_state(dial_out: DialOut) -> CallState:
+    """A phone dial-out's state for the page: how its SIP call went where the gateway reported it (the end it
+    reported stays shown), else its record's (a hang-up by the room, or a platform that reports nothing: on Vonage a
+    phone dial-out's own call record, linked by the answer webhook, then says how it goes)."""
+    progress = dial_out.progress
+    if progress in FINAL_STATES:
+        return CallState(progress)
+    if dial_out.ended_at is not None or dial_out.state not in (DIALLING, LIVE):
+        return CallState.ENDED
+    if progress in (RINGING, ANSWERED):
+        return CallState(progress)
+    # Without reports (Vonage), a placed call is as far as dial_sip's answer says: connected.
+    return CallState.RINGING if dial_out.state == DIALLING else CallState.ANSWERED
 
 
 def _dial_out_participant(dial_out: DialOut) -> PhoneParticipant:
     """A phone dial-out before (or without) a call record: its own state."""
-    state = {DIALLING: CallState.RINGING, "live": CallState.ANSWERED}.get(dial_out.state, CallState.ENDED)
+    state = dial_out_state(dial_out)
     return PhoneParticipant(
         call_id=dial_out.id,
         number=mask_number(dial_out.target),
         state=state,
         muted=False,
-        detail=dial_out.state,
+        detail=dial_out.progress or dial_out.state,
         dial_out=True,
     )
 

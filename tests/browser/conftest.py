@@ -6,8 +6,11 @@ import asyncio
 import os
 import socket
 import threading
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 from live_server import LiveServer
@@ -17,6 +20,7 @@ from dialbridge.config import Settings
 from dialbridge.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
+PAGE_HZ = 440.0  # singing_chromium's microphone
 WAIT_MS = 30_000
 CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
@@ -75,6 +79,24 @@ def chromium(playwright: Playwright) -> Iterator[Browser]:
             "scripts/install-system-deps) or `sudo apt-get install chromium`."
         )
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser]:
+    """Chromium whose microphone plays a steady 440 Hz tone (a WAV file as the fake capture device)."""
+    path = tmp_path / "mic.wav"
+    rate = 48_000
+    samples = (0.3 * 32767 * np.sin(2 * np.pi * PAGE_HZ * np.arange(rate * 30) / rate)).astype(np.int16)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
+    )
     yield browser
     browser.close()
 

@@ -9,15 +9,13 @@ import os
 import signal
 import sqlite3
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.conftest import PAGE_HZ
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack
@@ -29,7 +27,6 @@ pytestmark = [
     pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs the sip-tester package"),
     pytest.mark.timeout(120),
 ]
-PAGE_HZ = 440.0  # the page's microphone
 CALLER_HZ = 700.0  # the phone caller's voice
 WAIT_MS = 20_000
 CALLER_MEDIA_PORT = 17300
@@ -46,24 +43,6 @@ PHONE_PARTICIPANTS = """async () => {
 def stack(tmp_path: Path) -> Iterator[VoiceStack]:
     with voice_stack(tmp_path) as running:
         yield running
-
-
-@pytest.fixture
-def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser]:
-    """Chromium whose microphone plays a steady 440 Hz tone (a WAV file as the fake capture device)."""
-    path = tmp_path / "mic.wav"
-    rate = 48_000
-    samples = (0.3 * 32767 * np.sin(2 * np.pi * PAGE_HZ * np.arange(rate * 30) / rate)).astype(np.int16)
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
-    )
-    yield browser
-    browser.close()
 
 
 def bring_in_the_conference(

@@ -1,4 +1,5 @@
-"""SIPp as a caller: scenarios written for each test, run as real processes against the voice engine."""
+"""SIPp as a caller (scenarios written for each test, run as real processes against the voice engine), and as a
+callee (UAS) that the gateway dials: its replies."""
 
 from __future__ import annotations
 
@@ -225,4 +226,38 @@ def cancelled_invite(caller: str = "+15550001111", payloads: str = "8 0 101") ->
         + CANCEL.format(branch=branch, caller=caller)
         + '<recv response="200"/>\n<recv response="487"/>\n'
         + ACK_NON_2XX.format(branch=branch)
+    )
+
+
+# --- SIPp as the callee (UAS) -------------------------------------------------------------------------------------
+
+UAS_REPLY = """<send{retrans}><![CDATA[
+SIP/2.0 {status}
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+{extra}Content-Length: {length}
+{body}
+]]></send>
+"""
+UAS_RECV_ACK = '<recv request="ACK" crlf="true"/>\n'
+
+
+def uas_reply(status: str, extra: str = "") -> str:
+    """A reply without a body (180, a challenge, a refusal) to the request just received."""
+    return UAS_REPLY.format(retrans="", status=status, extra=extra, length="0", body="")
+
+
+def uas_answer(payloads: str = "8", extra: str = "") -> str:
+    """200 OK with an SDP answer (`payloads` offered) and `extra` header lines, resent until the ACK arrives."""
+    body = "\n" + sdp(payloads).rstrip("\n")
+    return UAS_REPLY.format(
+        retrans=' retrans="500"',
+        status="200 OK",
+        extra=f"{extra}Content-Type: application/sdp\n",
+        length="[len]",
+        body=body,
     )

@@ -4,7 +4,8 @@ Pure: no I/O. Rules:
 - A phone number never leaves the server whole: `mask_number` keeps the country code and the last four digits
   (`+1 ••• ••• 4567`); anything that is not a number (a SIP URI, a name) shows as "Phone caller", a withheld one
   as "Withheld number". The mask has a fixed shape whatever the number's length.
-- A call's state for the page is one of ringing, answered, in_conference, ended (`call_state`).
+- A call's state for the page is one of ringing, answered, in_conference, ended (`call_state`); a dial-out's may
+  also end as busy, no_answer, failed or completed (the gateway's report of its SIP call).
 - Keypad commands are `*` then one digit: `*6` toggles one's own mute, `*1` asks how many are in the room. A `*`
   starts a command (a second `*` starts it again); any other digit after `*` ends it without effect; digits
   without a `*` before them do nothing (`keypad_step`).
@@ -96,6 +97,11 @@ class CallState(StrEnum):
     ANSWERED = "answered"
     IN_CONFERENCE = "in_conference"
     ENDED = "ended"
+    # How a call the room placed ended, shown in its row (the page removes only "ended" rows).
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+    COMPLETED = "completed"
 
 
 _RINGING = frozenset({"started", "ringing", "dialling"})

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.gateway.control import create_gateway_app
+from dialbridge.gateway.events import SignedPoster, SipCallReporter
 from dialbridge.gateway.shell import Gateway, GatewaySettings
 from dialbridge.local_api import LocalApiServer
 
@@ -47,8 +48,18 @@ class GatewayMetrics(Collector):
         yield late
 
 
-async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials, api: tuple[str, int]) -> None:
-    gateway = Gateway(settings)
+async def serve_gateway(
+    settings: GatewaySettings,
+    credentials: VoiceCredentials,
+    api: tuple[str, int],
+    *,
+    callback_url: str | None = None,
+    signature_secret: str | None = None,
+) -> None:
+    """`callback_url`: where the calls' session-monitoring callbacks go (signed with `signature_secret` if set)."""
+    webhooks = SignedPoster(signature_secret) if callback_url else None
+    reporter = SipCallReporter(callback_url, webhooks) if callback_url and webhooks else None
+    gateway = Gateway(settings, reporter=reporter)
     await gateway.start()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayMetrics(gateway))
@@ -62,6 +73,8 @@ async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials
         await server.start()
     except BaseException:
         await gateway.stop()
+        if webhooks is not None:
+            await webhooks.aclose()
         raise
     log.info(
         "gateway: SIP on %s:%d (UDP), RTP %d-%d, control API https://%s:%d, rooms at %s",
@@ -75,3 +88,5 @@ async def serve_gateway(settings: GatewaySettings, credentials: VoiceCredentials
     log.info("gateway: stopping; hanging up %d calls", len(gateway.calls))
     await gateway.stop()
     await server.close()
+    if webhooks is not None:
+        await webhooks.aclose()

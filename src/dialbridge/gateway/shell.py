@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dialbridge import sdp
+from dialbridge.gateway.events import CREATED, SipCallReporter, call_state, callback, event_name
+from dialbridge.gateway.events import CallState as LegState
 from dialbridge.gateway.room import RoomJoinFailed, RoomParticipant
+from dialbridge.gateway.tcp import SipTcpConnections, TcpUnavailable
 from dialbridge.media import g711
 from dialbridge.rtp.session import RtpSession
 from dialbridge.sip import (
@@ -87,6 +90,8 @@ class GatewaySettings:
     signalling_url: str
     max_calls: int = 50
     join_timeout_s: float = 10.0
+    ring_timeout_s: float | None = 45.0  # DIALBRIDGE_DIAL_OUT_RING_S: no answer by then ends the call as no_answer
+    project_id: str = ""  # the application id the control API serves, named in the callbacks as Vonage names it
 
 
 @dataclass(eq=False)
@@ -100,11 +105,21 @@ class GatewayCall:
     codec: str = "PCMU"
     end_reason: str | None = None
     had_browsers: bool = False  # the bridge leaves when the last one leaves, not when it joins an empty room
+    headers: dict[str, str] = field(default_factory=dict)  # the X- headers dialled with, echoed in the callbacks
+    transport: str = "udp"
+    destination: Address = ("", 0)
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        rng: random.Random | None = None,
+        reporter: SipCallReporter | None = None,
+    ) -> None:
         self.settings = settings
+        self.reporter = reporter  # tells the app how each call's SIP leg goes (session-monitoring callbacks)
         self._rng = rng or random.SystemRandom()
         self.agent = SipAgent(
             contact_host=settings.contact_host, contact_port=settings.sip_port, user_agent="dialbridge-gateway"
@@ -113,6 +128,7 @@ class Gateway:
         self._by_leg: dict[str, GatewayCall] = {}
         self._by_port: dict[int, GatewayCall] = {}
         self._sip: asyncio.DatagramTransport | None = None
+        self._tcp = SipTcpConnections(self._tcp_received, self._tcp_lost, settings.max_calls)
         self._media: UdpMediaPorts | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -160,6 +176,9 @@ class Gateway:
             self._media.close_all()
         if self._sip is not None:
             self._sip.close()
+        self._tcp.close_all()
+        if self.reporter is not None:
+            await self.reporter.flush(STOP_GRACE_S)
 
     # --- the control API's operations ---------------------------------------------------------------------------
 
@@ -173,9 +192,14 @@ class Gateway:
         if target.scheme != "sip":
             raise DialRefused(400, "sip.uri must be a sip: URI (this gateway has no TLS/SRTP: sips is refused)")
         transport = (target.transport or "udp").lower()
-        if transport != "udp":
-            raise DialRefused(400, f"transport={transport} is not supported yet: the gateway calls over UDP")
+        if transport not in ("udp", "tcp"):
+            raise DialRefused(400, f"transport={transport} is not supported: the gateway calls over UDP or TCP")
         destination = await self._resolve(target.host, target.port or 5060)
+        if transport == "tcp":
+            try:
+                await self._tcp.connect(destination)
+            except TcpUnavailable as exc:
+                raise DialRefused(502, str(exc)) from None
         assert self._media is not None
         try:
             rtp_port = self._media.open()
@@ -190,7 +214,14 @@ class Gateway:
             on_over=lambda reason: self._room_over(call_id, reason),
             on_browsers_changed=lambda count: self._browsers_changed(call_id, count),
         )
-        call = GatewayCall(call_id=call_id, room=room, rtp_port=rtp_port)
+        call = GatewayCall(
+            call_id=call_id,
+            room=room,
+            rtp_port=rtp_port,
+            headers=dict(request.headers),
+            transport=transport,
+            destination=destination,
+        )
         self.calls[call_id] = call
         self._by_port[rtp_port] = call
         try:
@@ -211,17 +242,19 @@ class Gateway:
         leg_id = self.agent.dial(
             request.uri,
             destination=destination,
-            transport="udp",
+            transport=transport,
             sdp=offer,
             now=time.monotonic(),
             from_uri=from_uri,
             from_display=request.name,
             headers=request.headers,
             credentials=credentials,
+            ring_timeout=self.settings.ring_timeout_s,
         )
         call.leg_id = leg_id
         self._by_leg[leg_id] = call
         self.calls_placed += 1
+        self._report(call, CREATED, None)
         self._pump()
         log.info("gateway call %s: dialling %s for session %s", call_id, request.uri, request.session_id)
         assert room.connection_id is not None and room.stream_id is not None
@@ -283,6 +316,10 @@ class Gateway:
                 self._legs_gone.set()
         if self._by_port.pop(call.rtp_port, None) is not None and self._media is not None:
             self._media.close(call.rtp_port)
+        if call.transport == "tcp" and not any(
+            other.transport == "tcp" and other.destination == call.destination for other in self.calls.values()
+        ):
+            self._tcp.release(call.destination)
 
     def _on_sip_event(self, event: object) -> None:
         leg_id = getattr(event, "leg_id", None)
@@ -290,6 +327,9 @@ class Gateway:
         if call is None:
             return
         now = time.monotonic()
+        state = call_state(event)
+        if state is not None and call.state != "ended":
+            self._report(call, event_name(state), state)
         if isinstance(event, CallProgress):
             call.state = "ringing" if call.state == "dialling" else call.state
             if event.sdp:
@@ -372,9 +412,37 @@ class Gateway:
 
     # --- SIP ---------------------------------------------------------------------------------------------------
 
-    def sip_received(self, data: bytes, source: Address) -> None:
-        self.agent.receive(data, source, time.monotonic(), "udp")
+    def sip_received(self, data: bytes, source: Address, transport: str = "udp") -> None:
+        self.agent.receive(data, source, time.monotonic(), transport)
         self._pump()
+
+    def _tcp_received(self, data: bytes, source: Address) -> None:
+        try:
+            self.sip_received(data, source, "tcp")
+        except Exception:
+            log.exception("gateway: SIP over TCP from %s failed", source)
+
+    def _tcp_lost(self, peer: Address) -> None:
+        """The connection to `peer` closed: whatever still used it has failed (CallFailed 503 / CallEnded)."""
+        self.agent.transport_failed(peer, time.monotonic())
+        self._pump()
+
+    def _report(self, call: GatewayCall, event: str, state: LegState | None) -> None:
+        if self.reporter is None:
+            return
+        self.reporter.report(
+            callback(
+                event=event,
+                project_id=self.settings.project_id,
+                session_id=call.room.session_id,
+                call_id=call.call_id,
+                connection_id=call.room.connection_id,
+                stream_id=call.room.stream_id,
+                headers=call.headers,
+                state=state,
+                now=time.time(),
+            )
+        )
 
     def _pump(self) -> None:
         """Send what the agent queued and act on its events, until handling them queues nothing more (a BYE)."""
@@ -383,7 +451,10 @@ class Gateway:
             if not events and not outgoing:
                 return
             for message in outgoing:
-                if self._sip is not None and message.transport == "udp":
+                if message.transport == "tcp":
+                    if not self._tcp.send(message.destination, message.data):  # it closed: what used it fails
+                        self.agent.transport_failed(message.destination, time.monotonic())
+                elif self._sip is not None:
                     try:
                         self._sip.sendto(message.data, message.destination)
                     except (OSError, ValueError) as exc:  # a message that cannot be sent costs that message only

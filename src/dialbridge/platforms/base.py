@@ -66,6 +66,9 @@ class BrowserConfig:
 class VideoPlatform(Protocol):
     name: str
     supports_sip: bool  # whether dial_sip / disconnect of SIP calls work on this platform
+    # Whether a placed SIP call's progress is reported (the gateway's callbacks) after dial_sip returns: then a
+    # placed call is ringing until told otherwise; else dial_sip's return is all there is to know.
+    reports_sip_progress: bool
 
     async def create_session(self) -> str: ...
 

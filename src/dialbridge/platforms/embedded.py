@@ -40,6 +40,7 @@ TokenIssuer = Callable[[str, str, str], str]
 class EmbeddedVideo:
     name = "embedded"
     supports_sip = True
+    reports_sip_progress = True  # the gateway posts sipCallUpdated/Destroyed (gateway/events.py)
 
     def __init__(self, hub: ConnectionCloser, gateway: LocalApiClient | None = None) -> None:
         self.hub = hub

@@ -57,6 +57,7 @@ class VonageVideoBase:
 
     name = "vonage"
     supports_sip = True
+    reports_sip_progress = False
 
     def __init__(self, browser_api_key: str, browser: BrowserSide, participant_id: ParticipantId) -> None:
         self.browser_api_key = browser_api_key  # what OT.initSession takes: the application id, or the legacy key

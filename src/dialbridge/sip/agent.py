@@ -175,11 +175,13 @@ class CallAnswered:
 @dataclass(frozen=True, slots=True)
 class CallFailed:
     """dial() did not connect: the final 3xx-6xx (401/407 once auth is exhausted), 408 on Timer B, 503 when the
-    transport failed. The leg is gone; no CallEnded follows."""
+    transport failed. The leg is gone; no CallEnded follows. `no_answer`: our own ring timeout gave up (a 408 from
+    Timer B or the far end means nothing answered at all, which is not the same for the people waiting)."""
 
     leg_id: str
     status: int
     reason: str
+    no_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1035,7 +1037,7 @@ class SipAgent:
             if leg.state in (LegState.CALLING, LegState.EARLY):
                 # Reported now, once: the CANCEL (or the ACK + BYE of a 2xx that crosses it) then runs unreported.
                 leg.end_reported = True
-                self._events.append(CallFailed(leg.leg_id, 408, REASON_PHRASES[408]))
+                self._events.append(CallFailed(leg.leg_id, 408, "No Answer", no_answer=True))
                 self.hangup(leg.leg_id, now)
         if dial.give_up_at is None or dial.give_up_at > now or leg.state is not LegState.CANCELLING:
             return

@@ -56,6 +56,7 @@ class DialOut:
     call_uuid: str | None
     created_at: float
     ended_at: float | None
+    progress: str | None = None  # the SIP call's last reported state (gateway/events.py's DIAL_OUT_STATES)
 
 
 class DialOutStore:
@@ -125,8 +126,16 @@ class DialOutStore:
         return self._get_existing(dial_out_id)
 
     def mark_live(
-        self, dial_out_id: str, *, platform_call_id: str, connection_id: str, stream_id: str | None
+        self,
+        dial_out_id: str,
+        *,
+        platform_call_id: str,
+        connection_id: str,
+        stream_id: str | None,
+        progress: str | None = None,
     ) -> DialOut:
+        """`progress`: the call's state once placed, unless a report of it arrived first (the gateway may post
+        "answered" before the platform's answer to the dial reaches us)."""
         self._set(
             dial_out_id,
             (DIALLING,),
@@ -134,6 +143,7 @@ class DialOutStore:
             platform_call_id=platform_call_id,
             connection_id=connection_id,
             stream_id=stream_id,
+            progress=func.coalesce(t.dial_outs.c.progress, progress),
         )
         return self._get_existing(dial_out_id)
 
@@ -143,6 +153,14 @@ class DialOutStore:
     def mark_ended(self, dial_out_id: str, now: float) -> DialOut:
         self._set(dial_out_id, OPEN_STATES, state=ENDED, ended_at=now)
         return self._get_existing(dial_out_id)
+
+    def mark_progress(self, dial_out_id: str, progress: str, *, final: bool, now: float) -> DialOut | None:
+        """Record how the dial-out's SIP call went; a final state also closes the record (ended, or failed when
+        the call never connected). Nothing changes for a dial-out already closed, or unknown (None)."""
+        values: dict[str, Any] = {"progress": progress}
+        if final:
+            values.update(state=ENDED if progress == "completed" else FAILED, ended_at=now)
+        return self.get(dial_out_id) if self._set(dial_out_id, OPEN_STATES, **values) else None
 
     def mark_call(self, dial_out_id: str, call_uuid: str) -> bool:
         """Link the phone call Vonage created for this dial-out (the answer webhook sees its SIP header)."""
@@ -179,14 +197,15 @@ class DialOutStore:
         with self.engine.connect() as conn:
             return [DialOut(**row._mapping) for row in conn.execute(query)]
 
-    def _set(self, dial_out_id: str, from_states: tuple[str, ...], **values: Any) -> None:
+    def _set(self, dial_out_id: str, from_states: tuple[str, ...], **values: Any) -> bool:
         # Transitions only from the states named: a late answer never reopens an ended or failed dial-out.
         with writing(self.engine) as conn:
-            conn.execute(
+            changed = conn.execute(
                 update(t.dial_outs)
                 .where(t.dial_outs.c.id == dial_out_id, t.dial_outs.c.state.in_(from_states))
                 .values(**values)
-            )
+            ).rowcount
+        return bool(changed == 1)
 
     def _get_existing(self, dial_out_id: str) -> DialOut:
         found = self.get(dial_out_id)

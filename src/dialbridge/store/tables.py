@@ -128,6 +128,8 @@ dial_outs = Table(
     Column("kind", String(16), nullable=False),  # "conference" | "phone"
     Column("target", String(512), nullable=False),
     Column("state", String(16), nullable=False),  # "dialling" | "live" | "ended" | "failed"
+    # How its SIP call went, as the gateway reports it: ringing | answered | busy | no_answer | failed | completed.
+    Column("progress", String(16), nullable=True),
     Column("platform_call_id", String(128), nullable=True),
     Column("connection_id", String(128), nullable=True),
     Column("stream_id", String(128), nullable=True),

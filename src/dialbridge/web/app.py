@@ -89,6 +89,9 @@ def create_app(
     return DialbridgeApp(app, services)
 
 
+NO_CONTENT = frozenset({"events", "keypad", "sip-calls"})  # the webhooks that answer 204, not an NCCO
+
+
 def _document_webhooks(app: FastAPI) -> None:
     """The webhooks in the OpenAPI document, from the one table that routes them (`WEBHOOKS`): FastAPI never
     sees a webhook request (the webhook layer and the HTTP protocol's direct path answer first), so the paths
@@ -107,7 +110,7 @@ def _document_webhooks(app: FastAPI) -> None:
                         "description": "Signed like Vonage's when DIALBRIDGE_SIGNATURE_SECRET is set; see the README.",
                         "tags": ["webhooks"],
                         "responses": {"200": {"description": "NCCO"}}
-                        if webhook.name != "events"
+                        if webhook.name not in NO_CONTENT
                         else {"204": {"description": "stored"}},
                     }
                     for method in sorted(webhook.methods)

@@ -14,12 +14,18 @@ from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
-from dialbridge.dialout import DialOutNotAllowed, DialOutNotLive, DialOutUnavailable, UnknownDialOut
+from dialbridge.dialout import (
+    DialOutNotAllowed,
+    DialOutNotLive,
+    DialOutUnavailable,
+    UnknownDialOut,
+    check_sip_uri,
+)
 from dialbridge.roster import CallNotLive, UnknownCall
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut, DialOutLimitReached
 from dialbridge.tokens import Role, TokenError
@@ -33,10 +39,30 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 class DialOutRequest(BaseModel):
-    """`{}` dials the room into the phone conference; `{"number": "+E164"}` dials that phone."""
+    """`{}` dials the room into the phone conference; `{"number": "+E164"}` dials that phone (through the SIP trunk
+    on the embedded backend); `{"sip_uri": "sip:user@host"}` calls that SIP address directly."""
 
     model_config = ConfigDict(extra="forbid")
     number: str | None = Field(default=None, pattern=E164.pattern, description="E.164, e.g. +14155550100")
+    sip_uri: str | None = Field(
+        default=None, max_length=256, description="a SIP address to call directly, e.g. sip:alice@pbx.example.com"
+    )
+
+    @field_validator("sip_uri")
+    @classmethod
+    def _sip_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_sip_uri(value)
+            except ValueError as exc:
+                raise PydanticCustomError("sip_uri", str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DialOutRequest:
+        if self.number is not None and self.sip_uri is not None:
+            raise PydanticCustomError("one_target", "send either number or sip_uri, not both")
+        return self
 
     @field_validator("number", mode="before")
     @classmethod
@@ -128,8 +154,11 @@ async def dial_out(
     room: RoomDep, svc: ServicesDep, body: Annotated[DialOutRequest | None, Body()] = None
 ) -> JsonResponse:
     number = body.number if body else None
+    sip_uri = body.sip_uri if body else None
     try:
-        if number is None:
+        if sip_uri is not None:
+            placed = await svc.dial_outs.dial_sip_uri(room, sip_uri)
+        elif number is None:
             placed = await svc.dial_outs.dial_conference(room)
         else:
             placed = await svc.dial_outs.dial_phone(room, number)

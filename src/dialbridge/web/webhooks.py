@@ -12,6 +12,7 @@ route template.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
+from dialbridge.dialout import sip_call_update
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
 from dialbridge.web.errors import INTERNAL_ERROR, ApiError, error_body, not_json
 from dialbridge.web.metrics import CLIENT_CLOSED, timed
@@ -68,6 +70,23 @@ async def _keypad(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
     return 204, None
 
 
+async def _sip_call(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
+    """The gateway's session-monitoring callback for a call it placed: the dial-out's state, told to the room."""
+    check_nesting(fields)
+    update = sip_call_update(fields)
+    if update is None:
+        return 204, None
+    dial_out = await asyncio.to_thread(svc.dial_outs.store.get, update.dial_out_id)
+    room = await svc.rooms.find(dial_out.room_id) if dial_out is not None else None
+    if room is None or room.session_id != update.session_id:  # not a call this server placed for that session
+        log.warning("sip call event for unknown dial-out %s of session %s", update.dial_out_id, update.session_id)
+        return 204, None
+    changed = await svc.dial_outs.record_progress(update)
+    if changed is not None:
+        svc.roster.dial_out_changed(room, changed)
+    return 204, None
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
     name: str
@@ -80,12 +99,14 @@ _ANSWER = Webhook("answer", "/webhooks/answer", frozenset({"GET", "POST"}), _ans
 _INPUT = Webhook("input", "/webhooks/input", frozenset({"POST"}), _input)
 _EVENTS = Webhook("events", "/webhooks/events", frozenset({"GET", "POST"}), _event)
 _KEYPAD = Webhook("keypad", "/webhooks/keypad", frozenset({"POST"}), _keypad)
+_SIP_CALLS = Webhook("sip-calls", "/webhooks/video/sip-calls", frozenset({"POST"}), _sip_call)
 # The tutorial's paths stay as aliases so that a Vonage application configured from it works unchanged.
 WEBHOOKS: dict[str, Webhook] = {
     "/webhooks/answer": _ANSWER,
     "/webhooks/input": _INPUT,
     "/webhooks/events": _EVENTS,
     "/webhooks/keypad": _KEYPAD,
+    "/webhooks/video/sip-calls": _SIP_CALLS,
     "/nexmo-answer": _ANSWER,
     "/nexmo-dtmf": _INPUT,
     "/nexmo-events": _EVENTS,
