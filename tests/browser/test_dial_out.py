@@ -156,6 +156,13 @@ Content-Length: 0
 ]]></send>
 <recv response="200"/>
 """
+# The gateway gives up ringing: CANCEL (answered 200), then 487 to the INVITE, and its ACK.
+CANCELLED = (
+    f'<recv request="CANCEL" timeout="{(RING_S + 5) * 1000}"/>\n'
+    + sipp.OK_TO_LAST
+    + RESPONSE_TO_INVITE.format(status="487 Request Terminated")
+    + sipp.UAS_RECV_ACK
+)
 KEEP_CALLER = (
     '<ereg regexp="[^\\r\\n]+" search_in="hdr" header="From:" assign_to="caller"/>'
     '<ereg regexp="sip:[^>;]+" search_in="hdr" header="Contact:" assign_to="contact"/>'
@@ -243,14 +250,7 @@ def test_a_busy_callee_ends_as_busy(
 def test_a_callee_that_never_answers_ends_as_no_answer(
     stack: VoiceStack, trunk_port: int, singing_chromium: Browser, tmp_path: Path
 ) -> None:
-    xml = (
-        RECV_INVITE.format(check=KEEP_CSEQ)
-        + sipp.uas_reply("180 Ringing")
-        + f'<recv request="CANCEL" timeout="{(RING_S + 5) * 1000}"/>\n'
-        + sipp.OK_TO_LAST
-        + RESPONSE_TO_INVITE.format(status="487 Request Terminated")
-        + sipp.UAS_RECV_ACK
-    )
+    xml = RECV_INVITE.format(check=KEEP_CSEQ) + sipp.uas_reply("180 Ringing") + CANCELLED
     run = trunk(tmp_path / "sipp", xml, trunk_port)
     context, page = open_room(singing_chromium, stack, "unanswered")
     dial_number(page, NUMBER)
@@ -261,6 +261,37 @@ def test_a_callee_that_never_answers_ends_as_no_answer(
     participant_left(page, stack)
     assert run.wait(20) == 0, run.errors()
     assert dial_out_rows(stack, "unanswered") == [("failed", "no_answer")]
+    context.close()
+
+
+def test_early_media_reaches_the_page_while_it_rings(
+    stack: VoiceStack, trunk_port: int, singing_chromium: Browser, tmp_path: Path
+) -> None:
+    """183 with SDP: the callee's network plays something (a ringback, an announcement) before any answer; the
+    room hears it. Early media is no answer: the call still ends as no_answer when the ring time is up."""
+    callee = RtpStream(ssrc=78)
+    callee.audio(tone([CALLEE_HZ], 6.0))
+    folder = tmp_path / "sipp"
+    folder.mkdir()
+    xml = (
+        RECV_INVITE.format(check=KEEP_CSEQ)
+        + sipp.uas_answer("8", status="183 Session Progress")
+        + sipp.play(callee.write_pcap(folder / "early.pcap"))
+        + CANCELLED
+    )
+    run = trunk(folder, xml, trunk_port)
+    context, page = open_room(singing_chromium, stack, "early-media")
+    dial_number(page, NUMBER)
+    row_state(page, "ringing")
+    page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1")
+    time.sleep(1.5)
+    heard = page.evaluate(SUBSCRIBER_PEAK)
+    assert page.query_selector("#participant-list li[data-state='ringing']") is not None  # still not answered
+    assert abs(heard["hz"] - CALLEE_HZ) <= 2 * heard["binHz"] + 8, f"the page hears {heard}, not the early media"
+    assert heard["db"] - heard["medianDb"] > 30, heard
+    row_state(page, "no_answer")
+    participant_left(page, stack)
+    assert run.wait(20) == 0, run.errors()
     context.close()
 
 

@@ -251,12 +251,13 @@ def uas_reply(status: str, extra: str = "") -> str:
     return UAS_REPLY.format(retrans="", status=status, extra=extra, length="0", body="")
 
 
-def uas_answer(payloads: str = "8", extra: str = "") -> str:
-    """200 OK with an SDP answer (`payloads` offered) and `extra` header lines, resent until the ACK arrives."""
+def uas_answer(payloads: str = "8", extra: str = "", status: str = "200 OK") -> str:
+    """200 OK (resent until the ACK arrives), or a 183 with early media, with an SDP answer (`payloads` offered) and
+    `extra` header lines."""
     body = "\n" + sdp(payloads).rstrip("\n")
     return UAS_REPLY.format(
-        retrans=' retrans="500"',
-        status="200 OK",
+        retrans=' retrans="500"' if status.startswith("2") else "",
+        status=status,
         extra=f"{extra}Content-Type: application/sdp\n",
         length="[len]",
         body=body,
