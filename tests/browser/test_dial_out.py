@@ -23,6 +23,7 @@ from tests.browser.conftest import PAGE_HZ
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack
+from tests.engine.test_voice_baresip import BARESIP, Baresip
 from tests.helpers import wait_until
 from tests.media_probe import SUBSCRIBER_PEAK
 
@@ -334,6 +335,34 @@ def test_a_sip_uri_over_tcp_answers_then_hangs_up(stack: VoiceStack, singing_chr
     refused = dial_sip_uri(page, "sips:callee@127.0.0.1")
     assert refused["status"] == 422 and "no TLS" in str(refused["body"]), refused
     context.close()
+
+
+@pytest.mark.skipif(BARESIP is None, reason="baresip is not installed: make test installs the baresip package")
+def test_baresip_called_by_sip_uri_and_the_room_hear_each_other(
+    stack: VoiceStack, singing_chromium: Browser, tmp_path: Path
+) -> None:
+    phone_hz = 650.0
+    phone = Baresip(tmp_path / "baresip", freq=phone_hz, rtp_low=17500, auto_answer=True)
+    try:
+        context, page = open_room(singing_chromium, stack, "softphone")
+        placed = dial_sip_uri(page, f"sip:baresip@127.0.0.1:{phone.sip_port}")
+        assert placed["status"] == 201, placed
+        phone.wait_event("CALL_ESTABLISHED", timeout=15)
+        row_state(page, "answered")
+        page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1")
+        time.sleep(3.0)
+        heard = page.evaluate(SUBSCRIBER_PEAK)
+        page.click("#participant-list li[data-state='answered'] button.hang-up")
+        phone.wait_event("CALL_CLOSED", timeout=10)
+        participant_left(page, stack)
+        context.close()
+        recorded, rate = phone.heard()
+    finally:
+        phone.close()
+    assert abs(heard["hz"] - phone_hz) <= 2 * heard["binHz"] + 8, f"the page hears {heard}, not baresip"
+    assert heard["db"] - heard["medianDb"] > 30, heard
+    tail = recorded[-rate * 2 :]
+    assert tone_energy(tail, PAGE_HZ, rate) > 0.3, "baresip does not hear the page's 440 Hz"
 
 
 def _invites(folder: Path) -> list[tuple[str, str | None]]:

@@ -74,7 +74,7 @@ snd_path {folder}/snd
 class Baresip:
     """One baresip process and its ctrl_tcp connection (commands answered in order; events collected)."""
 
-    def __init__(self, folder: Path, *, freq: float, rtp_low: int) -> None:
+    def __init__(self, folder: Path, *, freq: float, rtp_low: int, auto_answer: bool = False) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "snd").mkdir(exist_ok=True)
@@ -86,7 +86,8 @@ class Baresip:
                 rtp_low=rtp_low, rtp_high=rtp_low + 19,
             )
         )  # fmt: skip
-        (folder / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0\n")
+        answer = ";answermode=auto" if auto_answer else ""  # a callee that picks up at once
+        (folder / "accounts").write_text(f"<sip:baresip@127.0.0.1>;regint=0{answer}\n")
         self.log = folder / "baresip.log"
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
