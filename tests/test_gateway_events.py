@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from dialbridge.conference.webhooks import PayloadError
 from dialbridge.config import Settings
-from dialbridge.dialout import SipCallUpdate, check_sip_uri, sip_call_update
+from dialbridge.dialout import BadSipUri, SipCallUpdate, check_sip_uri, sip_call_update
 from dialbridge.gateway.events import CallState, call_state, callback, event_name
 from dialbridge.sip import CallAnswered, CallEnded, CallFailed, CallProgress
 from dialbridge.web.app import create_app
@@ -79,14 +79,19 @@ def test_a_callback_round_trips_to_the_dial_out_it_names() -> None:
     ("uri", "message"),
     [
         ("sips:alice@example.com", "no TLS"),
+        ("sip:alice@example.com;transport=tls", "no TLS"),
         ("tel:+14155550100", "sip: URI"),
         ("alice@example.com", "not a SIP URI"),
-        ("sip:alice@example.com;transport=tls", "transport=tls"),
+        ("sip:alice@example.com;transport=sctp", "transport=sctp"),
     ],
 )
-def test_sip_uris_refused_say_why(uri: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        check_sip_uri(uri)
+def test_sip_uris_the_gateway_cannot_call_are_refused_saying_why(uri: str, message: str) -> None:
+    with pytest.raises(BadSipUri, match=message):
+        check_sip_uri(uri, tls=False)
+
+
+def test_tls_is_for_backends_that_have_it() -> None:
+    assert check_sip_uri("sips:alice@example.com").scheme == "sips"
 
 
 def test_sip_uris_over_udp_and_tcp_are_accepted() -> None:

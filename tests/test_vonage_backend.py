@@ -220,6 +220,23 @@ def test_phone_dial_out_calls_that_number_from_the_dial_in_number(vonage: TestCl
     assert "X-OpenTok-SessionId" not in sip["headers"]  # not the phone bridge: no conference for it to join
 
 
+def test_a_sip_uri_dial_out_calls_that_address_without_the_accounts_credentials(
+    vonage: TestClient, stub: VonageStub
+) -> None:
+    config = visit(vonage, "standup")
+    uri = "sip:alice@pbx.example.com;transport=tcp"
+    response = vonage.post("/api/rooms/standup/dial-out", json={"sip_uri": uri}, headers=bearer(config))
+    assert response.status_code == 201, response.text
+    assert (response.json()["kind"], response.json()["target"]) == ("phone", uri)
+
+    def dialled() -> list[dict[str, Any]]:
+        return [r.json()["sip"] for r in stub.received("POST", "/v2/") if r.path.endswith("/dial")]
+
+    assert dialled()[0]["uri"] == uri and "auth" not in dialled()[0]  # Vonage's SIP password is for Vonage only
+    secure = vonage.post("/api/rooms/standup/dial-out", json={"sip_uri": "sips:bob@pbx"}, headers=bearer(config))
+    assert secure.status_code == 201 and [sip["secure"] for sip in dialled()] == [False, True]
+
+
 def test_second_conference_dial_out_while_one_is_live_is_409(vonage: TestClient, stub: VonageStub) -> None:
     config = visit(vonage, "standup")
     first = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config))

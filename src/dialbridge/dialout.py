@@ -90,7 +90,7 @@ class DialOuts:
         """Call a SIP address directly (no trunk, no credentials): on the embedded backend the gateway dials it,
         on Vonage, Video's SIP dial does. The number allow-list does not apply; DIALBRIDGE_DIAL_OUT_SIP_HOSTS does."""
         self._require_sip()
-        target = check_sip_uri(uri)
+        target = check_sip_uri(uri, tls=not self._embedded())
         allowed = self.settings.allowed_dial_out_sip_hosts
         if allowed and target.host.strip("[]").lower() not in allowed:
             raise DialOutNotAllowed(
@@ -98,7 +98,8 @@ class DialOuts:
                 "the operator sets these in DIALBRIDGE_DIAL_OUT_SIP_HOSTS"
             )
         token_data = {"sip": True, "role": "client", "name": "SIP call", "dialOut": PHONE}
-        return await self._dial(room, PHONE, uri, SipRoute(uri=uri, secure=False), token_data, {})
+        secure = target.scheme == "sips" or (target.transport or "").lower() == "tls"
+        return await self._dial(room, PHONE, uri, SipRoute(uri=uri, secure=secure), token_data, {})
 
     async def hang_up(self, room: Room, dial_out_id: str) -> DialOut:
         self._require_sip()
@@ -252,23 +253,30 @@ def sip_call_update(fields: Mapping[str, Any]) -> SipCallUpdate | None:
 PHONE_FROM_NONE: None = None  # the conference dial-out presents no caller number
 
 
-def check_sip_uri(uri: str) -> SipUri:
-    """A dial-out's `sip_uri`, parsed, or ValueError saying what is wrong in the caller's words."""
+class BadSipUri(ValueError):
+    """A dial-out's `sip_uri` that cannot be called (422); the message says why in the caller's words."""
+
+
+def check_sip_uri(uri: str, *, tls: bool = True) -> SipUri:
+    """A dial-out's `sip_uri`, parsed; `tls`: whether this backend can call over TLS (Vonage can, the embedded
+    gateway cannot)."""
     try:
         target = SipUri.parse(uri)
     except SipParseError as exc:
-        raise ValueError(
+        raise BadSipUri(
             f"is not a SIP URI ({exc}); write it as sip:user@host, e.g. sip:alice@pbx.example.com"
         ) from None
-    if target.scheme != "sip":
-        raise ValueError(
-            "must be a sip: URI: the gateway has no TLS, so sips: cannot be called (and tel: numbers go in 'number')"
-        )
+    if target.scheme not in ("sip", "sips"):
+        raise BadSipUri("must be a sip: URI (phone numbers go in 'number')")
     if not target.host:
-        raise ValueError("needs a host, e.g. sip:alice@pbx.example.com")
+        raise BadSipUri("needs a host, e.g. sip:alice@pbx.example.com")
     transport = (target.transport or "udp").lower()
-    if transport not in ("udp", "tcp"):
-        raise ValueError(f"transport={transport} cannot be called: use ;transport=udp (the default) or ;transport=tcp")
+    if not tls and (target.scheme == "sips" or transport == "tls"):
+        raise BadSipUri(
+            "cannot be called over TLS: the embedded backend's gateway has no TLS, so use sip: over udp or tcp"
+        )
+    if transport not in ("udp", "tcp", "tls"):
+        raise BadSipUri(f"transport={transport} cannot be called: use ;transport=udp (the default) or ;transport=tcp")
     return target
 
 

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from dialbridge.conference.rooms import Room
 from dialbridge.config import E164
 from dialbridge.dialout import (
+    BadSipUri,
     DialOutNotAllowed,
     DialOutNotLive,
     DialOutUnavailable,
@@ -53,8 +54,8 @@ class DialOutRequest(BaseModel):
     def _sip_uri(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                check_sip_uri(value)
-            except ValueError as exc:
+                check_sip_uri(value)  # its syntax here; whether this backend can call it, when dialled
+            except BadSipUri as exc:
                 raise PydanticCustomError("sip_uri", str(exc)) from None
         return value
 
@@ -168,6 +169,8 @@ async def dial_out(
         raise ApiError(503, "dial_out_unavailable", str(exc)) from exc
     except DialOutNotAllowed as exc:
         raise ApiError(403, "dial_out_not_allowed", str(exc)) from exc
+    except BadSipUri as exc:
+        raise ApiError(422, "invalid_sip_uri", f"sip_uri {exc}") from exc
     except DialOutLimitReached as exc:
         limit = svc.settings.dial_outs_per_room_per_hour
         raise ApiError(
