@@ -7,7 +7,11 @@ so the answer webhook can link the phone call the voice side creates to this rec
 
 Where the SIP calls go is the backend's (`SipRoute`): on Vonage, the dial-in number and phones at Vonage's SIP
 domain over TLS with the account's SIP credentials; on the embedded backend, the voice engine's own dial-in
-(`sip:dialin@…`, no credentials: it is this machine's) and phones through the configured SIP trunk.
+(`sip:dialin@…`, no credentials: it is this machine's) and phones through the configured SIP trunk. A `sip_uri`
+dial-out calls that address directly on both (no trunk, no credentials; TLS only where the backend has it).
+
+How a placed call goes is told by the platform where it can: the embedded gateway posts session-monitoring
+callbacks (`gateway/events.py`), which `record_progress` keeps as the dial-out's `progress`.
 """
 
 from __future__ import annotations

@@ -8,5 +8,6 @@ engine's dial-in as any phone would, with the `X-OpenTok-SessionId` header that 
 conversation, and the engine and the call flow do not know a gateway exists.
 
 Its control API is Vonage Video's own SIP dial (`control.py`), so the app's embedded video platform dials exactly
-as its Vonage one does.
+as its Vonage one does; and it tells the app how each call goes as Vonage Video does, with session-monitoring
+callbacks (`events.py`). It calls over UDP, or TCP where the URI says `;transport=tcp` (`tcp.py`).
 """

@@ -11,7 +11,8 @@ Authenticated as the voice engine's API is: `Authorization: Bearer <JWT>` signed
 sends them to Vonage. `{appId}` must be that application's id. Errors are Vonage Video's shape, `{"code": <status>,
 "message": "…"}`, with the status that says what kind: 400 a request that cannot be placed as sent, 401 no or a
 bad token, 403 the room refused the participant's token, 404 no such route or call, 409 the room ended the
-participant as it joined, 429 the gateway is full, 502 the room's signalling could not be reached, 503 no RTP port.
+participant as it joined, 429 the gateway is full, 502 the room's signalling (or, over TCP, the SIP peer) could not
+be reached, 503 no RTP port.
 """
 
 from __future__ import annotations
