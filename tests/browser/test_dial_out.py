@@ -7,7 +7,9 @@ any final state."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import socket
 import sqlite3
 import time
@@ -20,6 +22,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 
 from dialbridge.sip.auth import DigestCredentials, verify_authorization
 from tests.browser.conftest import PAGE_HZ
+from tests.browser.test_room_bridge import gateway_pid
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_energy
 from tests.engine.stack import VoiceStack, free_port, voice_stack
@@ -375,3 +378,30 @@ def _invites(folder: Path) -> list[tuple[str, str | None]]:
         proxy = re.search(r"^Proxy-Authorization: *(.+)$", head, re.MULTILINE | re.IGNORECASE)
         found.append((head.splitlines()[0], proxy.group(1).strip() if proxy else None))
     return found
+
+
+def test_a_dial_out_whose_gateway_dies_ends_as_failed(
+    stack: VoiceStack, trunk_port: int, singing_chromium: Browser, tmp_path: Path
+) -> None:
+    """SIGKILL: the gateway reports nothing. Its participant's socket closing is the sign; the app closes the
+    dial-out as failed and the room sees it (rather than a call that stays answered for good)."""
+    xml = (
+        RECV_INVITE.format(check="")
+        + sipp.uas_answer("8")
+        + sipp.UAS_RECV_ACK
+        + '<recv request="BYE" timeout="60000"/>\n'
+        + sipp.OK_TO_LAST
+    )
+    run = trunk(tmp_path / "sipp", xml, trunk_port)
+    try:
+        context, page = open_room(singing_chromium, stack, "orphaned")
+        dial_number(page, NUMBER)
+        row_state(page, "answered")
+        os.kill(gateway_pid(stack), signal.SIGKILL)
+        row_state(page, "failed")
+        assert dial_out_rows(stack, "orphaned") == [("failed", "failed")]
+        context.close()
+    finally:
+        run.process.kill()
+        run.process.wait()
+    wait_until(lambda: stack.get("/healthz")["status"] == "ok", 20, "the gateway was not started again", every=0.1)

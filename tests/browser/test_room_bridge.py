@@ -110,7 +110,8 @@ def test_the_bridge_is_refused_a_second_time_while_live(stack: VoiceStack, singi
     context.close()
 
 
-def _gateway_pid(stack: VoiceStack) -> int:
+def gateway_pid(stack: VoiceStack) -> int:
+    """The pid of the gateway process `serve` started."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -136,7 +137,7 @@ def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, sing
         every=0.1,
     )
 
-    os.kill(_gateway_pid(stack), signal.SIGKILL)
+    os.kill(gateway_pid(stack), signal.SIGKILL)
     wait_until(lambda: stack.get("/healthz")["status"] == "degraded", 15, "/healthz did not say degraded", every=0.1)
     wait_until(
         lambda: stack.get("/healthz")["voice_engine"]["calls"] == 0,

@@ -21,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dialbridge.callcontrol import CallControl
 from dialbridge.config import Backend
+from dialbridge.dialout import SipCallUpdate
+from dialbridge.gateway.events import FAILED
 from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import CallGone
+from dialbridge.store.dial_outs import DialOut
 from dialbridge.tokens import is_sip_participant
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import sip_address, templates
@@ -40,7 +43,9 @@ class SipParticipantWatch:
     The gateway hangs up a call whose participant the room removes, and sends BYE when it stops; but a gateway that
     died (a crash, the OOM killer, `kill -9`) sends nothing, and its call would stay in the phone conference, the
     room's dial-out "live", for good. Its socket closing is the sign: the app then ends the call through the Voice
-    API, as it ends any call. (A call that has ended already answers 404: nothing to do.)
+    API, as it ends any call. (A call that has ended already answers 404: nothing to do.) A phone dial-out through a
+    trunk has no call here to end: once the gateway had `ORPHAN_GRACE_S` to report how it ended (it reports before it
+    leaves, but its report and its socket's close race), a dial-out still open is closed as failed and the room told.
     """
 
     def __init__(self, svc: Services, control: CallControl) -> None:
@@ -58,7 +63,10 @@ class SipParticipantWatch:
         store = self.svc.dial_outs.store
         try:
             dial_out = await asyncio.to_thread(store.live_by_connection, connection_id)
-            if dial_out is None or dial_out.call_uuid is None:
+            if dial_out is None:
+                return
+            if dial_out.call_uuid is None:
+                await self._close_orphaned(dial_out)
                 return
             with contextlib.suppress(CallGone):  # it ended meanwhile: nothing to do
                 await self.control.hang_up(dial_out.call_uuid)
@@ -67,6 +75,19 @@ class SipParticipantWatch:
             )
         except Exception:
             log.exception("ending the call of a SIP participant that left its room failed")
+
+    async def _close_orphaned(self, dial_out: DialOut) -> None:
+        await asyncio.sleep(ORPHAN_GRACE_S)
+        room = await self.svc.rooms.find(dial_out.room_id)
+        if room is None:
+            return
+        closed = await self.svc.dial_outs.record_progress(SipCallUpdate(dial_out.id, room.session_id, FAILED))
+        if closed is not None:  # the gateway said nothing: it is gone
+            log.warning("dial-out %s: its SIP participant left without a final state; closed as failed", dial_out.id)
+            self.svc.roster.dial_out_changed(room, closed)
+
+
+ORPHAN_GRACE_S = 3.0
 
 
 def voice_engine(request: Request) -> LocalApiClient:
