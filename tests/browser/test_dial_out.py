@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,10 @@ def test_a_busy_callee_ends_as_busy(
     participant_left(page, stack)
     assert run.wait(20) == 0, run.errors()
     assert dial_out_rows(stack, "busy-call") == [("failed", "busy")]
+    with urllib.request.urlopen(f"{stack.base}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    posted = re.search(r'^dialbridge_gateway_callbacks_total\{result="posted"\} ([0-9.]+)$', metrics, re.MULTILINE)
+    assert posted is not None and float(posted.group(1)) >= 3, "ringing, busy and the created call: each posted"
     context.close()
 
 

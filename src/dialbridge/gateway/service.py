@@ -43,6 +43,14 @@ class GatewayMetrics(Collector):
         failed = CounterMetricFamily("dialbridge_gateway_calls_failed", "SIP calls that failed before answer")
         failed.add_metric([], gateway.calls_failed)
         yield failed
+        reporter = gateway.reporter
+        if reporter is not None:
+            callbacks = CounterMetricFamily(
+                "dialbridge_gateway_callbacks", "SIP call callbacks posted to the app, by result", labels=["result"]
+            )
+            callbacks.add_metric(["posted"], reporter.posted)
+            callbacks.add_metric(["failed"], reporter.failed)
+            yield callbacks
         late = CounterMetricFamily("dialbridge_gateway_late_ticks", "Media ticks more than 100 ms late")
         late.add_metric([], gateway.late_ticks)
         yield late
