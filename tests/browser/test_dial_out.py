@@ -229,6 +229,7 @@ def test_a_number_through_a_trunk_that_asks_for_a_digest(
         answer, method="INVITE", credentials=DigestCredentials(TRUNK_USER, TRUNK_PASSWORD), realm=REALM
     ), answer
     assert second.startswith(f"INVITE sip:{NUMBER}@127.0.0.1:{trunk_port}"), second
+    assert NUMBER.removeprefix("+") not in stack.log.read_text(), "the number is in the server's log"
     context.close()
 
 

@@ -256,7 +256,15 @@ class Gateway:
         self.calls_placed += 1
         self._report(call, CREATED, None)
         self._pump()
-        log.info("gateway call %s: dialling %s for session %s", call_id, request.uri, request.session_id)
+        # The URI's user part may be a phone number: the log names the call by its id and the host it goes to only.
+        log.info(
+            "gateway call %s: dialling %s:%d over %s for session %s",
+            call_id,
+            target.host,
+            target.port or 5060,
+            transport,
+            request.session_id,
+        )
         assert room.connection_id is not None and room.stream_id is not None
         return DialResult(call_id=call_id, connection_id=room.connection_id, stream_id=room.stream_id)
 
