@@ -11,13 +11,17 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import PayloadError
 from dialbridge.config import Settings
 from dialbridge.dialout import BadSipUri, SipCallUpdate, check_sip_uri, sip_call_update
 from dialbridge.gateway.events import CallState, call_state, callback, event_name
+from dialbridge.roster import Roster
 from dialbridge.sip import CallAnswered, CallEnded, CallFailed, CallProgress
+from dialbridge.store.dial_outs import DialOut
 from dialbridge.web.app import create_app
 from dialbridge.web.signatures import WebhookSignatures
+from tests.aio import run_in_thread
 from tests.conftest import FakeClock
 from tests.helpers import make_room
 
@@ -168,3 +172,34 @@ def test_a_call_that_never_connected_closes_as_failed(signed_client: TestClient,
     assert _post(signed_client, _body(session_id, "do_2", "no_answer")) == 204
     closed = signed_client.app.state.services.dial_outs.store.get("do_2")  # type: ignore[attr-defined]
     assert (closed.state, closed.progress) == ("failed", "no_answer")
+
+
+class _Signals:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        self.sent.append(orjson.loads(data)["participant"]["state"])
+
+
+def _dial_out(state: str, progress: str | None) -> DialOut:
+    ended = None if state in ("dialling", "live") else 2.0
+    return DialOut("do_9", "standup", "phone", "+15550100", state, "c", "conn", "st", None, 1.0, ended, progress)
+
+
+def test_the_room_is_never_told_a_dial_out_went_back_to_ringing() -> None:
+    """The dial request's answer (ringing, read before the gateway's report was written) may be signalled after
+    the report (answered): the stale one is not sent; an end always is, and nothing after it."""
+
+    async def main() -> list[str]:
+        platform = _Signals()
+        roster = Roster(None, platform, None, None, None, time.time)  # type: ignore[arg-type]
+        room = Room("standup", "emb_s", "123456")
+        for state, progress in [("live", "answered"), ("live", "ringing"), ("ended", "completed"), ("live", "ringing")]:
+            roster.dial_out_changed(room, _dial_out(state, progress))
+        await roster.drain()
+        return platform.sent
+
+    assert run_in_thread(main) == ["answered", "completed"]

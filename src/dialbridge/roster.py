@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SIGNAL_TYPE = "participants"
 MAX_SIGNALS_IN_FLIGHT = 8
 MAX_SIGNALS_QUEUED = 1000
+MAX_DIAL_OUTS_REMEMBERED = 10_000
 
 
 class UnknownCall(LookupError):
@@ -75,6 +76,8 @@ class Roster:
         self.hub = hub  # the embedded backend's: browsers connected to this process
         self.clock = clock
         self._slots = asyncio.Semaphore(MAX_SIGNALS_IN_FLIGHT)
+        # How far each recent phone dial-out's signals have got (see dial_out_changed).
+        self._dial_out_shown: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- the list --------------------------------------------------------------------------------------------
@@ -170,8 +173,18 @@ class Roster:
         self._spawn(self._signal_call(room_id, call_uuid))
 
     def dial_out_changed(self, room: Room, dial_out: DialOut) -> None:
-        if dial_out.kind == PHONE:
-            self.send(room.session_id, _dial_out_participant(dial_out))
+        """Signal a phone dial-out's state, never one behind what was signalled already: the dial request's own
+        answer ("ringing") and the gateway's report that it answered race, and the page must not go back."""
+        if dial_out.kind != PHONE:
+            return
+        participant = _dial_out_participant(dial_out)
+        rank = _DIAL_OUT_RANK.get(participant.state, _FINAL_RANK)
+        if rank < self._dial_out_shown.get(dial_out.id, -1):
+            return
+        self._dial_out_shown[dial_out.id] = rank
+        if len(self._dial_out_shown) > MAX_DIAL_OUTS_REMEMBERED:  # the oldest is long over
+            del self._dial_out_shown[next(iter(self._dial_out_shown))]
+        self.send(room.session_id, participant)
 
     def send(self, session_id: str, participant: PhoneParticipant) -> None:
         self._spawn(self._signal(session_id, participant))
@@ -233,6 +246,10 @@ class Roster:
         return phone_participant(
             call.uuid, call.caller, call.status, bool(call.muted), ended=call.ended_at is not None, dial_out=dial_out
         )
+
+
+_DIAL_OUT_RANK = {CallState.RINGING: 0, CallState.ANSWERED: 1}
+_FINAL_RANK = 2  # any end
 
 
 def _open_phone(dial_out: DialOut) -> bool:
