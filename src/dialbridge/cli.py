@@ -340,6 +340,7 @@ def voice(settings: Settings) -> int:
         contact_port=settings.sip_port,
         answer_url=settings.answer_url,
         event_url=settings.event_url,
+        speaking_url=settings.speaking_url,
         dial_in_user=settings.sip_dial_in_user,
         dial_in_number=settings.dial_in_number,
         allowed_networks=tuple(settings.sip_allowed_networks),

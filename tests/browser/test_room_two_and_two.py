@@ -161,13 +161,23 @@ def test_two_browsers_and_two_phones_hear_each_other_and_a_phone_is_muted_and_hu
             assert_hears("the SIPp caller", sipp_heard, report, not_={SIPP_HZ})
             assert_hears("baresip", baresip_heard, report, not_={BARESIP_HZ})
 
+            # The engine reports who speaks: both phones sing throughout.
+            speaking = {p["number"]: p["speaking"] for p in page_b.evaluate(PHONE_PARTICIPANTS)}
+            assert list(speaking.values()) == [True, True], speaking
+
             # Browser A mutes the SIPp caller from its list: the tone leaves what B and baresip hear.
             row_a = page_a.locator("#participant-list li", has_text=SIPP_MASKED)
             row_b = page_b.locator("#participant-list li", has_text=SIPP_MASKED)
             row_a.get_by_role("button", name=f"Mute {SIPP_MASKED}").click()
             for row in (row_a, row_b):  # the change reaches every browser
                 wait_until(lambda row=row: row.get_attribute("data-muted") == "true", 5, "the mute was not shown")
-            time.sleep(2.5)
+            wait_until(  # a muted caller speaks to nobody
+                lambda: {p["number"]: p["speaking"] for p in page_b.evaluate(PHONE_PARTICIPANTS)}[SIPP_MASKED] is False,
+                3,
+                "the muted caller still shows as speaking",
+                every=0.2,
+            )
+            time.sleep(2.0)
             muted_b = page_levels(page_b)
             _, baresip_muted = phones_heard()
             report = f"B {muted_b}, baresip {baresip_muted}"

@@ -47,6 +47,7 @@ from dialbridge.engine.calls import (
     WebhookResult,
     answer_query,
     event_payload,
+    timestamp,
 )
 from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.media import g711, tones
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9*#A-Da-d])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+SPEAKING_REPORT_S = 0.25
 
 
 class MediaPorts(Protocol):
@@ -114,6 +116,16 @@ class SendEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportSpeaking:
+    """Who in one conversation is speaking now: POSTed to the application when that changes (at most every
+    `SPEAKING_REPORT_S`), so that a room can show it; the latest report replaces the ones before it."""
+
+    url: str
+    conversation: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class PrepareAudio:
     """Synthesise a talk or load a stream; answer with `audio_ready`."""
 
@@ -129,7 +141,7 @@ class CloseBrowserLeg:
     call_uuid: str
 
 
-EngineRequest = FetchAnswer | SendWebhook | SendEvent | PrepareAudio | CloseBrowserLeg
+EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio | CloseBrowserLeg
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,7 @@ class EngineSettings:
     max_calls: int = 500
     invites_per_source_per_minute: int = 120
     join_tone: bool = True
+    speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +284,9 @@ class VoiceEngine:
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
         self._started: set[str] = set()  # conferences a startOnEnter member has joined
+        self._speaking: frozenset[str] = frozenset()  # the members speaking, as of the last mix
+        self._speaking_changed: set[str] = set()  # conferences with a change not reported yet
+        self._next_speaking_report = 0.0
         self._join_tone = tones.join_tone() if settings.join_tone else None
         self._leave_tone = tones.leave_tone() if settings.join_tone else None
 
@@ -455,6 +471,8 @@ class VoiceEngine:
                 if due is not None and due <= now:
                     self._run(call, runner.on_timer(now), now)
         self._mix(now)
+        if self._speaking_changed and now >= self._next_speaking_report:
+            self._report_speaking(now)
         for call in list(self._media):
             rtp = call.rtp
             if rtp is not None and call.port is not None:
@@ -850,6 +868,18 @@ class VoiceEngine:
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
         self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
 
+    def _report_speaking(self, now: float) -> None:
+        """One report per conversation whose speakers changed, at most every SPEAKING_REPORT_S: a room's list shows
+        who speaks within a fraction of a second, at a few requests a second per lively room, not one per word."""
+        url = self.settings.speaking_url
+        assert url is not None
+        for conference in self._speaking_changed:
+            speaking = [member for member in self.mixer.members(conference) if member in self._speaking]
+            payload = {"conversation": conference, "speaking": speaking, "timestamp": timestamp(now)}
+            self._requests.append(ReportSpeaking(url, conference, payload))
+        self._speaking_changed.clear()
+        self._next_speaking_report = now + SPEAKING_REPORT_S
+
     # ---- media ---------------------------------------------------------------------------------------------
 
     def _mix(self, now: float) -> None:
@@ -881,6 +911,12 @@ class VoiceEngine:
             self.mixer.inputs[rows] = decoded[members]
             mixed = self.mixer.mix()
             out[members] = mixed.outputs[rows]
+            if mixed.speaking_changed and self.settings.speaking_url is not None:
+                self._speaking = mixed.speaking
+                for member, _ in mixed.speaking_changed:
+                    changed = self.calls.get(member)
+                    if changed is not None and changed.conference is not None:
+                        self._speaking_changed.add(changed.conference)
         for i, call in enumerate(calls):
             self._add_playback(call, out, i, now)
         wire = g711.encode_rows(out, alaw)

@@ -41,6 +41,7 @@ from dialbridge.engine.core import (
     EngineSettings,
     FetchAnswer,
     PrepareAudio,
+    ReportSpeaking,
     SendEvent,
     SendWebhook,
     VoiceEngine,
@@ -337,6 +338,8 @@ class VoiceServer:
             self._spawn(self._send_webhook(request))
         elif isinstance(request, SendEvent):
             self._send_event(request)
+        elif isinstance(request, ReportSpeaking):
+            self._in_order(f"speaking {request.conversation}", self.webhooks.event(request.url, request.payload))
         elif isinstance(request, PrepareAudio):
             self._spawn(self._prepare_audio(request))
         elif isinstance(request, CloseBrowserLeg) and self.control is not None:
@@ -373,14 +376,17 @@ class VoiceServer:
         if self._journal is not None:
             self._journal.observe(request.payload, self.now())
         # One call's events arrive in the order they happened: each waits for the one before it.
-        key = str(request.payload.get("uuid", ""))
+        self._in_order(str(request.payload.get("uuid", "")), self.webhooks.event(request.url, request.payload))
+
+    def _in_order(self, key: str, work: Awaitable[Any]) -> None:
+        """Run `work` after the work queued before it under `key` has finished (whatever its outcome)."""
         previous = self._event_chains.get(key)
 
         async def send() -> None:
             if previous is not None:
                 with contextlib.suppress(Exception):
                     await previous
-            await self.webhooks.event(request.url, request.payload)
+            await work
             if self._event_chains.get(key) is task:
                 del self._event_chains[key]
 

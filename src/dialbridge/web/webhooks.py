@@ -22,7 +22,14 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
-from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
+from dialbridge.conference.webhooks import (
+    AnswerRequest,
+    CallEvent,
+    PayloadError,
+    PinInput,
+    SpeakingReport,
+    check_nesting,
+)
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
 from dialbridge.web.errors import INTERNAL_ERROR, ApiError, error_body, not_json
 from dialbridge.web.metrics import CLIENT_CLOSED, timed
@@ -68,6 +75,12 @@ async def _keypad(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
     return 204, None
 
 
+async def _speaking(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
+    """The embedded engine's report of who speaks in a conversation: shown in the room's list, never stored."""
+    svc.roster.speaking(SpeakingReport.parse(fields))
+    return 204, None
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
     name: str
@@ -80,12 +93,14 @@ _ANSWER = Webhook("answer", "/webhooks/answer", frozenset({"GET", "POST"}), _ans
 _INPUT = Webhook("input", "/webhooks/input", frozenset({"POST"}), _input)
 _EVENTS = Webhook("events", "/webhooks/events", frozenset({"GET", "POST"}), _event)
 _KEYPAD = Webhook("keypad", "/webhooks/keypad", frozenset({"POST"}), _keypad)
+_SPEAKING = Webhook("speaking", "/webhooks/speaking", frozenset({"POST"}), _speaking)
 # The tutorial's paths stay as aliases so that a Vonage application configured from it works unchanged.
 WEBHOOKS: dict[str, Webhook] = {
     "/webhooks/answer": _ANSWER,
     "/webhooks/input": _INPUT,
     "/webhooks/events": _EVENTS,
     "/webhooks/keypad": _KEYPAD,
+    "/webhooks/speaking": _SPEAKING,
     "/nexmo-answer": _ANSWER,
     "/nexmo-dtmf": _INPUT,
     "/nexmo-events": _EVENTS,
