@@ -320,6 +320,7 @@ def gateway(settings: Settings) -> int:
         rtp_ports=settings.gateway_rtp_port_range,
         signalling_url=settings.signalling_url,
         max_calls=settings.gateway_max_calls,
+        dial_in_uri=settings.conference_sip_uri,
     )
     asyncio.run(serve_gateway(gateway_settings, credentials, (settings.gateway_api_host, settings.gateway_api_port)))
     return 0

@@ -83,14 +83,6 @@ class MediaPorts(Protocol):
     def close(self, port: int) -> None: ...
 
 
-class BrowserLeg(Protocol):
-    """A browser phone's WebRTC leg (engine/browser_phone.py), seen as 20 ms G.711 µ-law frames each way."""
-
-    def playout(self, now: float) -> bytes: ...
-
-    def send(self, frame: bytes, now: float) -> None: ...
-
-
 # What the engine asks its shell to do; each result comes back through the matching VoiceEngine method.
 @dataclass(frozen=True, slots=True)
 class FetchAnswer:
@@ -134,14 +126,7 @@ class PrepareAudio:
     source: TalkSource | StreamSource
 
 
-@dataclass(frozen=True, slots=True)
-class CloseBrowserLeg:
-    """The engine ended a browser phone call: close its peer connection."""
-
-    call_uuid: str
-
-
-EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio | CloseBrowserLeg
+EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +177,6 @@ class Call:
     __slots__ = (
         "alaw",
         "answered_at",
-        "browser",
         "conference",
         "conversation",
         "conversation_uuid",
@@ -231,7 +215,6 @@ class Call:
         self.ended = False
         self.port: int | None = None
         self.rtp: RtpSession | None = None
-        self.browser: BrowserLeg | None = None  # a browser phone instead of a SIP leg and RTP
         self.alaw = False
         self.local_sdp: bytes | None = None
         self.sdp_version = 1
@@ -613,30 +596,6 @@ class VoiceEngine:
     def _at_capacity(self) -> bool:
         return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
 
-    # ---- browser phones ------------------------------------------------------------------------------------
-
-    def add_browser_call(self, leg: BrowserLeg, now: float, caller: str = "browser") -> str | None:
-        """A browser phone dialling in (its WebRTC leg already connected); None when the engine is full."""
-        if self._at_capacity():
-            return None
-        call = self._new_call("browser:" + self._new_uuid(), caller, self.settings.dial_in_user, now)
-        call.browser = leg
-        call.local_sdp = b""
-        self._media.append(call)
-        self._rows_changed()
-        self._ring(call, now)
-        return call.uuid
-
-    def browser_digit(self, call_uuid: str, digit: str, now: float) -> None:
-        call = self._live(call_uuid)
-        if call is not None:
-            self._signalled_digit(call, digit, now)
-
-    def browser_closed(self, call_uuid: str, now: float) -> None:
-        call = self._live(call_uuid)
-        if call is not None:
-            self._end(call, now, "browser hung up", send_bye=False)
-
     def _is_dial_in(self, user: str) -> bool:
         if user == self.settings.dial_in_user:
             return True
@@ -656,9 +615,8 @@ class VoiceEngine:
         return True
 
     def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
-        if call.browser is None:
-            assert call.local_sdp is not None
-            self.agent.accept(call.leg_id, call.local_sdp, now)
+        assert call.local_sdp is not None
+        self.agent.accept(call.leg_id, call.local_sdp, now)
         call.answered_at = now
         self._event(call, "answered", now)
         call.runner = NccoRunner(call.info, event_url=self.settings.event_url)
@@ -830,10 +788,7 @@ class VoiceEngine:
         if call.ended:
             return
         call.ended = True
-        if call.browser is not None:
-            if send_bye:
-                self._requests.append(CloseBrowserLeg(call.uuid))
-        elif send_bye:
+        if send_bye:
             self.agent.hangup(call.leg_id, now)
         self._leave_conference(call, now)
         call.playback = None
@@ -892,8 +847,6 @@ class VoiceEngine:
         for call in calls:
             if call.rtp is not None:
                 frames.append(call.rtp.playout(now)[0])
-            elif call.browser is not None:
-                frames.append(call.browser.playout(now))
         encoded = np.frombuffer(b"".join(frames), np.uint8).reshape(len(calls), FRAME)
         decoded = g711.decode_rows(encoded, alaw)
         listening = [i for i, call in enumerate(calls) if call.inband]
@@ -922,9 +875,6 @@ class VoiceEngine:
         wire = g711.encode_rows(out, alaw)
         for i, call in enumerate(calls):
             if call.ended:
-                continue
-            if call.browser is not None:
-                call.browser.send(wire[i].tobytes(), now)
                 continue
             rtp = call.rtp
             if rtp is None or call.port is None:

@@ -36,7 +36,6 @@ from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
 from dialbridge.engine.calls.journal import LiveCallJournal
 from dialbridge.engine.core import (
-    CloseBrowserLeg,
     EngineRequest,
     EngineSettings,
     FetchAnswer,
@@ -216,8 +215,6 @@ class VoiceServer:
         if pending:
             await asyncio.wait(pending, timeout=2.0)
         if self.control is not None:
-            for uuid in list(self.control.browser_phones.legs):
-                await self.control.browser_phones.close(uuid)
             await self.control.close()
         self._udp.close()
         self._tcp.close()
@@ -342,8 +339,6 @@ class VoiceServer:
             self._in_order(f"speaking {request.conversation}", self.webhooks.event(request.url, request.payload))
         elif isinstance(request, PrepareAudio):
             self._spawn(self._prepare_audio(request))
-        elif isinstance(request, CloseBrowserLeg) and self.control is not None:
-            self._spawn(self.control.browser_phones.close(request.call_uuid))
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
