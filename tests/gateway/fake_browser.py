@@ -18,6 +18,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from dialbridge.gateway.webrtc import install_loopback_fallback
 from tests.aio import run_in_thread
 
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class FakeBrowser:
     """What phone.js does, in aiortc: microphone track, a `dtmf` data channel, full ICE gathering, then the offer."""
 
     def __init__(self, *, mic_frequency: float = 440.0, wire_codec: str | None = None) -> None:
+        install_loopback_fallback()  # or, in a namespace holding only lo, it would offer no candidate at all
         self.peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         sender = self.peer.addTrack(ToneTrack(mic_frequency))
         if wire_codec is not None:
