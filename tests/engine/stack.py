@@ -75,6 +75,18 @@ class VoiceStack:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
+    def room_api(self, config: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (no body) or POST `/api/rooms/{room}/{path}` with the room page's participant token; its JSON."""
+        request = urllib.request.Request(
+            f"{self.base}/api/rooms/{config['roomId']}/{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {config['participantToken']}"},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
     def new_room(self, room_id: str) -> str:
         """The PIN of a new room."""
         return str(self.post("/api/rooms", {"room_id": room_id})["pin"])

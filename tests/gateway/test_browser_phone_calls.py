@@ -20,7 +20,7 @@ import pytest
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.gateway.phone import MAX_NEGOTIATING
 from tests.engine.stack import VoiceStack, voice_stack
-from tests.gateway.fake_browser import FakeBrowser, needs_loopback_only, run
+from tests.gateway.fake_browser import FakeBrowser, needs_loopback_only, run, until
 from tests.helpers import wait_until
 from tests.served import room_config
 
@@ -118,23 +118,23 @@ def test_a_flood_of_offers_is_bounded_refused_cleanly_and_a_real_call_still_keys
         for digit in pin + "#":
             browser.channel.send(digit)
             await asyncio.sleep(0.15)
-        await eventually(lambda: in_conference(stack, config), 15)
-        browser.channel.send("bye")
-        await eventually(lambda: engine_calls(stack) == 0, 10)
+        await eventually(lambda: phone_in_conference(stack, config) is not None, 15)
+        # Hung up from the room: the engine ends the SIP call, and the gateway closes the browser's peer for it.
+        call_id = phone_in_conference(stack, config)
+        await asyncio.to_thread(stack.room_api, config, "hang-up", {"call_id": call_id})
+        await until(lambda: browser.peer.connectionState == "closed", 10)
+        assert engine_calls(stack) == 0
         await browser.close()
 
     run(call(), timeout=60)
     wait_until(lambda: gateway_health(stack)["peers"] == 0, 10, "the call's peer to close", every=0.1)
 
 
-def in_conference(stack: VoiceStack, config: dict[str, Any]) -> bool:
-    request = urllib.request.Request(
-        f"{stack.base}/api/rooms/{config['roomId']}/participants",
-        headers={"authorization": f"Bearer {config['participantToken']}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        listed = json.loads(response.read())["participants"]
-    return any(p["kind"] == "phone" and p["state"] == "in_conference" for p in listed)
+def phone_in_conference(stack: VoiceStack, config: dict[str, Any]) -> str | None:
+    """The call id of the room's phone participant in its conference, if there is one."""
+    listed = stack.room_api(config, "participants")["participants"]
+    found = [p["call_id"] for p in listed if p["kind"] == "phone" and p["state"] == "in_conference"]
+    return found[0] if found else None
 
 
 def test_browser_phones_and_room_dials_share_the_gateways_max_calls(tmp_path: Path) -> None:
