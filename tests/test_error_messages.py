@@ -6,12 +6,17 @@ from __future__ import annotations
 import base64
 import re
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 from fastapi.testclient import TestClient
 
+from dialbridge.config import Settings
 from dialbridge.tokens import AUDIENCE, ISSUER, ParticipantTokens, TokenError
+from dialbridge.web.app import create_app
+from tests.conftest import FakeClock
+from tests.engine.stack import free_port
 
 JSON = {"content-type": "application/json"}
 SECRET = "the-server-secret-" + "x" * 48  # 64 bytes: long enough for HS512 too
@@ -82,3 +87,20 @@ def test_a_bad_participant_token_is_named_in_words_that_fit_a_websocket_close(to
         and message.endswith("; reload the room page for a new one")
     )
     assert len(message.encode()) <= 123  # a WebSocket close reason's limit: the signalling socket sends it whole
+
+
+def test_the_browser_phone_without_its_gateway_says_which_process_to_start(
+    settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    # No gateway listens (the tests' namespace holds nothing on its port): the page is told what to run.
+    alone = settings.model_copy(update={"voice_dir": str(tmp_path / "voice"), "gateway_api_port": free_port()})
+    with TestClient(create_app(alone, clock=clock)) as client:
+        response = client.post("/api/phone/calls", json={"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"})
+        hangup = client.post("/api/phone/hangup", json={"call_id": "abc-123"})
+
+    assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
+    error = response.json()["error"]
+    assert error["code"] == "gateway_unavailable"
+    assert "`dialbridge gateway`" in error["message"] and "`dialbridge serve` starts it" in error["message"]
+    assert "DIALBRIDGE_GATEWAY_API_PORT" in error["message"]
+    assert hangup.status_code == 503 and hangup.json()["error"]["code"] == "gateway_unavailable"

@@ -29,12 +29,6 @@ def stack(tmp_path: Path) -> Iterator[VoiceStack]:
         yield running
 
 
-def _api_port(stack: VoiceStack) -> int:
-    environ = Path(f"/proc/{stack.process.pid}/environ").read_bytes().split(b"\0")
-    found = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
-    return int(found["DIALBRIDGE_GATEWAY_API_PORT"])
-
-
 def engine_calls(stack: VoiceStack) -> int:
     return int(stack.get("/healthz")["voice_engine"]["calls"])
 
@@ -44,7 +38,7 @@ def test_the_vonage_sdk_dials_and_disconnects_through_the_gateway(
 ) -> None:
     credentials = VoiceCredentials.load_or_create(stack.voice_dir)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(credentials.ca_bundle_path))  # how requests (the SDK) trusts it
-    options = HttpClientOptions(video_host=f"127.0.0.1:{_api_port(stack)}", timeout=10, max_retries=0)
+    options = HttpClientOptions(video_host=f"127.0.0.1:{stack.gateway_api_port}", timeout=10, max_retries=0)
     video = Vonage(
         Auth(application_id=credentials.application_id, private_key=credentials.private_key_pem), options
     ).video
@@ -78,7 +72,7 @@ def _post(stack: VoiceStack, path: str, body: object, token: str | None) -> tupl
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"https://127.0.0.1:{_api_port(stack)}{path}", data=json.dumps(body).encode(), headers=headers
+        f"https://127.0.0.1:{stack.gateway_api_port}{path}", data=json.dumps(body).encode(), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as response:

@@ -320,6 +320,7 @@ def gateway(settings: Settings) -> int:
         rtp_ports=settings.gateway_rtp_port_range,
         signalling_url=settings.signalling_url,
         max_calls=settings.gateway_max_calls,
+        dial_in_uri=settings.conference_sip_uri,
         ring_timeout_s=settings.dial_out_ring_s,
         project_id=credentials.application_id,
     )
@@ -351,6 +352,7 @@ def voice(settings: Settings) -> int:
         contact_port=settings.sip_port,
         answer_url=settings.answer_url,
         event_url=settings.event_url,
+        speaking_url=settings.speaking_url,
         dial_in_user=settings.sip_dial_in_user,
         dial_in_number=settings.dial_in_number,
         allowed_networks=tuple(settings.sip_allowed_networks),

@@ -210,6 +210,12 @@ class Settings(BaseSettings):
     def event_url(self) -> str:
         return self.voice_event_url or f"{self.base_url}/webhooks/events"
 
+    @property
+    def speaking_url(self) -> str | None:
+        """Where the engine reports who speaks (a dialbridge route, not Vonage's): none when the events go to
+        another application (DIALBRIDGE_VOICE_EVENT_URL), which would not know it."""
+        return None if self.voice_event_url else f"{self.base_url}/webhooks/speaking"
+
     def private_key_pem(self) -> str | None:
         """The Vonage private key as PEM text, read from the file when the setting is a path."""
         if self.vonage_private_key is None:

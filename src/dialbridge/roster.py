@@ -35,7 +35,7 @@ from dialbridge.conference.participants import (
     phone_participant,
 )
 from dialbridge.conference.rooms import Room
-from dialbridge.conference.webhooks import PinInput
+from dialbridge.conference.webhooks import PinInput, SpeakingReport
 from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.gateway.events import ANSWERED, FINAL_STATES, RINGING
 from dialbridge.platforms.base import CallGone, NotSupported, PlatformError, VideoPlatform
@@ -79,6 +79,9 @@ class Roster:
         # How far each recent phone dial-out's signals have got (see dial_out_changed).
         self._dial_out_shown: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Who speaks, as the embedded engine reports it per conversation (a room's session); never stored.
+        self._speaking_in: dict[str, frozenset[str]] = {}
+        self._speaking: set[str] = set()
 
     # ---- the list --------------------------------------------------------------------------------------------
     async def participants(self, room: Room) -> list[dict[str, Any]]:
@@ -172,6 +175,19 @@ class Roster:
             return
         self._spawn(self._signal_call(room_id, call_uuid))
 
+    def speaking(self, report: SpeakingReport) -> None:
+        """The engine's report of who speaks in a conversation: each call that started or stopped speaking is sent
+        to the room's browsers (when any is connected here) with the rest of its row."""
+        before = self._speaking_in.pop(report.conversation, frozenset())
+        if report.speaking:
+            self._speaking_in[report.conversation] = report.speaking
+        self._speaking.difference_update(before - report.speaking)
+        self._speaking.update(report.speaking)
+        if self.hub is not None and not self.hub.connections(report.conversation):
+            return
+        for call_uuid in before ^ report.speaking:
+            self._spawn(self._signal_call_of_any_room(call_uuid))
+
     def dial_out_changed(self, room: Room, dial_out: DialOut) -> None:
         """Signal a phone dial-out's state, never one behind what was signalled already: the dial request's own
         answer ("ringing") and the gateway's report that it answered race, and the page must not go back."""
@@ -214,6 +230,11 @@ class Roster:
         except Exception:
             log.exception("participant signal for call %s failed", call_uuid)
 
+    async def _signal_call_of_any_room(self, call_uuid: str) -> None:
+        call = await self._call(call_uuid)
+        if call is not None and call.room_id is not None:
+            await self._signal_call(call.room_id, call_uuid)
+
     async def _signal(self, session_id: str, participant: PhoneParticipant) -> None:
         data = json.dumps({"participant": participant.to_json()}, separators=(",", ":"), ensure_ascii=False)
         try:
@@ -243,8 +264,16 @@ class Roster:
         return call
 
     def _phone(self, call: CallRecord, *, dial_out: bool = False) -> PhoneParticipant:
+        # The embedded engine reports who speaks (`speaking`); Vonage's Voice API does not: unknown there.
+        speaking = call.uuid in self._speaking if self.hub is not None else None
         return phone_participant(
-            call.uuid, call.caller, call.status, bool(call.muted), ended=call.ended_at is not None, dial_out=dial_out
+            call.uuid,
+            call.caller,
+            call.status,
+            bool(call.muted),
+            ended=call.ended_at is not None,
+            dial_out=dial_out,
+            speaking=speaking,
         )
 
 

@@ -1,5 +1,6 @@
-"""The browser phone end to end: Chromium opens /phone of `dialbridge serve` (embedded backend), calls the voice
-engine over WebRTC, keys the room's PIN on the page's keypad and hears a SIPp caller who joined with that PIN."""
+"""The browser phone end to end: Chromium opens /phone of `dialbridge serve` (embedded backend); its WebRTC call ends
+in the gateway, which dials in to the voice engine like a SIP phone; the page keys the room's PIN on its keypad (the
+digits reach the engine as RFC 4733 events) and hears a SIPp caller who joined with that PIN."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def stack(tmp_path: Path) -> Iterator[VoiceStack]:
 def test_the_browser_phone_keys_the_pin_and_hears_a_phone_caller(
     stack: VoiceStack, context: BrowserContext, tmp_path: Path
 ) -> None:
-    pin = stack.new_room("browser-phone")
+    # A digit keyed twice must arrive twice and only twice, or the PIN is wrong and the page never hears the caller.
+    room_id, pin = stack.new_room_keying_a_digit_twice("browser-phone")
     caller = RtpStream(ssrc=21)
     for digit in pin + "#":
         caller.rfc4733(digit)
@@ -50,13 +52,15 @@ def test_the_browser_phone_keys_the_pin_and_hears_a_phone_caller(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{stack.base}/room/browser-phone")  # the room offers the browser phone and names the SIP address
+    page.goto(f"{stack.base}/room/{room_id}")  # the room offers the browser phone and names the SIP address
     assert page.text_content("#sip-address") == f"sip:dialin@127.0.0.1:{stack.sip_port}"
     assert page.get_attribute("#browser-phone", "href") == "/phone"
     page.goto(f"{stack.base}/phone")
     assert page.text_content("#sip-address") == f"sip:dialin@127.0.0.1:{stack.sip_port}"
     page.click("#call")
     page.wait_for_function("() => window.dialbridgePhone.state === 'in call'", timeout=WAIT_MS)
+    gateway = stack.get("/healthz")["gateway"]
+    assert gateway["browser_phones"] == 1 and gateway["peers"] == 1, gateway
     time.sleep(1.0)  # the prompt starts; the keypad barges in
     for digit in pin:
         page.click(f"#key-{digit}")
@@ -73,8 +77,10 @@ def test_the_browser_phone_keys_the_pin_and_hears_a_phone_caller(
     while stack.get("/healthz")["voice_engine"]["calls"] != 1:  # the browser's call ended; the SIPp call lives on
         assert time.monotonic() < deadline, "the browser phone's call was not ended in the engine"
         time.sleep(0.2)
+    gateway = stack.get("/healthz")["gateway"]
+    assert (gateway["calls"], gateway["peers"], gateway["browser_phones"]) == (0, 0, 0), gateway
     assert errors == []
     assert run.wait(40) == 0, run.errors()
     log = stack.log.read_text()
-    assert "browser phone call ended" in log  # the engine's own lines are there; aioice's line per candidate pair not
+    assert "browser phone call ended" in log  # the gateway's own lines are there; aioice's line per candidate pair not
     assert "aioice" not in log, log

@@ -1,7 +1,7 @@
-"""The /phone page's JavaScript in Chromium, calling a real `BrowserPhoneLeg` behind a tiny server of this test's own.
+"""The /phone page's JavaScript in Chromium, calling a real `BrowserPhonePeer` behind a tiny server of this test's own.
 
-The server renders the page's template and static files, answers the offer with a `BrowserPhoneLeg` and ticks it
-every 20 ms like the engine would, so the page is proven against the real leg before the engine serves it.
+The server renders the page's template and static files, answers the offer with the gateway's `BrowserPhonePeer` and
+ticks it every 20 ms like the gateway does, so the page is proven against the real peer without a SIP leg behind it.
 Run inside a network namespace holding only `lo` (scripts/run-tests does).
 """
 
@@ -33,9 +33,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import dialbridge.web
-from dialbridge.engine.browser_phone import BrowserPhoneLeg
+from dialbridge.gateway.phone import BrowserPhonePeer
 from dialbridge.gateway.webrtc import FRAME_SAMPLES, SAMPLE_RATE
-from dialbridge.media import g711
 
 
 def _only_loopback() -> bool:
@@ -57,7 +56,6 @@ pytestmark = [
 WAIT_MS = 20_000
 WEB = Path(dialbridge.web.__file__).parent
 TONE_HZ = 1000.0
-CODEC = "PCMU"
 
 # Listens to the remote stream for a second through the page's own AudioContext (made in the Call click, so running).
 REMOTE_PEAK = """async () => {
@@ -84,11 +82,11 @@ class PhoneServer:
     """What the page's calls did on the server side; lists are appended on the server's thread."""
 
     base_url: str = ""
-    legs: dict[str, BrowserPhoneLeg] = field(default_factory=dict)
+    legs: dict[str, BrowserPhonePeer] = field(default_factory=dict)
     digits: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     hangups: list[str] = field(default_factory=list)
-    heard: list[bytes] = field(default_factory=list)  # what each tick's playout() gave the engine
+    heard: list[np.ndarray] = field(default_factory=list)  # what each tick's take_mix() gave the gateway
     refuse_offers: bool = False
 
 
@@ -110,9 +108,8 @@ def phone_app(server: PhoneServer) -> Starlette:
             return JSONResponse({"error": {"message": "no free lines"}}, status_code=503)
         body = await request.json()
         call_id = uuid.uuid4().hex
-        leg, answer = await BrowserPhoneLeg.answer(
-            body["sdp"], on_digit=server.digits.append, on_closed=lambda: server.closed.append(call_id), codec=CODEC
-        )
+        leg = BrowserPhonePeer(on_digit=server.digits.append, on_closed=lambda: server.closed.append(call_id))
+        answer = await leg.answer(body["sdp"])
         server.legs[call_id] = leg
         return JSONResponse({"call_id": call_id, "sdp": answer})
 
@@ -130,21 +127,20 @@ def phone_app(server: PhoneServer) -> Starlette:
     )
 
 
-async def engine_clock(server: PhoneServer) -> None:
-    """The engine's 20 ms tick for every leg: a continuous 1000 Hz tone out, whatever the browser says in."""
+async def gateway_clock(server: PhoneServer) -> None:
+    """The gateway's 20 ms tick for every peer: a continuous 1000 Hz tone out, whatever the browser says in."""
     start = time.monotonic()
     number = 0
     while True:
-        now = time.monotonic()
-        frame = g711.encode(
-            CODEC,
-            (8000 * np.sin(2 * math.pi * TONE_HZ * (np.arange(FRAME_SAMPLES) + number * FRAME_SAMPLES) / SAMPLE_RATE))
-            .astype(np.int16),
-        )  # fmt: skip
+        frame = (
+            8000 * np.sin(2 * math.pi * TONE_HZ * (np.arange(FRAME_SAMPLES) + number * FRAME_SAMPLES) / SAMPLE_RATE)
+        ).astype(np.int16)
         for leg in list(server.legs.values()):
             if not leg.closed:
-                leg.send(frame, now)
-                server.heard.append(leg.playout(now))
+                leg.hear(frame)
+                said = leg.take_mix()
+                if said is not None:
+                    server.heard.append(said)
         number += 1
         await asyncio.sleep(max(0.0, start + number * 0.020 - time.monotonic()))
 
@@ -158,15 +154,15 @@ def phone_server() -> Iterator[PhoneServer]:
     server = uvicorn.Server(uvicorn.Config(phone_app(server_state), log_level="warning", lifespan="off"))
 
     async def serve() -> None:
-        clock = asyncio.get_running_loop().create_task(engine_clock(server_state))
+        clock = asyncio.get_running_loop().create_task(gateway_clock(server_state))
         try:
             await server.serve(sockets=[listener])
         finally:
             clock.cancel()
             for leg in server_state.legs.values():
-                await leg.close()
+                await leg.leave()
 
-    def run_on_uvloop() -> None:  # the engine's loop
+    def run_on_uvloop() -> None:  # the gateway's loop
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve())
 
@@ -244,8 +240,8 @@ def test_a_call_from_the_page_connects_sends_digits_hears_the_engine_and_hangs_u
     assert abs(heard["hz"] - TONE_HZ) <= 2 * heard["binHz"], heard
     assert heard["db"] > -50 and heard["db"] - heard["medianDb"] > 30, heard
 
-    # Chromium's fake microphone beeps: some of it reached the engine through the leg.
-    assert max(float(np.abs(g711.decode(CODEC, frame).astype(np.int32)).max()) for frame in phone_server.heard) > 1000
+    # Chromium's fake microphone beeps: some of it reached the gateway's tick through the peer.
+    assert max(float(np.abs(frame.astype(np.int32)).max()) for frame in phone_server.heard) > 1000
 
     page.click("#hangup")
     page.wait_for_function("() => window.dialbridgePhone.state === 'ended'", timeout=WAIT_MS)

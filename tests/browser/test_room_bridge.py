@@ -149,6 +149,9 @@ def test_a_killed_gateway_is_restarted_and_its_call_ends(stack: VoiceStack, sing
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 0", timeout=WAIT_MS)
     # The call's final event (posted by the engine after it hung up) is what frees the room to dial again.
     wait_until(lambda: not _open_dial_outs(stack, "crash"), 15, "the orphaned dial-out stayed open", every=0.1)
+    with contextlib.closing(sqlite3.connect(stack.database)) as db:  # no call record stays "in conference"
+        live = db.execute("SELECT status FROM calls WHERE room_id = 'crash' AND ended_at IS NULL").fetchall()
+    assert live == [], live
 
     page.click("#dial-conference")
     page.wait_for_function("() => document.querySelectorAll('.OT_subscriber video').length === 1", timeout=WAIT_MS)

@@ -23,6 +23,7 @@ from dialbridge.engine.core import (
     EngineSettings,
     FetchAnswer,
     PrepareAudio,
+    ReportSpeaking,
     SendEvent,
     SendWebhook,
     VoiceEngine,
@@ -38,6 +39,7 @@ ENGINE_HOST = "198.51.100.1"
 ENGINE_SIP = (ENGINE_HOST, 5060)
 ANSWER_URL = "http://app.test/answer"
 EVENT_URL = "http://app.test/event"
+SPEAKING_URL = "http://app.test/speaking"
 INPUT_URL = "http://app.test/input"
 Address = tuple[str, int]
 Samples = npt.NDArray[np.int16]
@@ -436,6 +438,7 @@ class World:
         )
         self.phones: list[Phone] = []
         self.events: list[dict[str, Any]] = []
+        self.speaking_reports: list[tuple[float, dict[str, Any]]] = []
         self.fetches: list[FetchAnswer] = []
         self.held_fetches: list[FetchAnswer] = []
         self.webhooks: list[SendWebhook] = []
@@ -498,6 +501,8 @@ class World:
         engine = self.engine
         if isinstance(request, SendEvent):
             self.events.append(request.payload)
+        elif isinstance(request, ReportSpeaking):
+            self.speaking_reports.append((self.now, request.payload))
         elif isinstance(request, FetchAnswer):
             self.fetches.append(request)
             call = engine.calls.get(request.call_uuid)

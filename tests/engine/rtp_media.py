@@ -194,6 +194,20 @@ def tone_energy(samples: np.ndarray, freq: float, rate: int = RATE) -> float:
     return float(spectrum[(freqs > freq - 15) & (freqs < freq + 15)].sum() / total)
 
 
+def tone_level_db(samples: np.ndarray, freq: float, rate: int = RATE) -> float:
+    """The level of what `samples` carry within ±15 Hz of `freq`, in dB relative to a full-scale sine (-inf: none).
+
+    Unlike `tone_energy`, it does not depend on what else is in the signal: a quiet party beside a loud one."""
+    if len(samples) < rate // 4:
+        return float("-inf")
+    window = np.hanning(len(samples))
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * window)) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
+    band = spectrum[(freqs > freq - 15) & (freqs < freq + 15)].sum()
+    mean_square = 2 * band / (len(samples) * float(np.sum(window**2)))  # Parseval, corrected for the window
+    return float(10 * np.log10(mean_square / (32767**2 / 2))) if mean_square > 0 else float("-inf")
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """A 16-bit PCM WAV file's samples (the first channel) and its sample rate."""
     with wave.open(str(path), "rb") as wav:

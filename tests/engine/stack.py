@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
 import signal
@@ -46,6 +47,7 @@ class VoiceStack:
     log: Path
     api_port: int
     voice_dir: Path
+    gateway_api_port: int = 0
 
     @property
     def base(self) -> str:
@@ -73,9 +75,31 @@ class VoiceStack:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
+    def room_api(self, config: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (no body) or POST `/api/rooms/{room}/{path}` with the room page's participant token; its JSON."""
+        request = urllib.request.Request(
+            f"{self.base}/api/rooms/{config['roomId']}/{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {config['participantToken']}"},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
     def new_room(self, room_id: str) -> str:
         """The PIN of a new room."""
         return str(self.post("/api/rooms", {"room_id": room_id})["pin"])
+
+    def new_room_keying_a_digit_twice(self, prefix: str) -> tuple[str, str]:
+        """(room id, PIN) of a new room whose PIN has the same digit twice in a row (PINs are random: a few tries),
+        so a digit lost or repeated on its way makes the PIN wrong."""
+        for attempt in range(60):
+            room_id = f"{prefix}-{attempt}"
+            pin = self.new_room(room_id)
+            if any(a == b for a, b in itertools.pairwise(pin)):
+                return room_id, pin
+        raise AssertionError("60 random PINs without a digit twice in a row")
 
 
 def options_ping(port: int, timeout: float = 0.3) -> bool:
@@ -126,7 +150,7 @@ def voice_stack(tmp_path: Path, **env: str) -> Iterator[VoiceStack]:
             [DIALBRIDGE, "serve"], env=environment, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-    stack = VoiceStack(process, http_port, sip_port, log, api_port, tmp_path / "voice")
+    stack = VoiceStack(process, http_port, sip_port, log, api_port, tmp_path / "voice", gateway_api_port)
     try:
         deadline = time.monotonic() + 60  # three processes start; aiortc alone takes a second to import
         while True:

@@ -41,19 +41,8 @@ def room_config(stack: VoiceStack, room_id: str) -> dict[str, Any]:
         return page_config(response.read().decode())
 
 
-def api(stack: VoiceStack, config: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        f"{stack.base}/api/rooms/{config['roomId']}/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {config['participantToken']}"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def phones(stack: VoiceStack, config: dict[str, Any]) -> list[dict[str, Any]]:
-    listed = api(stack, config, "participants")["participants"]
+    listed = stack.room_api(config, "participants")["participants"]
     return [p for p in listed if p["kind"] == "phone"]
 
 
@@ -114,13 +103,13 @@ def test_a_pin_caller_is_listed_masked_muted_through_the_api_and_hung_up(stack: 
             # A's tone starts ~7 s after its answer: wait until B hears it, then measure 2 s of it.
             wait_until(lambda: tone_at_b(time.monotonic()) > 0.3, 20, "caller B hearing caller A's tone")
 
-            muted = api(stack, config, "mute", {"call_id": caller_a["call_id"], "muted": True})
+            muted = stack.room_api(config, "mute", {"call_id": caller_a["call_id"], "muted": True})
             assert muted["muted"] is True
             assert [p["muted"] for p in phones(stack, config) if p["call_id"] == caller_a["call_id"]] == [True]
             after_mute = time.monotonic() + 0.3  # what was already mixed and in flight
             assert tone_at_b(after_mute) < 0.02, "caller B still hears the muted caller"
 
-            ended = api(stack, config, "hang-up", {"call_id": caller_a["call_id"]})
+            ended = stack.room_api(config, "hang-up", {"call_id": caller_a["call_id"]})
             assert ended["state"] == "ended"
             assert run_a.wait(15) == 0, f"caller A got no BYE after the hang-up:\n{run_a.errors()}"
             wait_until(lambda: len(phones(stack, config)) == 1, 10, "caller A leaving the list")

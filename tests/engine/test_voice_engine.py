@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookResult
 from dialbridge.engine.calls.runner import DEFAULT_APOLOGY
-from dialbridge.engine.core import EngineSettings, FetchAnswer, SendWebhook
+from dialbridge.engine.core import SPEAKING_REPORT_S, EngineSettings, FetchAnswer, SendWebhook
 from dialbridge.rtp.events import parse_telephone_event
 from dialbridge.rtp.packet import RtpPacket, build_rtp
 from tests.engine.fake_engine import (
@@ -32,6 +32,7 @@ from tests.engine.fake_engine import (
     IDLE,
     INPUT_URL,
     NOW,
+    SPEAKING_URL,
     Phone,
     World,
     failed,
@@ -360,6 +361,32 @@ def test_mute_stops_the_others_hearing_a_caller_and_earmuff_stops_the_caller_hea
     assert tone_share(b.heard(since=since), A_HZ) > 0.8
     assert not world.engine.set_muted("no-such-call", True)
     assert not world.engine.set_earmuffed("no-such-call", True)
+
+
+def test_who_speaks_is_reported_per_conversation_when_it_changes_a_few_times_a_second_at_most() -> None:
+    settings = EngineSettings(
+        contact_host=ENGINE_HOST, contact_port=5060, answer_url=ANSWER_URL, event_url=EVENT_URL,
+        speaking_url=SPEAKING_URL,
+    )  # fmt: skip
+    world = world_with([conversation("room-1")], settings=settings)
+    a, b = world.phone(), world.phone()  # both silent
+    ua, _ = connected(world, a), connected(world, b)
+    world.run(1.0)
+    assert world.speaking_reports == []  # nobody has spoken: nothing to say
+    a.voice = np.concatenate([tone(A_HZ, 1.0), np.zeros(8000 * 30, np.int16)])  # one second of tone, then quiet
+    world.run(2.0)
+
+    reports = world.speaking_reports
+    assert [(r["conversation"], r["speaking"]) for _, r in reports] == [("room-1", [ua]), ("room-1", [])], reports
+    started, stopped = reports[0][0], reports[1][0]
+    assert 0.9 <= stopped - started <= 1.0 + 0.2 + SPEAKING_REPORT_S + 0.05  # the tone, the hangover, one batch
+    assert all(r["timestamp"].endswith("Z") for _, r in reports)
+
+    world.speaking_reports.clear()
+    assert world.engine.set_muted(ua, True)  # a muted caller does not speak to anyone, whatever it sends
+    a.voice = tone(A_HZ, 2.0)  # looped: speaking throughout
+    world.run(1.0)
+    assert world.speaking_reports == []
 
 
 def test_end_on_exit_moves_the_others_on_to_the_rest_of_their_ncco() -> None:

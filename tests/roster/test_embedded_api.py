@@ -129,3 +129,34 @@ def test_star_one_counts_browsers_and_phones(app: tuple[TestClient, RecordingCon
         for digit in "*1":
             client.post("/webhooks/keypad", json={"uuid": "call-1", "dtmf": {"digits": digit, "timed_out": False}})
         assert control.requests == [("talk", "call-1", "There are 2 participants in the room.")]
+
+
+def test_the_engines_speaking_report_reaches_the_list_and_the_rooms_browsers(
+    app: tuple[TestClient, RecordingControl],
+) -> None:
+    client, _ = app
+    config = visit(client, "standup")
+    join_by_pin(client, config, "call-1", CALLER_FROM)
+    join_by_pin(client, config, "call-2", "14155550123")
+    listed = client.get("/api/rooms/standup/participants", headers=bearer(config)).json()["participants"]
+    assert [p["speaking"] for p in listed] == [False, False]  # the embedded engine reports it: known, quiet
+    conversation = config["sessionId"]  # the call flow names the conversation after the room's session
+    with open_room_socket(client, config) as browser:
+        assert browser.receive_json()["type"] == "connected"
+        report = {"conversation": conversation, "speaking": ["call-1"], "timestamp": "2026-12-07T21:00:00.000Z"}
+        assert client.post("/webhooks/speaking", json=report).status_code == 204
+        started = next_participant_signal(browser)
+        assert (started["call_id"], started["speaking"]) == ("call-1", True)
+        listed = client.get("/api/rooms/standup/participants", headers=bearer(config)).json()["participants"]
+        assert {p["id"]: p["speaking"] for p in listed if p["kind"] == "phone"} == {"call-1": True, "call-2": False}
+
+        # The next report names who speaks now: call-1 stopped, call-2 started; one signal each.
+        report = {"conversation": conversation, "speaking": ["call-2"]}
+        assert client.post("/webhooks/speaking", json=report).status_code == 204
+        changed = {s["call_id"]: s["speaking"] for s in (next_participant_signal(browser) for _ in range(2))}
+        assert changed == {"call-1": False, "call-2": True}
+
+    for bad in ({"conversation": conversation}, {"conversation": conversation, "speaking": "call-1"},
+                {"speaking": []}, {"conversation": conversation, "speaking": [1]}):  # fmt: skip
+        refused = client.post("/webhooks/speaking", json=bad)
+        assert refused.status_code == 422 and refused.json()["error"]["code"], bad

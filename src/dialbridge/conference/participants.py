@@ -130,7 +130,7 @@ class PhoneParticipant:
     state: CallState
     muted: bool
     detail: str | None = None  # the last status behind the state (busy, timeout, …) for dial-outs and endings
-    speaking: bool | None = None  # neither backend reports it per call to the app (README)
+    speaking: bool | None = None  # None where the backend does not report it (Vonage: README)
     dial_out: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -149,7 +149,14 @@ class PhoneParticipant:
 
 
 def phone_participant(
-    call_id: str, number: str, status: str, muted: bool, *, ended: bool = False, dial_out: bool = False
+    call_id: str,
+    number: str,
+    status: str,
+    muted: bool,
+    *,
+    ended: bool = False,
+    dial_out: bool = False,
+    speaking: bool | None = None,
 ) -> PhoneParticipant:
     return PhoneParticipant(
         call_id=call_id,
@@ -157,6 +164,7 @@ def phone_participant(
         state=call_state(status, ended),
         muted=muted,
         detail=status,
+        speaking=None if speaking is None else speaking and not ended,
         dial_out=dial_out,
     )
 

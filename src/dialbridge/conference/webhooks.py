@@ -117,6 +117,27 @@ class PinInput:
         return cls(call=CallParty.parse(body), digits=digits.rstrip("#"), timed_out=timed_out)
 
 
+MAX_SPEAKERS = 500  # the engine's largest conference holds fewer members
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakingReport:
+    """The embedded engine's report of who speaks in one conversation (named after the room's session): the call
+    uuids speaking now. Not a Vonage webhook: Vonage's Voice API reports no speaking per call."""
+
+    conversation: str
+    speaking: frozenset[str]
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> SpeakingReport:
+        speaking = fields.get("speaking")
+        if not isinstance(speaking, list) or len(speaking) > MAX_SPEAKERS:
+            raise PayloadError(f"field 'speaking' must be a list of at most {MAX_SPEAKERS} call uuids")
+        if not all(isinstance(uuid, str) and 0 < len(uuid) <= MAX_FIELD for uuid in speaking):
+            raise PayloadError("field 'speaking' must hold call uuids (strings)")
+        return cls(conversation=_text(fields, "conversation", required=True), speaking=frozenset(speaking))
+
+
 CALL_STATUSES = frozenset(
     {
         "started",

@@ -144,16 +144,6 @@ class CallControl(Protocol):
         ...
 
 
-class BrowserPhones(Protocol):
-    """The browser phone's calls (the web app forwards each page's offer here, signed with the application key)."""
-
-    async def call(self, offer_sdp: str) -> tuple[str, str] | None:
-        """(call uuid, answer SDP); None when the engine has no line free; ValueError for an unusable offer."""
-        ...
-
-    async def hang_up(self, call_uuid: str) -> bool: ...
-
-
 def create_control_app(
     control: CallControl,
     credentials: VoiceCredentials,
@@ -161,7 +151,6 @@ def create_control_app(
     clock: Callable[[], float] = time.time,
     health: Callable[[], Mapping[str, Any]] = lambda: {},
     metrics: Callable[[], bytes] = lambda: b"",
-    browser_phones: BrowserPhones | None = None,
 ) -> ASGIApp:
     """The call-control API over `control`, accepting requests signed with `credentials`' application key.
 
@@ -181,31 +170,8 @@ def create_control_app(
     async def metrics_text(_: Request) -> Response:
         return Response(metrics(), media_type=CONTENT_TYPE_LATEST)
 
-    async def browser_call(request: Request) -> Response:
-        if browser_phones is None:
-            raise _Problem(404, "not-found", "Not found", "This engine takes no browser phone calls.")
-        body = await _json_object(request)
-        offer = body.get("sdp")
-        if not isinstance(offer, str) or not offer:
-            raise _invalid("sdp", "must be the browser's SDP offer")
-        try:
-            answered = await browser_phones.call(offer)
-        except ValueError as exc:
-            raise _invalid("sdp", str(exc)) from None
-        if answered is None:
-            raise _Problem(503, "busy", "No line free", "The voice engine is at DIALBRIDGE_MAX_CALLS; try later.")
-        call_id, answer = answered
-        return _json({"call_id": call_id, "sdp": answer}, 201)
-
-    async def browser_hang_up(request: Request) -> Response:
-        if browser_phones is None or not await browser_phones.hang_up(_call_uuid(request)):
-            raise _Problem(404, "not-found", "Not found", "No such browser phone call.")
-        return Response(status_code=204)
-
     app = Starlette(
         routes=[
-            _route(api, "/internal/browser-calls", POST=browser_call),
-            _route(api, "/internal/browser-calls/{uuid}", DELETE=browser_hang_up),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
             _route(api, "/v1/calls", GET=api.list_calls),

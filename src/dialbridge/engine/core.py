@@ -47,6 +47,7 @@ from dialbridge.engine.calls import (
     WebhookResult,
     answer_query,
     event_payload,
+    timestamp,
 )
 from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.media import g711, tones
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9*#A-Da-d])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+SPEAKING_REPORT_S = 0.25
 
 
 class MediaPorts(Protocol):
@@ -79,14 +81,6 @@ class MediaPorts(Protocol):
     def open(self) -> int: ...  # raises OSError when no port pair is free
 
     def close(self, port: int) -> None: ...
-
-
-class BrowserLeg(Protocol):
-    """A browser phone's WebRTC leg (engine/browser_phone.py), seen as 20 ms G.711 µ-law frames each way."""
-
-    def playout(self, now: float) -> bytes: ...
-
-    def send(self, frame: bytes, now: float) -> None: ...
 
 
 # What the engine asks its shell to do; each result comes back through the matching VoiceEngine method.
@@ -114,6 +108,16 @@ class SendEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportSpeaking:
+    """Who in one conversation is speaking now: POSTed to the application when that changes (at most every
+    `SPEAKING_REPORT_S`), so that a room can show it; the latest report replaces the ones before it."""
+
+    url: str
+    conversation: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class PrepareAudio:
     """Synthesise a talk or load a stream; answer with `audio_ready`."""
 
@@ -122,14 +126,7 @@ class PrepareAudio:
     source: TalkSource | StreamSource
 
 
-@dataclass(frozen=True, slots=True)
-class CloseBrowserLeg:
-    """The engine ended a browser phone call: close its peer connection."""
-
-    call_uuid: str
-
-
-EngineRequest = FetchAnswer | SendWebhook | SendEvent | PrepareAudio | CloseBrowserLeg
+EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +141,7 @@ class EngineSettings:
     max_calls: int = 500
     invites_per_source_per_minute: int = 120
     join_tone: bool = True
+    speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +177,6 @@ class Call:
     __slots__ = (
         "alaw",
         "answered_at",
-        "browser",
         "conference",
         "conversation",
         "conversation_uuid",
@@ -218,7 +215,6 @@ class Call:
         self.ended = False
         self.port: int | None = None
         self.rtp: RtpSession | None = None
-        self.browser: BrowserLeg | None = None  # a browser phone instead of a SIP leg and RTP
         self.alaw = False
         self.local_sdp: bytes | None = None
         self.sdp_version = 1
@@ -271,6 +267,9 @@ class VoiceEngine:
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
         self._started: set[str] = set()  # conferences a startOnEnter member has joined
+        self._speaking: frozenset[str] = frozenset()  # the members speaking, as of the last mix
+        self._speaking_changed: set[str] = set()  # conferences with a change not reported yet
+        self._next_speaking_report = 0.0
         self._join_tone = tones.join_tone() if settings.join_tone else None
         self._leave_tone = tones.leave_tone() if settings.join_tone else None
 
@@ -455,6 +454,8 @@ class VoiceEngine:
                 if due is not None and due <= now:
                     self._run(call, runner.on_timer(now), now)
         self._mix(now)
+        if self._speaking_changed and now >= self._next_speaking_report:
+            self._report_speaking(now)
         for call in list(self._media):
             rtp = call.rtp
             if rtp is not None and call.port is not None:
@@ -595,30 +596,6 @@ class VoiceEngine:
     def _at_capacity(self) -> bool:
         return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
 
-    # ---- browser phones ------------------------------------------------------------------------------------
-
-    def add_browser_call(self, leg: BrowserLeg, now: float, caller: str = "browser") -> str | None:
-        """A browser phone dialling in (its WebRTC leg already connected); None when the engine is full."""
-        if self._at_capacity():
-            return None
-        call = self._new_call("browser:" + self._new_uuid(), caller, self.settings.dial_in_user, now)
-        call.browser = leg
-        call.local_sdp = b""
-        self._media.append(call)
-        self._rows_changed()
-        self._ring(call, now)
-        return call.uuid
-
-    def browser_digit(self, call_uuid: str, digit: str, now: float) -> None:
-        call = self._live(call_uuid)
-        if call is not None:
-            self._signalled_digit(call, digit, now)
-
-    def browser_closed(self, call_uuid: str, now: float) -> None:
-        call = self._live(call_uuid)
-        if call is not None:
-            self._end(call, now, "browser hung up", send_bye=False)
-
     def _is_dial_in(self, user: str) -> bool:
         if user == self.settings.dial_in_user:
             return True
@@ -638,9 +615,8 @@ class VoiceEngine:
         return True
 
     def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
-        if call.browser is None:
-            assert call.local_sdp is not None
-            self.agent.accept(call.leg_id, call.local_sdp, now)
+        assert call.local_sdp is not None
+        self.agent.accept(call.leg_id, call.local_sdp, now)
         call.answered_at = now
         self._event(call, "answered", now)
         call.runner = NccoRunner(call.info, event_url=self.settings.event_url)
@@ -812,10 +788,7 @@ class VoiceEngine:
         if call.ended:
             return
         call.ended = True
-        if call.browser is not None:
-            if send_bye:
-                self._requests.append(CloseBrowserLeg(call.uuid))
-        elif send_bye:
+        if send_bye:
             self.agent.hangup(call.leg_id, now)
         self._leave_conference(call, now)
         call.playback = None
@@ -850,6 +823,18 @@ class VoiceEngine:
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
         self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
 
+    def _report_speaking(self, now: float) -> None:
+        """One report per conversation whose speakers changed, at most every SPEAKING_REPORT_S: a room's list shows
+        who speaks within a fraction of a second, at a few requests a second per lively room, not one per word."""
+        url = self.settings.speaking_url
+        assert url is not None
+        for conference in self._speaking_changed:
+            speaking = [member for member in self.mixer.members(conference) if member in self._speaking]
+            payload = {"conversation": conference, "speaking": speaking, "timestamp": timestamp(now)}
+            self._requests.append(ReportSpeaking(url, conference, payload))
+        self._speaking_changed.clear()
+        self._next_speaking_report = now + SPEAKING_REPORT_S
+
     # ---- media ---------------------------------------------------------------------------------------------
 
     def _mix(self, now: float) -> None:
@@ -862,8 +847,6 @@ class VoiceEngine:
         for call in calls:
             if call.rtp is not None:
                 frames.append(call.rtp.playout(now)[0])
-            elif call.browser is not None:
-                frames.append(call.browser.playout(now))
         encoded = np.frombuffer(b"".join(frames), np.uint8).reshape(len(calls), FRAME)
         decoded = g711.decode_rows(encoded, alaw)
         listening = [i for i, call in enumerate(calls) if call.inband]
@@ -881,14 +864,17 @@ class VoiceEngine:
             self.mixer.inputs[rows] = decoded[members]
             mixed = self.mixer.mix()
             out[members] = mixed.outputs[rows]
+            if mixed.speaking_changed and self.settings.speaking_url is not None:
+                self._speaking = mixed.speaking
+                for member, _ in mixed.speaking_changed:
+                    changed = self.calls.get(member)
+                    if changed is not None and changed.conference is not None:
+                        self._speaking_changed.add(changed.conference)
         for i, call in enumerate(calls):
             self._add_playback(call, out, i, now)
         wire = g711.encode_rows(out, alaw)
         for i, call in enumerate(calls):
             if call.ended:
-                continue
-            if call.browser is not None:
-                call.browser.send(wire[i].tobytes(), now)
                 continue
             rtp = call.rtp
             if rtp is None or call.port is None:

@@ -1,5 +1,6 @@
 """What the voice engine serves besides SIP: its call-control API (Vonage's Voice REST shape, over TLS with the
-engine's own application key), the browser phone's WebRTC calls, `/healthz` and `/metrics`.
+engine's own application key), `/healthz` and `/metrics`. The engine speaks SIP/RTP only: the browser phone's
+WebRTC leg ends in the gateway (`gateway/phone.py`), which dials in here like any SIP phone.
 
 It runs on the engine's own event loop — the API's verbs act on `VoiceEngine` directly — as one uvicorn server
 task. The traffic is a few requests per call, not per packet, so it does not disturb the 20 ms clock.
@@ -101,57 +102,6 @@ class EngineCallControl:
             raise ValueError(str(exc)) from None
 
 
-class BrowserPhoneCalls:
-    """The browser phone: each page's offer becomes a WebRTC leg (aiortc) and a call like any SIP caller's."""
-
-    def __init__(self, server: VoiceServer) -> None:
-        self._server = server
-        self.legs: dict[str, Any] = {}
-
-    async def call(self, offer_sdp: str) -> tuple[str, str] | None:
-        from dialbridge.engine.browser_phone import BrowserPhoneLeg  # aiortc loads only when a browser calls
-
-        server = self._server
-        holder: dict[str, str] = {}
-
-        def digit(value: str) -> None:
-            if "uuid" in holder:
-                server.engine.browser_digit(holder["uuid"], value, server.now())
-                server.flush()
-
-        def closed() -> None:
-            uuid = holder.get("uuid")
-            self.legs.pop(uuid or "", None)
-            if uuid is not None:
-                server.engine.browser_closed(uuid, server.now())
-                server.flush()
-
-        leg, answer = await BrowserPhoneLeg.answer(offer_sdp, on_digit=digit, on_closed=closed)
-        uuid = server.engine.add_browser_call(leg, server.now())
-        if uuid is None:
-            await leg.close()
-            return None
-        holder["uuid"] = uuid
-        self.legs[uuid] = leg
-        server.flush()
-        return uuid, answer
-
-    async def hang_up(self, call_uuid: str) -> bool:
-        leg = self.legs.pop(call_uuid, None)
-        if leg is None:
-            return False
-        self._server.engine.browser_closed(call_uuid, self._server.now())
-        self._server.flush()
-        await leg.close()
-        return True
-
-    async def close(self, call_uuid: str) -> None:
-        """The engine ended the call (NCCO done, hung up through the API)."""
-        leg = self.legs.pop(call_uuid, None)
-        if leg is not None:
-            await leg.close()
-
-
 class EngineMetrics(Collector):
     """The engine's figures for Prometheus, read from its counters at each scrape."""
 
@@ -221,10 +171,9 @@ class EngineMetrics(Collector):
 
 
 class ControlService:
-    """The engine's HTTPS server (call control, browser phone, health, metrics) as a task on its loop."""
+    """The engine's HTTPS server (call control, health, metrics) as a task on its loop."""
 
     def __init__(self, server: VoiceServer, credentials: VoiceCredentials, host: str, port: int) -> None:
-        self.browser_phones = BrowserPhoneCalls(server)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(EngineMetrics(server))
         app = create_control_app(
@@ -233,7 +182,6 @@ class ControlService:
             clock=server.now,
             health=lambda: _health(server),
             metrics=lambda: generate_latest(registry),
-            browser_phones=self.browser_phones,
         )
         self._server = LocalApiServer(app, credentials, host, port)
 

@@ -36,11 +36,11 @@ from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
 from dialbridge.engine.calls.journal import LiveCallJournal
 from dialbridge.engine.core import (
-    CloseBrowserLeg,
     EngineRequest,
     EngineSettings,
     FetchAnswer,
     PrepareAudio,
+    ReportSpeaking,
     SendEvent,
     SendWebhook,
     VoiceEngine,
@@ -215,8 +215,6 @@ class VoiceServer:
         if pending:
             await asyncio.wait(pending, timeout=2.0)
         if self.control is not None:
-            for uuid in list(self.control.browser_phones.legs):
-                await self.control.browser_phones.close(uuid)
             await self.control.close()
         self._udp.close()
         self._tcp.close()
@@ -337,10 +335,10 @@ class VoiceServer:
             self._spawn(self._send_webhook(request))
         elif isinstance(request, SendEvent):
             self._send_event(request)
+        elif isinstance(request, ReportSpeaking):
+            self._in_order(f"speaking {request.conversation}", self.webhooks.event(request.url, request.payload))
         elif isinstance(request, PrepareAudio):
             self._spawn(self._prepare_audio(request))
-        elif isinstance(request, CloseBrowserLeg) and self.control is not None:
-            self._spawn(self.control.browser_phones.close(request.call_uuid))
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -373,14 +371,17 @@ class VoiceServer:
         if self._journal is not None:
             self._journal.observe(request.payload, self.now())
         # One call's events arrive in the order they happened: each waits for the one before it.
-        key = str(request.payload.get("uuid", ""))
+        self._in_order(str(request.payload.get("uuid", "")), self.webhooks.event(request.url, request.payload))
+
+    def _in_order(self, key: str, work: Awaitable[Any]) -> None:
+        """Run `work` after the work queued before it under `key` has finished (whatever its outcome)."""
         previous = self._event_chains.get(key)
 
         async def send() -> None:
             if previous is not None:
                 with contextlib.suppress(Exception):
                     await previous
-            await self.webhooks.event(request.url, request.payload)
+            await work
             if self._event_chains.get(key) is task:
                 del self._event_chains[key]
 

@@ -4,6 +4,9 @@
                                                                       auth?: {username, password}, secure?}}
                                                                       → 200 {id, connectionId, streamId}
     DELETE /v2/project/{appId}/session/{sessionId}/connection/{connectionId}  → 204 (404 when no such call is live)
+    POST   /v1/browser-calls                                         {sdp} → 201 {call_id, sdp}: a browser phone's
+                                                                      offer, answered; the gateway dials in for it
+    DELETE /v1/browser-calls/{callId}                                 → 204 (404 when no such browser phone call)
     GET    /healthz, /metrics                                         (no authentication: probes and scrapers)
 
 Authenticated as the voice engine's API is: `Authorization: Bearer <JWT>` signed with the local application's key
@@ -12,7 +15,7 @@ sends them to Vonage. `{appId}` must be that application's id. Errors are Vonage
 "message": "…"}`, with the status that says what kind: 400 a request that cannot be placed as sent, 401 no or a
 bad token, 403 the room refused the participant's token, 404 no such route or call, 409 the room ended the
 participant as it joined, 429 the gateway is full, 502 the room's signalling (or, over TCP, the SIP peer) could not
-be reached, 503 no RTP port.
+be reached, 503 no RTP port or too many browser phones still connecting. 429 and 503 carry Retry-After.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dialbridge.credentials import TokenError, VoiceCredentials
+from dialbridge.gateway.phone import BrowserPhones
 from dialbridge.gateway.shell import DialRefused, DialRequest, Gateway
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 MAX_TOKEN_LENGTH: Final = 8192
 MAX_HEADERS: Final = 20
 MAX_FIELD_CHARS: Final = 1024
+MAX_CALL_ID_CHARS: Final = 64
 #: Vonage lets headers beginning X- through a SIP dial; anything else would let a caller rewrite the call's routing.
 HEADER_PREFIX: Final = "x-"
 
@@ -55,6 +60,7 @@ def create_gateway_app(
     gateway: Gateway,
     credentials: VoiceCredentials,
     *,
+    phones: BrowserPhones | None = None,
     clock: Callable[[], float] = time.time,
     metrics: Callable[[], bytes] = lambda: b"",
 ) -> Starlette:
@@ -67,7 +73,7 @@ def create_gateway_app(
             credentials.verify(token, clock())
         except TokenError as exc:
             raise _Refusal(401, f"the JWT was refused: {exc}") from None
-        if request.path_params.get("app_id") != credentials.application_id:
+        if "app_id" in request.path_params and request.path_params["app_id"] != credentials.application_id:
             raise _Refusal(404, "no such project: the path's application id is not this gateway's application")
 
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -78,7 +84,7 @@ def create_gateway_app(
             except _Refusal as refusal:
                 return _error(refusal.status, refusal.message)
             except DialRefused as refused:
-                return _error(refused.status, refused.message)
+                return _error(refused.status, refused.message, refused.retry_after)
             except Exception:
                 log.exception("gateway control API: %s %s failed", request.method, request.url.path)
                 return _error(500, "the gateway failed; its log has the details")
@@ -94,8 +100,27 @@ def create_gateway_app(
             raise _Refusal(404, "no call of the gateway has that connection in that session")
         return Response(status_code=204)
 
+    def browser_phones() -> BrowserPhones:
+        if phones is None:
+            raise _Refusal(404, "this gateway takes no browser phone calls: it was started without a dial-in URI")
+        return phones
+
+    async def browser_call(request: Request) -> Response:
+        calls = browser_phones()
+        offer = (await _json_object(request)).get("sdp")
+        if not isinstance(offer, str) or not offer:
+            raise _Refusal(400, "sdp must be the browser's SDP offer, a non-empty string")
+        call_id, answer = await calls.call(offer)
+        return _json({"call_id": call_id, "sdp": answer}, 201)
+
+    async def browser_hang_up(request: Request) -> Response:
+        call_id = request.path_params["call_id"]
+        if len(call_id) > MAX_CALL_ID_CHARS or not browser_phones().hang_up(call_id):
+            raise _Refusal(404, "no browser phone call of the gateway has that id (it may have ended)")
+        return Response(status_code=204)
+
     async def healthz(_: Request) -> Response:
-        return _json({"status": "ok", **gateway.health()})
+        return _json({"status": "ok", **gateway.health(), **(phones.health() if phones is not None else {})})
 
     async def metrics_text(_: Request) -> Response:
         return Response(metrics(), media_type=CONTENT_TYPE_LATEST)
@@ -108,6 +133,8 @@ def create_gateway_app(
                 endpoint(disconnect),
                 methods=["DELETE"],
             ),
+            Route("/v1/browser-calls", endpoint(browser_call), methods=["POST"]),
+            Route("/v1/browser-calls/{call_id}", endpoint(browser_hang_up), methods=["DELETE"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
         ]
@@ -199,5 +226,8 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"code": status, "message": message}, status)
+def _error(status: int, message: str, retry_after: int | None = None) -> Response:
+    response = _json({"code": status, "message": message}, status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response

@@ -1,5 +1,5 @@
-"""`dialbridge gateway`: the gateway's process — its SIP socket and media clock, its HTTPS control API, metrics,
-and a graceful stop (every call hung up with a BYE) on SIGTERM or SIGINT."""
+"""`dialbridge gateway`: the gateway's process — its SIP socket and media clock, its HTTPS control API (room dials
+and browser phone calls), metrics, and a graceful stop (every call hung up with a BYE) on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.gateway.control import create_gateway_app
 from dialbridge.gateway.events import SignedPoster, SipCallReporter
+from dialbridge.gateway.phone import BrowserPhones
 from dialbridge.gateway.shell import Gateway, GatewaySettings
 from dialbridge.local_api import LocalApiServer
 
@@ -22,8 +23,9 @@ log = logging.getLogger("dialbridge.gateway")
 
 
 class GatewayMetrics(Collector):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, phones: BrowserPhones | None = None) -> None:
         self.gateway = gateway
+        self.phones = phones
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
@@ -35,8 +37,20 @@ class GatewayMetrics(Collector):
             calls.add_metric([state], states.get(state, 0))
         yield calls
         peers = GaugeMetricFamily("dialbridge_gateway_browser_peers", "WebRTC peers the gateway's calls hold")
-        peers.add_metric([], sum(call.room.peer_count for call in gateway.calls.values()))
+        peers.add_metric([], gateway.peer_count)
         yield peers
+        if self.phones is not None:
+            phones = self.phones.health()
+            yield GaugeMetricFamily(
+                "dialbridge_gateway_browser_phones",
+                "Browser phone calls the gateway holds",
+                value=phones["browser_phones"],
+            )
+            yield GaugeMetricFamily(
+                "dialbridge_gateway_browser_phones_negotiating",
+                "Browser phone peers answered but not connected yet",
+                value=phones["browser_phones_negotiating"],
+            )
         placed = CounterMetricFamily("dialbridge_gateway_calls_placed", "SIP calls the gateway placed")
         placed.add_metric([], gateway.calls_placed)
         yield placed
@@ -69,9 +83,10 @@ async def serve_gateway(
     reporter = SipCallReporter(callback_url, webhooks) if callback_url and webhooks else None
     gateway = Gateway(settings, reporter=reporter)
     await gateway.start()
+    phones = BrowserPhones(gateway, settings.dial_in_uri) if settings.dial_in_uri else None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayMetrics(gateway))
-    app = create_gateway_app(gateway, credentials, metrics=lambda: generate_latest(registry))
+    registry.register(GatewayMetrics(gateway, phones))
+    app = create_gateway_app(gateway, credentials, phones=phones, metrics=lambda: generate_latest(registry))
     server = LocalApiServer(app, credentials, *api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,13 +1,14 @@
 """The gateway's asyncio shell: its SIP socket, its RTP ports, one 20 ms media clock, and its calls.
 
-A call (`GatewayCall`) is one room participant joined to one outbound SIP leg. Each tick moves one 20 ms frame
-each way for every call: what the room's streams said, mixed, is G.711-encoded into the leg's RTP session; what the
-leg's jitter buffer plays out is decoded and published to the room. The SIP agent and the RTP sessions are sans-I/O;
-this file only moves their bytes and keeps the clock.
+A call (`GatewayCall`) is one WebRTC side (`WebRtcSide`: a room participant, `room.py`, or a browser phone's peer,
+`phone.py`) joined to one outbound SIP leg. Each tick moves one 20 ms frame each way for every call: what the WebRTC
+side said (the room's streams mixed, or the browser phone's microphone) is G.711-encoded into the leg's RTP session;
+what the leg's jitter buffer plays out is decoded and given to the WebRTC side to hear. The SIP agent and the RTP
+sessions are sans-I/O; this file only moves their bytes and keeps the clock.
 
 A call ends, once, from whichever side ends first: the SIP leg fails or ends (the participant leaves the room), the
-participant is removed from the room or the room's last browser leaves (the leg is hung up: CANCEL or BYE), or the
-gateway stops (every leg is hung up, and their BYEs get a moment to be answered).
+participant is removed from the room or the room's last browser leaves, or the browser phone hangs up (the leg is
+hung up: CANCEL or BYE), or the gateway stops (every leg is hung up, and their BYEs get a moment to be answered).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from dialbridge import sdp
 from dialbridge.gateway.events import CREATED, SipCallReporter, call_state, callback, event_name
@@ -52,12 +56,36 @@ _SILENT_FRAMES: Final = {codec: bytes([byte]) * FRAME_SAMPLES for codec, byte in
 
 
 class DialRefused(Exception):
-    """The dial request cannot be placed; `status` is the HTTP status the control API answers with."""
+    """The dial request cannot be placed; `status` is the HTTP status the control API answers with, `retry_after`
+    (seconds) its Retry-After when waiting helps."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+RETRY_FULL_S: Final = 30  # a full gateway frees a line when some call ends: minutes, typically
+
+
+class WebRtcSide(Protocol):
+    """The WebRTC side of a call, as the media tick and the call's end see it."""
+
+    @property
+    def peer_count(self) -> int: ...
+
+    def take_mix(self) -> npt.NDArray[np.int16] | None:
+        """One tick (160 samples) of what this side said, for the SIP leg; None for silence."""
+        ...
+
+    def hear(self, samples: npt.NDArray[np.int16]) -> None:
+        """One tick of what the SIP leg played out."""
+        ...
+
+    async def leave(self) -> None:
+        """Close everything this side holds; idempotent."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +118,8 @@ class GatewaySettings:
     signalling_url: str
     max_calls: int = 50
     join_timeout_s: float = 10.0
+    #: The voice engine's dial-in, which browser phones call (None: this gateway takes no browser phone calls).
+    dial_in_uri: str | None = None
     ring_timeout_s: float | None = 45.0  # DIALBRIDGE_DIAL_OUT_RING_S: no answer by then ends the call as no_answer
     project_id: str = ""  # the application id the control API serves, named in the callbacks as Vonage names it
 
@@ -97,7 +127,7 @@ class GatewaySettings:
 @dataclass(eq=False)
 class GatewayCall:
     call_id: str
-    room: RoomParticipant
+    webrtc: WebRtcSide
     rtp_port: int
     leg_id: str | None = None
     state: str = "dialling"  # dialling | ringing | answered | ending | ended
@@ -119,7 +149,7 @@ class Gateway:
         reporter: SipCallReporter | None = None,
     ) -> None:
         self.settings = settings
-        self.reporter = reporter  # tells the app how each call's SIP leg goes (session-monitoring callbacks)
+        self.reporter = reporter  # tells the app how each dial request's SIP leg goes (session-monitoring callbacks)
         self._rng = rng or random.SystemRandom()
         self.agent = SipAgent(
             contact_host=settings.contact_host, contact_port=settings.sip_port, user_agent="dialbridge-gateway"
@@ -182,9 +212,17 @@ class Gateway:
 
     # --- the control API's operations ---------------------------------------------------------------------------
 
-    async def dial(self, request: DialRequest) -> DialResult:
+    def check_capacity(self) -> None:
+        """DialRefused 429 when the gateway holds `max_calls` calls of either kind."""
         if len(self.calls) >= self.settings.max_calls:
-            raise DialRefused(429, f"the gateway holds {self.settings.max_calls} calls (DIALBRIDGE_GATEWAY_MAX_CALLS)")
+            raise DialRefused(
+                429,
+                f"the gateway holds {self.settings.max_calls} calls (DIALBRIDGE_GATEWAY_MAX_CALLS)",
+                retry_after=RETRY_FULL_S,
+            )
+
+    async def dial(self, request: DialRequest) -> DialResult:
+        self.check_capacity()
         try:
             target = SipUri.parse(request.uri)
         except ValueError as exc:
@@ -194,17 +232,12 @@ class Gateway:
         transport = (target.transport or "udp").lower()
         if transport not in ("udp", "tcp"):
             raise DialRefused(400, f"transport={transport} is not supported: the gateway calls over UDP or TCP")
-        destination = await self._resolve(target.host, target.port or 5060)
+        destination = await self.resolve(target.host, target.port or 5060)
         if transport == "tcp":
             try:
                 await self._tcp.connect(destination)
             except TcpUnavailable as exc:
                 raise DialRefused(502, str(exc)) from None
-        assert self._media is not None
-        try:
-            rtp_port = self._media.open()
-        except NoMediaPorts as exc:
-            raise DialRefused(503, str(exc)) from None
         call_id = str(uuid.uuid4())
         room = RoomParticipant(
             signalling_url=self.settings.signalling_url,
@@ -214,16 +247,8 @@ class Gateway:
             on_over=lambda reason: self._room_over(call_id, reason),
             on_browsers_changed=lambda count: self._browsers_changed(call_id, count),
         )
-        call = GatewayCall(
-            call_id=call_id,
-            room=room,
-            rtp_port=rtp_port,
-            headers=dict(request.headers),
-            transport=transport,
-            destination=destination,
-        )
-        self.calls[call_id] = call
-        self._by_port[rtp_port] = call
+        call = self.open_call(call_id, room)
+        call.transport, call.destination = transport, destination
         try:
             await room.join(self.settings.join_timeout_s)
         except RoomJoinFailed as exc:
@@ -231,31 +256,18 @@ class Gateway:
             raise DialRefused(403 if exc.bad_token else 502, str(exc)) from None
         if call.state == "ended":  # the room went away while joining
             raise DialRefused(409, f"the room ended the participant while it joined: {call.end_reason}")
-        self._session_ids += 1
-        offer = sdp.make_offer(
-            local_host=self.settings.contact_host, local_port=rtp_port, session_id=self._session_ids, session_version=1
-        )
         credentials = (
             DigestCredentials(request.username, request.password) if request.username and request.password else None
         )
-        from_uri = _from_uri(request.from_, self.settings.contact_host)
-        leg_id = self.agent.dial(
+        self.place_leg(
+            call,
             request.uri,
-            destination=destination,
-            transport=transport,
-            sdp=offer,
-            now=time.monotonic(),
-            from_uri=from_uri,
+            destination,
+            from_uri=_from_uri(request.from_, self.settings.contact_host),
             from_display=request.name,
             headers=request.headers,
             credentials=credentials,
-            ring_timeout=self.settings.ring_timeout_s,
         )
-        call.leg_id = leg_id
-        self._by_leg[leg_id] = call
-        self.calls_placed += 1
-        self._report(call, CREATED, None)
-        self._pump()
         # The URI's user part may be a phone number: the log names the call by its id and the host it goes to only.
         log.info(
             "gateway call %s: dialling %s:%d over %s for session %s",
@@ -268,14 +280,83 @@ class Gateway:
         assert room.connection_id is not None and room.stream_id is not None
         return DialResult(call_id=call_id, connection_id=room.connection_id, stream_id=room.stream_id)
 
+    def open_call(self, call_id: str, webrtc: WebRtcSide) -> GatewayCall:
+        """A call of the gateway from now on (counted, its RTP port open), its SIP leg not placed yet.
+        DialRefused 503 when no RTP port is free."""
+        assert self._media is not None
+        try:
+            rtp_port = self._media.open()
+        except NoMediaPorts as exc:
+            raise DialRefused(503, str(exc), retry_after=RETRY_FULL_S) from None
+        call = GatewayCall(call_id=call_id, webrtc=webrtc, rtp_port=rtp_port)
+        self.calls[call_id] = call
+        self._by_port[rtp_port] = call
+        return call
+
+    def place_leg(
+        self,
+        call: GatewayCall,
+        uri: str,
+        destination: Address,
+        *,
+        from_uri: str,
+        from_display: str,
+        headers: dict[str, str] | None = None,
+        credentials: DigestCredentials | None = None,
+    ) -> None:
+        """INVITE `uri` for a call whose WebRTC side is ready (over `call.transport`); the answer's SDP starts its
+        media."""
+        self._session_ids += 1
+        offer = sdp.make_offer(
+            local_host=self.settings.contact_host,
+            local_port=call.rtp_port,
+            session_id=self._session_ids,
+            session_version=1,
+        )
+        leg_id = self.agent.dial(
+            uri,
+            destination=destination,
+            transport=call.transport,
+            sdp=offer,
+            now=time.monotonic(),
+            from_uri=from_uri,
+            from_display=from_display,
+            headers=headers or {},
+            credentials=credentials,
+            ring_timeout=self.settings.ring_timeout_s,
+        )
+        call.headers = dict(headers or {})
+        call.leg_id = leg_id
+        self._by_leg[leg_id] = call
+        self._legs_gone.clear()
+        self.calls_placed += 1
+        self._report(call, CREATED, None)
+        self._pump()
+
+    def end(self, call_id: str, reason: str) -> bool:
+        """Hang a call up (BYE or CANCEL; at once when no leg was placed). False when no such call is live."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        self._hang_up(call, reason)
+        self._pump()
+        return True
+
     def disconnect(self, session_id: str, connection_id: str) -> bool:
         """Vonage's force-disconnect of a SIP connection: hang its call up. False when no such call is live."""
         for call in self.calls.values():
-            if call.room.session_id == session_id and call.room.connection_id == connection_id:
-                self._hang_up(call, "disconnected through the control API")
-                self._pump()
-                return True
+            room = call.webrtc  # only a room participant has a connection; a browser phone has none
+            if isinstance(room, RoomParticipant) and (room.session_id, room.connection_id) == (
+                session_id,
+                connection_id,
+            ):
+                return self.end(call.call_id, "disconnected through the control API")
         return False
+
+    @property
+    def peer_count(self) -> int:
+        """WebRTC peers the calls hold (a bridge's per browser, a browser phone's one)."""
+        return sum(call.webrtc.peer_count for call in self.calls.values())
 
     # --- events --------------------------------------------------------------------------------------------------
 
@@ -313,7 +394,7 @@ class Gateway:
         call.end_reason = call.end_reason or reason
         log.info("gateway call %s ended: %s", call.call_id, call.end_reason)
         self._release(call)
-        self._spawn(call.room.leave())
+        self._spawn(call.webrtc.leave())
 
     def _release(self, call: GatewayCall) -> None:
         call.state = "ended"
@@ -401,14 +482,14 @@ class Gateway:
             rtp = call.rtp
             if rtp is None or call.state == "ended":
                 continue
-            mix = call.room.take_mix()
+            mix = call.webrtc.take_mix()
             frame = g711.encode(call.codec, mix) if mix is not None else _SILENT_FRAMES[call.codec]
             destination = rtp.destination
             for datagram in rtp.send(frame, now):
                 if destination is not None:
                     media.send(call.rtp_port, datagram, destination)
             payload, _kind = rtp.playout(now)
-            call.room.hear(g711.decode(call.codec, payload))
+            call.webrtc.hear(g711.decode(call.codec, payload))
             report = rtp.rtcp_due(now)
             rtcp_to = rtp.rtcp_destination
             if report is not None and rtcp_to is not None:
@@ -436,16 +517,19 @@ class Gateway:
         self._pump()
 
     def _report(self, call: GatewayCall, event: str, state: LegState | None) -> None:
-        if self.reporter is None:
+        """A session-monitoring callback for a call placed through the control API (a room participant's; a
+        browser phone's call is no SIP call of a session)."""
+        room = call.webrtc
+        if self.reporter is None or not isinstance(room, RoomParticipant):
             return
         self.reporter.report(
             callback(
                 event=event,
                 project_id=self.settings.project_id,
-                session_id=call.room.session_id,
+                session_id=room.session_id,
                 call_id=call.call_id,
-                connection_id=call.room.connection_id,
-                stream_id=call.room.stream_id,
+                connection_id=room.connection_id,
+                stream_id=room.stream_id,
                 headers=call.headers,
                 state=state,
                 now=time.time(),
@@ -473,7 +557,7 @@ class Gateway:
                 except Exception:
                     log.exception("gateway: handling %r failed", event)
 
-    async def _resolve(self, host: str, port: int) -> Address:
+    async def resolve(self, host: str, port: int) -> Address:
         bare = host.strip("[]")
         with contextlib.suppress(ValueError):
             ipaddress.ip_address(bare)
@@ -494,6 +578,7 @@ class Gateway:
         return {
             "gateway": "webrtc-sip",
             "calls": len(self.calls),
+            "peers": self.peer_count,
             "sip": f"{self.settings.contact_host}:{self.settings.sip_port}",
         }
 

@@ -89,7 +89,7 @@ def create_app(
     return DialbridgeApp(app, services)
 
 
-NO_CONTENT = frozenset({"events", "keypad", "sip-calls"})  # the webhooks that answer 204, not an NCCO
+NO_CONTENT = frozenset({"events", "keypad", "speaking", "sip-calls"})  # the webhooks that answer 204, not an NCCO
 
 
 def _document_webhooks(app: FastAPI) -> None:

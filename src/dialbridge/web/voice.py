@@ -1,9 +1,10 @@
-"""The web app's side of the embedded voice engine: the browser phone page and its calls, and the watch that ends
-the call of a SIP participant gone from its room (its health and metrics are folded into the app's in pages.py).
+"""The web app's side of the embedded backend's phones: the browser phone page and its calls, and the watch that
+ends the call of a SIP participant gone from its room (health and metrics are folded into the app's in pages.py).
 
-The engine runs in its own process and serves Vonage's Voice REST shape over HTTPS on loopback; the app signs its
-requests with the application key the engine keeps in `DIALBRIDGE_VOICE_DIR` (`credentials.py`) and trusts
-the engine's self-made certificate, exactly as it would call Vonage with its own application's key.
+The browser phone's WebRTC call ends in the gateway (`dialbridge gateway`, its own process), which dials in to the
+voice engine like any SIP phone: the app forwards the page's offer and hang-up to the gateway's control API over
+HTTPS on loopback, signed with the application key kept in `DIALBRIDGE_VOICE_DIR` (`credentials.py`), as it asks
+the gateway for a room's SIP dial.
 """
 
 from __future__ import annotations
@@ -90,19 +91,24 @@ class SipParticipantWatch:
 ORPHAN_GRACE_S = 3.0
 
 
-def voice_engine(request: Request) -> LocalApiClient:
+NOT_EMBEDDED = "the browser phone calls through the embedded backend's gateway; this server uses Vonage"
+
+
+def phone_gateway(request: Request) -> LocalApiClient:
+    """The gateway's control API client, the one the embedded video platform dials rooms through."""
     svc: Services = request.app.state.services
-    if svc.voice_engine is None:
-        raise ApiError(404, "not_found", "the browser phone calls the embedded voice engine; this server uses Vonage")
-    return svc.voice_engine
+    gateway: LocalApiClient | None = getattr(svc.platform, "gateway", None)
+    if svc.settings.backend is not Backend.EMBEDDED or gateway is None:
+        raise ApiError(404, "not_found", NOT_EMBEDDED)
+    return gateway
 
 
-VoiceDep = Annotated[LocalApiClient, Depends(voice_engine)]
+GatewayDep = Annotated[LocalApiClient, Depends(phone_gateway)]
 
 
 def _require_embedded(svc: Services) -> None:
     if svc.settings.backend is not Backend.EMBEDDED:
-        raise ApiError(404, "not_found", "the browser phone calls the embedded voice engine; this server uses Vonage")
+        raise ApiError(404, "not_found", NOT_EMBEDDED)
 
 
 @router.get("/phone", response_class=HTMLResponse)
@@ -134,47 +140,49 @@ class PhoneHangup(BaseModel):
 
 
 @router.post("/api/phone/calls", status_code=201)
-async def phone_call(offer: Annotated[PhoneOffer, Body()], svc: ServicesDep, engine: VoiceDep) -> dict[str, str]:
-    """A browser phone dials in: its offer goes to the voice engine, which answers like for any SIP caller."""
-    _require_embedded(svc)
-    response = await _engine_call(engine, "POST", "/internal/browser-calls", {"sdp": offer.sdp}, read_s=35.0)
+async def phone_call(offer: Annotated[PhoneOffer, Body()], gateway: GatewayDep) -> dict[str, str]:
+    """A browser phone dials in: the gateway answers its offer and calls the voice engine like a SIP phone."""
+    response = await _gateway_call(gateway, "POST", "/v1/browser-calls", {"sdp": offer.sdp}, read_s=35.0)
     if response.status_code == 201:
         answer = response.json()
         return {"call_id": str(answer["call_id"]), "sdp": str(answer["sdp"])}
-    detail = _problem_detail(response)
-    if response.status_code == 400:
+    detail = _refusal_detail(response)
+    if response.status_code in (400, 413):
         raise ApiError(400, "unusable_offer", detail)
-    if response.status_code == 503:
-        raise ApiError(503, "no_line_free", detail, headers={"Retry-After": "30"})
-    raise ApiError(502, "voice_engine_error", f"the voice engine answered {response.status_code}: {detail}")
+    if response.status_code in (429, 503):
+        retry_after = response.headers.get("retry-after", "30")
+        raise ApiError(503, "no_line_free", detail, headers={"Retry-After": retry_after})
+    raise ApiError(502, "gateway_error", f"the gateway answered {response.status_code}: {detail}")
 
 
 @router.post("/api/phone/hangup", status_code=204)
-async def phone_hangup(body: Annotated[PhoneHangup, Body()], svc: ServicesDep, engine: VoiceDep) -> Response:
-    _require_embedded(svc)
-    response = await _engine_call(engine, "DELETE", f"/internal/browser-calls/{body.call_id}")
+async def phone_hangup(body: Annotated[PhoneHangup, Body()], gateway: GatewayDep) -> Response:
+    response = await _gateway_call(gateway, "DELETE", f"/v1/browser-calls/{body.call_id}")
     if response.status_code not in (204, 404):  # an ended call is hung up already
-        raise ApiError(502, "voice_engine_error", f"the voice engine answered {response.status_code}")
+        raise ApiError(502, "gateway_error", f"the gateway answered {response.status_code}")
     return Response(status_code=204)
 
 
-async def _engine_call(
-    engine: LocalApiClient, method: str, path: str, body: Any = None, read_s: float = 5.0
+async def _gateway_call(
+    gateway: LocalApiClient, method: str, path: str, body: Any = None, read_s: float = 5.0
 ) -> httpx.Response:
     try:
-        return await engine.request(method, path, body, read_s=read_s)
+        return await gateway.request(method, path, body, read_s=read_s)
     except (httpx.HTTPError, OSError) as exc:
         raise ApiError(
             503,
-            "voice_engine_unavailable",
-            f"the voice engine is not reachable ({type(exc).__name__}); is `dialbridge voice` running "
-            "(`dialbridge serve` starts it) and DIALBRIDGE_VOICE_API_PORT the same for both?",
+            "gateway_unavailable",
+            f"the gateway at {gateway.url} is not reachable ({type(exc).__name__}); is `dialbridge gateway` running "
+            "(`dialbridge serve` starts it) and DIALBRIDGE_GATEWAY_API_PORT the same for both?",
+            headers={"Retry-After": "10"},
         ) from None
 
 
-def _problem_detail(response: httpx.Response) -> str:
+def _refusal_detail(response: httpx.Response) -> str:
+    """The gateway's refusal in its words (Vonage Video's error shape, `{"code", "message"}`)."""
     try:
         body = response.json()
     except ValueError:
         return response.text[:200]
-    return str(body.get("detail") or body.get("title") or body)[:500]
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or body)[:500]

@@ -23,7 +23,14 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dialbridge.conference.ncco import ncco_json
-from dialbridge.conference.webhooks import AnswerRequest, CallEvent, PayloadError, PinInput, check_nesting
+from dialbridge.conference.webhooks import (
+    AnswerRequest,
+    CallEvent,
+    PayloadError,
+    PinInput,
+    SpeakingReport,
+    check_nesting,
+)
 from dialbridge.dialout import sip_call_update
 from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
 from dialbridge.web.errors import INTERNAL_ERROR, ApiError, error_body, not_json
@@ -87,6 +94,12 @@ async def _sip_call(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]
     return 204, None
 
 
+async def _speaking(svc: Services, fields: Mapping[str, Any]) -> tuple[int, Any]:
+    """The embedded engine's report of who speaks in a conversation: shown in the room's list, never stored."""
+    svc.roster.speaking(SpeakingReport.parse(fields))
+    return 204, None
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
     name: str
@@ -100,6 +113,7 @@ _INPUT = Webhook("input", "/webhooks/input", frozenset({"POST"}), _input)
 _EVENTS = Webhook("events", "/webhooks/events", frozenset({"GET", "POST"}), _event)
 _KEYPAD = Webhook("keypad", "/webhooks/keypad", frozenset({"POST"}), _keypad)
 _SIP_CALLS = Webhook("sip-calls", "/webhooks/video/sip-calls", frozenset({"POST"}), _sip_call)
+_SPEAKING = Webhook("speaking", "/webhooks/speaking", frozenset({"POST"}), _speaking)
 # The tutorial's paths stay as aliases so that a Vonage application configured from it works unchanged.
 WEBHOOKS: dict[str, Webhook] = {
     "/webhooks/answer": _ANSWER,
@@ -107,6 +121,7 @@ WEBHOOKS: dict[str, Webhook] = {
     "/webhooks/events": _EVENTS,
     "/webhooks/keypad": _KEYPAD,
     "/webhooks/video/sip-calls": _SIP_CALLS,
+    "/webhooks/speaking": _SPEAKING,
     "/nexmo-answer": _ANSWER,
     "/nexmo-dtmf": _INPUT,
     "/nexmo-events": _EVENTS,
