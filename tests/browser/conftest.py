@@ -83,20 +83,25 @@ def chromium(playwright: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture
-def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser]:
-    """Chromium whose microphone plays a steady 440 Hz tone (a WAV file as the fake capture device)."""
-    path = tmp_path / "mic.wav"
+def singing_browser(playwright: Playwright, folder: Path, hz: float = PAGE_HZ) -> Browser:
+    """Chromium whose microphone plays a steady `hz` tone (a WAV file as the fake capture device)."""
+    path = folder / f"mic-{hz:g}.wav"
     rate = 48_000
-    samples = (0.3 * 32767 * np.sin(2 * np.pi * PAGE_HZ * np.arange(rate * 30) / rate)).astype(np.int16)
+    samples = (0.3 * 32767 * np.sin(2 * np.pi * hz * np.arange(rate * 60) / rate)).astype(np.int16)
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(samples.tobytes())
-    browser = playwright.chromium.launch(
+    return playwright.chromium.launch(
         executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
     )
+
+
+@pytest.fixture
+def singing_chromium(playwright: Playwright, tmp_path: Path) -> Iterator[Browser]:
+    """Chromium singing `PAGE_HZ` into its microphone."""
+    browser = singing_browser(playwright, tmp_path)
     yield browser
     browser.close()
 

@@ -10,15 +10,14 @@ unmutes it (it comes back), and hangs it up (SIPp gets a BYE; its row leaves the
 from __future__ import annotations
 
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, Playwright
+from playwright.sync_api import Page, Playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.conftest import singing_browser
 from tests.browser.test_room_bridge import PHONE_PARTICIPANTS, WAIT_MS, bring_in_the_conference
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio, tone, tone_level_db
@@ -53,21 +52,6 @@ HEARD_OVER_NOISE_DB, OWN_OVER_NOISE_DB = 20.0, 10.0  # a real echo stands 25 dB 
 def stack(tmp_path: Path) -> Iterator[VoiceStack]:
     with voice_stack(tmp_path) as running:
         yield running
-
-
-def singing_browser(playwright: Playwright, folder: Path, hz: int) -> Browser:
-    """Chromium whose microphone plays a steady `hz` tone (a WAV file as the fake capture device)."""
-    path = folder / f"mic-{hz}.wav"
-    rate = 48_000
-    samples = (0.3 * 32767 * np.sin(2 * np.pi * hz * np.arange(rate * 60) / rate)).astype(np.int16)
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
-    )
 
 
 def subscribers(page: Page, count: int) -> None:
