@@ -40,6 +40,7 @@ from tests.helpers import make_room
         (CallFailed("l", 503, "Service Unavailable"), CallState("failed", 503, "Service Unavailable")),
         (CallEnded("l", "bye"), CallState("completed", 0, "bye")),
         (CallEnded("l", "cancelled"), CallState("completed", 0, "cancelled")),
+        (CallEnded("l", "transport_error"), CallState("failed", 0, "transport_error")),  # its TCP connection lost
     ],
 )
 def test_sip_events_map_to_dial_out_states(event: object, state: CallState) -> None:

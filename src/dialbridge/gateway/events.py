@@ -12,9 +12,9 @@ app's `/webhooks/video/sip-calls`:
 dial-out by `X-dialbridge-dial-out`, which it set, before it even knows the call's id).
 
 `call_state` (pure) maps the SIP agent's events to those states: 180/183 → ringing, 2xx → answered, 486/600 →
-busy, our ring timeout → no_answer, any other final 3xx-6xx or a transport failure → failed, the end of an answered
-(or cancelled) call → completed. `SipCallReporter` is the thin asyncio shell that posts them, in order, one at a
-time, from a bounded queue.
+busy, our ring timeout → no_answer, any other final 3xx-6xx or a transport failure (before the answer or after it)
+→ failed, any other end of an answered (or cancelled) call → completed. `SipCallReporter` is the thin asyncio shell
+that posts them, in order, one at a time, from a bounded queue.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def call_state(event: object) -> CallState | None:
         else:
             state = FAILED
         return CallState(state, event.status, event.reason)
-    if isinstance(event, CallEnded):
-        return CallState(COMPLETED, 0, event.reason)
+    if isinstance(event, CallEnded):  # a connection lost mid-call is a failure, however well the call went before
+        return CallState(FAILED if event.reason == "transport_error" else COMPLETED, 0, event.reason)
     return None
 
 
