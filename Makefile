@@ -13,7 +13,7 @@ ifneq ($(shell cat $(MADE_BY) 2>/dev/null),$(PYTHON))
 .PHONY: $(STAMP)
 endif
 
-.PHONY: run test lint typecheck system-deps bench clean
+.PHONY: run test lint typecheck system-deps bench bench-gateway clean
 
 $(STAMP): pyproject.toml
 	@if [ "$$(cat $(MADE_BY) 2>/dev/null)" != "$(PYTHON)" ]; then \
@@ -41,6 +41,11 @@ test: $(STAMP) system-deps lint typecheck
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/webhooks.py
+
+# The gateway's latency, speech quality and cost (as root: it runs in a private network namespace); ~4 minutes.
+bench-gateway: $(STAMP) system-deps
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -79,7 +79,7 @@ def ensure_private_network() -> None:
     if os.environ.get(NETNS_FLAG) == "1":
         sys.exit(f"expected a network namespace with only lo, found {_interfaces()}")
     if os.geteuid() != 0:
-        sys.exit("bench/voice.py needs root: it runs in a private network namespace (unshare -n) and captures on lo")
+        sys.exit(f"{sys.argv[0]} needs root: it runs in a private network namespace (unshare -n) and captures on lo")
     env = {**os.environ, NETNS_FLAG: "1"}
     command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, *sys.argv]
     os.execvpe("unshare", command, env)
@@ -126,22 +126,17 @@ class Caller:
     conference_at: float | None = None  # the first non-silent packet after that
 
 
-@dataclass
-class SetupCapture:
-    """Follows every call's set-up on lo, in a thread, from kernel timestamps (so a busy thread does not skew them)."""
+class LoopbackTap:
+    """Every UDP datagram leaving on lo (each once), read in a thread and timed by the kernel (CLOCK_REALTIME, as
+    time.time()), so a busy thread does not skew the times; each goes to `_datagram`."""
 
-    callers: dict[tuple[str, int], Caller] = field(default_factory=dict)
-    by_call_id: dict[bytes, Caller] = field(default_factory=dict)
-    datagrams: int = 0
-
-    def __post_init__(self) -> None:
-        self._loud = {0: _loud_table("PCMU"), 8: _loud_table("PCMA")}
+    def __init__(self, buffer_bytes: int = 256 * 1024 * 1024) -> None:
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         program = b"".join(struct.pack("HBBI", *op) for op in _bpf_outgoing_udp())
         self._program = ctypes.create_string_buffer(program)
         fprog = struct.pack("HQ", len(_bpf_outgoing_udp()), ctypes.addressof(self._program))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 * 1024 * 1024)
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
         self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._sock.bind(("lo", 0))
         self._sock.settimeout(0.2)
@@ -150,9 +145,10 @@ class SetupCapture:
         self._thread.start()
 
     def stop(self) -> None:
-        self._running = False
-        self._thread.join()
-        self._sock.close()
+        if self._running:
+            self._running = False
+            self._thread.join()
+            self._sock.close()
 
     def _run(self) -> None:
         ancillary = socket.CMSG_SPACE(16)
@@ -162,12 +158,11 @@ class SetupCapture:
                 frame, cmsgs, _, _ = sock.recvmsg(2048, ancillary)
             except TimeoutError:
                 continue
-            at = time.monotonic()
+            at = time.time()
             for level, kind, data in cmsgs:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = struct.unpack("qq", data[:16])
                     at = seconds + nanoseconds / 1e9
-            self.datagrams += 1
             ip = frame[14:]
             header = (ip[0] & 0x0F) * 4
             src_port, dst_port = struct.unpack_from("!HH", ip, header)
@@ -177,6 +172,21 @@ class SetupCapture:
             self._datagram(at, src_ip, src_port, dst_ip, dst_port, payload)
 
     def _datagram(self, at: float, src_ip: str, src_port: int, dst_ip: str, dst_port: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+class SetupCapture(LoopbackTap):
+    """Follows every call's set-up on lo."""
+
+    def __init__(self) -> None:
+        self.callers: dict[tuple[str, int], Caller] = {}
+        self.by_call_id: dict[bytes, Caller] = {}
+        self.datagrams = 0
+        self._loud = {0: _loud_table("PCMU"), 8: _loud_table("PCMA")}
+        super().__init__()
+
+    def _datagram(self, at: float, src_ip: str, src_port: int, dst_ip: str, dst_port: int, payload: bytes) -> None:
+        self.datagrams += 1
         if RTP_LOW <= src_port <= RTP_HIGH and len(payload) > 12:  # the engine's media to a caller
             caller = self.callers.get((dst_ip, dst_port))
             if caller is None:
@@ -283,7 +293,9 @@ def room_pcap(folder: Path, room: int, pin: str, tone_s: float) -> tuple[Path, f
     return media.write_pcap(folder / f"room{room}.pcap"), digits_s
 
 
-def start_room(folder: Path, room: int, pcap: Path, pcap_s: float, timeout_s: int) -> subprocess.Popen[str]:
+def start_room(
+    folder: Path, room: int, pcap: Path, pcap_s: float, timeout_s: int, media_port: int = SIPP_MEDIA_PORT
+) -> subprocess.Popen[str]:
     address = f"127.0.1.{room + 1}"
     # [auto_media_port]: each of the process's calls offers its own media port, so the capture can tell them apart.
     invite = sipp.invite(caller=f"+1555{room:04d}000").replace("[media_port]", "[auto_media_port]")
@@ -301,7 +313,7 @@ def start_room(folder: Path, room: int, pcap: Path, pcap_s: float, timeout_s: in
     scenario.write_text(xml)
     command = [
         sipp.SIPP or "sipp", f"127.0.0.1:{SIP_PORT}", "-sf", str(scenario), "-s", "dialin",
-        "-i", address, "-p", str(SIPP_SIP_PORT), "-mi", address, "-mp", str(SIPP_MEDIA_PORT),
+        "-i", address, "-p", str(SIPP_SIP_PORT), "-mi", address, "-mp", str(media_port),
         "-m", "5", "-l", "5", "-r", str(SIPP_CALL_RATE), "-t", "u1",
         "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_err", "-error_file", str(folder / f"room{room}.err"),
         "-trace_stat", "-stf", str(folder / f"room{room}.csv"), "-fd", "1",
