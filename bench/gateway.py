@@ -49,7 +49,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+import wave
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -560,7 +562,7 @@ async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
     browser_speech_wall = microphone.sent_at(browser_speech_at)
     reference = resample_poly(speech.astype(np.float64), 2, 1)
     window = speech_s + 1.0
-    mos = Visqol()
+    mos = Visqol(folder)
     return LatencyResult(
         engine=delays_ms(talker_bursts, burst_times(heard, TALKER_HZ, 0.4)),
         phone_to_browser=delays_ms(talker_bursts, in_browser_bursts),
@@ -568,33 +570,46 @@ async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
         browser_to_phone=delays_ms(browser_bursts, burst_times(heard, BROWSER_HZ, 0.4)),
         browser_to_phone_gateway=delays_ms(browser_bursts, from_browser_at_gateway),
         bursts=clicks,
-        mos_codec=mos.score(reference, resample_poly(g711.decode("PCMA", g711.encode("PCMA", speech)), 2, 1)),
+        mos_codec=mos.score("codec", reference, resample_poly(g711.decode("PCMA", g711.encode("PCMA", speech)), 2, 1)),
         mos_phone_to_browser=mos.score(
-            reference, resample_poly(in_browser.between(talker_speech_wall, talker_speech_wall + window), 1, 3)
+            "phone-to-browser",
+            reference,
+            resample_poly(in_browser.between(talker_speech_wall, talker_speech_wall + window), 1, 3),
         ),
         mos_browser_to_phone=mos.score(
-            reference, resample_poly(heard.between(browser_speech_wall, browser_speech_wall + window), 2, 1)
+            "browser-to-phone",
+            reference,
+            resample_poly(heard.between(browser_speech_wall, browser_speech_wall + window), 2, 1),
         ),
         mos_phone_to_phone=mos.score(
-            reference, resample_poly(heard.between(talker_speech_wall, talker_speech_wall + window), 2, 1)
+            "phone-to-phone",
+            reference,
+            resample_poly(heard.between(talker_speech_wall, talker_speech_wall + window), 2, 1),
         ),
     )
 
 
 class Visqol:
-    """ViSQOL in speech mode (16 kHz; the lattice model, as the C++ default) on a recording cut to the reference."""
+    """ViSQOL in speech mode (16 kHz; the lattice model, as the C++ default) on a recording cut to the reference.
+    Each scored recording is left in `folder` as a WAV file (bench/gateway.py --keep keeps them), to listen to."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
         self._api = VisqolApi()
         self._api.create(mode="speech")
 
-    def score(self, reference: npt.NDArray[np.float64], recording: npt.NDArray[np.float64]) -> float:
+    def score(self, name: str, reference: npt.NDArray[np.float64], recording: npt.NDArray[np.float64]) -> float:
         if recording.size < reference.size // 2:
             return float("nan")
         # The recording holds the sentence somewhere in its first second: cut it out where it correlates best.
         padded = np.concatenate([recording, np.zeros(reference.size)])
         lag = int(np.argmax(fftconvolve(padded, reference[::-1], mode="valid")[: recording.size]))
         degraded = padded[lag : lag + reference.size]
+        with wave.open(str(self._folder / f"speech-{name}.wav"), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(16000)
+            wav.writeframes(np.clip(degraded, -32768, 32767).astype(np.int16).tobytes())
         result = self._api.measure_from_arrays(reference / 32768, degraded / 32768, sample_rate=16000)
         return float(result.moslqo)
 
@@ -718,8 +733,10 @@ async def browser_phone_call(pin: str, hz: float) -> tuple[RTCPeerConnection, st
 
     @channel.on("open")
     def _key_the_pin() -> None:
-        for key in pin + "#":
-            channel.send(key)
+        # As a person does (and the SIP callers here): a second into the prompt, then the keys.
+        loop = asyncio.get_running_loop()
+        for index, key in enumerate(pin + "#"):
+            loop.call_later(voice.PAUSE_BEFORE_DIGITS_MS / 1000 + index * 0.2, channel.send, key)
 
     @peer.on("track")
     def _drain(track: MediaStreamTrack) -> None:
@@ -762,7 +779,9 @@ async def phone_calls_phase(serve: Serve, calls: int, seconds: float) -> PhoneCa
         result.seconds = time.monotonic() - at0
         result.gateway_cpu_s = sum(voice.cpu_seconds(serve.gateway_pid)) - sum(gateway0)
         result.engine_cpu_s = sum(voice.cpu_seconds(serve.engine_pid)) - sum(engine0)
-    except Exception as exc:  # e.g. the browser phone moving between processes: say so, keep the other figures
+    except urllib.error.HTTPError as exc:  # e.g. the browser phone moving between processes: say so, go on
+        result.error = f"POST /api/phone/calls answered {exc.code}: {exc.read()[:300].decode(errors='replace')}"
+    except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         for peer, call_id in peers:
@@ -913,12 +932,12 @@ async def run(args: argparse.Namespace, folder: Path) -> str:
         if args.clicks:
             print("latency and speech quality …", file=sys.stderr, flush=True)
             latency = await latency_phase(folder, args.clicks)
+        if args.phone_calls:  # before the load callers, whose calls the engine holds until their RTP times out
+            print("browser-phone calls …", file=sys.stderr, flush=True)
+            phone = await phone_calls_phase(serve, args.phone_calls, args.seconds)
         if args.browsers:
             print("cost …", file=sys.stderr, flush=True)
             cost = await cost_phase(folder, serve, args)
-        if args.phone_calls:
-            print("browser-phone calls …", file=sys.stderr, flush=True)
-            phone = await phone_calls_phase(serve, args.phone_calls, args.seconds)
     finally:
         stop_serve(serve)
     return report(latency, cost, phone, args, started, busy_before)
