@@ -636,7 +636,9 @@ class Window:
     late_p99_ms: float
     late_max_ms: float
     ticks_skipped: int
-    gateway_peers_ok: bool = True
+    gateway_runqueue_wait_s: float  # the gateway runnable but its core busy with something else
+    gateway_peers: int  # WebRTC peers the gateway holds at the window's end (2 a browser: its audio in, ours out)
+    gateway_late_ticks: int  # the gateway's media ticks more than 100 ms late
 
 
 @dataclass
@@ -647,18 +649,34 @@ class CostResult:
 
 
 async def measure(serve: Serve, label: str, browsers: int, seconds: float) -> Window:
+    stats0, metrics0 = await asyncio.to_thread(serve.engine_stats), gateway_metrics()
     gateway0, engine0 = voice.cpu_seconds(serve.gateway_pid), voice.cpu_seconds(serve.engine_pid)
-    stats0 = await asyncio.to_thread(serve.engine_stats)
-    at0 = time.monotonic()
+    wait0, at0 = voice.runqueue_wait_s(serve.gateway_pid), time.monotonic()
     await asyncio.sleep(seconds)
     gateway1, engine1 = voice.cpu_seconds(serve.gateway_pid), voice.cpu_seconds(serve.engine_pid)
-    stats1 = await asyncio.to_thread(serve.engine_stats)
-    at1 = time.monotonic()
+    wait1, at1 = voice.runqueue_wait_s(serve.gateway_pid), time.monotonic()
+    stats1, metrics1 = await asyncio.to_thread(serve.engine_stats), gateway_metrics()
     p50, p99, worst, _ = voice.histogram_percentiles(stats0["late_histogram_0_1ms"], stats1["late_histogram_0_1ms"])
     return Window(
         label, browsers, at1 - at0, sum(gateway1) - sum(gateway0), sum(engine1) - sum(engine0), p50, p99, worst,
-        stats1["ticks_skipped"] - stats0["ticks_skipped"],
+        stats1["ticks_skipped"] - stats0["ticks_skipped"], wait1 - wait0,
+        int(metrics1.get("dialbridge_gateway_browser_peers", -1)),
+        int(metrics1.get(LATE_TICKS, 0) - metrics0.get(LATE_TICKS, 0)),
     )  # fmt: skip
+
+
+LATE_TICKS = "dialbridge_gateway_late_ticks_total"
+
+
+def gateway_metrics() -> dict[str, float]:
+    """The gateway's unlabelled figures, as serve's /metrics carries them."""
+    found = {}
+    for line in request("GET", "/metrics").decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("dialbridge_gateway_") and "{" not in name:
+            with contextlib.suppress(ValueError):
+                found[name] = float(value)
+    return found
 
 
 async def cost_phase(folder: Path, serve: Serve, args: argparse.Namespace) -> CostResult:
@@ -858,7 +876,7 @@ def report(
             "",
             f"cost (windows of {args.seconds:g} s; the gateway's CPU per browser: above its idle window's, shared out)",
             f"{'window':<34} {'gateway %core':>13} {'%/browser':>9} {'engine %core':>12} "
-            f"{'engine late p50/p99/max ms':>26} {'skipped':>7}",
+            f"{'engine late p50/p99/max ms':>26} {'skipped':>7} {'gw peers':>8} {'gw late':>7} {'gw rq wait':>10}",
         ]
         bridged = [w for w in cost.windows if w.browsers]
         alone = next((w for w in cost.windows if not w.browsers), None)
@@ -869,7 +887,8 @@ def report(
             per = f"{(share - idle) / w.browsers:.2f}" if w.browsers else "-"
             lines.append(
                 f"{w.label:<34} {share:>13.1f} {per:>9} {w.engine_cpu_s / w.seconds * 100:>12.1f} "
-                f"{f'{w.late_p50_ms:.1f}/{w.late_p99_ms:.1f}/{w.late_max_ms:.1f}':>26} {w.ticks_skipped:>7}"
+                f"{f'{w.late_p50_ms:.1f}/{w.late_p99_ms:.1f}/{w.late_max_ms:.1f}':>26} {w.ticks_skipped:>7} "
+                f"{w.gateway_peers:>8} {w.gateway_late_ticks:>7} {w.gateway_runqueue_wait_s / w.seconds:>10.1%}"
             )
         if slope is not None:
             lines.append(
