@@ -340,6 +340,7 @@ class TapeTrack(MediaStreamTrack):
         self._next_at: float | None = None
         self._pts = 0
         self.played: list[tuple[float, int]] = []  # (wall time the frame left, tape position of its first sample)
+        self.late_frames = 0
 
     def play(self, tape: npt.NDArray[np.int16]) -> None:
         self._tape, self._position, self.played = tape, 0, []
@@ -352,6 +353,8 @@ class TapeTrack(MediaStreamTrack):
             self._next_at = now
         else:
             self._next_at += WEB_FRAME / WEB_RATE
+            if now - self._next_at > WEB_FRAME / WEB_RATE:
+                self.late_frames += 1  # our own loop stalled: audio that leaves late is not the gateway's doing
             await asyncio.sleep(max(0.0, self._next_at - now))
         if self._looping and self._position + WEB_FRAME > self._tape.size:
             self._position = 0
@@ -458,6 +461,7 @@ class LatencyResult:
     mos_phone_to_browser: float
     mos_browser_to_phone: float
     mos_phone_to_phone: float
+    disturbed: str  # how the engine's clock and the gateway's fared meanwhile: bad figures start there
 
 
 def sentence() -> npt.NDArray[np.int16]:
@@ -508,7 +512,7 @@ def phone_call(folder: Path, name: str, stream: RtpStream, ports: tuple[int, int
     return sipp.start(folder / name, xml, target="127.0.0.1:5060", sip_port=sip_port, media_port=media_port)
 
 
-async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
+async def latency_phase(folder: Path, serve: Serve, clicks: int) -> LatencyResult:
     room = open_room("bench-latency")
     speech = sentence()
     speech_s = speech.size / PHONE_RATE
@@ -528,6 +532,7 @@ async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
     await browser.join()
     bring_in_the_conference(room)
     await wait_for(lambda: browser.frames > 0, 20, "the bridge's audio never reached the browser")
+    stats0, metrics0 = await asyncio.to_thread(serve.engine_stats), gateway_metrics()
     tap = WireTap()
     try:
         runs = [
@@ -562,6 +567,16 @@ async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
     browser_speech_wall = microphone.sent_at(browser_speech_at)
     reference = resample_poly(speech.astype(np.float64), 2, 1)
     window = speech_s + 1.0
+    stats1, metrics1 = await asyncio.to_thread(serve.engine_stats), gateway_metrics()
+    _, late_p99, late_max, _ = voice.histogram_percentiles(
+        stats0["late_histogram_0_1ms"], stats1["late_histogram_0_1ms"]
+    )
+    disturbed = (
+        f"meanwhile the engine's ticks were late p99 {late_p99:.1f} ms, max {late_max:.1f} ms, "
+        f"{stats1['ticks_skipped'] - stats0['ticks_skipped']} skipped; the gateway's late ticks (> 100 ms): "
+        f"{int(metrics1.get(LATE_TICKS, 0) - metrics0.get(LATE_TICKS, 0))}; the bench's browser sent "
+        f"{microphone.late_frames} frames more than 20 ms late"
+    )
     mos = Visqol(folder)
     return LatencyResult(
         engine=delays_ms(talker_bursts, burst_times(heard, TALKER_HZ, 0.4)),
@@ -570,6 +585,7 @@ async def latency_phase(folder: Path, clicks: int) -> LatencyResult:
         browser_to_phone=delays_ms(browser_bursts, burst_times(heard, BROWSER_HZ, 0.4)),
         browser_to_phone_gateway=delays_ms(browser_bursts, from_browser_at_gateway),
         bursts=clicks,
+        disturbed=disturbed,
         mos_codec=mos.score("codec", reference, resample_poly(g711.decode("PCMA", g711.encode("PCMA", speech)), 2, 1)),
         mos_phone_to_browser=mos.score(
             "phone-to-browser",
@@ -858,6 +874,7 @@ def report(
             f"{'  of which the gateway (browser → SIP leg)':<44} {len(latency.browser_to_phone_gateway):>5} "
             f"{_p50_p99(latency.browser_to_phone_gateway):>12}   goal ≤ {LATENCY_GOAL_MS:.0f}: "
             f"{verdict(latency.browser_to_phone_gateway)}",
+            latency.disturbed,
             "",
             "speech quality, ViSQOL speech mode (MOS-LQO; the espeak-ng sentence at 8 kHz, scored at 16 kHz)",
             f"{'G.711 encode/decode alone':<44} {latency.mos_codec:>6.2f}",
@@ -950,7 +967,7 @@ async def run(args: argparse.Namespace, folder: Path) -> str:
     try:
         if args.clicks:
             print("latency and speech quality …", file=sys.stderr, flush=True)
-            latency = await latency_phase(folder, args.clicks)
+            latency = await latency_phase(folder, serve, args.clicks)
         if args.phone_calls:  # before the load callers, whose calls the engine holds until their RTP times out
             print("browser-phone calls …", file=sys.stderr, flush=True)
             phone = await phone_calls_phase(serve, args.phone_calls, args.seconds)
