@@ -23,13 +23,15 @@ the bench's own peers, SIPp and capture on core 1):
      gateway's packet to the engine.
    Speech: the sentence, scored with ViSQOL (speech mode, 16 kHz, its lattice model) as the browser decoded it and as
    the listener received it, beside the same sentence through a plain G.711 encode/decode (`dialbridge.media.g711`).
-2. Cost, beside --callers SIP callers in conferences of 5 (SIPp, as bench/voice.py ramps them): the engine's tick
+2. --phone-calls N browser-phone calls (aiortc offering audio and a data channel "dtmf", as web/static/phone.js does)
+   through the public `POST /api/phone/calls`, keying a room's PIN: CPU per call of the engine and of the gateway,
+   so it measures whichever process carries them.
+3. Cost, beside --callers SIP callers in conferences of 5 (SIPp, as bench/voice.py ramps them): the engine's tick
    lateness and CPU with the callers alone, then 2, 4 and 8 browsers (aiortc peers publishing a tone, subscribing to
    the bridge only) in the first callers' room with the bridge brought in: the gateway's CPU (/proc/PID/stat of
-   serve's `gateway` child) per bridged browser, and the engine's lateness again with 8.
-3. --phone-calls N browser-phone calls (aiortc offering audio and a data channel "dtmf", as web/static/phone.js does)
-   through the public `POST /api/phone/calls`, keying a room's PIN: CPU per call of the engine and the gateway, so
-   it measures whichever process carries them.
+   serve's `gateway` child) per bridged browser, its peers and late ticks (serve's /metrics), and the engine's
+   lateness again with 8.
+Each phase's window is --seconds (10 by default); a whole run takes about four minutes.
 """
 
 from __future__ import annotations
@@ -907,18 +909,28 @@ def report(
                 f"{f'{w.late_p50_ms:.1f}/{w.late_p99_ms:.1f}/{w.late_max_ms:.1f}':>26} {w.ticks_skipped:>7} "
                 f"{w.gateway_peers:>8} {w.gateway_late_ticks:>7} {w.gateway_runqueue_wait_s / w.seconds:>10.1%}"
             )
-        if slope is not None:
+        if bridged:
+            # Judged on the most browsers, the bridge's own cost shared out among them ("about 33 per core").
+            most = bridged[-1]
+            per_browser = (most.gateway_cpu_s / most.seconds * 100 - idle) / most.browsers
+            held_back = max(w.gateway_runqueue_wait_s / w.seconds for w in bridged)
+            verdict = "ok" if per_browser <= CPU_GOAL else "MISSED"
+            if held_back > 0.10:  # a gateway kept off its core does less work than its browsers ask: too low a figure
+                verdict += f" (unreliable: the gateway waited for its core {held_back:.0%} of a window)"
+            fit = f"; fit: {fixed:.1f}% + {slope:.2f}% per browser" if slope is not None else ""
             lines.append(
-                f"fit: gateway ≈ {fixed:.1f}% + {slope:.2f}% per bridged browser; goal ≤ {CPU_GOAL:g}% each: "
-                f"{'ok' if slope <= CPU_GOAL else 'MISSED'}"
+                f"gateway per bridged browser with {most.browsers}: {per_browser:.2f}% of a core{fit}; goal ≤ "
+                f"{CPU_GOAL:g}%: {verdict}"
             )
         if alone is not None and bridged and cost.callers:
             with_all = bridged[-1]
             unchanged = with_all.late_p99_ms <= max(alone.late_p99_ms * 1.2, alone.late_p99_ms + 0.5)
+            verdict = "ok" if unchanged and with_all.ticks_skipped <= alone.ticks_skipped else "MISSED"
+            if alone.ticks_skipped:  # the engine skips no tick at 200 callers on a quiet machine (bench/voice.py)
+                verdict += f" (unreliable: the engine skipped {alone.ticks_skipped} ticks with its callers alone)"
             lines.append(
                 f"engine lateness p99 with {with_all.browsers} bridged browsers {with_all.late_p99_ms:.1f} ms vs "
-                f"{alone.late_p99_ms:.1f} ms alone (goal: unchanged, within 20 % or 0.5 ms): "
-                f"{'ok' if unchanged and with_all.ticks_skipped <= alone.ticks_skipped else 'MISSED'}"
+                f"{alone.late_p99_ms:.1f} ms alone (goal: unchanged, within 20 % or 0.5 ms): {verdict}"
             )
     if phone is not None:
         lines += [
