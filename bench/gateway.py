@@ -262,9 +262,11 @@ def timeline(packets: list[tuple[float, int, npt.NDArray[np.float64]]], rate: in
     its packet less the samples after it: a sample is sent (and heard at the earliest) once its packet is full."""
     if not packets:
         return Timeline(np.zeros(0), np.zeros(0), rate)
+    # Timestamps relative to the first packet captured, signed (a reordered packet may precede it), past wraps.
     first_ts = packets[0][1]
-    unwrapped = [(at, (ts - first_ts) % 2**32, data) for at, ts, data in packets]
-    unwrapped = [p for p in unwrapped if p[1] < 2**31]  # before the first packet: a reordered straggler
+    relative = [(at, (ts - first_ts + 2**31) % 2**32 - 2**31, data) for at, ts, data in packets]
+    earliest = min(ts for _, ts, _ in relative)
+    unwrapped = [(at, ts - earliest, data) for at, ts, data in relative]
     length = max(ts + len(data) for _, ts, data in unwrapped)
     samples = np.zeros(length)
     times = np.full(length, np.nan)
