@@ -465,6 +465,8 @@ class LatencyResult:
     mos_phone_to_browser: float
     mos_browser_to_phone: float
     mos_phone_to_phone: float
+    mos_engine_to_sip_leg: float  # the talker's sentence as the engine sends it to the gateway's SIP leg
+    mos_browser_to_sip_leg: float  # the browser's sentence as the gateway sends it to the engine
     disturbed: str  # how the engine's clock and the gateway's fared meanwhile: bad figures start there
 
 
@@ -605,6 +607,16 @@ async def latency_phase(folder: Path, serve: Serve, clicks: int) -> LatencyResul
             "phone-to-phone",
             reference,
             resample_poly(heard.between(talker_speech_wall, talker_speech_wall + window), 2, 1),
+        ),
+        mos_engine_to_sip_leg=mos.score(
+            "engine-to-sip-leg",
+            reference,
+            resample_poly(to_gateway.between(talker_speech_wall, talker_speech_wall + window), 2, 1),
+        ),
+        mos_browser_to_sip_leg=mos.score(
+            "browser-to-sip-leg",
+            reference,
+            resample_poly(from_gateway.between(browser_speech_wall, browser_speech_wall + window), 2, 1),
         ),
     )
 
@@ -884,14 +896,23 @@ def report(
             f"{'G.711 encode/decode alone':<44} {latency.mos_codec:>6.2f}",
             f"{'phone → phone (the engine alone)':<44} {latency.mos_phone_to_phone:>6.2f}",
         ]
-        for label, score in (
-            ("phone → bridge → browser", latency.mos_phone_to_browser),
-            ("browser → bridge → phone", latency.mos_browser_to_phone),
+        for label, score, (part, part_score) in (
+            (
+                "phone → bridge → browser",
+                latency.mos_phone_to_browser,
+                ("  as the engine sends it to the gateway", latency.mos_engine_to_sip_leg),
+            ),
+            (
+                "browser → bridge → phone",
+                latency.mos_browser_to_phone,
+                ("  as the gateway sends it to the engine", latency.mos_browser_to_sip_leg),
+            ),
         ):
             ok = "ok" if latency.mos_codec - score <= MOS_GOAL else "MISSED"
             lines.append(
                 f"{label:<44} {score:>6.2f}   {score - latency.mos_codec:+.2f} vs codec; goal ≥ {-MOS_GOAL:+.2f}: {ok}"
             )
+            lines.append(f"{part:<44} {part_score:>6.2f}")
     if cost is not None and cost.windows:
         lines += [
             "",
