@@ -140,7 +140,7 @@ def start_serve(folder: Path) -> Serve:
     while True:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"dialbridge serve did not start:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # not up, or not all of it yet
             health = get_json("/healthz")
             if health["voice_engine"]["status"] == "ok" and health["gateway"]["status"] == "ok" and options_ping(5060):
                 break
@@ -195,20 +195,22 @@ class Room:
 
     def browser_token(self) -> str:
         """A participant token of the room, as its page hands one to each browser that opens it."""
-        page = request("GET", f"/room/{self.room_id}").decode()
-        found = re.search(r'<script id="room-config" type="application/json">(.*?)</script>', page, re.DOTALL)
-        if found is None:
-            raise RuntimeError("the room page carries no room-config")
-        return str(json.loads(found.group(1))["token"])
+        return str(room_config(self.room_id)["token"])
+
+
+def room_config(room_id: str) -> dict[str, Any]:
+    """What the room's page gives its browser (session, token, ...): each load mints a token of its own."""
+    page = request("GET", f"/room/{room_id}").decode()
+    found = re.search(r'<script id="room-config" type="application/json">(.*?)</script>', page, re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"the page of room {room_id} carries no room-config")
+    config: dict[str, Any] = json.loads(found.group(1))
+    return config
 
 
 def open_room(room_id: str) -> Room:
     created = json.loads(request("POST", "/api/rooms", {"room_id": room_id}))
-    page = request("GET", f"/room/{room_id}").decode()
-    session = re.search(r'"sessionId":\s*"([^"]+)"', page)
-    if session is None:
-        raise RuntimeError("the room page carries no sessionId")
-    return Room(room_id, str(created["pin"]), session.group(1))
+    return Room(room_id, str(created["pin"]), str(room_config(room_id)["sessionId"]))
 
 
 def bring_in_the_conference(room: Room) -> None:
