@@ -22,6 +22,7 @@ from dialbridge.gateway.phone import BrowserPhonePeer
 from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
     MAX_BUFFERED_FRAMES,
+    OUTBOUND_WAIT_S,
     SAMPLE_RATE,
     InboundAudio,
     PacedAudioTrack,
@@ -242,7 +243,7 @@ def test_buffers_stay_bounded_when_nobody_reads_and_the_newest_audio_still_plays
     buffered, dropped, queued, dropped_out, frame = run(scenario())
     assert buffered <= MAX_BUFFERED_FRAMES * FRAME_SAMPLES
     assert dropped >= 30 * FRAME_SAMPLES  # most of the second was dropped, not kept as delay
-    assert queued <= MAX_BUFFERED_FRAMES
+    assert queued <= 1
     assert dropped_out >= 90
     assert frame is not None and rms(frame) > 1000.0  # the newest audio is still there to play
 
@@ -339,22 +340,31 @@ def test_inbound_audio_keeps_the_newest_samples_and_resamples_48k_stereo_to_8k_m
     assert abs(peak - 440.0) < 15.0
 
 
-def test_engine_audio_track_keeps_at_most_its_bound_and_paces_20_ms() -> None:
-    async def scenario() -> tuple[int, list[float], list[int]]:
+def test_engine_audio_track_hands_each_pushed_frame_on_at_once_keeps_one_and_fills_a_late_tick_with_silence() -> None:
+    async def scenario() -> tuple[int, list[int], float, int, float]:
         track = PacedAudioTrack()
-        for value in range(12):
+        for value in range(12):  # the tick ran ahead of aiortc: only the newest frame waits
             track.push(np.full(FRAME_SAMPLES, value, dtype=np.int16))
         queued = track.queued_frames
-        times, firsts = [], []
-        for _ in range(8):
-            frame = await track.recv()
-            times.append(time.monotonic())
-            firsts.append(int(frame.to_ndarray()[0, 0]))
-        track.stop()
-        return queued, times, firsts
+        firsts = [int((await track.recv()).to_ndarray()[0, 0])]
+        started = time.monotonic()
+        firsts.append(int((await track.recv()).to_ndarray()[0, 0]))  # no tick: silence after the wait
+        silent_after = time.monotonic() - started
 
-    queued, times, firsts = run(scenario())
-    assert queued == MAX_BUFFERED_FRAMES
-    assert firsts == [7, 8, 9, 10, 11, 0, 0, 0]  # newest five, then silence
-    gaps = np.diff(times)
-    assert 0.015 < float(np.mean(gaps)) < 0.03
+        async def tick_later() -> None:
+            await asyncio.sleep(0.005)
+            track.push(np.full(FRAME_SAMPLES, 42, dtype=np.int16))
+
+        pushing = asyncio.ensure_future(tick_later())
+        started = time.monotonic()
+        pushed = int((await track.recv()).to_ndarray()[0, 0])
+        handed_after = time.monotonic() - started
+        await pushing
+        track.stop()
+        return queued, firsts, silent_after, pushed, handed_after
+
+    queued, firsts, silent_after, pushed, handed_after = run(scenario())
+    assert queued == 1
+    assert firsts == [11, 0]  # the newest, then silence: no old audio kept as delay
+    assert OUTBOUND_WAIT_S * 0.9 <= silent_after < OUTBOUND_WAIT_S + 0.05
+    assert pushed == 42 and handed_after < 0.015  # on to aiortc as soon as the tick pushes it

@@ -33,7 +33,13 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from dialbridge.gateway.shell import DialRefused, Gateway
-from dialbridge.gateway.webrtc import InboundAudio, PacedAudioTrack, install_loopback_fallback, read_audio
+from dialbridge.gateway.webrtc import (
+    InboundAudio,
+    PacedAudioTrack,
+    install_loopback_fallback,
+    read_audio,
+    shorten_receive_delay,
+)
 from dialbridge.rtp.session import DtmfUnavailable
 from dialbridge.sip import SipUri
 
@@ -111,6 +117,7 @@ class BrowserPhonePeer:
         try:
             check_offer(offer_sdp)
             await self._peer.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            shorten_receive_delay(self._peer)
             await self._peer.setLocalDescription(await self._peer.createAnswer())
             description = self._peer.localDescription
             if description is None or not any(port != "0" for port in _AUDIO_PORT.findall(description.sdp)):

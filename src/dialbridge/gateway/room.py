@@ -49,6 +49,7 @@ from dialbridge.gateway.webrtc import (
     PacedAudioTrack,
     install_loopback_fallback,
     read_audio,
+    shorten_receive_delay,
 )
 from dialbridge.tokens import is_sip_participant
 
@@ -336,6 +337,7 @@ class RoomParticipant:
     async def _offer(self, subscription: _Subscription) -> None:
         peer = subscription.peer
         peer.addTransceiver("audio", direction="recvonly")
+        shorten_receive_delay(peer)
         await peer.setLocalDescription(await peer.createOffer())
         description = peer.localDescription
         self._send(

@@ -1,8 +1,12 @@
 """WebRTC audio shared by every leg that ends in aiortc: 20 ms frames of 8 kHz audio in and out of a peer.
 
-Both directions cross between two free-running 20 ms clocks (a media tick and aiortc's packet flow), so each holds
-a small bounded buffer that drops its oldest audio when full: latency stays under ~100 ms instead of growing when one
-side stalls.
+Latency is the gateway's first cost (issue 15 wants at most 60 ms each way), so no stage holds audio it need not:
+- to the browser, the track hands each frame to aiortc as soon as the media tick pushes it (a silent frame when a
+  tick is late), and never keeps more than one waiting: a self-paced queue between two 20 ms clocks settles at
+  whatever depth it first reached, up to 100 ms for good;
+- from the browser, aiortc's receiver waits for 4 newer packets before it releases one (80 ms, always); its jitter
+  buffer is swapped for one that releases each packet as the next arrives (`shorten_receive_delay`), and the 8 kHz
+  buffer after it (`InboundAudio`) keeps 40 ms against arrival jitter and at most 60 ms.
 
 Loopback: aioice never gathers 127.0.0.1, so on a host whose only interface is ``lo`` (the tests' network namespace)
 a peer would have no candidate at all. `install_loopback_fallback` makes aioice offer 127.0.0.1 in exactly that case.
@@ -11,10 +15,10 @@ a peer would have no candidate at all. `install_loopback_fallback` makes aioice 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import inspect
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -30,14 +34,16 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE: Final = 8000
 FRAME_SAMPLES: Final = 160  # 20 ms at 8 kHz: one media tick
 FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
-#: Audio held per direction before the oldest is dropped (5 frames = 100 ms).
-MAX_BUFFERED_FRAMES: Final = 5
+#: Inbound audio held before the oldest is dropped (3 frames = 60 ms).
+MAX_BUFFERED_FRAMES: Final = 3
 #: After running dry, inbound audio waits for this many frames before playing again, to ride out arrival jitter.
 INBOUND_PREFILL_FRAMES: Final = 2
+#: How long the outbound track waits for the media tick's frame before it sends silence (a late tick).
+OUTBOUND_WAIT_S: Final = 0.040
+#: aiortc's audio receiver buffer, as aiortc 1.16 sizes it, with no packets held back for reordering.
+_RECEIVE_BUFFER_CAPACITY: Final = 16
 LOOPBACK_V4: Final = "127.0.0.1"
 _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
-# A recv() this far behind its schedule (the loop stalled) restarts its clock instead of bursting to catch up.
-_MAX_PACING_LAG_S: Final = 0.2
 
 
 def install_loopback_fallback() -> bool:
@@ -77,6 +83,35 @@ def install_loopback_fallback() -> bool:
     host_addresses_or_loopback.dialbridge_loopback_fallback = True  # type: ignore[attr-defined]
     aioice_ice.get_host_addresses = host_addresses_or_loopback
     return True
+
+
+def shorten_receive_delay(peer: object) -> int:
+    """Make `peer`'s audio receivers release each packet as soon as the next one arrives (aiortc holds 4 back).
+
+    aiortc builds each audio `RTCRtpReceiver` with a private `JitterBuffer(capacity=16, prefetch=4)`: a packet leaves
+    only when four newer ones are in, a constant 80 ms on every packet. The gateway buffers after decoding anyway
+    (`InboundAudio`), so the receiver's is replaced by one with `prefetch=0`. Verified against aiortc 1.16
+    (pyproject pins <2); a receiver of another shape is left alone with a warning. Call it once the peer has its
+    transceivers (after `addTransceiver` or `setRemoteDescription`). Returns how many receivers it shortened.
+    """
+    try:
+        from aiortc.jitterbuffer import JitterBuffer
+    except ImportError:
+        log.warning("aiortc.jitterbuffer is gone: the browsers' audio keeps aiortc's 80 ms receive delay")
+        return 0
+    shortened = 0
+    get_transceivers = getattr(peer, "getTransceivers", None)
+    for transceiver in get_transceivers() if callable(get_transceivers) else []:
+        if getattr(transceiver, "kind", None) != "audio":
+            continue
+        receiver = transceiver.receiver
+        current = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if not isinstance(current, JitterBuffer) or getattr(current, "_prefetch", None) is None:
+            log.warning("aiortc's receiver has no jitter buffer of the known shape: 80 ms receive delay kept")
+            continue
+        receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=_RECEIVE_BUFFER_CAPACITY, prefetch=0)
+        shortened += 1
+    return shortened
 
 
 class InboundAudio:
@@ -134,19 +169,22 @@ class InboundAudio:
 
 
 class PacedAudioTrack(MediaStreamTrack):
-    """Audio for the browser to hear: frames queued with `push`, handed to aiortc every 20 ms.
+    """Audio for the browser to hear: the media tick `push`es a frame every 20 ms and aiortc's `recv` takes it.
 
-    `recv` keeps its own 20 ms schedule and sends silence when nothing is queued, so the RTP stream
-    never stops; the queue keeps at most `max_frames` (oldest dropped) so a stalled sender cannot build up delay.
+    `recv` returns as soon as a frame is pushed, so the browser gets it within the tick; when none comes within
+    `OUTBOUND_WAIT_S` (a late tick) it returns silence, so the RTP stream never stops. At most one frame waits: when
+    the tick runs ahead of aiortc (aiortc's loop stalled), the older frames are dropped and counted, rather than
+    kept as delay for the rest of the call.
     """
 
     kind = "audio"
 
-    def __init__(self, *, max_frames: int = MAX_BUFFERED_FRAMES) -> None:
+    def __init__(self, *, max_waiting: int = 1) -> None:
         super().__init__()
-        self._frames: deque[npt.NDArray[np.int16]] = deque(maxlen=max_frames)
+        self._frames: deque[npt.NDArray[np.int16]] = deque()
+        self._max_waiting = max_waiting
+        self._pushed = asyncio.Event()
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._next_at: float | None = None
         self._pts = 0
         self.dropped_frames = 0
 
@@ -157,21 +195,19 @@ class PacedAudioTrack(MediaStreamTrack):
     def push(self, samples: npt.NDArray[np.int16]) -> None:
         if samples.shape != (FRAME_SAMPLES,):
             raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {samples.shape}")
-        if len(self._frames) == self._frames.maxlen:
-            self.dropped_frames += 1
         self._frames.append(samples)
+        while len(self._frames) > self._max_waiting:
+            self._frames.popleft()
+            self.dropped_frames += 1
+        self._pushed.set()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._next_at is None or now - self._next_at > _MAX_PACING_LAG_S:
-            self._next_at = now
-        else:
-            self._next_at += FRAME_SECONDS
-            delay = self._next_at - now
-            if delay > 0:
-                await asyncio.sleep(delay)
+        if not self._frames:
+            self._pushed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pushed.wait(), OUTBOUND_WAIT_S)
         if self.readyState != "live":
             raise MediaStreamError
         samples = self._frames.popleft() if self._frames else self._silence
