@@ -75,6 +75,70 @@
     });
   }
 
+  // OT's audioLevelUpdated: the level (0–1, linear amplitude) of a stream's audio, measured with WebAudio ten times a
+  // second while anyone listens for it. One AudioContext serves the page; browsers start it suspended until a user
+  // gesture, so it is resumed on the first click or key press too.
+  const AUDIO_LEVEL_INTERVAL_MS = 100;
+  let sharedAudioContext = null;
+
+  function audioContext() {
+    if (!sharedAudioContext && typeof AudioContext === "function") {
+      sharedAudioContext = new AudioContext();
+      const resume = () => sharedAudioContext.resume().catch(() => {});
+      resume();
+      document.addEventListener("click", resume, { once: true });
+      document.addEventListener("keydown", resume, { once: true });
+    }
+    return sharedAudioContext;
+  }
+
+  // Measures `emitter`'s audio (`mediaStream()` gives its current MediaStream) and dispatches audioLevelUpdated while
+  // it has handlers for it. Returns a function that stops the meter.
+  function meterAudioLevel(emitter, mediaStream) {
+    let source = null;
+    let track = null;
+    let analyser = null;
+    let samples = null;
+    const timer = setInterval(() => {
+      const handlers = emitter._handlers.get("audioLevelUpdated");
+      if (!handlers || handlers.length === 0) return;
+      const stream = mediaStream();
+      const audio = stream && stream.getAudioTracks()[0];
+      if (!audio) return;
+      const context = audioContext();
+      if (!context) return;
+      if (audio !== track) {  // first measurement, or the track was replaced
+        if (source) source.disconnect();
+        track = audio;
+        analyser = context.createAnalyser();
+        analyser.fftSize = 1024;
+        samples = new Float32Array(analyser.fftSize);
+        source = context.createMediaStreamSource(new MediaStream([audio]));
+        source.connect(analyser);
+      }
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const sample of samples) sum += sample * sample;
+      // A disabled track (publishAudio(false)) is silence at the source: report 0, as OT does.
+      const level = audio.enabled ? Math.min(1, Math.sqrt(sum / samples.length)) : 0;
+      emitter._dispatch("audioLevelUpdated", { audioLevel: level });
+    }, AUDIO_LEVEL_INTERVAL_MS);
+    return () => {
+      clearInterval(timer);
+      if (source) source.disconnect();
+    };
+  }
+
+  // The OT error name for a getUserMedia failure, so the page can say which device and why.
+  function mediaErrorName(cause) {
+    switch (cause && cause.name) {
+      case "NotFoundError": case "OverconstrainedError": return "OT_NO_DEVICES_FOUND";
+      case "NotReadableError": case "AbortError": return "OT_HARDWARE_UNAVAILABLE";
+      case "NotAllowedError": case "SecurityError": return "OT_USER_MEDIA_ACCESS_DENIED";
+      default: return "OT_USER_MEDIA_ACCESS_DENIED";
+    }
+  }
+
   // --- events: on/off/once with OT's handler shapes (type string, space-separated types, or {type: handler}) ---
   class EventEmitter {
     constructor() { this._handlers = new Map(); }
@@ -173,13 +237,14 @@
           return media;
         },
         (cause) => {
-          const error = otError("OT_USER_MEDIA_ACCESS_DENIED", "camera or microphone: " + cause.message);
+          const error = otError(mediaErrorName(cause), "camera or microphone: " + cause.message);
           this._dispatch("accessDenied", { message: error.message });
           if (completion) completion(error);
           throw error;
         },
       );
       this.ready.catch(() => {});  // reported through the completion handler
+      this._stopMeter = meterAudioLevel(this, () => this.mediaStream);
     }
 
     publishAudio(enabled) { this._setEnabled("audio", enabled); return this; }
@@ -221,6 +286,7 @@
     destroy() {
       if (this.session) this.session.unpublish(this);
       if (this.mediaStream) for (const track of this.mediaStream.getTracks()) track.stop();
+      this._stopMeter();
       this.element.remove();
       this._dispatch("destroyed", {});
       return this;
@@ -250,6 +316,7 @@
         this._remote.addTrack(event.track);
         playWithSound(this.videoElement);
       };
+      this._stopMeter = meterAudioLevel(this, () => this._remote);
     }
 
     async _offer() {
@@ -271,6 +338,7 @@
       if (!this.peer) return;
       this.peer.close();
       this.peer = null;
+      this._stopMeter();
       this.element.remove();
       this._dispatch("destroyed", { reason });
     }
