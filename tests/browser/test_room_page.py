@@ -13,7 +13,9 @@ from live_server import LiveServer, live_server_on
 from playwright.sync_api import Browser, BrowserContext, Page
 from room_participant import bridge_joins
 
+from dialbridge.conference.participants import CallState, PhoneParticipant
 from dialbridge.config import Settings
+from dialbridge.roster import Roster
 from tests.browser.conftest import PAGE_HZ, WAIT_MS, open_room
 from tests.helpers import RecordingControl
 from tests.media_probe import SUBSCRIBER_PEAK
@@ -274,3 +276,42 @@ def test_a_tab_that_did_not_dial_sees_the_bridge_live_and_can_end_it(
             assert page.locator("#subscribers .tile.phone").count() == 0
     finally:
         bridge.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [("busy", "Busy"), ("unanswered", "No answer"), ("failed", "Failed"), ("carrier_refused", "Carrier refused")],
+)
+def test_a_dial_out_shows_its_live_state_in_words_in_every_tab(
+    context: BrowserContext, live_server: LiveServer, status: str, words: str
+) -> None:
+    """A phone the room called: its state as the participant signals give it, in words (an unknown one as it came),
+    in every tab; its final state stays shown among the calls the room placed while it leaves the people list."""
+    pages = [open_room(context, live_server, "dialler"), open_room(context, live_server, "dialler")]
+    room = live_server.run(live_server.services.rooms.find("dialler"))
+    assert room is not None
+    roster = live_server.services.roster
+
+    def signal(state: CallState, detail: str) -> None:
+        participant = PhoneParticipant("do_1", "+44 ••• ••• 8750", state, False, detail=detail, dial_out=True)
+        live_server.run(_sent(roster, room.session_id, participant))
+
+    for state, detail, shown in [(CallState.RINGING, "ringing", "Ringing…"), (CallState.ENDED, status, words)]:
+        signal(state, detail)
+        for page in pages:
+            row = page.locator('#phone-calls li[data-call-id="do_1"]')
+            page.wait_for_function(
+                "(shown) => document.querySelector('#phone-calls li[data-call-id=\"do_1\"] .state')?.textContent"
+                " === shown",
+                arg=shown,
+                timeout=5000,
+            )
+            assert row.locator(".who").inner_text() == "+44 ••• ••• 8750"
+    for page in pages:
+        assert page.locator('#participant-list li[data-call-id="do_1"]').count() == 0
+        assert page.locator('#phone-calls li[data-call-id="do_1"] button').count() == 0  # nothing left to hang up
+
+
+async def _sent(roster: Roster, session_id: str, participant: PhoneParticipant) -> None:
+    roster.send(session_id, participant)
+    await roster.drain()

@@ -173,7 +173,8 @@
     item.dataset.speaking = "false";
     item.append(svgIcon("person"), span("who", isSelf ? "You" : connectionInfo(connection).name || "Guest"),
                 span("state", isSelf ? "this browser" : "browser"), span("speaking-flag", "speaking"));
-    if (isSelf) participantList.prepend(item); else participantList.append(item);
+    if (isSelf) participantList.prepend(item);
+    else participantList.insertBefore(item, participantList.querySelector("li.phone"));  // browsers, then phones
     countPeople();
   }
 
