@@ -142,7 +142,8 @@ def test_leave_removes_the_tile_in_the_other_tab_and_rejoin_brings_it_back(
 
     alice.get_by_role("button", name="Leave").click()
     bob.wait_for_function("() => document.querySelectorAll('#subscribers .tile').length === 0", timeout=WAIT_MS)
-    assert bob.locator("#participant-list li.browser").count() == 1  # only bob himself
+    # The stream goes first, then the connection: bob is then the only browser listed.
+    bob.wait_for_function("() => document.querySelectorAll('#participant-list li.browser').length === 1")
     assert alice.locator("#left").is_visible()
     assert alice.text_content("#left-heading") == "You left the room"
     assert alice.text_content("#alert") == ""  # leaving is no failure
@@ -315,3 +316,23 @@ def test_a_dial_out_shows_its_live_state_in_words_in_every_tab(
 async def _sent(roster: Roster, session_id: str, participant: PhoneParticipant) -> None:
     roster.send(session_id, participant)
     await roster.drain()
+
+
+def test_a_stopped_camera_shows_as_a_name_in_the_other_tab(context: BrowserContext, live_server: LiveServer) -> None:
+    alice = open_room(context, live_server, "camera")
+    bob = open_room(context, live_server, "camera")
+    tile = bob.locator("#subscribers .tile")
+    bob.wait_for_function("() => document.querySelector('#subscribers video')?.videoWidth > 0", timeout=WAIT_MS)
+    assert "audio-only" not in (tile.get_attribute("class") or "")
+
+    alice.get_by_role("button", name="Stop your camera").click()
+    assert alice.locator("#self-tile .placeholder").is_visible()
+    bob.wait_for_function(
+        "() => document.querySelector('#subscribers .tile').classList.contains('audio-only')", timeout=WAIT_MS
+    )
+    assert tile.locator(".placeholder").is_visible()
+
+    alice.get_by_role("button", name="Start your camera").click()
+    bob.wait_for_function(
+        "() => !document.querySelector('#subscribers .tile').classList.contains('audio-only')", timeout=WAIT_MS
+    )

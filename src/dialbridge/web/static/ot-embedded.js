@@ -129,6 +129,26 @@
     };
   }
 
+  // OT's videoDisabled / videoEnabled on a subscriber: a stopped camera sends no frames at all (see Publisher
+  // _sendVideo), and Chromium keeps such a remote track unmuted, so the frames decoded are what tells.
+  const VIDEO_STALL_MS = 1500;
+
+  function watchVideoFrames(subscriber) {
+    let frames = 0;
+    let lastFrameAt = Date.now();
+    let shown = null;  // unknown until the first frame
+    const timer = setInterval(() => {
+      const now = Date.now();
+      const decoded = subscriber.videoElement.getVideoPlaybackQuality().totalVideoFrames;
+      if (decoded !== frames) { frames = decoded; lastFrameAt = now; }
+      const showing = frames > 0 && now - lastFrameAt < VIDEO_STALL_MS;
+      if (frames === 0 || showing === shown) return;
+      shown = showing;
+      subscriber._dispatch(showing ? "videoEnabled" : "videoDisabled", { reason: "publishVideo" });
+    }, 250);
+    return () => clearInterval(timer);
+  }
+
   // The OT error name for a getUserMedia failure, so the page can say which device and why.
   function mediaErrorName(cause) {
     switch (cause && cause.name) {
@@ -253,6 +273,18 @@
     _setEnabled(kind, enabled) {
       if (!this.mediaStream) return;
       for (const track of this.mediaStream.getTracks()) if (track.kind === kind) track.enabled = !!enabled;
+      if (kind === "video") for (const peer of this._peers.values()) this._sendVideo(peer);
+    }
+
+    // A stopped camera sends nothing rather than black frames: the subscribers' track then goes muted, which they
+    // report as OT's videoDisabled (and videoEnabled when it comes back), so their pages can show a name, not black.
+    _sendVideo(peer) {
+      const track = this.mediaStream && this.mediaStream.getVideoTracks()[0];
+      if (!track) return;
+      for (const transceiver of peer.getTransceivers()) {
+        if (transceiver.receiver.track.kind !== "video" || transceiver.stopped) continue;
+        transceiver.sender.replaceTrack(track.enabled ? track : null).catch(() => {});
+      }
     }
 
     // A subscriber's offer for our stream arrived: answer it with our tracks.
@@ -265,6 +297,7 @@
       const media = await this.ready;
       // The offer's receive-only transceivers are reused by addTrack, matched by kind.
       for (const track of media.getTracks()) peer.addTrack(track, media);
+      this._sendVideo(peer);
       await peer.setLocalDescription(await peer.createAnswer());
       session._send({ type: "signal", to: from, streamId: this.stream.streamId, kind: "answer",
                       data: { type: "answer", sdp: peer.localDescription.sdp } });
@@ -316,6 +349,7 @@
         this._remote.addTrack(event.track);
         playWithSound(this.videoElement);
       };
+      this._stopVideoWatch = watchVideoFrames(this);
       this._stopMeter = meterAudioLevel(this, () => this._remote);
     }
 
@@ -339,6 +373,7 @@
       this.peer.close();
       this.peer = null;
       this._stopMeter();
+      this._stopVideoWatch();
       this.element.remove();
       this._dispatch("destroyed", { reason });
     }

@@ -455,6 +455,9 @@
     if (subscriber) {
       const connectionId = stream.connection.connectionId;
       subscriber.on("audioLevelUpdated", speakingMeter(tile, (speaking) => browserSpeaking(connectionId, speaking)));
+      // A camera stopped on the other side: their name and icon instead of a frozen or black picture.
+      subscriber.on("videoDisabled", () => tile.classList.add("audio-only"));
+      subscriber.on("videoEnabled", () => tile.classList.toggle("audio-only", !stream.hasVideo));
     }
   });
   session.on("streamDestroyed", (event) => {
