@@ -123,6 +123,7 @@ def test_phone_panel_reports_what_the_server_says(context: BrowserContext, live_
         ("12345", "Start with + and the country code"),
         ("+1415555x", "remove “x”"),
         ("+12345", "Too short"),
+        ("+1234567890123456", "Too long"),
         ("", "Type the number"),
     ]:
         page.fill("#number", typed)

@@ -391,7 +391,7 @@
              speaking: null, dial_out: true, state: over ? "ended" : answer.state, status: answer.state };
   }
 
-  // E.164 as the server takes it (config.E164): +, a country code not starting with 0, 8 to 15 digits in all.
+  // E.164 as the server takes it (config.py's E164): +, a country code not starting with 0, 7 to 15 digits in all.
   // Spaces, dashes, dots and brackets people type are dropped first.
   function numberProblem(typed) {
     const number = typed.replace(/[\s().-]/g, "");
@@ -402,8 +402,8 @@
     if (wrong) return [null, `Only digits after the +: remove “${wrong[0]}”.`];
     if (number[1] === "0") return [null, "A country code never starts with 0: check the digits after the +."];
     const digits = number.length - 1;
-    if (digits < 8) return [null, `Too short: ${digits} digits; with its country code a number has 8 to 15.`];
-    if (digits > 15) return [null, `Too long: ${digits} digits; with its country code a number has 8 to 15.`];
+    if (digits < 7) return [null, `Too short: ${digits} digits; with its country code a number has 7 to 15.`];
+    if (digits > 15) return [null, `Too long: ${digits} digits; with its country code a number has 7 to 15.`];
     return [number, ""];
   }
 
