@@ -35,6 +35,13 @@ def open_room(page: Page, server: LiveServer) -> None:
     page.wait_for_function("() => window.dialbridgeRoom?.events.some(e => e.type === 'sessionConnected')")
 
 
+def give_name(page: Page, who: str) -> None:
+    page.fill("#name-field", who)
+    page.press("#name-field", "Enter")
+    page.locator("#name-field").blur()
+    page.evaluate("() => localStorage.clear()")  # the next page of this browser joins as a newcomer
+
+
 def caller_keys_the_pin(server: LiveServer, pin: str) -> None:
     call = {"uuid": "call-screenshot", "conversation_uuid": "CON-1", "from": CALLER, "to": DIAL_IN[1:]}
     httpx.get(f"{server.base_url}/webhooks/answer", params=call).raise_for_status()
@@ -52,19 +59,22 @@ def main() -> None:
         with live_server_on(settings) as server:
             browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             desktop = browser.new_context(viewport={"width": 1280, "height": 800})
-            alice = desktop.new_page()
-            open_room(alice, server)
-            bob = desktop.new_page()
-            open_room(bob, server)
+            # The room, its bridge, a PIN caller and a phone being dialled, before the pages that are pictured load.
+            server.run(server.services.rooms.get_or_create(ROOM))
             bridge, _ = bridge_joins(server, ROOM)
-            caller_keys_the_pin(server, alice.evaluate("() => window.dialbridgeRoom.config.pin"))
             server.services.dial_outs.store.start(
                 dial_out_id="do_screenshot", room_id=ROOM, kind=PHONE, target="+442071838750", now=time.time()
             )
+            alice = desktop.new_page()
+            open_room(alice, server)
+            caller_keys_the_pin(server, alice.evaluate("() => window.dialbridgeRoom.config.pin"))
+            bob = desktop.new_page()
+            open_room(bob, server)
+            give_name(bob, "Bob")
             phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1).new_page()
             open_room(phone, server)
+            give_name(phone, "Carol")
             for page in (alice, phone):
-                page.reload()  # the dial-out above sent no signal: the list as a page loads it
                 page.wait_for_function("() => document.querySelectorAll('.tile video').length >= 4")
                 page.wait_for_function("() => document.querySelectorAll('#participant-list li').length >= 5")
             for page in (alice, phone):

@@ -336,3 +336,24 @@ def test_a_stopped_camera_shows_as_a_name_in_the_other_tab(context: BrowserConte
     bob.wait_for_function(
         "() => !document.querySelector('#subscribers .tile').classList.contains('audio-only')", timeout=WAIT_MS
     )
+
+
+def test_a_name_given_shows_on_the_tile_and_in_the_list_of_the_others(
+    context: BrowserContext, live_server: LiveServer
+) -> None:
+    alice = open_room(context, live_server, "names")
+    bob = open_room(context, live_server, "names")
+    bob.wait_for_function("() => document.querySelectorAll('#subscribers .tile').length === 1", timeout=WAIT_MS)
+    assert bob.text_content("#subscribers .tile .name") == "Guest"
+
+    alice.fill("#name-field", "  Alice Liddell  ")
+    alice.press("#name-field", "Enter")
+    assert alice.text_content("#name-status") == "Others now see you as Alice Liddell."
+    bob.wait_for_function(
+        "() => document.querySelector('#subscribers .tile .name')?.textContent === 'Alice Liddell'", timeout=WAIT_MS
+    )
+    assert bob.locator("#participant-list li.browser:not(.self) .who").inner_text() == "Alice Liddell"
+    assert bob.locator("#subscribers .tile").count() == 1  # her new stream replaced the old one
+    # Kept in this browser: the next visit joins under it.
+    carol = open_room(context, live_server, "names")
+    assert carol.input_value("#name-field") == "Alice Liddell"

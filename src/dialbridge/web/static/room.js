@@ -168,7 +168,7 @@
     if (connectionInfo(connection).sip) return;  // the bridge and dial-outs: their callers are listed as phones
     if (participantList.querySelector(`li[data-connection-id="${CSS.escape(connection.connectionId)}"]`)) return;
     const item = document.createElement("li");
-    item.className = "browser";
+    item.className = isSelf ? "browser self" : "browser";
     item.dataset.connectionId = connection.connectionId;
     item.dataset.speaking = "false";
     item.append(svgIcon("person"), span("who", isSelf ? "You" : connectionInfo(connection).name || "Guest"),
@@ -182,6 +182,11 @@
     const item = participantList.querySelector(`li[data-connection-id="${CSS.escape(connectionId)}"]`);
     if (item) item.remove();
     countPeople();
+  }
+
+  function renameBrowser(connectionId, name) {
+    const item = participantList.querySelector(`li[data-connection-id="${CSS.escape(connectionId)}"]`);
+    if (item && !item.classList.contains("self")) item.querySelector(".who").textContent = name;
   }
 
   function browserSpeaking(connectionId, speaking) {
@@ -443,6 +448,7 @@
     const stream = event.stream;
     note("streamCreated", { streamId: stream.streamId });
     const { tile, holder, name, trouble } = tileFor(stream);
+    renameBrowser(stream.connection.connectionId, name);
     subscribers.appendChild(tile);
     layoutGrid();
     const subscriber = session.subscribe(stream, holder, { insertMode: "append", width: "100%", height: "100%" },
@@ -507,16 +513,25 @@
   const selfTile = $("self-tile");
   let publisher = null;
 
+  // Your name: on your tile in the others' pages (the stream's name, on both backends), kept in this browser.
+  const NAME_KEY = "dialbridge.name";
+  const MAX_NAME = 40;
+  const savedName = () => { try { return localStorage.getItem(NAME_KEY) || ""; } catch (error) { return ""; } };
+
   function initPublisher(props) {
     return new Promise((resolve) => {
-      const created = OT.initPublisher("publisher", { insertMode: "append", width: "100%", height: "100%", ...props },
-        (error) => resolve({ publisher: created, error }));
+      const created = OT.initPublisher("publisher", {
+        insertMode: "append", width: "100%", height: "100%", name: savedName(), ...props,
+      }, (error) => resolve({ publisher: created, error }));
     });
   }
 
   async function startMedia() {
     const both = await initPublisher({});
-    if (!both.error) return both.publisher;
+    if (!both.error) {
+      cameraButton.disabled = false;
+      return both.publisher;
+    }
     both.publisher.destroy();
     const micOnly = await initPublisher({ videoSource: null });
     if (!micOnly.error) {
@@ -569,16 +584,37 @@
   });
 
   // ---- joining and leaving -------------------------------------------------------------------------------------------
-  const media = startMedia().then((created) => {
+  function adopt(created) {
     publisher = created;
     if (publisher) {
       micButton.disabled = false;
-      cameraButton.disabled = !cameraOn;  // joined without a camera: nothing to start
+      publisher.publishAudio(micOn);
+      publisher.publishVideo(cameraOn);
       publisher.on("audioLevelUpdated", speakingMeter(selfTile, (speaking) => {
         if (session.connection) browserSpeaking(session.connection.connectionId, speaking);
       }));
     }
     return publisher;
+  }
+  const media = startMedia().then(adopt);
+  const publishFailed = (error) => {
+    if (error) warn("publish", `Could not send your camera and microphone: ${error.message}`);
+  };
+
+  // A new name needs a new stream (a stream's name is set when it is published): publish again under it.
+  const nameField = $("name-field");
+  nameField.value = savedName();
+  $("your-name").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = nameField.value.trim().slice(0, MAX_NAME);
+    nameField.value = name;
+    try { localStorage.setItem(NAME_KEY, name); } catch (error) { /* private mode: this visit only */ }
+    $("name-status").textContent = name ? `Others now see you as ${name}.` : "Others now see you as Guest.";
+    if (!publisher || !publisher.stream || leaving) return;
+    publisher.destroy();
+    publisher = null;
+    const created = adopt(await startMedia());
+    if (created && session.connection && !leaving) session.publish(created, publishFailed);
   });
 
   session.connect(config.token, (error) => {
@@ -593,7 +629,7 @@
     loadParticipants();
     media.then((ready) => {
       if (!ready || leaving) return;
-      session.publish(ready, (err) => { if (err) warn("publish", `Could not send your camera and microphone: ${err.message}`); });
+      session.publish(ready, publishFailed);
     });
   });
 
