@@ -194,8 +194,9 @@
     if (item) item.dataset.speaking = String(speaking);
   }
 
-  // `refocus`: the class of the row's control to give the keyboard's focus back to once the row is redrawn.
-  function renderPhone(participant, refocus) {
+  // A phone participant's row is built once and then updated in place: signals (speaking, mute) arrive every second
+  // or so, and a row rebuilt under a pointer or the keyboard's focus would swallow the click or lose the focus.
+  function renderPhone(participant) {
     let item = participantList.querySelector(`li[data-call-id="${CSS.escape(participant.call_id)}"]`);
     if (participant.dial_out) showPlacedCall(participant);
     if (participant.state === "ended") {
@@ -204,48 +205,50 @@
       note("phoneLeft", { callId: participant.call_id });
       return;
     }
-    if (!item) {
-      item = document.createElement("li");
-      item.className = "phone";
-      item.dataset.callId = participant.call_id;
-      participantList.append(item);
-    }
+    if (!item) item = phoneRow(participant.call_id);
     item.dataset.state = participant.state;
     item.dataset.muted = String(participant.muted);
     item.dataset.speaking = String(participant.speaking === true);
-    const hadFocus = refocus || (item.contains(document.activeElement) ? document.activeElement.className : null);
-    item.replaceChildren(svgIcon("phone"), span("number", participant.number),
-                         span("state", stateWords(participant.state, participant.status)));
-    if (participant.muted) item.append(span("muted-flag", "muted"));
-    if (participant.speaking === true) item.append(span("speaking-flag", "speaking"));
-    const controls = document.createElement("span");
-    controls.className = "controls";
-    const controlButton = (className, text, action, body) => {
-      const control = button(className, text, `${text} ${participant.number}`, () => act(control, action, body));
-      controls.append(control);
-    };
-    if (!participant.dial_out || participant.state === "in_conference") {
-      const text = participant.muted ? "Unmute" : "Mute";
-      controlButton("mute", text, "mute", { call_id: participant.call_id, muted: !participant.muted });
-    }
-    controlButton("hang-up danger", "Hang up", "hang-up", { call_id: participant.call_id });
-    item.append(controls);
-    // The row was redrawn under the keyboard's focus (e.g. Mute became Unmute): keep the focus on that control.
-    if (hadFocus) { const again = item.getElementsByClassName(hadFocus.split(" ")[0])[0]; if (again) again.focus(); }
+    item.querySelector(".number").textContent = participant.number;
+    item.querySelector(".state").textContent = stateWords(participant.state, participant.status);
+    item.querySelector(".muted-flag").hidden = !participant.muted;
+    const mute = item.querySelector(".mute");
+    mute.hidden = participant.dial_out && participant.state !== "in_conference";  // nothing to mute while it rings
+    mute.textContent = participant.muted ? "Unmute" : "Mute";
+    mute.setAttribute("aria-label", `${mute.textContent} ${participant.number}`);
+    item.querySelector(".hang-up").setAttribute("aria-label", `Hang up ${participant.number}`);
     countPeople();
     note("phoneShown", { callId: participant.call_id, state: participant.state, muted: participant.muted });
   }
 
+  function phoneRow(callId) {
+    const item = document.createElement("li");
+    item.className = "phone";
+    item.dataset.callId = callId;
+    const controls = document.createElement("span");
+    controls.className = "controls";
+    const mute = button("mute", "Mute", null,
+      () => act(mute, "mute", { call_id: callId, muted: item.dataset.muted !== "true" }));
+    const hangUp = button("hang-up danger", "Hang up", null, () => act(hangUp, "hang-up", { call_id: callId }));
+    controls.append(mute, hangUp);
+    item.append(svgIcon("phone"), span("number", ""), span("state", ""), span("muted-flag", "muted"),
+                span("speaking-flag", "speaking"), controls);
+    participantList.append(item);
+    return item;
+  }
+
   async function act(control, action, body) {
-    const refocus = document.activeElement === control ? control.className : null;  // disabling drops the focus
+    const hadFocus = document.activeElement === control;  // disabling a button drops the focus: given back below
     control.disabled = true;
     try {
       const answer = await roomApi("POST", action, body);
-      if (answer) renderPhone(asParticipant(answer), refocus);
+      if (answer) renderPhone(asParticipant(answer));
       participantsStatus.textContent = "";
     } catch (error) {
       participantsStatus.textContent = `Could not ${action.replace("-", " ")}: ${error.message}`;
+    } finally {
       control.disabled = false;
+      if (hadFocus && control.isConnected) control.focus();
     }
   }
 
