@@ -205,6 +205,21 @@ def test_the_invitation_copies_the_number_pin_and_addresses(chromium: Browser, s
         context.close()
 
 
+# The WCAG contrast ratio of an element's text colour against its background colour.
+CONTRAST = """(selector) => {
+  const style = getComputedStyle(document.querySelector(selector));
+  const luminance = (colour) => {
+    const [r, g, b] = colour.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [light, dark] = [luminance(style.color), luminance(style.backgroundColor)].sort((a, b) => b - a);
+  return (light + 0.05) / (dark + 0.05);
+}"""
+
+
 # getUserMedia as a browser answers when the person refuses the camera (and, with `everything`, the microphone too).
 REFUSE_CAMERA = """(everything) => {
   const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
@@ -225,6 +240,7 @@ def test_a_refused_camera_joins_audio_only_and_a_refused_microphone_listens(
     page.wait_for_function("() => document.getElementById('alert').textContent.includes('No ')", timeout=WAIT_MS)
     alert = page.text_content("#alert") or ""
     assert page.text_content("#status") == "Connected."  # in the room all the same
+    assert page.evaluate(CONTRAST, "#alert p") >= 4.5  # WCAG AA for its text
     page.wait_for_function("() => document.querySelectorAll('#subscribers .tile').length === 1", timeout=WAIT_MS)
     if refused == "camera":
         assert alert.startswith("No camera (the browser was not allowed to use it): you joined with your microphone")
