@@ -373,3 +373,34 @@ def test_a_name_given_shows_on_the_tile_and_in_the_list_of_the_others(
     # Kept in this browser: the next visit joins under it.
     carol = open_room(context, live_server, "names")
     assert carol.input_value("#name-field") == "Alice Liddell"
+
+
+# A network on which the room's signalling cannot be reached: every WebSocket closes before it opens, as the browser
+# reports a connection refused or cut (code 1006).
+NO_SIGNALLING = """() => {
+  window.WebSocket = class extends EventTarget {
+    constructor() {
+      super();
+      this.readyState = 3;
+      setTimeout(() => this.onclose && this.onclose({ code: 1006, reason: "" }), 50);
+    }
+    send() {}
+    close() {}
+  };
+  window.WebSocket.OPEN = 1;
+}"""
+
+
+def test_a_room_the_network_does_not_reach_says_so_and_offers_to_rejoin(
+    context: BrowserContext, live_server: LiveServer
+) -> None:
+    page = context.new_page()
+    page.add_init_script(f"({NO_SIGNALLING})()")
+    page.goto(f"{live_server.base_url}/room/unreachable")
+    page.wait_for_function("() => document.getElementById('alert').textContent !== ''", timeout=WAIT_MS)
+    assert page.text_content("#alert") == (
+        "Could not connect to the room (the signalling connection closed (code 1006)): check your network, then rejoin."
+    )
+    assert page.text_content("#left-heading") == "You are not in the room"
+    assert page.get_by_role("button", name="Rejoin the room").is_visible()
+    assert page.is_disabled("#dial-conference")

@@ -623,7 +623,8 @@
   session.connect(config.token, (error) => {
     if (error) {
       say("Not connected.");
-      warn("session", `Could not connect to the room: ${error.message}. Check your network, then reload the page.`);
+      warn("session", `Could not connect to the room (${error.message}): check your network, then rejoin.`);
+      showLeft("You are not in the room");
       return;
     }
     note("sessionConnected", {});
