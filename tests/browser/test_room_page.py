@@ -296,14 +296,22 @@ def test_a_tab_that_did_not_dial_sees_the_bridge_live_and_can_end_it(
 
 
 @pytest.mark.parametrize(
-    ("status", "words"),
-    [("busy", "Busy"), ("unanswered", "No answer"), ("failed", "Failed"), ("carrier_refused", "Carrier refused")],
+    ("end", "status", "words"),
+    [
+        (CallState.BUSY, "busy", "Busy"),
+        (CallState.NO_ANSWER, "no_answer", "No answer"),
+        (CallState.FAILED, "failed", "Failed"),
+        (CallState.COMPLETED, "completed", "Call ended"),
+        (CallState.ENDED, "unanswered", "No answer"),
+        (CallState.ENDED, "carrier_refused", "Carrier refused"),
+    ],
 )
 def test_a_dial_out_shows_its_live_state_in_words_in_every_tab(
-    context: BrowserContext, live_server: LiveServer, status: str, words: str
+    context: BrowserContext, live_server: LiveServer, end: CallState, status: str, words: str
 ) -> None:
     """A phone the room called: its state as the participant signals give it, in words (an unknown one as it came),
-    in every tab; its final state stays shown among the calls the room placed while it leaves the people list."""
+    in every tab; its end stays shown among the calls the room placed while its row leaves the people list (at once
+    for "ended", after a moment for an end that says how)."""
     pages = [open_room(context, live_server, "dialler"), open_room(context, live_server, "dialler")]
     room = live_server.run(live_server.services.rooms.find("dialler"))
     assert room is not None
@@ -313,7 +321,7 @@ def test_a_dial_out_shows_its_live_state_in_words_in_every_tab(
         participant = PhoneParticipant("do_1", "+44 ••• ••• 8750", state, False, detail=detail, dial_out=True)
         live_server.run(_sent(roster, room.session_id, participant))
 
-    for state, detail, shown in [(CallState.RINGING, "ringing", "Ringing…"), (CallState.ENDED, status, words)]:
+    for state, detail, shown in [(CallState.RINGING, "ringing", "Ringing…"), (end, status, words)]:
         signal(state, detail)
         for page in pages:
             row = page.locator('#phone-calls li[data-call-id="do_1"]')
@@ -325,8 +333,9 @@ def test_a_dial_out_shows_its_live_state_in_words_in_every_tab(
             )
             assert row.locator(".who").inner_text() == "+44 ••• ••• 8750"
     for page in pages:
-        assert page.locator('#participant-list li[data-call-id="do_1"]').count() == 0
         assert page.locator('#phone-calls li[data-call-id="do_1"] button').count() == 0  # nothing left to hang up
+        page.locator('#participant-list li[data-call-id="do_1"]').wait_for(state="detached", timeout=10_000)
+        assert page.locator('#phone-calls li[data-call-id="do_1"] .state').inner_text() == words
 
 
 async def _sent(roster: Roster, session_id: str, participant: PhoneParticipant) -> None:

@@ -32,6 +32,9 @@
     rejected: "Declined", cancelled: "Cancelled", failed: "Failed", completed: "Call ended",
     disconnected: "Call ended", ended: "Ended", ending: "Hanging up…",
   };
+  // The ends of a call the room placed, as the participant list and signals give them (besides plain "ended").
+  const FINAL_STATES = new Set(["busy", "no_answer", "failed", "completed"]);
+  const FINAL_ROW_MS = 8000;
   const spell = (text) => { const words = String(text).replace(/_/g, " "); return words.charAt(0).toUpperCase() + words.slice(1); };
   function stateWords(state, status) {
     if (status && STATE_WORDS[status]) return STATE_WORDS[status];
@@ -199,13 +202,22 @@
   function renderPhone(participant) {
     let item = participantList.querySelector(`li[data-call-id="${CSS.escape(participant.call_id)}"]`);
     if (participant.dial_out) showPlacedCall(participant);
-    if (participant.state === "ended") {
+    if (participant.state === "ended" || (FINAL_STATES.has(participant.state) && !item)) {
       if (item) item.remove();
       countPeople();
       note("phoneLeft", { callId: participant.call_id });
       return;
     }
     if (!item) item = phoneRow(participant.call_id);
+    // How a call the room placed ended (busy, no answer…) stays in its row a moment, then the row leaves; the
+    // calls the room placed keep saying it.
+    const final = FINAL_STATES.has(participant.state);
+    item.querySelector(".controls").hidden = final;
+    if (final && !item.dataset.leaving) {
+      item.dataset.leaving = "true";
+      setTimeout(() => { item.remove(); countPeople(); note("phoneLeft", { callId: participant.call_id }); },
+                 FINAL_ROW_MS);
+    }
     item.dataset.state = participant.state;
     item.dataset.muted = String(participant.muted);
     item.dataset.speaking = String(participant.speaking === true);
@@ -369,7 +381,7 @@
       calls.querySelector("li.conference") ? calls.querySelector("li.conference").after(row) : calls.prepend(row);
       while (calls.querySelectorAll("li.placed").length > MAX_PLACED_SHOWN) calls.querySelector("li.placed:last-child").remove();
     }
-    const ended = call.state === "ended" || call.state === "failed";
+    const ended = call.state === "ended" || FINAL_STATES.has(call.state);
     row.dataset.callId = call.call_id;
     row.dataset.number = number;
     row.dataset.state = call.status || call.state;
