@@ -14,9 +14,10 @@ from dialbridge.platforms.base import BrowserConfig, PlatformError, SipCall, Sip
 from dialbridge.platforms.embedded import EmbeddedVideo
 from dialbridge.rooms import LEASE_S
 from dialbridge.store import tables as t
+from dialbridge.store.dial_outs import CONFERENCE
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock, on_both_databases
-from tests.helpers import make_room, run_async
+from tests.helpers import bearer, make_room, run_async, visit
 
 
 class CountingVideo:
@@ -189,3 +190,20 @@ def test_a_room_another_server_is_still_creating_answers_503_with_retry_after(se
             assert "still being created by another server; try again in 30 s" in error["message"]
             assert response.headers["retry-after"] == "30"
     assert video.sessions_created == 0
+
+
+def test_the_room_phone_bridge_is_named_to_its_members_only(client: TestClient, clock: FakeClock) -> None:
+    """`GET /api/rooms/{id}/phone-bridge`: the open conference dial-out's id, so that a page which did not dial it can
+    hang it up; null when there is none; a token of another room or none learns nothing."""
+    config = visit(client, "bridged")
+    other = visit(client, "elsewhere")
+    assert config["sipAddress"] == "sip:dialin@127.0.0.1:5060"  # the invite panel's
+    path = "/api/rooms/bridged/phone-bridge"
+    assert client.get(path, headers=bearer(config)).json() == {"bridge": None}
+    services = client.app.state.services  # type: ignore[attr-defined]
+    services.dial_outs.store.start(dial_out_id="do_x", room_id="bridged", kind=CONFERENCE, target="t", now=clock())
+    assert client.get(path, headers=bearer(config)).json() == {"bridge": {"call_id": "do_x", "state": "dialling"}}
+    refused = client.get(path, headers=bearer(other))
+    assert refused.status_code == 401 and "do_x" not in refused.text, refused.text
+    assert client.get(path).status_code == 401
+    assert client.get("/api/rooms/nowhere/phone-bridge", headers=bearer(config)).status_code == 404

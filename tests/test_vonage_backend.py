@@ -501,12 +501,15 @@ def test_a_number_not_in_e164_form_is_refused_in_the_caller_s_words(number: str,
 
 
 def test_the_room_page_without_a_dial_in_number_says_how_to_join_by_phone(settings: Settings) -> None:
-    """No dial-in number on the embedded backend: the page offers the SIP address and the browser phone in one
-    sentence, not "Join by phone: no dial-in number configured and enter PIN …"."""
+    """No dial-in number on the embedded backend: the invite panel offers the SIP address, the PIN and the browser
+    phone, not "Join by phone: no dial-in number configured and enter PIN …"."""
     with TestClient(create_app(settings.model_copy(update={"dial_in_number": None}))) as client:
         page = client.get("/room/standup").text
-    text = " ".join(re.sub(r"<[^>]+>", " ", page[page.index('<p class="dial-in">') : page.index("</p>")]).split())
-    assert text.startswith("Join by phone: call sip:dialin@127.0.0.1:5060 from a SIP phone, and enter PIN "), text
+        pin = client.get("/api/rooms/standup").json()["pin"]
+    panel = page[page.index('<section id="invite"') : page.index("</section>", page.index('<section id="invite"'))]
+    text = " ".join(re.sub(r"<[^>]+>", " ", panel).split())
+    assert f"SIP phone sip:dialin@127.0.0.1:5060 PIN {pin} then # Copy invitation" in text, text
+    assert "Call in from a browser instead (no camera needed; it asks for the PIN)" in text, text
     assert "no dial-in number configured" not in text
 
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-import threading
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
-from live_server import LiveServer
+from live_server import LiveServer, live_server_on
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from dialbridge.config import Settings
-from dialbridge.web.app import create_app
+from tests.helpers import RecordingControl
 
 CHROMIUM = "/usr/bin/chromium"
 PAGE_HZ = 440.0  # singing_chromium's microphone
@@ -35,34 +31,16 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def live_server(db_url: str) -> Iterator[LiveServer]:
-    settings = Settings(_env_file=None, database_url=db_url)  # type: ignore[call-arg]
-    app = create_app(settings)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    loops: list[asyncio.AbstractEventLoop] = []
+    with live_server_on(Settings(_env_file=None, database_url=db_url)) as server:  # type: ignore[call-arg]
+        yield server
 
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        loops.append(loop)
-        loop.run_until_complete(server.serve(sockets=[listener]))
-        loop.close()
 
-    thread = threading.Thread(target=serve, name="uvicorn", daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        thread.join(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", app.state.services, loops[0])
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
+@pytest.fixture
+def call_control(live_server: LiveServer) -> RecordingControl:
+    """The live server's call-control API (mute, hang-up, talk) replaced by a recorder of its requests."""
+    control = RecordingControl()
+    live_server.services.roster.voice = control
+    return control
 
 
 @pytest.fixture(scope="session")

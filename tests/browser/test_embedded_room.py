@@ -107,18 +107,32 @@ def test_server_force_disconnect_ends_that_page_and_removes_its_stream_from_the_
 
 def test_phone_panel_reports_what_the_server_says(context: BrowserContext, live_server: LiveServer) -> None:
     """The room page's phone controls reach the room's API with the page's participant token and show its answer,
-    whose message names the fix: no gateway running here (502), no SIP trunk configured for phones (503), a
-    malformed number (422)."""
+    whose message names the fix: no gateway running here (502), no SIP trunk configured for phones (503). A number
+    that is not E.164 is refused inline, saying what is wrong, and never sent."""
     page = context.new_page()
     page.goto(f"{live_server.base_url}/room/phone-panel")
     page.click("#dial-conference")
     page.wait_for_function("document.getElementById('phone-status').textContent.includes('dialbridge gateway')")
-    page.fill("#number", "+14155550100")
+    assert page.text_content("#dial-conference") == "Bring in the phone conference"  # it may be tried again
+    page.fill("#number", "+1 415 555 0100")  # spaces as people type them
     page.click("#dial-number button")
     page.wait_for_function("document.getElementById('phone-status').textContent.includes('DIALBRIDGE_SIP_TRUNK_URI')")
-    page.fill("#number", "12345")
-    page.click("#dial-number button")
-    page.wait_for_function("document.getElementById('phone-status').textContent.startsWith('number')")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    for typed, problem in [
+        ("12345", "Start with + and the country code"),
+        ("+1415555x", "remove “x”"),
+        ("+12345", "Too short"),
+        ("+1234567890123456", "Too long"),
+        ("", "Type the number"),
+    ]:
+        page.fill("#number", typed)
+        page.press("#number", "Enter")
+        assert problem in (page.text_content("#number-error") or ""), typed
+        assert page.get_attribute("#number", "aria-invalid") == "true"
+    assert requests == []
+    page.fill("#number", "+14155550100")
+    assert page.text_content("#number-error") == ""  # fixed as typed: the complaint goes
     assert page.locator("#phone-calls li").count() == 0
 
 
@@ -136,9 +150,11 @@ def test_a_participant_no_network_path_reaches_is_reported_not_left_black(
         open_room(context, live_server, "blocked")
         wait_for_event(alice, "streamCreated")
         alice.wait_for_function(
-            "() => document.getElementById('status').textContent.includes('no network path to this participant')",
+            "() => document.getElementById('alert').textContent.includes('no network path to this participant')",
             timeout=WAIT_MS,
         )
-        assert "Could not show a participant" in (alice.text_content("#status") or "")
+        assert "Could not show a participant" in (alice.text_content("#alert") or "")
+        assert alice.get_attribute("#alert", "role") == "alert"  # announced by screen readers
+        assert alice.text_content(".tile.failed .trouble") == "No connection"
     finally:
         browser.close()

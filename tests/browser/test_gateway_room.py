@@ -3,60 +3,19 @@ hears the page's microphone, and the page hears what it publishes (Chromium, rea
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 
-import numpy as np
 import pytest
 from live_server import LiveServer
 from playwright.sync_api import BrowserContext, Page
+from room_participant import ParticipantThread, participant_for
 
-from dialbridge.gateway.room import RoomJoinFailed, RoomParticipant
-from dialbridge.gateway.webrtc import FRAME_SAMPLES, SAMPLE_RATE
-from dialbridge.tokens import Role
+from dialbridge.gateway.room import RoomJoinFailed
 from tests.media_probe import SUBSCRIBER_PEAK
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 WAIT_MS = 30_000
 TONE_HZ = 1000.0
-
-
-class ParticipantThread:
-    """A RoomParticipant on an event loop of its own thread, fed a tone every 20 ms as the gateway's tick does."""
-
-    def __init__(self, participant: RoomParticipant) -> None:
-        self.participant = participant
-        self.loop = asyncio.new_event_loop()
-        self.heard_peak = 0
-        self.over: list[str] = []
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self._ticker: asyncio.Future[None] | None = None
-
-    def run(self, coroutine: object, timeout: float = 30) -> object:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
-
-    def start_ticking(self) -> None:
-        async def tick() -> None:
-            phase = 0
-            while True:
-                t = (np.arange(FRAME_SAMPLES) + phase) / SAMPLE_RATE
-                phase += FRAME_SAMPLES
-                self.participant.hear((8000 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16))
-                mix = self.participant.take_mix()
-                if mix is not None:
-                    self.heard_peak = max(self.heard_peak, int(np.abs(mix.astype(np.int32)).max()))
-                await asyncio.sleep(0.02)
-
-        self._ticker = asyncio.run_coroutine_threadsafe(tick(), self.loop)  # type: ignore[assignment]
-
-    def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-        self.run(self.participant.leave())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 def join_page(context: BrowserContext, server: LiveServer, room_id: str) -> Page:
@@ -68,27 +27,12 @@ def join_page(context: BrowserContext, server: LiveServer, room_id: str) -> Page
     return page
 
 
-def participant_for(server: LiveServer, room_id: str, over: list[str]) -> RoomParticipant:
-    room = server.run(server.services.rooms.find(room_id))
-    assert room is not None
-    token = server.services.tokens.issue(
-        session_id=room.session_id, room_id=room_id, now=time.time(), role=Role.PUBLISHER, data='{"sip":true}'
-    )
-    return RoomParticipant(
-        signalling_url=server.base_url.replace("http://", "ws://") + "/rt/signalling",
-        session_id=room.session_id,
-        token=token,
-        name="Phone",
-        on_over=over.append,
-    )
-
-
 def test_the_participant_hears_the_page_and_the_page_hears_it(
     context: BrowserContext, live_server: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     page = join_page(context, live_server, "gateway-room")
     over: list[str] = []
-    runner = ParticipantThread(participant_for(live_server, "gateway-room", over))
+    runner = ParticipantThread(participant_for(live_server, "gateway-room", over), TONE_HZ)
     try:
         runner.run(runner.participant.join())
         assert runner.participant.browsers == 1

@@ -28,10 +28,8 @@ def webhook(server: LiveServer, method: str, path: str, **kwargs: Any) -> httpx.
 
 
 def test_a_caller_arrives_is_muted_from_the_page_and_leaves_live(
-    context: BrowserContext, live_server: LiveServer
+    context: BrowserContext, live_server: LiveServer, call_control: RecordingControl
 ) -> None:
-    control = RecordingControl()
-    live_server.services.roster.voice = control
     page = open_room(context, live_server, "standup")
     pin = page.evaluate("() => window.dialbridgeRoom.config.pin")
     call = {"uuid": "call-1", "conversation_uuid": "CON-1", "from": CALLER, "to": "14155550100"}
@@ -54,7 +52,7 @@ def test_a_caller_arrives_is_muted_from_the_page_and_leaves_live(
         "() => document.querySelector('#participant-list li[data-call-id=\"call-1\"]')?.dataset.muted === 'true'",
         timeout=5000,
     )
-    assert control.requests == [("mute", "call-1", None)]
+    assert call_control.requests == [("mute", "call-1", None)]
     assert row.get_by_role("button", name="Unmute +1 ••• ••• 9876").is_visible()
 
     webhook(live_server, "POST", "/webhooks/events", json={**call, "status": "completed"})

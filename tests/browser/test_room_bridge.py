@@ -102,11 +102,36 @@ def test_a_phone_caller_and_the_room_hear_each_other_through_the_gateway(
     context.close()
 
 
-def test_the_bridge_is_refused_a_second_time_while_live(stack: VoiceStack, singing_chromium: Browser) -> None:
+def test_every_tab_sees_the_bridge_live_and_a_second_one_is_refused(
+    stack: VoiceStack, singing_chromium: Browser
+) -> None:
+    """D1: the bridge is the room's. A tab that did not dial shows it live (the button disabled and saying so, as in
+    the tab that dialled); the API still refuses a second bridge (409, naming the live call); that tab can hang it
+    up, and then every tab offers to bring it in again."""
     stack.new_room("twice")
     context, page = bring_in_the_conference(singing_chromium, stack, "twice")
-    page.click("#dial-conference")
-    page.wait_for_function("() => document.querySelector('#phone-status').textContent.includes('already')")
+    other = context.new_page()
+    other.goto(f"{stack.base}/room/twice")
+    for tab in (page, other):
+        tab.locator("#phone-calls li.conference[data-state='in_conference']").wait_for(timeout=WAIT_MS)
+        assert tab.is_disabled("#dial-conference")
+        assert tab.text_content("#dial-conference") == "Phone conference is in the room"
+    refused = other.evaluate(
+        """async () => {
+          const config = window.dialbridgeRoom.config;
+          const response = await fetch(`/api/rooms/${config.roomId}/dial-out`, { method: "POST", body: "{}",
+            headers: { "Content-Type": "application/json", Authorization: `Bearer ${config.participantToken}` } });
+          return [response.status, (await response.json()).error.message];
+        }"""
+    )
+    assert refused[0] == 409 and "already" in refused[1], refused
+
+    other.get_by_role("button", name="Hang up the phone conference").click()
+    for tab in (page, other):
+        tab.locator("#phone-calls li.conference").wait_for(state="detached", timeout=WAIT_MS)
+        tab.wait_for_function("() => !document.getElementById('dial-conference').disabled", timeout=WAIT_MS)
+        assert tab.text_content("#dial-conference") == "Bring in the phone conference"
+    assert other.text_content("#phone-status") == ""
     context.close()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -40,6 +40,7 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
     browser = svc.platform.browser_config(
         session_id=room.session_id, room_id=room.room_id, participant_token=participant, now=now
     )
+    sip = sip_address(svc.settings) if svc.settings.backend is Backend.EMBEDDED else None
     config: dict[str, Any] = {
         "roomId": room.room_id,
         "backend": svc.platform.name,
@@ -49,6 +50,7 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
         "participantToken": participant,
         "pin": room.pin,
         "dialInNumber": svc.settings.dial_in_number,
+        "sipAddress": sip,  # the invite panel's; the browser phone (/phone) exists where this does
         **browser.extra,
     }
     return templates.TemplateResponse(
@@ -57,13 +59,26 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
         {
             "room": room,
             "dial_in_number": svc.settings.dial_in_number,
-            "sip_address": sip_address(svc.settings) if svc.settings.backend is Backend.EMBEDDED else None,
+            "sip_address": sip,
             "sdk_url": browser.sdk_url,
             # Inside <script>, "</" would end the element early: escape it.
             "config_json": orjson.dumps(config).decode().replace("</", "<\\/"),
         },
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
     )
+
+
+@router.get("/api/rooms/{room_id}/phone-bridge")
+async def phone_bridge(
+    room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """The room's open conference dial-out, `{"bridge": {"call_id", "state"}}` or `{"bridge": null}` (any participant
+    token of the room): a page that did not dial it learns the id to hang it up with."""
+    from dialbridge.web.dialout import member_room  # it imports this module: import at call time
+
+    room = await member_room(room_id, svc, authorization)
+    bridge = await svc.dial_outs.open_conference(room)
+    return {"bridge": {"call_id": bridge.id, "state": bridge.state} if bridge else None}
 
 
 def sip_address(settings: Settings) -> str:

@@ -75,6 +75,90 @@
     });
   }
 
+  // OT's audioLevelUpdated: the level (0–1, linear amplitude) of a stream's audio, measured with WebAudio ten times a
+  // second while anyone listens for it. One AudioContext serves the page; browsers start it suspended until a user
+  // gesture, so it is resumed on the first click or key press too.
+  const AUDIO_LEVEL_INTERVAL_MS = 100;
+  let sharedAudioContext = null;
+
+  function audioContext() {
+    if (!sharedAudioContext && typeof AudioContext === "function") {
+      sharedAudioContext = new AudioContext();
+      const resume = () => sharedAudioContext.resume().catch(() => {});
+      resume();
+      document.addEventListener("click", resume, { once: true });
+      document.addEventListener("keydown", resume, { once: true });
+    }
+    return sharedAudioContext;
+  }
+
+  // Measures `emitter`'s audio (`mediaStream()` gives its current MediaStream) and dispatches audioLevelUpdated while
+  // it has handlers for it. Returns a function that stops the meter.
+  function meterAudioLevel(emitter, mediaStream) {
+    let source = null;
+    let track = null;
+    let analyser = null;
+    let samples = null;
+    const timer = setInterval(() => {
+      const handlers = emitter._handlers.get("audioLevelUpdated");
+      if (!handlers || handlers.length === 0) return;
+      const stream = mediaStream();
+      const audio = stream && stream.getAudioTracks()[0];
+      if (!audio) return;
+      const context = audioContext();
+      if (!context) return;
+      if (audio !== track) {  // first measurement, or the track was replaced
+        if (source) source.disconnect();
+        track = audio;
+        analyser = context.createAnalyser();
+        analyser.fftSize = 1024;
+        samples = new Float32Array(analyser.fftSize);
+        source = context.createMediaStreamSource(new MediaStream([audio]));
+        source.connect(analyser);
+      }
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const sample of samples) sum += sample * sample;
+      // A disabled track (publishAudio(false)) is silence at the source: report 0, as OT does.
+      const level = audio.enabled ? Math.min(1, Math.sqrt(sum / samples.length)) : 0;
+      emitter._dispatch("audioLevelUpdated", { audioLevel: level });
+    }, AUDIO_LEVEL_INTERVAL_MS);
+    return () => {
+      clearInterval(timer);
+      if (source) source.disconnect();
+    };
+  }
+
+  // OT's videoDisabled / videoEnabled on a subscriber: a stopped camera sends no frames at all (see Publisher
+  // _sendVideo), and Chromium keeps such a remote track unmuted, so the frames decoded are what tells.
+  const VIDEO_STALL_MS = 1500;
+
+  function watchVideoFrames(subscriber) {
+    let frames = 0;
+    let lastFrameAt = Date.now();
+    let shown = null;  // unknown until the first frame
+    const timer = setInterval(() => {
+      const now = Date.now();
+      const decoded = subscriber.videoElement.getVideoPlaybackQuality().totalVideoFrames;
+      if (decoded !== frames) { frames = decoded; lastFrameAt = now; }
+      const showing = frames > 0 && now - lastFrameAt < VIDEO_STALL_MS;
+      if (frames === 0 || showing === shown) return;
+      shown = showing;
+      subscriber._dispatch(showing ? "videoEnabled" : "videoDisabled", { reason: "publishVideo" });
+    }, 250);
+    return () => clearInterval(timer);
+  }
+
+  // The OT error name for a getUserMedia failure, so the page can say which device and why.
+  function mediaErrorName(cause) {
+    switch (cause && cause.name) {
+      case "NotFoundError": case "OverconstrainedError": return "OT_NO_DEVICES_FOUND";
+      case "NotReadableError": case "AbortError": return "OT_HARDWARE_UNAVAILABLE";
+      case "NotAllowedError": case "SecurityError": return "OT_USER_MEDIA_ACCESS_DENIED";
+      default: return "OT_USER_MEDIA_ACCESS_DENIED";
+    }
+  }
+
   // --- events: on/off/once with OT's handler shapes (type string, space-separated types, or {type: handler}) ---
   class EventEmitter {
     constructor() { this._handlers = new Map(); }
@@ -173,13 +257,14 @@
           return media;
         },
         (cause) => {
-          const error = otError("OT_USER_MEDIA_ACCESS_DENIED", "camera or microphone: " + cause.message);
+          const error = otError(mediaErrorName(cause), "camera or microphone: " + cause.message);
           this._dispatch("accessDenied", { message: error.message });
           if (completion) completion(error);
           throw error;
         },
       );
       this.ready.catch(() => {});  // reported through the completion handler
+      this._stopMeter = meterAudioLevel(this, () => this.mediaStream);
     }
 
     publishAudio(enabled) { this._setEnabled("audio", enabled); return this; }
@@ -188,6 +273,18 @@
     _setEnabled(kind, enabled) {
       if (!this.mediaStream) return;
       for (const track of this.mediaStream.getTracks()) if (track.kind === kind) track.enabled = !!enabled;
+      if (kind === "video") for (const peer of this._peers.values()) this._sendVideo(peer);
+    }
+
+    // A stopped camera sends nothing rather than black frames: the subscribers' track then goes muted, which they
+    // report as OT's videoDisabled (and videoEnabled when it comes back), so their pages can show a name, not black.
+    _sendVideo(peer) {
+      const track = this.mediaStream && this.mediaStream.getVideoTracks()[0];
+      if (!track) return;
+      for (const transceiver of peer.getTransceivers()) {
+        if (transceiver.receiver.track.kind !== "video" || transceiver.stopped) continue;
+        transceiver.sender.replaceTrack(track.enabled ? track : null).catch(() => {});
+      }
     }
 
     // A subscriber's offer for our stream arrived: answer it with our tracks.
@@ -200,6 +297,7 @@
       const media = await this.ready;
       // The offer's receive-only transceivers are reused by addTrack, matched by kind.
       for (const track of media.getTracks()) peer.addTrack(track, media);
+      this._sendVideo(peer);
       await peer.setLocalDescription(await peer.createAnswer());
       session._send({ type: "signal", to: from, streamId: this.stream.streamId, kind: "answer",
                       data: { type: "answer", sdp: peer.localDescription.sdp } });
@@ -221,6 +319,7 @@
     destroy() {
       if (this.session) this.session.unpublish(this);
       if (this.mediaStream) for (const track of this.mediaStream.getTracks()) track.stop();
+      this._stopMeter();
       this.element.remove();
       this._dispatch("destroyed", {});
       return this;
@@ -250,6 +349,8 @@
         this._remote.addTrack(event.track);
         playWithSound(this.videoElement);
       };
+      this._stopVideoWatch = watchVideoFrames(this);
+      this._stopMeter = meterAudioLevel(this, () => this._remote);
     }
 
     async _offer() {
@@ -271,6 +372,8 @@
       if (!this.peer) return;
       this.peer.close();
       this.peer = null;
+      this._stopMeter();
+      this._stopVideoWatch();
       this.element.remove();
       this._dispatch("destroyed", { reason });
     }
