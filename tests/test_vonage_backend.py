@@ -206,7 +206,9 @@ def test_conference_dial_out_sends_the_tutorials_sip_call(
     assert placed["stream_id"]
 
 
-def test_phone_dial_out_calls_that_number_from_the_dial_in_number(vonage: TestClient, stub: VonageStub) -> None:
+def test_phone_dial_out_calls_that_number_from_the_dial_in_number(
+    vonage: TestClient, stub: VonageStub, private_key: rsa.RSAPrivateKey
+) -> None:
     config = visit(vonage, "standup")
 
     response = vonage.post("/api/rooms/standup/dial-out", json={"number": "+447700900123"}, headers=bearer(config))
@@ -218,6 +220,10 @@ def test_phone_dial_out_calls_that_number_from_the_dial_in_number(vonage: TestCl
     assert sip["uri"] == "sip:447700900123@sip.nexmo.com;transport=tls"
     assert sip["from"] == "14155550100@sip.nexmo.com"
     assert "X-OpenTok-SessionId" not in sip["headers"]  # not the phone bridge: no conference for it to join
+    # The SIP connection's data reaches every browser of the session and names its stream: masked.
+    token = verified_app_jwt(stub.received("POST", "/v2/")[0].json()["token"], private_key)
+    assert json.loads(token["connection_data"])["name"] == "+44 ••• ••• 0123"
+    assert "447700900123" not in token["connection_data"]
 
 
 def test_a_sip_uri_dial_out_calls_that_address_without_the_accounts_credentials(

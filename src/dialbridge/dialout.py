@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dialbridge.conference.participants import mask_number
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER, PayloadError
 from dialbridge.config import Backend, Settings
@@ -87,7 +88,8 @@ class DialOuts:
                 "the operator sets these in DIALBRIDGE_DIAL_OUT_PREFIXES"
             )
         route = self._phone_route(number)
-        token_data = {"sip": True, "role": "client", "name": number, "dialOut": PHONE}
+        # The connection's data reaches every browser of the session (and names the stream): the masked number only.
+        token_data = {"sip": True, "role": "client", "name": mask_number(number), "dialOut": PHONE}
         return await self._dial(room, PHONE, number, route, token_data, {})
 
     async def dial_sip_uri(self, room: Room, uri: str) -> DialOut:
