@@ -45,7 +45,7 @@ SIPP_MASKED = "+1 ••• ••• 1111"
 # loud in a conference of loud tones). A party is heard when its tone stands well above that noise; a page or phone
 # does not hear itself when its own tone stands no higher than the noise does.
 QUIET_HZ = [650, 2460, 2710, 2910]  # 100 Hz or more from every tone, 35 Hz or more from every product
-HEARD_OVER_NOISE_DB, OWN_OVER_NOISE_DB = 20.0, 10.0  # a real echo stands 25 dB or more over it
+HEARD_OVER_NOISE_DB, OWN_OVER_NOISE_DB = 15.0, 10.0  # a real echo stands 25 dB or more over it
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def tone_levels(samples: np.ndarray) -> dict[int, float]:
 
 def assert_hears(party: str, levels: dict[int, float], report: str, *, not_: set[int]) -> None:
     """`party` hears every tone but those in `not_` (its own; a muted one's), which stand no higher than noise."""
-    noise = max(levels[hz] for hz in QUIET_HZ)
+    noise = float(np.median([levels[hz] for hz in QUIET_HZ]))  # one glitch's line does not move it
     for hz in TONES:
         if hz in not_:
             assert levels[hz] < noise + OWN_OVER_NOISE_DB, f"{party} hears {hz} Hz: {report}"
