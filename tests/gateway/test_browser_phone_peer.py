@@ -344,20 +344,24 @@ def test_engine_audio_track_hands_each_pushed_frame_on_at_once_keeps_one_and_fil
     async def scenario() -> tuple[int, list[int], float, int, float]:
         track = PacedAudioTrack()
         for value in range(12):  # the tick ran ahead of aiortc: only the newest frame waits
-            track.push(np.full(FRAME_SAMPLES, value, dtype=np.int16))
+            track.push(np.full(FRAME_SAMPLES, value * 1000, dtype=np.int16))
         queued = track.queued_frames
-        firsts = [int((await track.recv()).to_ndarray()[0, 0])]
+
+        def level(frame: av.AudioFrame) -> int:  # mid-frame, past the upsampling filter's first samples
+            return round(int(frame.to_ndarray()[0, 1200]) / 1000)
+
+        firsts = [level(await track.recv())]
         started = time.monotonic()
-        firsts.append(int((await track.recv()).to_ndarray()[0, 0]))  # no tick: silence after the wait
+        firsts.append(level(await track.recv()))  # no tick: silence after the wait
         silent_after = time.monotonic() - started
 
         async def tick_later() -> None:
             await asyncio.sleep(0.005)
-            track.push(np.full(FRAME_SAMPLES, 42, dtype=np.int16))
+            track.push(np.full(FRAME_SAMPLES, 21_000, dtype=np.int16))
 
         pushing = asyncio.ensure_future(tick_later())
         started = time.monotonic()
-        pushed = int((await track.recv()).to_ndarray()[0, 0])
+        pushed = level(await track.recv())
         handed_after = time.monotonic() - started
         await pushing
         track.stop()
@@ -367,4 +371,4 @@ def test_engine_audio_track_hands_each_pushed_frame_on_at_once_keeps_one_and_fil
     assert queued == 1
     assert firsts == [11, 0]  # the newest, then silence: no old audio kept as delay
     assert OUTBOUND_WAIT_S * 0.9 <= silent_after < OUTBOUND_WAIT_S + 0.05
-    assert pushed == 42 and handed_after < 0.015  # on to aiortc as soon as the tick pushes it
+    assert pushed == 21 and handed_after < 0.015  # on to aiortc as soon as the tick pushes it

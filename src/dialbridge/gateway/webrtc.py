@@ -3,10 +3,13 @@
 Latency is the gateway's first cost (issue 15 wants at most 60 ms each way), so no stage holds audio it need not:
 - to the browser, the track hands each frame to aiortc as soon as the media tick pushes it (a silent frame when a
   tick is late), and never keeps more than one waiting: a self-paced queue between two 20 ms clocks settles at
-  whatever depth it first reached, up to 100 ms for good;
+  whatever depth it first reached, up to 100 ms for good. It hands 48 kHz stereo, exactly 960 samples a frame
+  (`Upsampler`): given 8 kHz, aiortc's Opus encoder resamples, its resampler keeps a few samples back, and the
+  encoder then waits for a whole 960-sample frame, one frame (20 ms) behind for the whole call;
 - from the browser, aiortc's receiver waits for 4 newer packets before it releases one (80 ms, always); its jitter
   buffer is swapped for one that releases each packet as the next arrives (`shorten_receive_delay`), and the 8 kHz
-  buffer after it (`InboundAudio`) keeps 40 ms against arrival jitter and at most 60 ms.
+  buffer after it (`InboundAudio`) starts 40 ms deep, gives back a frame it has not needed for 2 s (longer after
+  each underrun, so a jittery browser settles instead of dropping out every 2 s), and never holds more than 60 ms.
 
 Loopback: aioice never gathers 127.0.0.1, so on a host whose only interface is ``lo`` (the tests' network namespace)
 a peer would have no candidate at all. `install_loopback_fallback` makes aioice offer 127.0.0.1 in exactly that case.
@@ -38,12 +41,18 @@ FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 MAX_BUFFERED_FRAMES: Final = 3
 #: After running dry, inbound audio waits for this many frames before playing again, to ride out arrival jitter.
 INBOUND_PREFILL_FRAMES: Final = 2
+#: Takes over which inbound audio that always had a whole frame to spare gives one back (2 s); doubled per underrun.
+SHRINK_WINDOW_TAKES: Final = 100
+MAX_SHRINK_WINDOW_TAKES: Final = 1500
 #: How long the outbound track waits for the media tick's frame before it sends silence (a late tick).
 OUTBOUND_WAIT_S: Final = 0.040
+WIDEBAND_RATE: Final = 48_000  # what Opus (and so aiortc's encoder) runs at
+_UPSAMPLE: Final = WIDEBAND_RATE // SAMPLE_RATE
+_TAPS_PER_PHASE: Final = 16
 #: aiortc's audio receiver buffer, as aiortc 1.16 sizes it, with no packets held back for reordering.
 _RECEIVE_BUFFER_CAPACITY: Final = 16
 LOOPBACK_V4: Final = "127.0.0.1"
-_TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
+_TIME_BASE: Final = fractions.Fraction(1, WIDEBAND_RATE)
 
 
 def install_loopback_fallback() -> bool:
@@ -118,7 +127,10 @@ class InboundAudio:
     """What the browser sent, resampled to 8 kHz mono int16 and cut into 20 ms frames for the engine's tick.
 
     Bounded: beyond `max_frames` of audio the oldest samples go. After an underrun it waits until `prefill_frames`
-    are buffered before yielding again, so one late packet costs one silent tick rather than a stutter.
+    are buffered before yielding again, so one late packet costs one silent tick rather than a stutter. Audio that
+    always had a whole frame to spare after each take over a window of takes is a frame of delay nobody needed: one
+    frame is dropped. The window doubles after each underrun (up to 30 s), so the buffer settles at the depth the
+    browser's arrival jitter needs.
     """
 
     def __init__(self, *, max_frames: int = MAX_BUFFERED_FRAMES, prefill_frames: int = INBOUND_PREFILL_FRAMES) -> None:
@@ -130,7 +142,12 @@ class InboundAudio:
         self._playing = False
         self._resampler: av.AudioResampler | None = None
         self._source: tuple[str, str, int] | None = None
+        self._shrink_window = SHRINK_WINDOW_TAKES
+        self._takes = 0
+        self._least_left = self._max_samples
         self.dropped_samples = 0
+        self.underruns = 0
+        self.shrunk_frames = 0
 
     @property
     def buffered_samples(self) -> int:
@@ -161,11 +178,56 @@ class InboundAudio:
             if self._samples.size < self._prefill_samples:
                 return None
             self._playing = True
+            self._restart_window()
         if self._samples.size < FRAME_SAMPLES:
             self._playing = False
+            self.underruns += 1
+            self._shrink_window = min(MAX_SHRINK_WINDOW_TAKES, self._shrink_window * 2)
             return None
         frame, self._samples = self._samples[:FRAME_SAMPLES], self._samples[FRAME_SAMPLES:]
+        self._least_left = min(self._least_left, int(self._samples.size))
+        self._takes += 1
+        if self._takes >= self._shrink_window:
+            if self._least_left >= FRAME_SAMPLES:  # a whole frame to spare at every take: delay nobody needed
+                self._samples = self._samples[FRAME_SAMPLES:]
+                self.shrunk_frames += 1
+            self._restart_window()
         return frame
+
+    def _restart_window(self) -> None:
+        self._takes = 0
+        self._least_left = self._max_samples
+
+
+def _upsampling_filter() -> npt.NDArray[np.float64]:
+    """A windowed-sinc low-pass at 4 kHz for the 48 kHz rate (Kaiser, ~60 dB down past 4.6 kHz), as 6 phases of 16
+    taps, with the 6x gain that zero-stuffing takes away."""
+    taps = _UPSAMPLE * _TAPS_PER_PHASE
+    n = np.arange(taps) - (taps - 1) / 2
+    cutoff = 0.5 / _UPSAMPLE  # of the 48 kHz rate: 4 kHz
+    kernel = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 6.0)
+    kernel *= _UPSAMPLE / kernel.sum()
+    # Phase p of output sample 6i+p is sum_k kernel[6k+p] * x[i-k]: each phase's taps, newest input first.
+    return np.stack([kernel[p::_UPSAMPLE] for p in range(_UPSAMPLE)], axis=1)  # [taps per phase, 6]
+
+
+class Upsampler:
+    """8 kHz mono frames to 48 kHz stereo frames, 160 samples in, exactly 960 out, with no sample held back beyond
+    the filter's ~1 ms group delay (it keeps the last 15 input samples as its state)."""
+
+    _filter: Final = _upsampling_filter()
+
+    def __init__(self) -> None:
+        self._history = np.zeros(_TAPS_PER_PHASE - 1, dtype=np.float64)
+
+    def upsample(self, samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+        joined = np.concatenate([self._history, samples.astype(np.float64)])
+        self._history = joined[-(_TAPS_PER_PHASE - 1) :]
+        # Row i: the 16 inputs ending at sample i, newest first; times each phase's taps: output 6i .. 6i+5.
+        windows = np.lib.stride_tricks.sliding_window_view(joined, _TAPS_PER_PHASE)[:, ::-1]
+        wide = (windows @ self._filter).reshape(-1)
+        mono = np.clip(np.rint(wide), -32768, 32767).astype(np.int16)
+        return np.repeat(mono, 2)  # interleaved stereo: aiortc's encoder wants stereo, and converting costs no delay
 
 
 class PacedAudioTrack(MediaStreamTrack):
@@ -185,6 +247,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self._max_waiting = max_waiting
         self._pushed = asyncio.Event()
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._upsampler = Upsampler()
         self._pts = 0
         self.dropped_frames = 0
 
@@ -211,11 +274,12 @@ class PacedAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         samples = self._frames.popleft() if self._frames else self._silence
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
+        wide = self._upsampler.upsample(samples)
+        frame = av.AudioFrame.from_ndarray(wide.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = WIDEBAND_RATE
         frame.pts = self._pts
         frame.time_base = _TIME_BASE
-        self._pts += FRAME_SAMPLES
+        self._pts += FRAME_SAMPLES * _UPSAMPLE
         return frame
 
 
