@@ -10,13 +10,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.jitterbuffer import JitterFrame
 
 from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
     MAX_SHRINK_WINDOW_TAKES,
     SHRINK_WINDOW_TAKES,
     InboundAudio,
+    OpusPackets,
+    PacedAudioTrack,
     Upsampler,
+    negotiated_audio_codec,
     shorten_receive_delay,
 )
 from tests.aio import run_in_thread
@@ -119,3 +124,44 @@ def test_the_upsampler_gives_exactly_960_stereo_samples_a_frame_a_clean_tone_and
     impulse[0] = 10_000
     peak_at = int(np.argmax(Upsampler().upsample(impulse)[0::2]))
     assert peak_at / 48 < 1.5  # ms
+
+
+ANSWER = """v=0\r
+o=- 1 1 IN IP4 127.0.0.1\r
+s=-\r
+t=0 0\r
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r
+a=rtpmap:111 opus/48000/2\r
+a=rtpmap:0 PCMU/8000\r
+"""
+
+
+def test_the_negotiated_codec_is_the_answers_first() -> None:
+    assert negotiated_audio_codec(ANSWER) == "opus"
+    assert negotiated_audio_codec(ANSWER.replace("SAVPF 111 0", "SAVPF 0 111")) == "pcmu"
+    assert negotiated_audio_codec(ANSWER.replace("m=audio 9", "m=audio 0")) is None  # audio refused
+    assert negotiated_audio_codec("v=0\r\n") is None
+
+
+def test_opus_packets_carry_the_tracks_audio_one_packet_a_frame() -> None:
+    async def scenario() -> tuple[list[int], np.ndarray]:
+        source = PacedAudioTrack()
+        packets = OpusPackets(source)
+        t = np.arange(8000) / 8000
+        tone = (8000 * np.sin(2 * np.pi * 700 * t)).astype(np.int16)
+        decoder = OpusDecoder()
+        stamps, decoded = [], []
+        for i in range(0, tone.size, FRAME_SAMPLES):
+            source.push(tone[i : i + FRAME_SAMPLES])
+            packet = await packets.recv()
+            stamps.append(int(packet.pts))
+            frame = JitterFrame(data=bytes(packet), timestamp=int(packet.pts))
+            decoded += [f.to_ndarray().reshape(-1)[0::2] for f in decoder.decode(frame)]
+        packets.stop()
+        return stamps, np.concatenate(decoded)
+
+    stamps, decoded = run_in_thread(scenario)
+    assert np.all(np.diff(stamps) == 960)  # one 20 ms packet per tick, in 48 kHz units
+    spectrum = np.abs(np.fft.rfft(decoded[24_000:] * np.hanning(decoded[24_000:].size)))
+    freqs = np.fft.rfftfreq(decoded[24_000:].size, 1 / 48_000)
+    assert abs(freqs[np.argmax(spectrum)] - 700) < 3

@@ -35,8 +35,10 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 from dialbridge.gateway.shell import DialRefused, Gateway
 from dialbridge.gateway.webrtc import (
     InboundAudio,
+    OpusPackets,
     PacedAudioTrack,
     install_loopback_fallback,
+    negotiated_audio_codec,
     read_audio,
     shorten_receive_delay,
 )
@@ -103,7 +105,9 @@ class BrowserPhonePeer:
         self._closed = False
         self.connected = False
         self.end_reason: str | None = None
-        self._peer.addTrack(self._outbound)
+        # Encoded here, on the loop, rather than by aiortc's per-frame hop to a thread pool; frames for a codec
+        # other than Opus (see `answer`).
+        self._sender = self._peer.addTrack(OpusPackets(self._outbound))
         self._peer.on("track", self._on_track)
         self._peer.on("datachannel", self._on_datachannel)
         self._peer.on("connectionstatechange", self._on_connection_state)
@@ -122,6 +126,8 @@ class BrowserPhonePeer:
             description = self._peer.localDescription
             if description is None or not any(port != "0" for port in _AUDIO_PORT.findall(description.sdp)):
                 raise ValueError("no audio codec in common with the offer")
+            if negotiated_audio_codec(description.sdp) != "opus":
+                self._sender.replaceTrack(self._outbound)
         except BaseException as exc:
             # Cancelled or refused half-way: nothing may keep the sockets gathered so far open.
             await asyncio.shield(self.leave())

@@ -46,8 +46,10 @@ from dialbridge.engine.rooms.signalling import CLOSE_BAD_TOKEN, MAX_MESSAGE_CHAR
 from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
     InboundAudio,
+    OpusPackets,
     PacedAudioTrack,
     install_loopback_fallback,
+    negotiated_audio_codec,
     read_audio,
     shorten_receive_delay,
 )
@@ -113,6 +115,8 @@ class RoomParticipant:
         self._publishing: dict[str, _Publication] = {}  # subscriber connection id -> our stream sent to it
         self._outbound = PacedAudioTrack()
         self._relay = MediaRelay()
+        self._packets: OpusPackets | None = None  # the bridge's audio encoded once, made with the first Opus peer
+        self._packet_relay = MediaRelay()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._published = asyncio.Event()
@@ -411,9 +415,14 @@ class RoomParticipant:
                 await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             finally:
                 publication.described.set()  # a failed offer releases its waiting candidates too (they find it gone)
-            # The offer's receive-only audio transceiver takes our track (matched by kind, as a browser's does).
-            peer.addTrack(self._relay.subscribe(self._outbound, buffered=False))
+            # The offer's receive-only audio transceiver takes our track (matched by kind, as a browser's does):
+            # the audio encoded once for every browser that negotiates Opus (all of them, in practice), frames
+            # for aiortc to encode otherwise. The answer picks the offer's first codec aiortc has.
+            rtp_sender = peer.addTrack(self._packets_proxy())
             await peer.setLocalDescription(await peer.createAnswer())
+            if negotiated_audio_codec(peer.localDescription.sdp) != "opus":
+                rtp_sender.track.stop()
+                rtp_sender.replaceTrack(self._relay.subscribe(self._outbound, buffered=False))
         except BaseException:
             if self._publishing.get(sender) is publication:
                 del self._publishing[sender]
@@ -429,6 +438,11 @@ class RoomParticipant:
                 "data": {"type": "answer", "sdp": answer.sdp},
             }
         )
+
+    def _packets_proxy(self) -> MediaStreamTrack:
+        if self._packets is None:
+            self._packets = OpusPackets(self._relay.subscribe(self._outbound, buffered=False))
+        return self._packet_relay.subscribe(self._packets, buffered=False)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -283,6 +283,59 @@ class PacedAudioTrack(MediaStreamTrack):
         return frame
 
 
+class OpusPackets(MediaStreamTrack):
+    """The bridge's audio encoded once, for every browser that hears it: Opus packets from a track of 48 kHz stereo
+    frames (a `PacedAudioTrack`, through a relay).
+
+    aiortc encodes per sender: a bridge heard by N browsers would run N Opus encoders on the same audio, each frame
+    sent through a thread pool (~1 % of a core per browser, measured). A sender given packets only packetizes them.
+    Only for peers that negotiated Opus (`negotiated_audio_codec`); any other codec takes the frames.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self._source = source
+        self._encoder = av.CodecContext.create("libopus", "w")
+        self._encoder.bit_rate = 64_000  # voice; aiortc's own encoder uses 96 kbit/s
+        self._encoder.format = "s16"
+        self._encoder.layout = "stereo"
+        self._encoder.sample_rate = WIDEBAND_RATE
+        self._encoder.time_base = _TIME_BASE
+        self._encoder.options = {"application": "voip"}
+        self._pts = 0
+
+    async def recv(self) -> av.Packet:  # type: ignore[type-arg]
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame = await self._source.recv()
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            for packet in self._encoder.encode(frame):  # one packet a 20 ms frame (after the first)
+                packet.pts = self._pts
+                packet.time_base = _TIME_BASE
+                self._pts += FRAME_SAMPLES * _UPSAMPLE
+                return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+def negotiated_audio_codec(sdp: str) -> str | None:
+    """The codec an SDP answer chose for its first audio section (lower case, e.g. "opus"), or None."""
+    payload: str | None = None
+    for line in sdp.splitlines():
+        if payload is None and line.startswith("m=audio "):
+            fields = line.split()
+            payload = fields[3] if len(fields) > 3 and fields[1] != "0" else ""
+        elif payload and line.startswith(f"a=rtpmap:{payload} "):
+            return line.split(" ", 1)[1].split("/", 1)[0].strip().lower()
+    return None
+
+
 async def read_audio(track: MediaStreamTrack, into: InboundAudio, wanted: Callable[[], bool], what: str) -> None:
     """Feed a received audio track's frames into `into` while `wanted()` holds and the track lives. One frame the
     resampler cannot take costs that frame, not the call."""
