@@ -586,6 +586,11 @@ async def latency_phase(folder: Path, serve: Serve, clicks: int) -> LatencyResul
         f"{microphone.late_frames} frames more than 20 ms late"
     )
     mos = Visqol(folder)
+
+    def scored(name: str, timeline: Any, start: float, up: int, down: int) -> float:
+        """ViSQOL of the sentence `timeline` carried from `start`, resampled to the reference's 16 kHz."""
+        return mos.score(name, reference, resample_poly(timeline.between(start, start + window), up, down))
+
     return LatencyResult(
         engine=delays_ms(talker_bursts, burst_times(heard, TALKER_HZ, 0.4)),
         phone_to_browser=delays_ms(talker_bursts, in_browser_bursts),
@@ -595,31 +600,11 @@ async def latency_phase(folder: Path, serve: Serve, clicks: int) -> LatencyResul
         bursts=clicks,
         disturbed=disturbed,
         mos_codec=mos.score("codec", reference, resample_poly(g711.decode("PCMA", g711.encode("PCMA", speech)), 2, 1)),
-        mos_phone_to_browser=mos.score(
-            "phone-to-browser",
-            reference,
-            resample_poly(in_browser.between(talker_speech_wall, talker_speech_wall + window), 1, 3),
-        ),
-        mos_browser_to_phone=mos.score(
-            "browser-to-phone",
-            reference,
-            resample_poly(heard.between(browser_speech_wall, browser_speech_wall + window), 2, 1),
-        ),
-        mos_phone_to_phone=mos.score(
-            "phone-to-phone",
-            reference,
-            resample_poly(heard.between(talker_speech_wall, talker_speech_wall + window), 2, 1),
-        ),
-        mos_engine_to_sip_leg=mos.score(
-            "engine-to-sip-leg",
-            reference,
-            resample_poly(to_gateway.between(talker_speech_wall, talker_speech_wall + window), 2, 1),
-        ),
-        mos_browser_to_sip_leg=mos.score(
-            "browser-to-sip-leg",
-            reference,
-            resample_poly(from_gateway.between(browser_speech_wall, browser_speech_wall + window), 2, 1),
-        ),
+        mos_phone_to_browser=scored("phone-to-browser", in_browser, talker_speech_wall, 1, 3),
+        mos_browser_to_phone=scored("browser-to-phone", heard, browser_speech_wall, 2, 1),
+        mos_phone_to_phone=scored("phone-to-phone", heard, talker_speech_wall, 2, 1),
+        mos_engine_to_sip_leg=scored("engine-to-sip-leg", to_gateway, talker_speech_wall, 2, 1),
+        mos_browser_to_sip_leg=scored("browser-to-sip-leg", from_gateway, browser_speech_wall, 2, 1),
     )
 
 

@@ -205,7 +205,10 @@ class _Statements:
         placed_by = select(t.dial_outs.c.kind).where(t.dial_outs.c.call_uuid == calls.uuid).limit(1).scalar_subquery()
         self.call_in_room = p(
             select(t.calls, rooms.session_id, placed_by).where(
-                calls.uuid == bindparam("uuid"), rooms.room_id == bindparam("room_id"), COMPLETE
+                calls.uuid == bindparam("uuid"),
+                calls.room_id == rooms.room_id,
+                rooms.room_id == bindparam("room_id"),
+                COMPLETE,
             )
         )
         self.set_call_muted = p(update(t.calls).where(calls.uuid == bindparam("uuid")).values(muted=bindparam("muted")))
