@@ -137,6 +137,33 @@ def test_unknown_ids_link_nothing_and_end_nothing(store: Store, dial_outs: DialO
     assert dial_outs.open_conference("standup") is not None
 
 
+def test_a_closed_dial_out_links_no_call_and_a_linked_one_links_no_second(dial_outs: DialOutStore) -> None:
+    start_conference(dial_outs, "do_1")
+    dial_outs.mark_ended("do_1", NOW + 1)
+    assert dial_outs.mark_call("do_1", "LATE-CALL") is False  # its room side is gone: the answer ends the call
+
+    start_conference(dial_outs, "do_2")
+    assert dial_outs.mark_call("do_2", "CALL-1") is True
+    assert dial_outs.mark_call("do_2", "CALL-2") is False
+    linked = dial_outs.get("do_2")
+    assert linked is not None and linked.call_uuid == "CALL-1"
+
+
+def test_closing_an_orphan_unless_linked_yields_to_a_link_that_landed_first(dial_outs: DialOutStore) -> None:
+    """SipParticipantWatch closes a dial-out whose participant left only while no call is linked to it; the
+    check is part of the write, so the answer webhook's link and the close cannot both land."""
+    start_conference(dial_outs, "do_1")
+    dial_outs.mark_call("do_1", "CALL-1")
+    assert dial_outs.mark_progress("do_1", "failed", final=True, now=NOW + 3, unlinked_only=True) is None
+    still = dial_outs.get("do_1")
+    assert still is not None and (still.state, still.ended_at) == ("dialling", None)
+
+    start_conference(dial_outs, "do_2", room_id="retro")
+    closed = dial_outs.mark_progress("do_2", "failed", final=True, now=NOW + 3, unlinked_only=True)
+    assert closed is not None and (closed.state, closed.progress, closed.ended_at) == ("failed", "failed", NOW + 3)
+    assert dial_outs.mark_call("do_2", "LATE-CALL") is False
+
+
 def test_concurrent_dial_outs_never_exceed_the_rooms_limit(db_url: str, dial_outs: DialOutStore) -> None:
     """Twenty requests from two server processes (two engines on one file) race for the room's last five places."""
     other_process = DialOutStore(create_db_engine(db_url))

@@ -565,6 +565,29 @@ def test_a_dial_out_header_on_another_rooms_call_links_nothing(vonage: TestClien
     assert vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(standup)).status_code == 409
 
 
+def test_a_bridge_call_whose_dial_out_closed_before_it_answered_is_ended_not_bridged(
+    vonage: TestClient, stub: VonageStub
+) -> None:
+    """The room hangs up (or its gateway dies) while the phone side is still connecting: the call that arrives
+    afterwards has nobody on the room's side, so its answer is an NCCO that ends it, and no record says it is in the
+    conference."""
+    config = visit(vonage, "standup")
+    placed = vonage.post("/api/rooms/standup/dial-out", json={}, headers=bearer(config)).json()
+    [dial] = stub.received("POST", "/v2/")
+    hung_up = vonage.post("/api/rooms/standup/hang-up", json={"call_id": placed["call_id"]}, headers=bearer(config))
+    assert hung_up.status_code == 200, hung_up.text
+
+    bridge = {"uuid": "late-bridge", "from": "sip-bridge", "to": "14155550100"}
+    bridge.update({f"SipHeader_{name}": value for name, value in json.loads(dial.body)["sip"]["headers"].items()})
+    answer = vonage.get("/webhooks/answer", params=bridge)
+
+    assert answer.status_code == 200 and answer.json() == []
+    store = vonage.app.state.services.store  # type: ignore[attr-defined]
+    assert store.call("late-bridge") is None
+    [ended] = vonage.app.state.services.dial_outs.store.for_room("standup")  # type: ignore[attr-defined]
+    assert (ended.state, ended.call_uuid) == ("ended", None)
+
+
 def test_phone_dial_out_is_held_to_the_configured_prefixes(
     app_settings: Settings, clock: FakeClock, stub: VonageStub
 ) -> None:

@@ -7,6 +7,7 @@ store and writes down what happened, so both backends (Vonage and the embedded e
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -16,8 +17,10 @@ from dialbridge.conference.callflow import CallerQuota, CallFlow, PinDecision, P
 from dialbridge.conference.ncco import Ncco
 from dialbridge.conference.rooms import Room
 from dialbridge.conference.webhooks import DIAL_OUT_HEADER, AnswerRequest, CallEvent, PinInput
-from dialbridge.store.dial_outs import DialOutStore
+from dialbridge.store.dial_outs import OPEN_STATES, DialOutStore
 from dialbridge.store.store import PinRecord, Store
+
+log = logging.getLogger(__name__)
 
 LONGEST_PIN_TTL_S = 5.0
 
@@ -90,8 +93,15 @@ class CallDesk:
             guesses_left = self.quota.max_failures - by_caller
         ncco = (await self._flow()).answer(bridge_room=bridge_room, caller_guesses_left=guesses_left)
         if bridge_room is not None:
+            if not await self._link_dial_out(request, bridge_room.room_id):
+                log.warning(
+                    "call %s was placed by a dial-out of room %s that has closed meanwhile (its gateway stopped, or "
+                    "the room hung up): nobody is on the room's side, so the call ends",
+                    request.call.uuid,
+                    bridge_room.room_id,
+                )
+                return ()  # an NCCO that runs out ends the call (Vonage's rule, and the engine's)
             await self.store.record_call(request.call, "in_conference", now, bridge_room.room_id)
-            await self._link_dial_out(request, bridge_room.room_id)
             self._changed(bridge_room.room_id, request.call.uuid, bridge_room.session_id)
         else:
             await self.store.record_call(request.call, "awaiting_pin" if guesses_left > 0 else "locked_out", now)
@@ -139,18 +149,23 @@ class CallDesk:
             self._changed(room_id, event.call.uuid)
         return room_id
 
-    async def _link_dial_out(self, request: AnswerRequest, room_id: str) -> None:
+    async def _link_dial_out(self, request: AnswerRequest, room_id: str) -> bool:
         """A call that a room's dial-out placed carries that dial-out's id; remember which call it became, but only
-        for a dial-out of the very room the call is bridged into (the header alone proves nothing). DialOutStore's
-        transactions wait for the write lock: on a worker thread, not the event loop."""
+        for a dial-out of the very room the call is bridged into (the header alone proves nothing). False when that
+        dial-out has closed before its call got here: the gateway that placed it died (`SipParticipantWatch` closed
+        it), so the call would bridge into nothing and stay. DialOutStore's transactions wait for the write lock:
+        on a worker thread, not the event loop."""
         dial_out_id = request.sip_header(DIAL_OUT_HEADER)
         if self.dial_outs is None or not dial_out_id:
-            return
+            return True
         dial_outs = self.dial_outs
 
-        def link() -> None:  # the lookup and the update on one trip to the worker thread
+        def link() -> bool:  # the lookup and the update on one trip to the worker thread
             dial_out = dial_outs.get(dial_out_id)
-            if dial_out is not None and dial_out.room_id == room_id and dial_out.call_uuid is None:
-                dial_outs.mark_call(dial_out_id, request.call.uuid)
+            if dial_out is None or dial_out.room_id != room_id:
+                return True  # not this room's dial-out: the session header alone decides, as for any call
+            if dial_out.state in OPEN_STATES and dial_out.call_uuid is not None:
+                return True  # a second call naming a dial-out already linked: bridged, not linked
+            return dial_outs.mark_call(dial_out_id, request.call.uuid)  # refused once the dial-out has closed
 
-        await asyncio.to_thread(link)
+        return await asyncio.to_thread(link)

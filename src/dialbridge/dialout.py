@@ -209,12 +209,17 @@ class DialOuts:
             progress=RINGING if self.platform.reports_sip_progress else None,
         )
 
-    async def record_progress(self, update: SipCallUpdate) -> DialOut | None:
+    async def record_progress(self, update: SipCallUpdate, *, unlinked_only: bool = False) -> DialOut | None:
         """How the dial-out's SIP call went (the gateway's callback); the record as it now is, or None when it was
-        closed already (a room's hang-up came first)."""
+        closed already (a room's hang-up came first) or, with `unlinked_only`, its call has been linked."""
         final = update.state in FINAL_STATES
         return await asyncio.to_thread(
-            self.store.mark_progress, update.dial_out_id, update.state, final=final, now=self.clock()
+            self.store.mark_progress,
+            update.dial_out_id,
+            update.state,
+            final=final,
+            now=self.clock(),
+            unlinked_only=unlinked_only,
         )
 
     async def open_conference(self, room: Room) -> DialOut | None:

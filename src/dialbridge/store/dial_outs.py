@@ -154,21 +154,24 @@ class DialOutStore:
         self._set(dial_out_id, OPEN_STATES, state=ENDED, ended_at=now)
         return self._get_existing(dial_out_id)
 
-    def mark_progress(self, dial_out_id: str, progress: str, *, final: bool, now: float) -> DialOut | None:
+    def mark_progress(
+        self, dial_out_id: str, progress: str, *, final: bool, now: float, unlinked_only: bool = False
+    ) -> DialOut | None:
         """Record how the dial-out's SIP call went; a final state also closes the record (ended, or failed when
-        the call never connected). Nothing changes for a dial-out already closed, or unknown (None)."""
+        the call never connected). Nothing changes for a dial-out already closed, or unknown (None), or, with
+        `unlinked_only`, one whose call has been linked (`mark_call`): the check and the write are one statement,
+        so a link racing the close either lands first (and the close is refused) or is refused itself."""
         values: dict[str, Any] = {"progress": progress}
         if final:
             values.update(state=ENDED if progress == "completed" else FAILED, ended_at=now)
-        return self.get(dial_out_id) if self._set(dial_out_id, OPEN_STATES, **values) else None
+        where = (t.dial_outs.c.call_uuid.is_(None),) if unlinked_only else ()
+        return self.get(dial_out_id) if self._set(dial_out_id, OPEN_STATES, *where, **values) else None
 
     def mark_call(self, dial_out_id: str, call_uuid: str) -> bool:
-        """Link the phone call Vonage created for this dial-out (the answer webhook sees its SIP header)."""
-        with writing(self.engine) as conn:
-            changed = conn.execute(
-                update(t.dial_outs).where(t.dial_outs.c.id == dial_out_id).values(call_uuid=call_uuid)
-            ).rowcount
-        return changed == 1
+        """Link the phone call Vonage created for this dial-out (the answer webhook sees its SIP header): only a
+        dial-out still open and not linked yet; False otherwise (its room side is gone, or the call is another)."""
+        where = (t.dial_outs.c.call_uuid.is_(None),)
+        return self._set(dial_out_id, OPEN_STATES, *where, call_uuid=call_uuid)
 
     def get(self, dial_out_id: str) -> DialOut | None:
         with self.engine.connect() as conn:
@@ -197,12 +200,12 @@ class DialOutStore:
         with self.engine.connect() as conn:
             return [DialOut(**row._mapping) for row in conn.execute(query)]
 
-    def _set(self, dial_out_id: str, from_states: tuple[str, ...], **values: Any) -> bool:
+    def _set(self, dial_out_id: str, from_states: tuple[str, ...], *where: Any, **values: Any) -> bool:
         # Transitions only from the states named: a late answer never reopens an ended or failed dial-out.
         with writing(self.engine) as conn:
             changed = conn.execute(
                 update(t.dial_outs)
-                .where(t.dial_outs.c.id == dial_out_id, t.dial_outs.c.state.in_(from_states))
+                .where(t.dial_outs.c.id == dial_out_id, t.dial_outs.c.state.in_(from_states), *where)
                 .values(**values)
             ).rowcount
         return bool(changed == 1)

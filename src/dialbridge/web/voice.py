@@ -26,7 +26,7 @@ from dialbridge.dialout import SipCallUpdate
 from dialbridge.gateway.events import FAILED
 from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import CallGone
-from dialbridge.store.dial_outs import DialOut
+from dialbridge.store.dial_outs import LIVE, DialOut
 from dialbridge.tokens import is_sip_participant
 from dialbridge.web.errors import ApiError
 from dialbridge.web.pages import sip_address, templates
@@ -64,10 +64,9 @@ class SipParticipantWatch:
         store = self.svc.dial_outs.store
         try:
             dial_out = await asyncio.to_thread(store.live_by_connection, connection_id)
-            if dial_out is None:
-                return
-            if dial_out.call_uuid is None:
-                await self._close_orphaned(dial_out)
+            if dial_out is not None and dial_out.call_uuid is None:
+                dial_out = await self._close_unless_linked(dial_out)
+            if dial_out is None or dial_out.call_uuid is None:
                 return
             with contextlib.suppress(CallGone):  # it ended meanwhile: nothing to do
                 await self.control.hang_up(dial_out.call_uuid)
@@ -77,15 +76,24 @@ class SipParticipantWatch:
         except Exception:
             log.exception("ending the call of a SIP participant that left its room failed")
 
-    async def _close_orphaned(self, dial_out: DialOut) -> None:
+    async def _close_unless_linked(self, dial_out: DialOut) -> DialOut | None:
+        """A dial-out with no call linked: a trunk call (nothing here to end), or a call whose answer webhook has
+        not linked it yet (the gateway died between its INVITE and the answer). After the grace, close it as
+        failed unless it was linked meanwhile; then the linked record, whose call is to be hung up. The store does
+        the check and the close in one statement, and refuses a link to a closed dial-out (`CallService.answer`
+        ends such a call), so no call slips in between."""
         await asyncio.sleep(ORPHAN_GRACE_S)
         room = await self.svc.rooms.find(dial_out.room_id)
         if room is None:
-            return
-        closed = await self.svc.dial_outs.record_progress(SipCallUpdate(dial_out.id, room.session_id, FAILED))
+            return None
+        update = SipCallUpdate(dial_out.id, room.session_id, FAILED)
+        closed = await self.svc.dial_outs.record_progress(update, unlinked_only=True)
         if closed is not None:  # the gateway said nothing: it is gone
             log.warning("dial-out %s: its SIP participant left without a final state; closed as failed", dial_out.id)
             self.svc.roster.dial_out_changed(room, closed)
+            return None
+        linked = await asyncio.to_thread(self.svc.dial_outs.store.get, dial_out.id)
+        return linked if linked is not None and linked.state == LIVE else None
 
 
 ORPHAN_GRACE_S = 3.0
