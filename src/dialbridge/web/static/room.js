@@ -164,6 +164,12 @@
   // ---- the people list: browsers from the session's connections (both backends), phones from the API + signals --
   const participantList = $("participant-list");
   const participantsStatus = $("participants-status");
+  // The side panel scrolls on its own: a line saying what went wrong may sit below its fold, so it is brought into
+  // view as it is written (only as far as needed, and never for a line cleared).
+  function tell(line, text) {
+    line.textContent = text;
+    if (text) line.scrollIntoView({ block: "nearest" });
+  }
   const peopleCount = $("people-count");
   const countPeople = () => { peopleCount.textContent = `(${participantList.children.length})`; };
 
@@ -243,8 +249,11 @@
       () => act(mute, "mute", { call_id: callId, muted: item.dataset.muted !== "true" }));
     const hangUp = button("hang-up danger", "Hang up", null, () => act(hangUp, "hang-up", { call_id: callId }));
     controls.append(mute, hangUp);
-    item.append(svgIcon("phone"), span("number", ""), span("state", ""), span("muted-flag", "muted"),
-                span("speaking-flag", "speaking"), controls);
+    // The number has a line of its own: what changes every second or so (speaking, muted) changes only the line
+    // under it, so the row never reflows under a pointer.
+    const detail = span("detail", "");
+    detail.append(span("state", ""), span("muted-flag", "muted"), span("speaking-flag", "speaking"), controls);
+    item.append(svgIcon("phone"), span("number", ""), detail);
     participantList.append(item);
     return item;
   }
@@ -255,9 +264,9 @@
     try {
       const answer = await roomApi("POST", action, body);
       if (answer) renderPhone(asParticipant(answer));
-      participantsStatus.textContent = "";
+      tell(participantsStatus, "");
     } catch (error) {
-      participantsStatus.textContent = `Could not ${action.replace("-", " ")}: ${error.message}`;
+      tell(participantsStatus, `Could not ${action.replace("-", " ")}: ${error.message}`);
     } finally {
       control.disabled = false;
       if (hadFocus && control.isConnected) control.focus();
@@ -268,9 +277,9 @@
     try {
       const answer = await roomApi("GET", "participants");
       for (const participant of answer.participants) if (participant.kind === "phone") renderPhone(participant);
-      participantsStatus.textContent = "";
+      tell(participantsStatus, "");
     } catch (error) {
-      participantsStatus.textContent = `Could not list the phone participants: ${error.message}`;
+      tell(participantsStatus, `Could not list the phone participants: ${error.message}`);
     }
   }
 
@@ -318,21 +327,21 @@
       const answer = await roomApi("GET", "phone-bridge");
       if (answer.bridge && !bridge.callId) bridge.callId = answer.bridge.call_id;
     } catch (error) {
-      phoneStatus.textContent = `Could not look up the phone conference: ${error.message}`;
+      tell(phoneStatus, `Could not look up the phone conference: ${error.message}`);
     }
     renderBridge();
   }
 
   async function bringInConference() {
     bridge.dialling = true;
-    phoneStatus.textContent = "";
+    tell(phoneStatus, "");
     renderBridge();
     try {
       const placed = await roomApi("POST", "dial-out", {});
       bridge.callId = placed.call_id;
       bridge.placed = true;
     } catch (error) {
-      phoneStatus.textContent = `Could not bring in the phone conference: ${error.message}`;
+      tell(phoneStatus, `Could not bring in the phone conference: ${error.message}`);
     } finally {
       bridge.dialling = false;
       renderBridge();
@@ -346,10 +355,10 @@
       if (!bridge.callId) await learnBridgeId();
       if (!bridge.callId) throw new Error("the server has no open conference call for this room any more");
       await roomApi("POST", "hang-up", { call_id: bridge.callId });
-      phoneStatus.textContent = "";
+      tell(phoneStatus, "");
       bridge.placed = false;  // its connection leaving (every tab sees it) ends the rest
     } catch (error) {
-      phoneStatus.textContent = `Could not hang up the phone conference: ${error.message}`;
+      tell(phoneStatus, `Could not hang up the phone conference: ${error.message}`);
     } finally {
       bridge.ending = false;
       renderBridge();
@@ -392,9 +401,9 @@
         hangUp.disabled = true;
         try {
           renderPhone(asParticipant(await roomApi("POST", "hang-up", { call_id: row.dataset.callId })));
-          phoneStatus.textContent = "";
+          tell(phoneStatus, "");
         } catch (error) {
-          phoneStatus.textContent = `Could not hang up ${number}: ${error.message}`;
+          tell(phoneStatus, `Could not hang up ${number}: ${error.message}`);
           hangUp.disabled = false;
         }
       });
@@ -430,7 +439,7 @@
   const numberField = $("number");
   const numberError = $("number-error");
   function showNumberProblem(problem) {
-    numberError.textContent = problem;
+    tell(numberError, problem);
     if (problem) numberField.setAttribute("aria-invalid", "true"); else numberField.removeAttribute("aria-invalid");
   }
   numberField.addEventListener("input", () => { if (numberError.textContent) showNumberProblem(numberProblem(numberField.value)[1]); });
@@ -442,13 +451,13 @@
     if (!number) { numberField.focus(); return; }
     const submit = event.submitter || $("dial-number").querySelector("button");
     submit.disabled = true;
-    phoneStatus.textContent = "";
+    tell(phoneStatus, "");
     try {
       const placed = await roomApi("POST", "dial-out", { number });
       if (!calls.querySelector(`li[data-call-id="${CSS.escape(placed.call_id)}"]`)) showPlacedCall(asParticipant(placed));
       numberField.value = "";
     } catch (error) {
-      phoneStatus.textContent = `Could not call ${number}: ${error.message}`;
+      tell(phoneStatus, `Could not call ${number}: ${error.message}`);
     } finally {
       submit.disabled = false;
     }
