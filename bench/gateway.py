@@ -390,6 +390,8 @@ class BenchBrowser(RoomParticipant):
     publishes a `TapeTrack` and subscribes to the bridge only (never to the bench's other browsers: their media does
     not cross the gateway). `record`: keep what it decodes from the bridge, with each packet's SSRC and RTP time."""
 
+    decodes_on_arrival = False  # what a browser decodes: aiortc's frames, with their RTP times
+
     def __init__(self, room: Room, name: str, microphone: TapeTrack, *, record: bool = False) -> None:
         super().__init__(
             signalling_url=SIGNALLING,

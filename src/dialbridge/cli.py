@@ -308,7 +308,7 @@ def gateway(settings: Settings) -> int:
     credentials = _ready_beside(settings, _gateway_port_problems(settings))
     if credentials is None:
         return 1
-    import asyncio
+    import uvloop
 
     from dialbridge.gateway.service import serve_gateway
     from dialbridge.gateway.shell import GatewaySettings
@@ -325,7 +325,7 @@ def gateway(settings: Settings) -> int:
         project_id=credentials.application_id,
     )
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
-    asyncio.run(
+    uvloop.run(
         serve_gateway(
             gateway_settings,
             credentials,

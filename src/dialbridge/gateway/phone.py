@@ -37,10 +37,10 @@ from dialbridge.gateway.webrtc import (
     InboundAudio,
     OpusPackets,
     PacedAudioTrack,
+    decode_on_arrival,
     install_loopback_fallback,
     negotiated_audio_codec,
     read_audio,
-    shorten_receive_delay,
 )
 from dialbridge.rtp.session import DtmfUnavailable
 from dialbridge.sip import SipUri
@@ -121,7 +121,7 @@ class BrowserPhonePeer:
         try:
             check_offer(offer_sdp)
             await self._peer.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            shorten_receive_delay(self._peer)
+            decode_on_arrival(self._peer, self._inbound)
             await self._peer.setLocalDescription(await self._peer.createAnswer())
             description = self._peer.localDescription
             if description is None or not any(port != "0" for port in _AUDIO_PORT.findall(description.sdp)):

@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -48,10 +48,10 @@ from dialbridge.gateway.webrtc import (
     InboundAudio,
     OpusPackets,
     PacedAudioTrack,
+    decode_on_arrival,
     install_loopback_fallback,
     negotiated_audio_codec,
     read_audio,
-    shorten_receive_delay,
 )
 from dialbridge.tokens import is_sip_participant
 
@@ -91,6 +91,10 @@ class _Subscription:
 
 
 class RoomParticipant:
+    #: Decode each subscribed packet as it arrives, straight into its `InboundAudio` (`decode_on_arrival`). A
+    #: participant that wants the frames a browser would decode (the bench's browsers) keeps aiortc's own path.
+    decodes_on_arrival: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
@@ -341,7 +345,8 @@ class RoomParticipant:
     async def _offer(self, subscription: _Subscription) -> None:
         peer = subscription.peer
         peer.addTransceiver("audio", direction="recvonly")
-        shorten_receive_delay(peer)
+        if self.decodes_on_arrival:
+            decode_on_arrival(peer, subscription.audio)
         await peer.setLocalDescription(await peer.createOffer())
         description = peer.localDescription
         self._send(

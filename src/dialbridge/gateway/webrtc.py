@@ -6,10 +6,11 @@ Latency is the gateway's first cost (issue 15 wants at most 60 ms each way), so 
   whatever depth it first reached, up to 100 ms for good. It hands 48 kHz stereo, exactly 960 samples a frame
   (`Upsampler`): given 8 kHz, aiortc's Opus encoder resamples, its resampler keeps a few samples back, and the
   encoder then waits for a whole 960-sample frame, one frame (20 ms) behind for the whole call;
-- from the browser, aiortc's receiver waits for 4 newer packets before it releases one (80 ms, always); its jitter
-  buffer is swapped for one that releases each packet as the next arrives (`shorten_receive_delay`), and the 8 kHz
-  buffer after it (`InboundAudio`) starts 40 ms deep, gives back a frame it has not needed for 2 s (longer after
-  each underrun, so a jittery browser settles instead of dropping out every 2 s), and never holds more than 60 ms.
+- from the browser, aiortc's receiver waits for 4 newer packets before it releases one (80 ms, always), then hands
+  it to a decoder thread of its own, which hands 48 kHz stereo back to the loop. Each packet is decoded instead as
+  it arrives, on the loop, straight to 8 kHz mono (`decode_on_arrival`), and the 8 kHz buffer after it
+  (`InboundAudio`) starts 40 ms deep, gives back a frame it has not needed for 2 s (longer after each underrun, so a
+  jittery browser settles instead of dropping out every 2 s), and never holds more than 60 ms.
 
 Loopback: aioice never gathers 127.0.0.1, so on a host whose only interface is ``lo`` (the tests' network namespace)
 a peer would have no candidate at all. `install_loopback_fallback` makes aioice offer 127.0.0.1 in exactly that case.
@@ -24,13 +25,15 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import av
 import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+
+from dialbridge.media import g711
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +97,24 @@ def install_loopback_fallback() -> bool:
     return True
 
 
-def shorten_receive_delay(peer: object) -> int:
-    """Make `peer`'s audio receivers release each packet as soon as the next one arrives (aiortc holds 4 back).
+def decode_on_arrival(peer: object, into: InboundAudio) -> int:
+    """Decode what `peer`'s audio receivers get as each packet arrives, into `into` (8 kHz mono, `AudioOnArrival`).
 
     aiortc builds each audio `RTCRtpReceiver` with a private `JitterBuffer(capacity=16, prefetch=4)`: a packet leaves
-    only when four newer ones are in, a constant 80 ms on every packet. The gateway buffers after decoding anyway
-    (`InboundAudio`), so the receiver's is replaced by one with `prefetch=0`. Verified against aiortc 1.16
-    (pyproject pins <2); a receiver of another shape is left alone with a warning. Call it once the peer has its
-    transceivers (after `addTransceiver` or `setRemoteDescription`). Returns how many receivers it shortened.
+    only when four newer ones are in, a constant 80 ms on every packet; then a decoder thread per receiver decodes
+    it to 48 kHz stereo and hands each frame back to the loop (a thread hop both ways, and a resampler after). The
+    gateway buffers after decoding anyway (`InboundAudio`), so the receiver's buffer is replaced by one that decodes
+    each packet at once and hands aiortc nothing to decode. Verified against aiortc 1.16 (pyproject pins <2); a
+    receiver of another shape is left alone with a warning, and its frames still reach `into` through `read_audio`
+    (80 ms later, at aiortc's cost). Call it once the peer has its transceivers (after `addTransceiver` or
+    `setRemoteDescription`). Returns how many receivers now decode on arrival.
     """
     try:
         from aiortc.jitterbuffer import JitterBuffer
     except ImportError:
         log.warning("aiortc.jitterbuffer is gone: the browsers' audio keeps aiortc's 80 ms receive delay")
         return 0
-    shortened = 0
+    installed = 0
     get_transceivers = getattr(peer, "getTransceivers", None)
     for transceiver in get_transceivers() if callable(get_transceivers) else []:
         if getattr(transceiver, "kind", None) != "audio":
@@ -118,9 +124,66 @@ def shorten_receive_delay(peer: object) -> int:
         if not isinstance(current, JitterBuffer) or getattr(current, "_prefetch", None) is None:
             log.warning("aiortc's receiver has no jitter buffer of the known shape: 80 ms receive delay kept")
             continue
-        receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=_RECEIVE_BUFFER_CAPACITY, prefetch=0)
-        shortened += 1
-    return shortened
+        receiver._RTCRtpReceiver__jitter_buffer = AudioOnArrival(into, lambda: _local_sdp(peer))
+        installed += 1
+    return installed
+
+
+def _local_sdp(peer: object) -> str | None:
+    description = getattr(peer, "localDescription", None)
+    sdp = getattr(description, "sdp", None)
+    return sdp if isinstance(sdp, str) else None
+
+
+class ReceivedPacket(Protocol):
+    """The fields of aiortc's `RtpPacket` that `AudioOnArrival` reads."""
+
+    sequence_number: int
+    payload_type: int
+    payload: bytes
+
+
+class AudioOnArrival:
+    """Stands in for an aiortc audio receiver's jitter buffer (`decode_on_arrival`): each packet is decoded as it
+    arrives, to 8 kHz mono, into an `InboundAudio`, and aiortc gets nothing to decode.
+
+    aiortc's receiver calls only `add(packet)` (after its statistics, NACKs and depayloading), for packets of a payload
+    type it negotiated; the answer `(False, None)` means "no picture lost, no frame complete". A duplicate or a
+    packet overtaken by a newer one is dropped (its moment has passed; `InboundAudio` rides out the gap). The codec
+    of each payload type is read from the peer's own SDP, which declares what it receives; a payload type this
+    cannot decode is dropped, counted. Nothing raises into aiortc's receive loop.
+    """
+
+    def __init__(self, into: InboundAudio, local_sdp: Callable[[], str | None]) -> None:
+        self._into = into
+        self._local_sdp = local_sdp
+        self._decoders: dict[int, NarrowbandDecoder | None] = {}
+        self._last_sequence: int | None = None
+        self.late_packets = 0
+        self.undecodable_packets = 0
+
+    def add(self, packet: ReceivedPacket) -> tuple[bool, None]:
+        sequence = packet.sequence_number
+        if self._last_sequence is not None and not 0 < (sequence - self._last_sequence) % 65536 < 32768:
+            self.late_packets += 1
+            return False, None
+        self._last_sequence = sequence
+        decoder = self._decoder(packet.payload_type)
+        try:
+            if decoder is None:
+                raise ValueError(f"no decoder for payload type {packet.payload_type}")
+            self._into.add_samples(decoder.decode(packet.payload))
+        except (av.FFmpegError, ValueError) as exc:
+            self.undecodable_packets += 1
+            if self.undecodable_packets == 1:  # once a stream: a broken sender would flood the log
+                log.warning("dropped an undecodable audio packet from a browser (more are counted only): %s", exc)
+        return False, None
+
+    def _decoder(self, payload_type: int) -> NarrowbandDecoder | None:
+        if payload_type not in self._decoders:
+            codec = receive_codecs(self._local_sdp() or "").get(payload_type)
+            self._decoders[payload_type] = NarrowbandDecoder(codec) if codec in NARROWBAND_CODECS else None
+        return self._decoders[payload_type]
 
 
 class InboundAudio:
@@ -199,14 +262,19 @@ class InboundAudio:
         self._least_left = self._max_samples
 
 
-def _upsampling_filter() -> npt.NDArray[np.float64]:
-    """A windowed-sinc low-pass at 4 kHz for the 48 kHz rate (Kaiser, ~60 dB down past 4.6 kHz), as 6 phases of 16
-    taps, with the 6x gain that zero-stuffing takes away."""
+def _lowpass_kernel() -> npt.NDArray[np.float64]:
+    """A windowed-sinc low-pass at 4 kHz for the 48 kHz rate (Kaiser, ~60 dB down past 4.6 kHz), 96 taps, unity gain
+    at DC: the filter both ways between 8 and 48 kHz."""
     taps = _UPSAMPLE * _TAPS_PER_PHASE
     n = np.arange(taps) - (taps - 1) / 2
     cutoff = 0.5 / _UPSAMPLE  # of the 48 kHz rate: 4 kHz
     kernel = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 6.0)
-    kernel *= _UPSAMPLE / kernel.sum()
+    return kernel / kernel.sum()  # type: ignore[no-any-return]
+
+
+def _upsampling_filter() -> npt.NDArray[np.float64]:
+    """The low-pass as 6 phases of 16 taps, with the 6x gain that zero-stuffing takes away."""
+    kernel = _lowpass_kernel() * _UPSAMPLE
     # Phase p of output sample 6i+p is sum_k kernel[6k+p] * x[i-k]: each phase's taps, newest input first.
     return np.stack([kernel[p::_UPSAMPLE] for p in range(_UPSAMPLE)], axis=1)  # [taps per phase, 6]
 
@@ -228,6 +296,59 @@ class Upsampler:
         wide = (windows @ self._filter).reshape(-1)
         mono = np.clip(np.rint(wide), -32768, 32767).astype(np.int16)
         return np.repeat(mono, 2)  # interleaved stereo: aiortc's encoder wants stereo, and converting costs no delay
+
+
+class Downsampler:
+    """48 kHz mono to 8 kHz mono, any whole number of 6-sample groups in (a 20 ms Opus packet gives 960 and 160
+    come out), through the same 4 kHz low-pass as `Upsampler`, ~1 ms of group delay; it keeps the last 95 input
+    samples as its state."""
+
+    _kernel: Final = _lowpass_kernel()[::-1].copy()  # newest input first, as each window below is read
+
+    def __init__(self) -> None:
+        self._history = np.zeros(self._kernel.size - 1, dtype=np.float64)
+
+    def downsample(self, samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+        if samples.size % _UPSAMPLE:
+            raise ValueError(f"expected a multiple of {_UPSAMPLE} samples at 48 kHz, got {samples.size}")
+        joined = np.concatenate([self._history, samples.astype(np.float64)])
+        self._history = joined[-(self._kernel.size - 1) :]
+        # Output j is the filter over the 96 inputs ending at input 6j+5: every 6th window.
+        windows = np.lib.stride_tricks.sliding_window_view(joined, self._kernel.size)[_UPSAMPLE - 1 :: _UPSAMPLE]
+        return np.clip(np.rint(windows @ self._kernel), -32768, 32767).astype(np.int16)
+
+
+#: What `NarrowbandDecoder` decodes, by the codec names of SDP (lower case).
+NARROWBAND_CODECS: Final = frozenset({"opus", "pcmu", "pcma"})
+
+
+class NarrowbandDecoder:
+    """One received stream's payloads to 8 kHz mono int16. Opus is decoded by libopus (PyAV) as mono, at the 48 kHz
+    FFmpeg's libopus decoder always gives, then downsampled; G.711 is already 8 kHz."""
+
+    def __init__(self, codec: str) -> None:
+        if codec not in NARROWBAND_CODECS:
+            raise ValueError(f"cannot decode {codec!r}")
+        self.codec = codec
+        self._opus: av.AudioCodecContext | None = None
+        self._downsampler = Downsampler()
+        if codec == "opus":
+            self._opus = av.CodecContext.create("libopus", "r")
+            self._opus.layout = "mono"
+            self._opus.format = "s16"
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
+        if self._opus is None:
+            return g711.decode(self.codec.upper(), payload)
+        if not payload:
+            raise ValueError("an empty Opus payload")
+        wide = [
+            frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+            for frame in self._opus.decode(av.Packet(payload))
+        ]
+        if not wide:
+            return np.zeros(0, dtype=np.int16)
+        return self._downsampler.downsample(wide[0] if len(wide) == 1 else np.concatenate(wide))
 
 
 class PacedAudioTrack(MediaStreamTrack):
@@ -324,16 +445,39 @@ class OpusPackets(MediaStreamTrack):
         self._source.stop()
 
 
+def _first_audio_section(sdp: str) -> tuple[list[int], dict[int, str]]:
+    """The payload types of an SDP's first audio section, in its order (none when rejected: port 0), and the codec
+    name (lower case) of each, by its rtpmap or, for a static type without one, RFC 3551's table."""
+    payload_types: list[int] | None = None
+    names: dict[int, str] = {}
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if payload_types is not None:
+                break  # past the first audio section
+            fields = line.split()
+            if fields[0] == "m=audio":
+                rejected = len(fields) < 4 or fields[1] == "0"
+                payload_types = [] if rejected else [int(pt) for pt in fields[3:] if pt.isdigit()]
+        elif payload_types is not None and line.startswith("a=rtpmap:"):
+            number, _, encoding = line[len("a=rtpmap:") :].partition(" ")
+            if number.isdigit():
+                names[int(number)] = encoding.split("/", 1)[0].strip().lower()
+    found = payload_types or []
+    return found, {pt: names.get(pt) or _STATIC_AUDIO.get(pt, "") for pt in found}
+
+
+_STATIC_AUDIO: Final = {0: "pcmu", 8: "pcma"}
+
+
 def negotiated_audio_codec(sdp: str) -> str | None:
     """The codec an SDP answer chose for its first audio section (lower case, e.g. "opus"), or None."""
-    payload: str | None = None
-    for line in sdp.splitlines():
-        if payload is None and line.startswith("m=audio "):
-            fields = line.split()
-            payload = fields[3] if len(fields) > 3 and fields[1] != "0" else ""
-        elif payload and line.startswith(f"a=rtpmap:{payload} "):
-            return line.split(" ", 1)[1].split("/", 1)[0].strip().lower()
-    return None
+    payload_types, names = _first_audio_section(sdp)
+    return names[payload_types[0]] or None if payload_types else None
+
+
+def receive_codecs(sdp: str) -> dict[int, str]:
+    """Payload type → codec name (lower case) of the first audio section: in a peer's own SDP, what it receives."""
+    return _first_audio_section(sdp)[1]
 
 
 async def read_audio(track: MediaStreamTrack, into: InboundAudio, wanted: Callable[[], bool], what: str) -> None:
