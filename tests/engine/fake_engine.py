@@ -576,6 +576,7 @@ class World:
         return {
             "calls": list(engine.calls),
             "conferences": engine.mixer.conferences(),
+            "started_conferences": sorted(engine._started),
             "dtmf_streams": engine._dtmf.streams(),
             "ports": sorted(self.ports.open_ports),
             "bad_closes": self.ports.bad_closes,
@@ -589,6 +590,7 @@ class World:
 IDLE: dict[str, Any] = {
     "calls": [],
     "conferences": [],
+    "started_conferences": [],
     "dtmf_streams": [],
     "ports": [],
     "bad_closes": [],

@@ -450,6 +450,92 @@ def test_end_on_exit_runs_the_others_next_action_and_hangs_them_up_when_it_ends(
     assert_idle(world)
 
 
+HOLD_URL = "http://app.test/hold.mp3"
+
+
+def waiting_in(name: str) -> dict[str, Any]:
+    """A member who waits, hearing music on hold, until one with startOnEnter (the default) joins."""
+    return conversation(name, startOnEnter=False, musicOnHoldUrl=[HOLD_URL])
+
+
+def test_a_conversation_ended_by_end_on_exit_must_be_started_again_before_its_members_talk() -> None:
+    world = world_with(
+        {
+            "+15550000001": [conversation("room-1", endOnExit=True)],
+            "+15550000002": [conversation("room-1")],
+            "+15550000003": [waiting_in("room-1")],
+            "+15550000004": [waiting_in("room-1")],
+        }
+    )
+    world.audio[HOLD_URL] = tone(C_HZ, 1.0)
+    host = world.phone(caller="+15550000001")
+    guest = world.phone(caller="+15550000002")
+    connected(world, host)
+    connected(world, guest)
+    host.bye()  # the conversation ends for everyone: the guest, with nothing after it, is hung up
+    world.run(0.2)
+    assert [r.method for r in guest.requests] == ["BYE"]
+
+    first = world.phone(caller="+15550000003", voice=tone(A_HZ, 1.0))
+    second = world.phone(caller="+15550000004", voice=tone(B_HZ, 1.0))
+    connected(world, first)
+    connected(world, second)
+    world.run(0.3)
+    since = world.now
+    world.run(1.0)
+    for phone, other_hz in ((first, B_HZ), (second, A_HZ)):
+        heard = phone.heard(since=since)
+        assert tone_share(heard, C_HZ) > 0.8  # waiting, on hold
+        assert tone_share(heard, other_hz) < 0.01  # not in a live conversation
+    first.bye()
+    second.bye()
+    assert_idle(world)
+
+
+def test_a_member_ended_out_of_a_waiting_conversation_stops_hearing_its_music_on_hold() -> None:
+    world = world_with(
+        {
+            "+15550000001": [conversation("room-1", startOnEnter=False, endOnExit=True)],
+            "+15550000002": [waiting_in("room-1"), talk("goodbye")],
+        }
+    )
+    world.audio[HOLD_URL] = tone(C_HZ, 1.0)
+    host = world.phone(caller="+15550000001")
+    guest = world.phone(caller="+15550000002")
+    connected(world, host)
+    connected(world, guest)
+    world.run(0.3)
+    assert tone_share(guest.heard(since=world.now - 0.2), C_HZ) > 0.8
+    left = world.now
+    host.bye()
+    world.run(0.5)
+    heard = guest.heard(since=left + 0.05)
+    assert tone_share(heard, GOODBYE_HZ) > 0.8
+    assert tone_share(heard, C_HZ) < 0.01
+    world.run(1.0)
+    assert [r.method for r in guest.requests] == ["BYE"]
+    assert_idle(world)
+
+
+def test_many_conversations_ended_by_end_on_exit_leave_no_state_behind() -> None:
+    world = world_with(
+        {
+            **{f"+1555000{n:04}": [conversation(f"room-{n}", endOnExit=True)] for n in range(20)},
+            **{f"+1555100{n:04}": [conversation(f"room-{n}"), talk("goodbye")] for n in range(20)},
+        }
+    )
+    for n in range(20):
+        host = world.phone(caller=f"+1555000{n:04}")
+        guest = world.phone(caller=f"+1555100{n:04}")
+        connected(world, host)
+        connected(world, guest)
+        host.bye()
+        world.run(0.1)
+    world.run(1.0)  # every guest's goodbye ends, and its call with it
+    assert world.engine.calls == {}
+    assert_idle(world)  # no conversation, started or not, is held any more
+
+
 # ---- how calls end -----------------------------------------------------------------------------------------------
 
 

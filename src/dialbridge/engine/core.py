@@ -768,21 +768,28 @@ class VoiceEngine:
         name = call.conference
         if name is None:
             return
-        self.mixer.leave(call.uuid)
-        call.conference = None
-        call.hold = None
-        remaining = self.mixer.members(name) if name in self.mixer.conferences() else []
-        if not remaining:
+        self._drop_member(call)
+        remaining = self.mixer.members(name)
+        ends = call.conversation is not None and call.conversation.end_on_exit
+        if ends or not remaining:
+            # The conversation is over: whoever joins `name` next starts it afresh (or waits, without startOnEnter).
             self._started.discard(name)
-        if call.conversation is not None and call.conversation.end_on_exit:
-            for uuid in remaining:
-                other = self.calls.get(uuid)
-                if other is not None and other.runner is not None:
-                    self.mixer.leave(uuid)
-                    other.conference = None
+        if ends:
+            # Everyone is out before anyone's next action runs: that action may join `name` again.
+            others = [other for other in map(self.calls.get, remaining) if other is not None]
+            for other in others:
+                self._drop_member(other)
+            for other in others:
+                if other.runner is not None:
                     self._run(other, other.runner.conversation_left(now), now)
         elif remaining and self._leave_tone is not None:
             self.mixer.play_to_conference(name, self._leave_tone)
+
+    def _drop_member(self, call: Call) -> None:
+        """Out of the mixer, and out of its music on hold, which is for members waiting in a conference."""
+        self.mixer.leave(call.uuid)
+        call.conference = None
+        call.hold = None
 
     def _end(self, call: Call, now: float, reason: str, *, send_bye: bool) -> None:
         if call.ended:
