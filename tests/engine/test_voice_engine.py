@@ -743,6 +743,22 @@ def test_an_ack_without_the_answer_our_offer_needs_hangs_the_call_up() -> None:
     assert_idle(world)
 
 
+def test_an_ack_with_no_body_to_our_late_offer_hangs_the_call_up_and_frees_its_slot() -> None:
+    world = world_with([conversation("room-1")], settings=settings_with(max_calls=1))
+    phone = world.phone()  # its ACK carries no SDP: late_answer_sdp is None
+    phone.invite(with_sdp=False)
+    world.run(0.2)
+    uuid = world.uuid_of(phone)
+    assert phone.statuses()[-1] == 200
+    assert [r.method for r in phone.requests] == ["BYE"]
+    assert "no SDP answer" in world.event(uuid, "completed")["reason"]
+    assert world.engine.calls == {}
+    after = world.phone()
+    connected(world, after)  # the one call this engine may hold is free again
+    after.bye()
+    assert_idle(world)
+
+
 def test_hold_with_sendonly_is_answered_recvonly_and_stops_our_rtp_until_resumed() -> None:
     world = world_with([conversation("room-1")])
     phone = world.phone(voice=tone(A_HZ, 1.0))

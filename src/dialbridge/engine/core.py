@@ -624,13 +624,20 @@ class VoiceEngine:
         self._run(call, commands, now)
 
     def _confirmed(self, call: Call, answer: bytes | None, now: float) -> None:
-        if call.rtp is not None or answer is None:
+        if call.rtp is not None:  # the INVITE's offer was answered in our 200: media already runs
             return
-        try:
-            params = sdp.accept_answer(answer)
-        except sdp.SdpError:
-            log.warning("call %s: unusable SDP answer in the ACK; hanging up", call.uuid)
-            self._end(call, now, "failed: unusable SDP answer", send_bye=True)
+        # A late offer: ours went in the 200 and the ACK must carry the answer (RFC 3264 s. 5). Without a usable
+        # one the call can have no media: it ends now (RFC 3261 s. 13.2.2.4), not as a silent call holding a slot.
+        params: sdp.AudioParameters | None = None
+        problem = "no SDP answer"
+        if answer is not None:
+            try:
+                params = sdp.accept_answer(answer)
+            except sdp.SdpError:
+                problem = "unusable SDP answer"
+        if params is None:
+            log.warning("call %s: %s in the ACK to our offer; hanging up", call.uuid, problem)
+            self._end(call, now, f"failed: {problem}", send_bye=True)
             return
         self._start_media(call, params, now)
 
