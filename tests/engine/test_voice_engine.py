@@ -597,6 +597,18 @@ def test_sip_info_dtmf_relay_reaches_the_input() -> None:
     assert [r.payload["dtmf"] for r in inputs] == [{"digits": "53", "timed_out": False}]
 
 
+def test_sip_info_signal_10_is_star_and_11_is_hash() -> None:
+    """application/dtmf-relay numbers * and # as 10 and 11 (the RFC 4733 event codes); some phones write them as is."""
+    world, inputs = _collecting_world()
+    phone = world.phone()
+    connected(world, phone)
+    for signal in ("10", "1", "*"):
+        phone.info(signal)
+    assert not inputs
+    phone.info("11")  # submitOnHash
+    assert [r.payload["dtmf"] for r in inputs] == [{"digits": "*1*", "timed_out": False}]
+
+
 def test_a_phone_sending_both_rfc4733_and_the_tone_counts_each_key_once() -> None:
     world, inputs = _collecting_world()
     phone = world.phone()

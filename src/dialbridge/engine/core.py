@@ -53,6 +53,7 @@ from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.media import g711, tones
 from dialbridge.media.dtmf import InbandDtmfBank
 from dialbridge.media.mixer import ConferenceMixer
+from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
     CallCancelled,
@@ -70,7 +71,8 @@ from dialbridge.sip.message import SipParseError
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
-DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9*#A-Da-d])", re.IGNORECASE)
+# application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
+DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
 SPEAKING_REPORT_S = 0.25
 
@@ -507,9 +509,9 @@ class VoiceEngine:
         elif isinstance(event, OfferReceived):
             self._reoffer(call, event.sdp, now)
         elif isinstance(event, InfoReceived):
-            match = DTMF_RELAY.search(event.body) if "dtmf" in event.content_type.lower() else None
-            if match:
-                self._signalled_digit(call, match.group(1).decode().upper(), now)
+            digit = _relayed_digit(event.body) if "dtmf" in event.content_type.lower() else None
+            if digit is not None:
+                self._signalled_digit(call, digit, now)
         elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
             try:
                 params = sdp.accept_answer(event.sdp)
@@ -917,6 +919,15 @@ class _PendingPlayback:
     def __init__(self, playback_id: int, loop_count: int) -> None:
         self.playback_id = playback_id
         self.loop_count = loop_count
+
+
+def _relayed_digit(body: bytes) -> str | None:
+    """The key of an application/dtmf-relay INFO body, or None if it names none."""
+    match = DTMF_RELAY.search(body)
+    if match is None:
+        return None
+    key = match.group(1).decode().upper()
+    return event_to_digit(int(key)) if key.isdigit() else key
 
 
 def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
