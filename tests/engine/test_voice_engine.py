@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -619,6 +620,35 @@ def test_a_phone_sending_both_rfc4733_and_the_tone_counts_each_key_once() -> Non
         world.run(0.25)
     world.run(0.2)
     assert [r.payload["dtmf"] for r in inputs] == [{"digits": "1212", "timed_out": False}]
+    assert world.engine.stats.digits == 4
+
+
+def _rfc4733_then_info(world: World, phone: Phone, digit: str) -> None:
+    phone.key_rfc4733(digit)
+    world.tick(2)
+    phone.info(digit)
+
+
+def _info_then_rfc4733(world: World, phone: Phone, digit: str) -> None:
+    phone.info(digit)
+    phone.key_rfc4733(digit)
+
+
+def _in_band_then_a_late_info(world: World, phone: Phone, digit: str) -> None:
+    phone.key_inband(digit)
+    world.run(0.15)  # the tone is heard before its INFO arrives
+    phone.info(digit)
+
+
+@pytest.mark.parametrize("key", [_rfc4733_then_info, _info_then_rfc4733, _in_band_then_a_late_info])
+def test_a_phone_sending_each_key_two_ways_counts_it_once(key: Callable[[World, Phone, str], None]) -> None:
+    world, inputs = _collecting_world()
+    phone = world.phone()
+    connected(world, phone)
+    for digit in "1121":  # the same key twice running is two presses, not one seen twice
+        key(world, phone, digit)
+        world.run(0.25)
+    assert [r.payload["dtmf"] for r in inputs] == [{"digits": "1121", "timed_out": False}]
     assert world.engine.stats.digits == 4
 
 

@@ -24,7 +24,7 @@ import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +74,7 @@ Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
 SPEAKING_REPORT_S = 0.25
 
 
@@ -129,6 +130,7 @@ class PrepareAudio:
 
 
 EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio
+SignalledDtmf = Literal["rfc4733", "info"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +184,14 @@ class Call:
         "conference",
         "conversation",
         "conversation_uuid",
+        "dtmf_source",
         "earmuffed",
         "ended",
         "ended_at",
         "from_",
         "hold",
         "inband",
+        "inband_heard",
         "leg_id",
         "local_sdp",
         "muted",
@@ -230,6 +234,8 @@ class Call:
         self.conference: str | None = None
         self.conversation: Conversation | None = None
         self.inband = False  # in-band DTMF detection runs on this call (until a signalled digit arrives)
+        self.inband_heard: tuple[str, float] | None = None  # the last digit detected in-band, and when
+        self.dtmf_source: SignalledDtmf | None = None  # how this call signals digits, from its first signalled one
         self.source: Address = ("", 0)
         self.x_headers: dict[str, str] = {}
 
@@ -297,7 +303,7 @@ class VoiceEngine:
             return
         self.stats.rtp_in += 1
         for digit in call.rtp.receive(data, source, now):
-            self._signalled_digit(call, digit.digit, now)
+            self._signalled_digit(call, digit.digit, "rfc4733", now)
 
     def receive_rtcp(self, port: int, data: bytes, source: Address, now: float) -> None:
         call = self._by_port.get(port)
@@ -511,7 +517,7 @@ class VoiceEngine:
         elif isinstance(event, InfoReceived):
             digit = _relayed_digit(event.body) if "dtmf" in event.content_type.lower() else None
             if digit is not None:
-                self._signalled_digit(call, digit, now)
+                self._signalled_digit(call, digit, "info", now)
         elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
             try:
                 params = sdp.accept_answer(event.sdp)
@@ -684,12 +690,22 @@ class VoiceEngine:
 
     # ---- NCCO ----------------------------------------------------------------------------------------------
 
-    def _signalled_digit(self, call: Call, digit: str, now: float) -> None:
-        """A digit sent as RFC 4733 or SIP INFO: from now on this call's digits are signalled, so in-band detection
-        stops for it — a phone sending both would otherwise count every key twice."""
+    def _signalled_digit(self, call: Call, digit: str, source: SignalledDtmf, now: float) -> None:
+        """A digit sent as RFC 4733 or SIP INFO. Phones and gateways often send each key press more than one way,
+        and a press must count once; the same key pressed twice must count twice, so no time window can tell the
+        two apart. Instead a call's digits come from one way only: the first signalled digit fixes it (as in
+        Asterisk and FreeSWITCH, a call that sends RFC 4733 has its INFO digits ignored, and the other way round),
+        and in-band detection stops then — that first digit is dropped if its tone was just heard."""
+        if call.dtmf_source is None:
+            call.dtmf_source = source
+        elif call.dtmf_source != source:
+            return
         if call.inband:
             call.inband = False
             self._dtmf.remove(call.uuid)
+            heard = call.inband_heard
+            if heard is not None and heard[0] == digit and now - heard[1] <= SAME_PRESS_S:
+                return
         self._digit(call, digit, now)
 
     def _digit(self, call: Call, digit: str, now: float) -> None:
@@ -858,6 +874,7 @@ class VoiceEngine:
             for uuid, digit in bank.detect():
                 keyed = self.calls.get(uuid)
                 if keyed is not None:
+                    keyed.inband_heard = (digit, now)
                     self._digit(keyed, digit, now)
         out = np.zeros_like(decoded)
         members = [i for i, call in enumerate(calls) if call.conference is not None]
