@@ -726,6 +726,27 @@ def test_hold_with_sendonly_is_answered_recvonly_and_stops_our_rtp_until_resumed
     assert phone.statuses("INVITE")[-1] == 200
 
 
+def test_reinvite_answers_keep_the_sdp_origin_and_step_its_version_once_per_change() -> None:
+    """RFC 3264 §8: a later SDP has the same o= username, session id and address; its version goes up by one when
+    the SDP changes and stays when it does not."""
+    world = world_with([conversation("room-1")])
+    phone = world.phone()
+    connected(world, phone)
+
+    def origin() -> list[str]:
+        line = next(line for line in sdp_lines(phone.last(200).body) if line.startswith("o="))
+        return line.split()
+
+    first = origin()
+    assert first[2] == "1"
+    origins = []
+    for offer in (phone.offer(direction="sendonly", version=2), phone.offer(version=3), phone.offer(version=3)):
+        phone.reinvite(offer)  # hold, resume, then a session refresh offering the same again
+        origins.append(origin())
+    assert [o[:2] + o[3:] for o in origins] == [first[:2] + first[3:]] * 3
+    assert [o[2] for o in origins] == ["2", "3", "3"]
+
+
 def test_a_reinvite_with_a_new_address_moves_our_rtp_there_and_the_old_address_is_then_foreign() -> None:
     inputs: list[SendWebhook] = []
     world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: _kept(inputs, r))

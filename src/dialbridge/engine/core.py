@@ -200,6 +200,7 @@ class Call:
         "port",
         "rtp",
         "runner",
+        "sdp_session_id",
         "sdp_version",
         "source",
         "started_at",
@@ -223,6 +224,7 @@ class Call:
         self.rtp: RtpSession | None = None
         self.alaw = False
         self.local_sdp: bytes | None = None
+        self.sdp_session_id = 0  # our o= line's: the same in every SDP of the call (RFC 3264 §8)
         self.sdp_version = 1
         self.runner: NccoRunner | None = None
         self.playback: Playback | _PendingPlayback | None = None
@@ -554,20 +556,8 @@ class VoiceEngine:
             self._refuse(event, 503, now, {"Retry-After": "30"})
             return
         session_id = self._random.getrandbits(48)
-        params: sdp.AudioParameters | None = None
         try:
-            if event.sdp:
-                params, local = sdp.answer_offer(
-                    event.sdp,
-                    local_host=settings.contact_host,
-                    local_port=port,
-                    session_id=session_id,
-                    session_version=1,
-                )
-            else:  # no offer in the INVITE: ours goes in the 200, theirs comes back in the ACK
-                local = sdp.make_offer(
-                    local_host=settings.contact_host, local_port=port, session_id=session_id, session_version=1
-                )
+            params, local = self._local_sdp(port, session_id, 1, event.sdp or None)
         except sdp.NoUsableMedia:
             self._ports.close(port)
             self._refuse(event, 488, now)
@@ -578,6 +568,7 @@ class VoiceEngine:
             return
         call = self._new_call(event.leg_id, event.from_user, event.request_user, now)
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
+        call.sdp_session_id = session_id
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -642,31 +633,31 @@ class VoiceEngine:
             return
         self._start_media(call, params, now)
 
+    def _local_sdp(
+        self, port: int, session_id: int, version: int, offer: bytes | None
+    ) -> tuple[sdp.AudioParameters | None, bytes]:
+        """Our answer to `offer` and what it negotiated; with no offer, ours (its answer comes in the ACK)."""
+        host = self.settings.contact_host
+        if offer is None:
+            return None, sdp.make_offer(
+                local_host=host, local_port=port, session_id=session_id, session_version=version
+            )
+        return sdp.answer_offer(offer, local_host=host, local_port=port, session_id=session_id, session_version=version)
+
     def _reoffer(self, call: Call, offer: bytes | None, now: float) -> None:
         assert call.port is not None
-        call.sdp_version += 1
         try:
-            if offer is None:
-                local = sdp.make_offer(
-                    local_host=self.settings.contact_host,
-                    local_port=call.port,
-                    session_id=self._random.getrandbits(48),
-                    session_version=call.sdp_version,
-                )
-                self.agent.answer_offer(call.leg_id, local, now)
-                return
-            params, local = sdp.answer_offer(
-                offer,
-                local_host=self.settings.contact_host,
-                local_port=call.port,
-                session_id=self._random.getrandbits(48),
-                session_version=call.sdp_version,
-            )
+            params, local = self._local_sdp(call.port, call.sdp_session_id, call.sdp_version, offer)
+            if local != call.local_sdp:  # RFC 3264 §8: a changed SDP takes the next version, the same one keeps it
+                call.sdp_version += 1
+                params, local = self._local_sdp(call.port, call.sdp_session_id, call.sdp_version, offer)
         except sdp.SdpError:
             self.agent.reject_offer(call.leg_id, 488, now)
             return
         call.local_sdp = local
         self.agent.answer_offer(call.leg_id, local, now)
+        if params is None:
+            return
         if call.rtp is None:
             self._start_media(call, params, now)
         else:
