@@ -777,6 +777,7 @@ def test_a_reinvite_offering_nothing_we_take_gets_488_and_the_call_carries_on() 
     uuid = connected(world, phone)
     phone.reinvite(phone.offer(media="video", version=2))
     assert phone.statuses()[-1] == 488
+    assert phone.last(488).headers.get("Warning") == '305 dialbridge "Incompatible media format"'
     world.run(0.5)
     assert uuid in world.engine.calls
     assert len(phone.packets(since=world.now - 0.3)) >= 10

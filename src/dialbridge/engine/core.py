@@ -74,6 +74,8 @@ Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+# With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
+INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
 SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
 SPEAKING_REPORT_S = 0.25
 
@@ -560,7 +562,7 @@ class VoiceEngine:
             params, local = self._local_sdp(port, session_id, 1, event.sdp or None)
         except sdp.NoUsableMedia:
             self._ports.close(port)
-            self._refuse(event, 488, now)
+            self._refuse(event, 488, now, INCOMPATIBLE_MEDIA)
             return
         except sdp.SdpError:
             self._ports.close(port)
@@ -651,7 +653,10 @@ class VoiceEngine:
             if local != call.local_sdp:  # RFC 3264 §8: a changed SDP takes the next version, the same one keeps it
                 call.sdp_version += 1
                 params, local = self._local_sdp(call.port, call.sdp_session_id, call.sdp_version, offer)
-        except sdp.SdpError:
+        except sdp.NoUsableMedia:
+            self.agent.reject_offer(call.leg_id, 488, now, INCOMPATIBLE_MEDIA)
+            return
+        except sdp.SdpError:  # malformed: refused all the same, and the call carries on as it was
             self.agent.reject_offer(call.leg_id, 488, now)
             return
         call.local_sdp = local
