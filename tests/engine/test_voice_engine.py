@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -683,6 +684,18 @@ def test_sip_info_dtmf_relay_reaches_the_input() -> None:
     assert [r.payload["dtmf"] for r in inputs] == [{"digits": "53", "timed_out": False}]
 
 
+def test_sip_info_signal_10_is_star_and_11_is_hash() -> None:
+    """application/dtmf-relay numbers * and # as 10 and 11 (the RFC 4733 event codes); some phones write them as is."""
+    world, inputs = _collecting_world()
+    phone = world.phone()
+    connected(world, phone)
+    for signal in ("10", "1", "*"):
+        phone.info(signal)
+    assert not inputs
+    phone.info("11")  # submitOnHash
+    assert [r.payload["dtmf"] for r in inputs] == [{"digits": "*1*", "timed_out": False}]
+
+
 def test_a_phone_sending_both_rfc4733_and_the_tone_counts_each_key_once() -> None:
     world, inputs = _collecting_world()
     phone = world.phone()
@@ -693,6 +706,35 @@ def test_a_phone_sending_both_rfc4733_and_the_tone_counts_each_key_once() -> Non
         world.run(0.25)
     world.run(0.2)
     assert [r.payload["dtmf"] for r in inputs] == [{"digits": "1212", "timed_out": False}]
+    assert world.engine.stats.digits == 4
+
+
+def _rfc4733_then_info(world: World, phone: Phone, digit: str) -> None:
+    phone.key_rfc4733(digit)
+    world.tick(2)
+    phone.info(digit)
+
+
+def _info_then_rfc4733(world: World, phone: Phone, digit: str) -> None:
+    phone.info(digit)
+    phone.key_rfc4733(digit)
+
+
+def _in_band_then_a_late_info(world: World, phone: Phone, digit: str) -> None:
+    phone.key_inband(digit)
+    world.run(0.15)  # the tone is heard before its INFO arrives
+    phone.info(digit)
+
+
+@pytest.mark.parametrize("key", [_rfc4733_then_info, _info_then_rfc4733, _in_band_then_a_late_info])
+def test_a_phone_sending_each_key_two_ways_counts_it_once(key: Callable[[World, Phone, str], None]) -> None:
+    world, inputs = _collecting_world()
+    phone = world.phone()
+    connected(world, phone)
+    for digit in "1121":  # the same key twice running is two presses, not one seen twice
+        key(world, phone, digit)
+        world.run(0.25)
+    assert [r.payload["dtmf"] for r in inputs] == [{"digits": "1121", "timed_out": False}]
     assert world.engine.stats.digits == 4
 
 
@@ -786,6 +828,27 @@ def test_hold_with_sendonly_is_answered_recvonly_and_stops_our_rtp_until_resumed
     assert phone.statuses("INVITE")[-1] == 200
 
 
+def test_reinvite_answers_keep_the_sdp_origin_and_step_its_version_once_per_change() -> None:
+    """RFC 3264 §8: a later SDP has the same o= username, session id and address; its version goes up by one when
+    the SDP changes and stays when it does not."""
+    world = world_with([conversation("room-1")])
+    phone = world.phone()
+    connected(world, phone)
+
+    def origin() -> list[str]:
+        line = next(line for line in sdp_lines(phone.last(200).body) if line.startswith("o="))
+        return line.split()
+
+    first = origin()
+    assert first[2] == "1"
+    origins = []
+    for offer in (phone.offer(direction="sendonly", version=2), phone.offer(version=3), phone.offer(version=3)):
+        phone.reinvite(offer)  # hold, resume, then a session refresh offering the same again
+        origins.append(origin())
+    assert [o[:2] + o[3:] for o in origins] == [first[:2] + first[3:]] * 3
+    assert [o[2] for o in origins] == ["2", "3", "3"]
+
+
 def test_a_reinvite_with_a_new_address_moves_our_rtp_there_and_the_old_address_is_then_foreign() -> None:
     inputs: list[SendWebhook] = []
     world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: _kept(inputs, r))
@@ -816,6 +879,7 @@ def test_a_reinvite_offering_nothing_we_take_gets_488_and_the_call_carries_on() 
     uuid = connected(world, phone)
     phone.reinvite(phone.offer(media="video", version=2))
     assert phone.statuses()[-1] == 488
+    assert phone.last(488).headers.get("Warning") == '305 dialbridge "Incompatible media format"'
     world.run(0.5)
     assert uuid in world.engine.calls
     assert len(phone.packets(since=world.now - 0.3)) >= 10

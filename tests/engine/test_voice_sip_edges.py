@@ -75,7 +75,14 @@ def parse_response(data: bytes) -> Response:
 
 
 def offer(port: int, media: str = "audio", formats: str = "0 8 101") -> bytes:
-    names = {"0": "PCMU/8000", "8": "PCMA/8000", "9": "G722/8000", "96": "VP8/90000", "101": "telephone-event/8000"}
+    names = {
+        "0": "PCMU/8000",
+        "8": "PCMA/8000",
+        "9": "G722/8000",
+        "18": "G729/8000",
+        "96": "VP8/90000",
+        "101": "telephone-event/8000",
+    }
     rtpmaps = "".join(f"a=rtpmap:{pt} {names[pt]}\r\n" for pt in formats.split())
     return (
         f"v=0\r\no=tester 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -341,11 +348,14 @@ def test_offers_without_usable_audio_get_488(peer: Peer, app: NccoApp) -> None:
     offers = {
         "video only": offer(4000, media="video", formats="96"),
         "G.722 only": offer(4000, formats="9"),
+        "G.729 only": offer(4000, formats="18"),
+        "G.729 and telephone-event": offer(4000, formats="18 101"),
         "telephone-event only": offer(4000, formats="101"),
     }
     for name, body in offers.items():
         response = peer.final(peer.request("INVITE", call_id=f"offer-{name.replace(' ', '-')}", body=body))
         assert response.status == 488, f"{name}: {response.raw[:200]!r}"
+        assert response.header("warning") == '305 dialbridge "Incompatible media format"', name
         peer.send(peer.request("ACK", call_id=f"offer-{name.replace(' ', '-')}", to_tag=_tag(response)))
     time.sleep(0.3)
     assert app.recorded() == [], "a call without usable audio still reached the application"

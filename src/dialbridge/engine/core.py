@@ -24,7 +24,7 @@ import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,7 @@ from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.media import g711, tones
 from dialbridge.media.dtmf import InbandDtmfBank
 from dialbridge.media.mixer import ConferenceMixer
+from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
     CallCancelled,
@@ -70,8 +71,12 @@ from dialbridge.sip.message import SipParseError
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
-DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9*#A-Da-d])", re.IGNORECASE)
+# application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
+DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+# With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
+INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
+SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
 SPEAKING_REPORT_S = 0.25
 
 
@@ -127,6 +132,7 @@ class PrepareAudio:
 
 
 EngineRequest = FetchAnswer | SendWebhook | SendEvent | ReportSpeaking | PrepareAudio
+SignalledDtmf = Literal["rfc4733", "info"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +186,14 @@ class Call:
         "conference",
         "conversation",
         "conversation_uuid",
+        "dtmf_source",
         "earmuffed",
         "ended",
         "ended_at",
         "from_",
         "hold",
         "inband",
+        "inband_heard",
         "leg_id",
         "local_sdp",
         "muted",
@@ -194,6 +202,7 @@ class Call:
         "port",
         "rtp",
         "runner",
+        "sdp_session_id",
         "sdp_version",
         "source",
         "started_at",
@@ -217,6 +226,7 @@ class Call:
         self.rtp: RtpSession | None = None
         self.alaw = False
         self.local_sdp: bytes | None = None
+        self.sdp_session_id = 0  # our o= line's: the same in every SDP of the call (RFC 3264 §8)
         self.sdp_version = 1
         self.runner: NccoRunner | None = None
         self.playback: Playback | _PendingPlayback | None = None
@@ -228,6 +238,8 @@ class Call:
         self.conference: str | None = None
         self.conversation: Conversation | None = None
         self.inband = False  # in-band DTMF detection runs on this call (until a signalled digit arrives)
+        self.inband_heard: tuple[str, float] | None = None  # the last digit detected in-band, and when
+        self.dtmf_source: SignalledDtmf | None = None  # how this call signals digits, from its first signalled one
         self.source: Address = ("", 0)
         self.x_headers: dict[str, str] = {}
 
@@ -295,7 +307,7 @@ class VoiceEngine:
             return
         self.stats.rtp_in += 1
         for digit in call.rtp.receive(data, source, now):
-            self._signalled_digit(call, digit.digit, now)
+            self._signalled_digit(call, digit.digit, "rfc4733", now)
 
     def receive_rtcp(self, port: int, data: bytes, source: Address, now: float) -> None:
         call = self._by_port.get(port)
@@ -507,9 +519,9 @@ class VoiceEngine:
         elif isinstance(event, OfferReceived):
             self._reoffer(call, event.sdp, now)
         elif isinstance(event, InfoReceived):
-            match = DTMF_RELAY.search(event.body) if "dtmf" in event.content_type.lower() else None
-            if match:
-                self._signalled_digit(call, match.group(1).decode().upper(), now)
+            digit = _relayed_digit(event.body) if "dtmf" in event.content_type.lower() else None
+            if digit is not None:
+                self._signalled_digit(call, digit, "info", now)
         elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
             try:
                 params = sdp.accept_answer(event.sdp)
@@ -546,23 +558,11 @@ class VoiceEngine:
             self._refuse(event, 503, now, {"Retry-After": "30"})
             return
         session_id = self._random.getrandbits(48)
-        params: sdp.AudioParameters | None = None
         try:
-            if event.sdp:
-                params, local = sdp.answer_offer(
-                    event.sdp,
-                    local_host=settings.contact_host,
-                    local_port=port,
-                    session_id=session_id,
-                    session_version=1,
-                )
-            else:  # no offer in the INVITE: ours goes in the 200, theirs comes back in the ACK
-                local = sdp.make_offer(
-                    local_host=settings.contact_host, local_port=port, session_id=session_id, session_version=1
-                )
+            params, local = self._local_sdp(port, session_id, 1, event.sdp or None)
         except sdp.NoUsableMedia:
             self._ports.close(port)
-            self._refuse(event, 488, now)
+            self._refuse(event, 488, now, INCOMPATIBLE_MEDIA)
             return
         except sdp.SdpError:
             self._ports.close(port)
@@ -570,6 +570,7 @@ class VoiceEngine:
             return
         call = self._new_call(event.leg_id, event.from_user, event.request_user, now)
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
+        call.sdp_session_id = session_id
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -641,31 +642,34 @@ class VoiceEngine:
             return
         self._start_media(call, params, now)
 
+    def _local_sdp(
+        self, port: int, session_id: int, version: int, offer: bytes | None
+    ) -> tuple[sdp.AudioParameters | None, bytes]:
+        """Our answer to `offer` and what it negotiated; with no offer, ours (its answer comes in the ACK)."""
+        host = self.settings.contact_host
+        if offer is None:
+            return None, sdp.make_offer(
+                local_host=host, local_port=port, session_id=session_id, session_version=version
+            )
+        return sdp.answer_offer(offer, local_host=host, local_port=port, session_id=session_id, session_version=version)
+
     def _reoffer(self, call: Call, offer: bytes | None, now: float) -> None:
         assert call.port is not None
-        call.sdp_version += 1
         try:
-            if offer is None:
-                local = sdp.make_offer(
-                    local_host=self.settings.contact_host,
-                    local_port=call.port,
-                    session_id=self._random.getrandbits(48),
-                    session_version=call.sdp_version,
-                )
-                self.agent.answer_offer(call.leg_id, local, now)
-                return
-            params, local = sdp.answer_offer(
-                offer,
-                local_host=self.settings.contact_host,
-                local_port=call.port,
-                session_id=self._random.getrandbits(48),
-                session_version=call.sdp_version,
-            )
-        except sdp.SdpError:
+            params, local = self._local_sdp(call.port, call.sdp_session_id, call.sdp_version, offer)
+            if local != call.local_sdp:  # RFC 3264 §8: a changed SDP takes the next version, the same one keeps it
+                call.sdp_version += 1
+                params, local = self._local_sdp(call.port, call.sdp_session_id, call.sdp_version, offer)
+        except sdp.NoUsableMedia:
+            self.agent.reject_offer(call.leg_id, 488, now, INCOMPATIBLE_MEDIA)
+            return
+        except sdp.SdpError:  # malformed: refused all the same, and the call carries on as it was
             self.agent.reject_offer(call.leg_id, 488, now)
             return
         call.local_sdp = local
         self.agent.answer_offer(call.leg_id, local, now)
+        if params is None:
+            return
         if call.rtp is None:
             self._start_media(call, params, now)
         else:
@@ -689,12 +693,22 @@ class VoiceEngine:
 
     # ---- NCCO ----------------------------------------------------------------------------------------------
 
-    def _signalled_digit(self, call: Call, digit: str, now: float) -> None:
-        """A digit sent as RFC 4733 or SIP INFO: from now on this call's digits are signalled, so in-band detection
-        stops for it — a phone sending both would otherwise count every key twice."""
+    def _signalled_digit(self, call: Call, digit: str, source: SignalledDtmf, now: float) -> None:
+        """A digit sent as RFC 4733 or SIP INFO. Phones and gateways often send each key press more than one way,
+        and a press must count once; the same key pressed twice must count twice, so no time window can tell the
+        two apart. Instead a call's digits come from one way only: the first signalled digit fixes it (as in
+        Asterisk and FreeSWITCH, a call that sends RFC 4733 has its INFO digits ignored, and the other way round),
+        and in-band detection stops then — that first digit is dropped if its tone was just heard."""
+        if call.dtmf_source is None:
+            call.dtmf_source = source
+        elif call.dtmf_source != source:
+            return
         if call.inband:
             call.inband = False
             self._dtmf.remove(call.uuid)
+            heard = call.inband_heard
+            if heard is not None and heard[0] == digit and now - heard[1] <= SAME_PRESS_S:
+                return
         self._digit(call, digit, now)
 
     def _digit(self, call: Call, digit: str, now: float) -> None:
@@ -870,6 +884,7 @@ class VoiceEngine:
             for uuid, digit in bank.detect():
                 keyed = self.calls.get(uuid)
                 if keyed is not None:
+                    keyed.inband_heard = (digit, now)
                     self._digit(keyed, digit, now)
         out = np.zeros_like(decoded)
         members = [i for i, call in enumerate(calls) if call.conference is not None]
@@ -931,6 +946,15 @@ class _PendingPlayback:
     def __init__(self, playback_id: int, loop_count: int) -> None:
         self.playback_id = playback_id
         self.loop_count = loop_count
+
+
+def _relayed_digit(body: bytes) -> str | None:
+    """The key of an application/dtmf-relay INFO body, or None if it names none."""
+    match = DTMF_RELAY.search(body)
+    if match is None:
+        return None
+    key = match.group(1).decode().upper()
+    return event_to_digit(int(key)) if key.isdigit() else key
 
 
 def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

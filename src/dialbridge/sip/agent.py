@@ -655,7 +655,7 @@ class SipAgent:
                 response, pending.entry, now, offer_in_2xx=not pending.had_offer, initial=False
             )
 
-    def reject_offer(self, leg_id: str, status: int, now: float) -> None:
+    def reject_offer(self, leg_id: str, status: int, now: float, headers: Mapping[str, str] | None = None) -> None:
         if not 300 <= status <= 699:
             raise ValueError(f"reject_offer() needs a 3xx-6xx status, not {status}")
         leg = self._legs.get(leg_id)
@@ -663,7 +663,8 @@ class SipAgent:
             return
         pending = leg.pending_offer
         leg.pending_offer = None
-        self._respond(pending.entry, status, now, to_tag=leg.dialog.local_tag)
+        extra = list(headers.items()) if headers else []
+        self._respond(pending.entry, status, now, to_tag=leg.dialog.local_tag, headers=extra)
 
     # --- requests -------------------------------------------------------------------------------------------------
 
