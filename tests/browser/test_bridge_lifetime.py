@@ -76,7 +76,9 @@ def test_the_bridge_outlives_a_browser_that_leaves_and_leaves_with_the_last_one(
         page_b.close()  # B leaves; A stays: the bridge stays
         time.sleep(2.0)
         assert stack.get("/healthz")["gateway"]["calls"] == 1
-        assert hears_the_caller(page_a)
+        # One analyser reading can miss the tone while the machine is starved (2 runs in 24 with both cores loaded);
+        # the bridge ending or A's audio stopping would fail this for good.
+        wait_until(lambda: hears_the_caller(page_a), 5, "browser A stopped hearing the caller when B left", every=0.5)
 
         page_b = context_b.new_page()  # B rejoins and hears the conference again
         page_b.goto(f"{stack.base}/room/stay")
