@@ -50,6 +50,7 @@ from dialbridge.engine.calls import (
     timestamp,
 )
 from dialbridge.engine.playback import FRAME, Playback
+from dialbridge.log_text import escaped_for_log
 from dialbridge.media import g711, tones
 from dialbridge.media.dtmf import InbandDtmfBank
 from dialbridge.media.mixer import ConferenceMixer
@@ -847,7 +848,8 @@ class VoiceEngine:
     def _event(self, call: Call, status: str, now: float, **extra: Any) -> None:
         call.state = status
         if status == "answered":  # this, joining a conference and the end: what an operator looks for in the log
-            log.info("call %s from %s to %s: answered", call.uuid, call.from_, call.to)
+            from_, to = escaped_for_log(call.from_), escaped_for_log(call.to)  # the caller wrote them
+            log.info("call %s from %s to %s: answered", call.uuid, from_, to)
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
         self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
 
