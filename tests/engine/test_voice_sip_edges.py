@@ -336,6 +336,16 @@ def test_an_oversized_invite_gets_513_over_tcp(tmp_path: Path, app: NccoApp) -> 
         peer.close()
 
 
+def test_a_bare_lf_request_is_answered_over_tcp_as_over_udp(engine: VoiceEngineProcess) -> None:
+    for transport in ("udp", "tcp"):
+        peer = Peer(engine.sip_port, transport=transport)
+        request = peer.request("OPTIONS", call_id=f"bare-lf-{transport}").replace(b"\r\n", b"\n")
+        try:
+            assert peer.final(request).status == 200, transport
+        finally:
+            peer.close()
+
+
 def test_an_invite_for_an_unknown_user_gets_404(peer: Peer, app: NccoApp) -> None:
     response = peer.final(peer.request("INVITE", user="someone-else", call_id="nobody", body=offer(4000)))
     assert response.status == 404
