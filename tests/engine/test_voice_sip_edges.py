@@ -361,6 +361,7 @@ def test_offers_without_usable_audio_get_488(peer: Peer, app: NccoApp) -> None:
         "G.729 only": offer(4000, formats="18"),
         "G.729 and telephone-event": offer(4000, formats="18 101"),
         "telephone-event only": offer(4000, formats="101"),
+        "audio only on port 0 (a disabled stream, RFC 3264 §5.1)": offer(0),
     }
     for name, body in offers.items():
         response = peer.final(peer.request("INVITE", call_id=f"offer-{name.replace(' ', '-')}", body=body))
