@@ -321,14 +321,20 @@ def _check_local(local_host: str, local_port: int) -> None:
 
 
 def answer_offer(
-    offer: bytes, *, local_host: str, local_port: int, session_id: int, session_version: int
+    offer: bytes, *, local_host: str, local_port: int, session_id: int, session_version: int, initial: bool = False
 ) -> tuple[AudioParameters, bytes]:
-    """Our answer to an offer (INVITE or re-INVITE): the negotiated parameters and the answer SDP."""
+    """Our answer to an offer (INVITE or re-INVITE): the negotiated parameters and the answer SDP.
+
+    `initial`: the offer that starts the session. There a stream on port 0 is offered but must not be used (RFC 3264
+    §5.1), so an offer whose only audio is on port 0 has none: NoUsableMedia. In a re-offer port 0 takes the stream
+    down (§8.2), which is answered with port 0."""
     _check_local(local_host, local_port)
     description = _parse(offer)
     if not description.media:
         raise SdpError("SDP offer without m= lines")
     choice = _choose(description, answering=True)
+    if initial and description.media[choice.media_index].port == 0:
+        raise NoUsableMedia("the only audio stream offered is disabled (port 0)")
     parameters = choice.parameters
     lines = _session_header(local_host, session_id, session_version)
     for index, media in enumerate(description.media):

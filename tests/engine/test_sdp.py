@@ -281,6 +281,16 @@ def test_disabled_audio_stream_is_answered_with_port_0() -> None:
     assert media_sections(answer)[0][0] == "m=audio 0 RTP/AVP 0 101"
 
 
+def test_an_initial_offer_whose_only_audio_stream_is_disabled_has_no_usable_media() -> None:
+    # RFC 3264 §5.1: port 0 in an offer is a stream that must not be used; starting a call on it leaves no audio.
+    with pytest.raises(NoUsableMedia):
+        answer_offer(hold_offer(port=0), **LOCAL, initial=True)
+    enabled_too = hold_offer(port=0) + b"m=audio 5002 RTP/AVP 8\r\n"
+    params, answer = answer_offer(enabled_too, **LOCAL, initial=True)
+    assert params.remote_rtp == ("1.2.3.4", 5002)
+    assert [section[0] for section in media_sections(answer)] == ["m=audio 0 RTP/AVP 0", "m=audio 40000 RTP/AVP 8"]
+
+
 def test_ipv6_offer_and_answer() -> None:
     offer = sdp("v=0", "o=- 1 1 IN IP6 2001:db8::5", "s=-", "c=IN IP6 2001:DB8::5", "t=0 0", "m=audio 5000 RTP/AVP 0")
     params, answer = answer_offer(offer, local_host="2001:db8::1", local_port=40000, session_id=1, session_version=1)

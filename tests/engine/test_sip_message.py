@@ -373,6 +373,21 @@ def test_framer_splits_messages_and_skips_keepalives() -> None:
     assert framer.feed(b"") == []
 
 
+def test_framer_frames_bare_lf_messages_as_udp_parses_them() -> None:
+    # RFC 3261 asks for CRLF, but the datagram parser tolerates bare LF: over TCP the same message must be framed
+    # (head ended by a blank line of LFs, its Content-Length honoured), not left waiting for a CRLFCRLF.
+    body = SDP.replace(b"\r\n", b"\n")
+    head, _, _ = sipp_invite(body).partition(b"\r\n\r\n")
+    bare = head.replace(b"\r\n", b"\n") + b"\n\n" + body
+    framer = SipStreamFramer()
+    stream = bare + sipp_invite() + bare
+    out: list[bytes] = []
+    for i in range(0, len(stream), 29):
+        out += framer.feed(stream[i : i + 29])
+    assert out == [bare, sipp_invite(), bare]
+    assert parse_message(out[0], stream=True).body == body
+
+
 def test_framer_rejects_oversize_and_bad_length() -> None:
     with pytest.raises(SipParseError) as info:
         SipStreamFramer(max_size=1000).feed(sipp_invite(content_length=5000))

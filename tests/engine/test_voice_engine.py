@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookResult
 from dialbridge.engine.calls.runner import DEFAULT_APOLOGY
 from dialbridge.engine.core import SPEAKING_REPORT_S, EngineSettings, FetchAnswer, SendWebhook
+from dialbridge.log_text import escaped_for_log
 from dialbridge.rtp.events import parse_telephone_event
 from dialbridge.rtp.packet import RtpPacket, build_rtp
 from tests.engine.fake_engine import (
@@ -592,6 +594,32 @@ def test_a_remote_bye_is_answered_and_reported_completed() -> None:
     world.run(0.2)
     assert not phone.requests  # no BYE of our own
     assert_idle(world)
+
+
+def test_text_a_caller_writes_reaches_the_log_with_its_control_characters_escaped_and_capped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # From, To and Call-ID are the caller's text: raw in the log, CR/LF would forge lines and ESC sequences would
+    # drive the terminal of whoever reads it. NUL and ESC pass the SIP parser in a URI's user part and a Call-ID.
+    caplog.set_level(logging.INFO)
+    world = world_with([conversation("room-1")])
+    phone = world.phone(caller="ev\x00il\x1b[31m" + "9" * 500)
+    # A folded display name: its CRLF is a header continuation, so it ends up as a space, not a line break.
+    phone.send(phone.invite_bytes().replace(b'"SIPp caller"', b'"\x00\x1b[31m\r\n FAKE LINE"'))
+    world.until(lambda: 200 in phone.statuses(), 2.0)
+    stranger = world.phone(user="nobody")
+    stranger.auto_ack = False  # its 404 is never ACKed: the engine logs the Call-ID when it gives up waiting
+    stranger.send(stranger.invite_bytes().replace(stranger.call_id.encode(), b"forged\x1b[2J\rFAKE LINE@x"))
+    assert stranger.statuses()[-1] == 404
+    world.advance(40.0)  # 64*T1
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("from ev\\x00il\\x1b[31m999" in line for line in logged), logged
+    assert any("forged\\x1b[2J\\rFAKE LINE" in line for line in logged), logged
+    for line in logged:
+        assert line.isprintable(), repr(line)
+        assert "9" * 300 not in line, f"caller text not capped: {line[:100]!r}..."
+    # CR LF cannot pass the parser inside a header value; the escaping (one helper for every such value) takes it too.
+    assert escaped_for_log("\x00\x1b[31m\r\nFAKE LINE") == "\\x00\\x1b[31m\\r\\nFAKE LINE"
 
 
 def test_a_cancel_before_the_answer_gets_487_and_cancelled_and_the_late_answer_is_ignored() -> None:

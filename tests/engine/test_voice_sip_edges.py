@@ -336,6 +336,16 @@ def test_an_oversized_invite_gets_513_over_tcp(tmp_path: Path, app: NccoApp) -> 
         peer.close()
 
 
+def test_a_bare_lf_request_is_answered_over_tcp_as_over_udp(engine: VoiceEngineProcess) -> None:
+    for transport in ("udp", "tcp"):
+        peer = Peer(engine.sip_port, transport=transport)
+        request = peer.request("OPTIONS", call_id=f"bare-lf-{transport}").replace(b"\r\n", b"\n")
+        try:
+            assert peer.final(request).status == 200, transport
+        finally:
+            peer.close()
+
+
 def test_an_invite_for_an_unknown_user_gets_404(peer: Peer, app: NccoApp) -> None:
     response = peer.final(peer.request("INVITE", user="someone-else", call_id="nobody", body=offer(4000)))
     assert response.status == 404
@@ -351,6 +361,7 @@ def test_offers_without_usable_audio_get_488(peer: Peer, app: NccoApp) -> None:
         "G.729 only": offer(4000, formats="18"),
         "G.729 and telephone-event": offer(4000, formats="18 101"),
         "telephone-event only": offer(4000, formats="101"),
+        "audio only on port 0 (a disabled stream, RFC 3264 §5.1)": offer(0),
     }
     for name, body in offers.items():
         response = peer.final(peer.request("INVITE", call_id=f"offer-{name.replace(' ', '-')}", body=body))

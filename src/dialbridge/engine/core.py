@@ -50,6 +50,7 @@ from dialbridge.engine.calls import (
     timestamp,
 )
 from dialbridge.engine.playback import FRAME, Playback
+from dialbridge.log_text import escaped_for_log
 from dialbridge.media import g711, tones
 from dialbridge.media.dtmf import InbandDtmfBank
 from dialbridge.media.mixer import ConferenceMixer
@@ -559,7 +560,7 @@ class VoiceEngine:
             return
         session_id = self._random.getrandbits(48)
         try:
-            params, local = self._local_sdp(port, session_id, 1, event.sdp or None)
+            params, local = self._local_sdp(port, session_id, 1, event.sdp or None, initial=True)
         except sdp.NoUsableMedia:
             self._ports.close(port)
             self._refuse(event, 488, now, INCOMPATIBLE_MEDIA)
@@ -643,15 +644,18 @@ class VoiceEngine:
         self._start_media(call, params, now)
 
     def _local_sdp(
-        self, port: int, session_id: int, version: int, offer: bytes | None
+        self, port: int, session_id: int, version: int, offer: bytes | None, *, initial: bool = False
     ) -> tuple[sdp.AudioParameters | None, bytes]:
-        """Our answer to `offer` and what it negotiated; with no offer, ours (its answer comes in the ACK)."""
+        """Our answer to `offer` and what it negotiated; with no offer, ours (its answer comes in the ACK).
+        `initial`: the INVITE that starts the call (see `sdp.answer_offer`)."""
         host = self.settings.contact_host
         if offer is None:
             return None, sdp.make_offer(
                 local_host=host, local_port=port, session_id=session_id, session_version=version
             )
-        return sdp.answer_offer(offer, local_host=host, local_port=port, session_id=session_id, session_version=version)
+        return sdp.answer_offer(
+            offer, local_host=host, local_port=port, session_id=session_id, session_version=version, initial=initial
+        )
 
     def _reoffer(self, call: Call, offer: bytes | None, now: float) -> None:
         assert call.port is not None
@@ -847,7 +851,8 @@ class VoiceEngine:
     def _event(self, call: Call, status: str, now: float, **extra: Any) -> None:
         call.state = status
         if status == "answered":  # this, joining a conference and the end: what an operator looks for in the log
-            log.info("call %s from %s to %s: answered", call.uuid, call.from_, call.to)
+            from_, to = escaped_for_log(call.from_), escaped_for_log(call.to)  # the caller wrote them
+            log.info("call %s from %s to %s: answered", call.uuid, from_, to)
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
         self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
 

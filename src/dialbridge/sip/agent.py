@@ -51,6 +51,7 @@ import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dialbridge.log_text import escaped_for_log
 from dialbridge.sip.auth import (
     DigestChallenge,
     DigestClient,
@@ -1185,7 +1186,7 @@ class SipAgent:
             self._send(message, entry.destination, entry.transport)
         for event in events:
             if isinstance(event, TransactionTimedOut):
-                log.info("no ACK for our final response to %s", entry.transaction.request.call_id)
+                log.info("no ACK for our final response to %s", escaped_for_log(entry.transaction.request.call_id))
         if entry.transaction.terminated:
             self._server.pop(entry.key, None)
             if entry.merge_key is not None and self._merge.get(entry.merge_key) == entry.key:

@@ -690,15 +690,26 @@ class SipResponse(_MessageBase):
 SipMessage = SipRequest | SipResponse
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Head (start line + headers) and what follows the blank line. Bare LF line ends are tolerated."""
+def _find_head_end(data: bytes | bytearray) -> tuple[int, int] | None:
+    """Where the head ends and the body starts: at the first blank line, CRLF CRLF or (tolerated) bare LF LF.
+
+    One rule for datagrams and streams, so a message UDP accepts is framed the same way over TCP."""
     end = data.find(b"\r\n\r\n")
     lf_end = data.find(b"\n\n")
     if end < 0 and lf_end < 0:
-        raise SipParseError("no end of headers")
+        return None
     if end >= 0 and (lf_end < 0 or end <= lf_end):
-        return data[:end], data[end + 4 :]
-    return data[:lf_end], data[lf_end + 2 :]
+        return end, end + 4
+    return lf_end, lf_end + 2
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Head (start line + headers) and what follows the blank line. Bare LF line ends are tolerated."""
+    bounds = _find_head_end(data)
+    if bounds is None:
+        raise SipParseError("no end of headers")
+    head_end, body_start = bounds
+    return data[:head_end], data[body_start:]
 
 
 def _header_lines(head: str) -> list[str]:
@@ -854,7 +865,8 @@ def _addressable_request(data: bytes) -> SipRequest | None:
 
 
 class SipStreamFramer:
-    """Cuts a TCP byte stream into whole SIP messages using Content-Length (RFC 3261 18.3).
+    """Cuts a TCP byte stream into whole SIP messages using Content-Length (RFC 3261 18.3); a head ends where
+    `parse_message` ends it (bare LF line ends tolerated).
 
     CRLF keep-alives between messages (RFC 5626 "double CRLF" pings) are skipped. A message whose head or total size
     exceeds `max_size`, or whose Content-Length is unusable, raises SipParseError: the stream cannot be resynchronised
@@ -876,8 +888,8 @@ class SipStreamFramer:
             if stripped:
                 self.keepalives += bytes(self._buffer[:stripped]).count(b"\r\n\r\n")
                 del self._buffer[:stripped]
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
+            bounds = _find_head_end(self._buffer)
+            if bounds is None:
                 if len(self._buffer) > self.max_size:
                     # As over UDP: answer 513 if the header lines received so far can address it (Via, From, To,
                     # Call-ID and CSeq come first in practice), then the stream is given up.
@@ -887,12 +899,12 @@ class SipStreamFramer:
                         error.request = _addressable_request(bytes(self._buffer[:last_line]) + b"\r\n\r\n")
                     raise error
                 return messages
-            head_end = end + 4
-            length = _stream_content_length(bytes(self._buffer[:end]))
-            total = head_end + length
+            head_end, body_start = bounds
+            length = _stream_content_length(bytes(self._buffer[:head_end]))
+            total = body_start + length
             if total > self.max_size:
                 error = SipParseError(f"message of {total} bytes exceeds {self.max_size}", status=513)
-                error.request = _addressable_request(bytes(self._buffer[:head_end]))
+                error.request = _addressable_request(bytes(self._buffer[:body_start]))
                 raise error
             if len(self._buffer) < total:
                 return messages
@@ -902,7 +914,7 @@ class SipStreamFramer:
 
 def _stream_content_length(head: bytes) -> int:
     found: int | None = None
-    for raw in head.split(b"\r\n")[1:]:
+    for raw in head.split(b"\n")[1:]:  # CRLF or bare LF line ends, as `_header_lines` reads them
         name, colon, value = raw.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
             text = value.strip()
