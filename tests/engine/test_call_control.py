@@ -4,6 +4,7 @@ official `vonage` SDK end to end over TLS, fuzzing over the routes, and the cred
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import ssl
@@ -235,6 +236,15 @@ def test_a_live_call_omits_what_is_not_known_yet(api: Api, fake: FakeControl) ->
 def test_get_unknown_call_is_404(api: Api) -> None:
     body = assert_problem(api.get("/v1/calls/NOPE"), 404, "not-found")
     assert "NOPE" in body["detail"]
+
+
+def test_a_path_that_would_forge_log_lines_is_logged_escaped(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette percent-decodes the path: %0d%0a would end the log line and start one the client wrote."""
+    with caplog.at_level(logging.DEBUG, logger="dialbridge.engine.control"):
+        assert_problem(api.get("/v1/no%0d%0aERROR%20forged%1b%5b2J"), 404, "not-found")
+    logged = [record.getMessage() for record in caplog.records if record.name == "dialbridge.engine.control"]
+    assert logged and all("\r" not in line and "\n" not in line and "\x1b" not in line for line in logged)
+    assert any("ERROR forged\\x1b[2J" in line for line in logged), logged
 
 
 # ---- GET /v1/calls ------------------------------------------------------------------------------------------------

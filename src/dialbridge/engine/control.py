@@ -49,6 +49,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from dialbridge.credentials import TokenError, TokenExpired, VoiceCredentials
+from dialbridge.log_text import escaped_for_log
 
 log = logging.getLogger(__name__)
 
@@ -564,10 +565,12 @@ def _problem_body(problem: _Problem) -> dict[str, Any]:
 async def _problem_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, _Problem)
     body = _problem_body(exc)
+    # The path (percent-decoded: %0d%0a is a real CR LF) and the detail quoting it are the client's text.
+    path, detail = escaped_for_log(request.url.path), escaped_for_log(exc.detail)
     if exc.status >= 500:
-        log.error("call control %s %s: %s (%s)", request.method, request.url.path, exc.detail, body["instance"])
+        log.error("call control %s %s: %s (%s)", request.method, path, detail, body["instance"])
     else:
-        log.debug("call control %s %s: %s %s", request.method, request.url.path, exc.status, exc.detail)
+        log.debug("call control %s %s: %s %s", request.method, path, exc.status, detail)
     return _json(body, exc.status, exc.headers, media_type="application/problem+json")
 
 
@@ -587,7 +590,7 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
 
 
 async def _server_problem(request: Request, exc: Exception) -> Response:
-    log.error("call control %s %s failed", request.method, request.url.path, exc_info=exc)
+    log.error("call control %s %s failed", request.method, escaped_for_log(request.url.path), exc_info=exc)
     problem = _Problem(500, "internal-error", "Internal Error", "The engine failed to carry out the request.")
     return await _problem_response(request, problem)
 
