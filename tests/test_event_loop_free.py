@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, event, make_url
 
-from dialbridge.conference.webhooks import DIAL_OUT_HEADER, CallParty
+from dialbridge.conference.webhooks import DIAL_OUT_HEADER, CallParty, PinInput
 from dialbridge.config import Settings
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import DialOutStore
@@ -269,7 +269,8 @@ def test_pin_decisions_of_two_instances_each_see_the_other_s_guesses(db_url: str
         async def guesses() -> list[bool]:
             start.wait()
             calls = [CallParty(f"{name}-{n}", "conversation", CALLER, "14155550100") for n in range(3)]
-            settled = await asyncio.gather(*(store.settle_pin_entry(c, "000000", 0.0, 1.0, decide) for c in calls))
+            entries = [PinInput(call, "000000", timed_out=False) for call in calls]
+            settled = await asyncio.gather(*(store.settle_pin_entry(e, 0.0, 1.0, decide) for e in entries))
             return [again for again, _callers in settled]
 
         return asyncio.run(guesses())

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.config import Settings
+from dialbridge.engine.calls.payloads import CallInfo, input_payload
 from dialbridge.web.app import create_app
+from dialbridge.web.signatures import WebhookSignatures
 from dialbridge.web.webhooks import WEBHOOKS, query_fields
 from tests.conftest import FakeClock, on_both_databases
-from tests.helpers import actions, answer, conversation_name, enter, make_room
+from tests.helpers import actions, answer, conversation_name, enter, make_room, run_async
 from tests.test_callflow import VONAGE_MODELS
 
 
@@ -244,3 +250,105 @@ def test_the_openapi_document_lists_every_webhook_path_with_its_methods(client: 
     for path, webhook in WEBHOOKS.items():
         assert sorted(paths.get(path, {})) == sorted(method.lower() for method in webhook.methods), path
     assert "/api/rooms" in paths  # FastAPI's own routes are still there
+
+
+# ---- retried input webhooks ---------------------------------------------------------------------------------------
+# The engine (as Vonage) sends an input webhook again when it got no answer in time: the same body, signed anew.
+
+RETRY_SECRET = "retry-signature-secret-0123456789"
+RETRY_CALLER = "447700900123"
+
+
+@pytest.fixture
+def signed_app(settings: Settings, clock: FakeClock) -> Any:
+    return create_app(settings.model_copy(update={"signature_secret": SecretStr(RETRY_SECRET)}), clock=clock)
+
+
+def entry_body(uuid: str, digits: str, at: float, *, timed_out: bool = False) -> bytes:
+    """An input webhook's body as the embedded engine builds it for one entry on call `uuid`, entered at `at`."""
+    call = CallInfo(uuid=uuid, conversation_uuid="CON-" + uuid, from_=RETRY_CALLER, to="14155550100")
+    return orjson.dumps(input_payload(call, digits, timed_out, at))
+
+
+def signed_headers(body: bytes, clock: FakeClock) -> dict[str, str]:
+    """Each delivery carries a token of its own (a new jti), as the engine's and Vonage's retries do."""
+    token = WebhookSignatures(RETRY_SECRET).sign(body, clock())
+    return {"content-type": "application/json", "authorization": f"Bearer {token}"}
+
+
+def deliver(client: TestClient, body: bytes, clock: FakeClock) -> Any:
+    response = client.post("/webhooks/input", content=body, headers=signed_headers(body, clock))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def attempts(app: Any, uuid: str) -> tuple[int, int]:
+    """(failed entries on the call, wrong guesses by its caller)."""
+    store = app.state.services.store
+    call = store.call(uuid)
+    return (call.pin_failures if call else 0), store.caller_failures(RETRY_CALLER, 0)
+
+
+@pytest.mark.parametrize("right_pin", [False, True], ids=["wrong-pin", "right-pin"])
+def test_an_input_delivered_twice_is_decided_once_and_answered_alike(
+    signed_app: Any, clock: FakeClock, right_pin: bool
+) -> None:
+    with TestClient(signed_app) as client:
+        room = make_room(client, "standup")
+        body = entry_body("call-1", room["pin"] if right_pin else "000000", clock())
+        first = deliver(client, body, clock)
+        clock.advance(5.1)  # the sender's read timeout, then its retry
+        second = deliver(client, body, clock)
+        assert second == first
+        assert attempts(signed_app, "call-1") == ((0, 0) if right_pin else (1, 1))
+        assert (conversation_name(first) == room["session_id"]) is right_pin
+
+
+def test_a_retry_of_the_entry_that_ends_the_call_says_goodbye_again_and_counts_nothing(
+    signed_app: Any, clock: FakeClock
+) -> None:
+    with TestClient(signed_app) as client:
+        make_room(client, "standup")
+        for n in range(2):
+            deliver(client, entry_body("call-1", f"00000{n}", clock()), clock)
+            clock.advance(10)
+        last = entry_body("call-1", "000009", clock())
+        goodbye = deliver(client, last, clock)
+        assert actions(goodbye) == ["talk"] and "Goodbye" in goodbye[0]["text"]
+        assert deliver(client, last, clock) == goodbye
+        assert attempts(signed_app, "call-1") == (3, 3)
+
+
+def test_different_entries_on_one_call_are_each_an_attempt(signed_app: Any, clock: FakeClock) -> None:
+    """The same digits keyed again later, other digits under the same timestamp (no retry sends those) and another
+    call's entry at the same moment are entries of their own: each is decided and counted, so nothing but an
+    identical delivery escapes the count."""
+    with TestClient(signed_app) as client:
+        make_room(client, "standup")
+        entered_at = clock()
+        deliver(client, entry_body("call-1", "000000", entered_at), clock)
+        clock.advance(10)
+        deliver(client, entry_body("call-1", "000000", clock()), clock)
+        assert attempts(signed_app, "call-1") == (2, 2)
+        deliver(client, entry_body("call-2", "000000", entered_at), clock)
+        deliver(client, entry_body("call-3", "111111", clock()), clock)
+        deliver(client, entry_body("call-3", "222222", clock()), clock)
+        assert attempts(signed_app, "call-2") == (1, 5)
+        assert attempts(signed_app, "call-3") == (2, 5)
+
+
+@on_both_databases
+def test_an_input_delivered_twice_at_once_is_decided_once(signed_app: Any, clock: FakeClock) -> None:
+    async def twice_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=signed_app), base_url="http://test") as client:
+            body = entry_body("call-1", "000000", clock())
+            deliveries = [
+                client.post("/webhooks/input", content=body, headers=signed_headers(body, clock)) for _ in range(2)
+            ]
+            return list(await asyncio.gather(*deliveries))
+
+    responses = run_async(twice_at_once())
+    assert [response.status_code for response in responses] == [200, 200]
+    assert responses[0].json() == responses[1].json()
+    assert actions(responses[0].json()) == ["talk", "talk", "input"]
+    assert attempts(signed_app, "call-1") == (1, 1)

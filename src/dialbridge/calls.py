@@ -129,7 +129,7 @@ class CallDesk:
             return decision, record
 
         since = now - self.quota.window_s
-        decision, callers = await self.store.settle_pin_entry(entry.call, entry.digits, since, now, decide)
+        decision, callers = await self.store.settle_pin_entry(entry, since, now, decide)
         if decision.outcome is PinOutcome.ACCEPTED and decision.room is not None:
             room = decision.room
             self._changed(room.room_id, entry.call.uuid, room.session_id)

@@ -13,7 +13,8 @@ from typing import Any
 
 SESSION_HEADER = "X-OpenTok-SessionId"  # what Vonage Video puts on the SIP calls a session places
 DIAL_OUT_HEADER = "X-dialbridge-dial-out"  # which of a room's dial-outs placed the call
-DIGITS = re.compile(r"^[0-9*#]{0,64}$")
+MAX_DIGITS = 64
+DIGITS = re.compile(rf"^[0-9*#]{{0,{MAX_DIGITS}}}$")
 MAX_FIELD = 256
 MAX_DURATION_S = 2**31 - 1  # what any database's INTEGER holds; 68 years is no call
 MAX_NESTING = 32  # Vonage's payloads nest two or three levels; the event payload is stored as it came
@@ -94,9 +95,20 @@ class AnswerRequest:
 
 @dataclass(frozen=True, slots=True)
 class PinInput:
+    """One entry keyed on a call. A sender that got no answer in time sends the same body again (the engine, as
+    Vonage, once): the call, `sent_at` (the body's `timestamp`), the digits and `timed_out` name the entry, so that
+    the store decides it once (`Store.settle_pin_entry`). Without a timestamp (the legacy format) an entry cannot be
+    told from the next one with the same digits: each delivery is decided and counted."""
+
     call: CallParty
     digits: str
     timed_out: bool
+    sent_at: str = ""
+
+    @property
+    def recognisable(self) -> bool:
+        """Whether a second delivery of this entry can be recognised (see the class)."""
+        return bool(self.sent_at)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> PinInput:
@@ -113,8 +125,13 @@ class PinInput:
             raise PayloadError("field 'dtmf.digits' must be a string of digits")
         digits = str(raw).strip()
         if not DIGITS.match(digits):
-            raise PayloadError("field 'dtmf.digits' may hold only 0-9, * and # (at most 64)")
-        return cls(call=CallParty.parse(body), digits=digits.rstrip("#"), timed_out=timed_out)
+            raise PayloadError(f"field 'dtmf.digits' may hold only 0-9, * and # (at most {MAX_DIGITS})")
+        return cls(
+            call=CallParty.parse(body),
+            digits=digits.rstrip("#"),
+            timed_out=timed_out,
+            sent_at=_text(body, "timestamp"),
+        )
 
 
 MAX_SPEAKERS = 500  # the engine's largest conference holds fewer members

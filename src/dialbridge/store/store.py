@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dialbridge.conference.rooms import Room
-from dialbridge.conference.webhooks import CallEvent, CallParty
+from dialbridge.conference.webhooks import CallEvent, CallParty, PinInput
 from dialbridge.store import tables as t
 from dialbridge.store.dial_outs import CONFERENCE, ENDED
 from dialbridge.store.dial_outs import OPEN_STATES as OPEN_DIAL_OUT_STATES
@@ -260,6 +260,16 @@ class _Statements:
             select(on_call, by_caller, pin_room.c.room_id, pin_room.c.session_id)
             .select_from(select(literal(1).label("one")).subquery())
             .outerjoin(pin_room, true())
+        )
+        entries = t.pin_entries.c
+        self.insert_pin_entry = p(_insert_all(t.pin_entries))
+        self.pin_entry_decided = p(
+            select(entries.failures_on_call, entries.caller_failures, entries.room_id).where(
+                entries.call_uuid == bindparam("call_uuid"),
+                entries.sent_at == bindparam("sent_at"),
+                entries.digits == bindparam("digits"),
+                entries.timed_out == bindparam("timed_out"),
+            )
         )
 
         module = postgresql if engine.dialect.name == "postgresql" else sqlite
@@ -663,29 +673,46 @@ class Store:
     # ---- PIN attempts ------------------------------------------------------------------------------------------
     def settle_pin_entry(
         self,
-        call: CallParty,
-        pin: str,
+        entry: PinInput,
         since: float,
         now: float,
         decide: Callable[[int, int, Room | None], tuple[T, PinRecord]],
     ) -> Awaitable[tuple[T, int]]:
         """Decide a PIN entry and record the decision, in one write transaction: `decide` gets the call's failed
-        entries, the caller's wrong guesses since `since` and the room `pin` is the PIN of, and says what to record.
-        Returns what `decide` decided, and how many other phone callers are in the conference of the room the call
-        joins (0 when it joins none): counted in the same transaction, not in a read of its own after it, since
-        every caller with the right PIN needs it ("you are the first participant").
+        entries, the caller's wrong guesses since `since` and the room the entry's digits are the PIN of, and says
+        what to record. Returns what `decide` decided, and how many other phone callers are in the conference of
+        the room the call joins (0 when it joins none): counted in the same transaction, not in a read of its own
+        after it, since every caller with the right PIN needs it ("you are the first participant").
 
         Counting in the write, not in a read before it, is what makes the caller quota hold: read first, parallel
         calls from one number all saw the same count before any of them recorded its guess (40 parallel wrong
         guesses over two instances: 13 were invited to try again, where the quota allows 9). In the write they
-        take turns — SQLite's write lock is held from BEGIN; on PostgreSQL an advisory lock does the same."""
+        take turns — SQLite's write lock is held from BEGIN; on PostgreSQL an advisory lock does the same.
+
+        An entry delivered again (a retried webhook: `PinInput` says what names an entry) is decided once: its
+        second delivery gets `decide` run on what the first one's decision saw, so the same answer, and records
+        nothing. Looked up after the turn is taken, so that two deliveries at once are one decision too."""
+        call = entry.call
+        named = {
+            "call_uuid": call.uuid,
+            "sent_at": entry.sent_at,
+            "digits": entry.digits,
+            "timed_out": int(entry.timed_out),
+        }
 
         def settle(run: Run) -> tuple[T, int]:
             if self._sql.lock_pin_decisions is not None:
                 run(self._sql.lock_pin_decisions)
-            row = run(self._sql.pin_entry, uuid=call.uuid, caller=call.caller, since=since, pin=pin).fetchone()
-            room = Room(row[2], row[3], pin) if row[2] is not None else None
-            result, record = decide(int(row[0] or 0), int(row[1] or 0), room)
+            decided = run(self._sql.pin_entry_decided, **named).fetchone() if entry.recognisable else None
+            if decided is not None:
+                on_call, by_caller, room_id = decided
+                found = run(self._sql.room_by_id, key=room_id).fetchone() if room_id is not None else None
+                result, record = decide(on_call, by_caller, Room(*found) if found else None)
+                return result, self._callers_besides(run, record.room_id, call.uuid)
+            row = run(self._sql.pin_entry, uuid=call.uuid, caller=call.caller, since=since, pin=entry.digits).fetchone()
+            on_call, by_caller = int(row[0] or 0), int(row[1] or 0)
+            room = Room(row[2], row[3], entry.digits) if row[2] is not None else None
+            result, record = decide(on_call, by_caller, room)
             if record.failed:
                 run(
                     self._sql.insert_attempt,
@@ -696,12 +723,25 @@ class Store:
                     guessed=int(record.guessed),
                 )
             self._upsert_call(run, call, record.call_status, now, room_id=record.room_id, failed=record.failed)
-            if record.room_id is None:
-                return result, 0
-            counted = run(self._sql.callers_in_room, room_id=record.room_id, besides=call.uuid).fetchone()
-            return result, int(counted[0] or 0)
+            if entry.recognisable:
+                room_seen = room.room_id if room is not None else None
+                run(
+                    self._sql.insert_pin_entry,
+                    **named,
+                    failures_on_call=on_call,
+                    caller_failures=by_caller,
+                    room_id=room_seen,
+                )
+            return result, self._callers_besides(run, record.room_id, call.uuid)
 
         return self._write(settle)
+
+    def _callers_besides(self, run: Run, room_id: str | None, call_uuid: str) -> int:
+        """Phone callers in the conference of room `room_id` besides the call (0 for no room), within a write."""
+        if room_id is None:
+            return 0
+        counted = run(self._sql.callers_in_room, room_id=room_id, besides=call_uuid).fetchone()
+        return int(counted[0] or 0)
 
     def caller_failures(self, caller: str, since: float) -> int:
         """Wrong guesses from this caller number since `since` (what answering a call needs to know)."""

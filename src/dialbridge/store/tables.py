@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 
-from dialbridge.conference.webhooks import MAX_FIELD
+from dialbridge.conference.webhooks import MAX_DIGITS, MAX_FIELD
 
 metadata = MetaData(
     naming_convention={
@@ -108,6 +108,22 @@ Index(
     pin_attempts.c.guessed,  # redundant with the WHERE, but it lets SQLite answer from the index alone
     sqlite_where=_GUESSES,
     postgresql_where=_GUESSES,
+)
+
+# Each PIN entry decided, by what names it (`PinInput`: its call, the input webhook's `timestamp`, its digits and
+# whether it timed out), with what its decision saw. A retried webhook names the same entry: it is decided again on
+# these counts and this room, so it gets the same answer, and nothing is recorded again (migration 0008).
+pin_entries = Table(
+    "pin_entries",
+    metadata,
+    Column("call_uuid", String(MAX_FIELD), primary_key=True),
+    Column("sent_at", String(MAX_FIELD), primary_key=True),
+    Column("digits", String(MAX_DIGITS), primary_key=True),
+    Column("timed_out", Integer, primary_key=True, autoincrement=False),
+    Column("failures_on_call", Integer, nullable=False),
+    Column("caller_failures", Integer, nullable=False),
+    Column("room_id", String(64), nullable=True),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree per entry, not two
 )
 
 server_keys = Table(
