@@ -263,6 +263,13 @@ class _Statements:
         )
         entries = t.pin_entries.c
         self.insert_pin_entry = p(_insert_all(t.pin_entries))
+        # The entries of calls that ended a while ago: no retry of theirs can come any more. Read from pin_entries'
+        # side (the calls' key for each), so a sweep costs what the table holds, never the whole call history.
+        self.forget_pin_entries = p(
+            delete(t.pin_entries).where(
+                exists().where(t.calls.c.uuid == entries.call_uuid, t.calls.c.ended_at < bindparam("before"))
+            )
+        )
         self.pin_entry_decided = p(
             select(entries.failures_on_call, entries.caller_failures, entries.room_id).where(
                 entries.call_uuid == bindparam("call_uuid"),
@@ -287,7 +294,22 @@ class _Statements:
 
 
 SQLITE_BUSY = 5
-TOKEN_SWEEP_S = 60.0  # how often accepted webhook tokens past their lifetime are deleted
+SWEEP_S = 60.0  # how often what has outlived its use (accepted webhook tokens, old PIN entries) is deleted
+PIN_ENTRY_KEPT_S = 3600.0  # after its call ended: a retried input webhook comes within seconds of the first
+
+
+@dataclass(slots=True)
+class Sweep:
+    """When a table's rows that have outlived their use are next deleted: at most once every `SWEEP_S`, by the
+    write that comes first after that (a sweep rides a write that takes the lock anyway)."""
+
+    last: float = float("-inf")
+
+    def due(self, now: float) -> bool:
+        if now < self.last + SWEEP_S:
+            return False
+        self.last = now
+        return True
 
 
 class WebhookReplayed(Exception):
@@ -371,7 +393,8 @@ class Store:
         database = engine.url.database if self._is_sqlite else None
         self._wal = bool(database) and database != ":memory:" and not str(database).startswith("file::memory:")
         self._checkpointer: Any = None
-        self._tokens_swept_at = float("-inf")
+        self._token_sweep = Sweep()
+        self._pin_entry_sweep = Sweep()
         if self._is_sqlite:
             self._writer = GroupCommitWriter(
                 self._open_writer, "BEGIN IMMEDIATE", self._checkpoint if self._wal else None, _sqlite_busy
@@ -471,7 +494,7 @@ class Store:
         nothing is written and WebhookReplayed is raised: a replay acts on nothing, and the record costs no commit
         of its own. Tokens past their lifetime are deleted at most once a minute, in the same transaction."""
         claim.used = True
-        sweep = self._sweep_due(claim.now)
+        sweep = self._token_sweep.due(claim.now)
 
         def recorded_then(run: Run) -> T | _Replayed:
             if sweep:
@@ -481,13 +504,6 @@ class Store:
             return work(run)
 
         return _unless_replayed(self._writer.write(recorded_then))
-
-    def _sweep_due(self, now: float) -> bool:
-        """Whether this write also deletes the tokens past their lifetime (at most once a minute)."""
-        if now < self._tokens_swept_at + TOKEN_SWEEP_S:
-            return False
-        self._tokens_swept_at = now
-        return True
 
     def _write_now(self, work: Callable[[Run], T]) -> T:
         return self._writer.write_now(work)
@@ -700,9 +716,13 @@ class Store:
             "timed_out": int(entry.timed_out),
         }
 
+        sweep = self._pin_entry_sweep.due(now)
+
         def settle(run: Run) -> tuple[T, int]:
             if self._sql.lock_pin_decisions is not None:
                 run(self._sql.lock_pin_decisions)
+            if sweep:
+                run(self._sql.forget_pin_entries, before=now - PIN_ENTRY_KEPT_S)
             decided = run(self._sql.pin_entry_decided, **named).fetchone() if entry.recognisable else None
             if decided is not None:
                 on_call, by_caller, room_id = decided
