@@ -258,6 +258,60 @@ def test_a_reload_that_fails_keeps_the_running_workers(tmp_path: Path) -> None:
         assert _get_healthz(served.port) == 200
 
 
+SECOND_WORKER_SLOW = """
+# The first worker for slot 1 takes 8 s more to start (a cold disk, a slow import): a reload can come meanwhile.
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import dialbridge.server.workers as workers
+
+_original = workers.worker_main
+
+
+def _slow_second(config, channel):
+    marker = Path(os.environ["TEST_SLOW_MARKER"])
+    if multiprocessing.current_process().name == "dialbridge-worker-1" and not marker.exists():
+        marker.touch()
+        time.sleep(8)
+    return _original(config, channel)
+
+
+workers.worker_main = _slow_second
+"""
+
+
+def test_a_reload_while_a_worker_is_still_starting_never_stops_the_one_serving(tmp_path: Path) -> None:
+    """Issue 16: SIGHUP with a bad `.env` as soon as /healthz first answers, while the second worker still starts.
+    That worker is retired, its replacement fails; the supervisor took it for a start-up failure with nothing
+    serving in its place and exited 3, stopping the worker that was serving."""
+    patched = patched_python(tmp_path, SECOND_WORKER_SLOW)
+    served = start(tmp_path, "--workers", "2", TEST_SLOW_MARKER=str(tmp_path / "slowed"), **patched)
+    try:
+        served.wait_healthy()
+        assert (tmp_path / "slowed").exists() and len(served.workers()) == 2  # the second is still in its sleep
+        (tmp_path / ".env").write_text("DIALBRIDGE_PIN_LENGTH=3\n")  # invalid: new workers refuse to start
+        served.process.send_signal(signal.SIGHUP)
+        assert served.log is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "its slot stays empty" not in served.log.read_text():
+            assert served.process.poll() is None, served.log.read_text()
+            assert _get_healthz(served.port) == 200
+            time.sleep(0.1)
+        assert "its slot stays empty" in served.log.read_text()
+        for _ in range(10):  # and it goes on serving
+            assert served.process.poll() is None and _get_healthz(served.port) == 200
+            time.sleep(0.2)
+        (tmp_path / ".env").write_text("DIALBRIDGE_PIN_LENGTH=8\n")  # fixed: the next reload fills both slots
+        served.process.send_signal(signal.SIGHUP)
+        _all_ready(served)
+        assert _get_healthz(served.port) == 200
+    finally:
+        os.killpg(served.process.pid, signal.SIGTERM)
+        served.process.wait(timeout=30)
+
+
 def test_a_worker_whose_loop_is_stuck_is_replaced(tmp_path: Path) -> None:
     # Workers report every second; 4 s of silence is a stuck loop, not a healthy worker briefly starved of CPU on a
     # machine busy with the rest of the suite (with 2 s, one such gap could get the other worker replaced too).

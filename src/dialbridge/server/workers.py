@@ -230,8 +230,9 @@ class WorkerPool:
     everything gracefully; SIGHUP replaces every worker (new code; settings from `.env`) without refusing or
     delaying a connection — each replacement starts beside the worker it replaces, which keeps serving until the
     replacement is ready and then finishes what it holds. A replacement that fails to start (a bad `.env`, say)
-    leaves the running worker in place, with an error saying why. A worker silent for `liveness_timeout_s` (its
-    loop stuck: each worker reports at least once a second) is killed and replaced."""
+    leaves the running worker in place, with an error saying why; a failed start never stops the workers that
+    serve, whenever it comes — only a start-up in which no worker serves stops `serve`. A worker silent for
+    `liveness_timeout_s` (its loop stuck: each worker reports at least once a second) is killed and replaced."""
 
     def __init__(
         self,
@@ -383,7 +384,16 @@ class WorkerPool:
                     code,
                     self.workers[worker.slot].process.pid,  # type: ignore[union-attr]
                 )
-            else:  # it gave up by itself (a database it cannot migrate, say): another would too
+            elif any(serving is not None for serving in self.workers):
+                # Its slot had no worker serving yet (a reload came while it was still starting, or it replaced one
+                # that died), but others serve: they go on, whatever failed. Another start would fail alike.
+                log.error(
+                    "worker process [%d] exited during start-up (exit code %d; the lines above say why); its slot "
+                    "stays empty and the other workers keep serving. Fix it and send SIGHUP to start it again.",
+                    pid,
+                    code,
+                )
+            else:  # nothing serves, and it gave up by itself (a database it cannot migrate, say): another would too
                 self._stopping = True
                 raise WorkerStartupFailed(
                     f"worker process [{pid}] exited during start-up (exit code {code}); the lines above say why"
