@@ -54,6 +54,7 @@ from dialbridge.log_text import escaped_for_log
 from dialbridge.media import g711, tones
 from dialbridge.media.dtmf import InbandDtmfBank
 from dialbridge.media.mixer import ConferenceMixer
+from dialbridge.rate import SourceRate
 from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
@@ -276,7 +277,7 @@ class VoiceEngine:
         self._sip_out: list[Outgoing] = []
         self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
-        self._invites: dict[str, deque[float]] = {}
+        self._invites: SourceRate[str] = SourceRate(settings.invites_per_source_per_minute, RATE_WINDOW_S)
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
         self._started: set[str] = set()  # conferences a startOnEnter member has joined
@@ -543,7 +544,7 @@ class VoiceEngine:
             return
         # An allow list names the trunks, which carry every caller's call from a few addresses: the per-source rate
         # is for the open internet (a scanner); max_calls still bounds what a trunk can start.
-        if not settings.allowed_networks and not self._within_rate(event.source[0], now):
+        if not settings.allowed_networks and not self._invites.allow(event.source[0], now):
             self._refuse(event, 503, now, {"Retry-After": "60"})
             return
         if not self._is_dial_in(event.request_user):
@@ -603,18 +604,6 @@ class VoiceEngine:
             return True
         number = self.settings.dial_in_number
         return bool(number) and user.lstrip("+") == (number or "").lstrip("+")
-
-    def _within_rate(self, host: str, now: float) -> bool:
-        seen = self._invites.setdefault(host, deque())
-        while seen and seen[0] <= now - RATE_WINDOW_S:
-            seen.popleft()
-        if len(seen) >= self.settings.invites_per_source_per_minute:
-            return False
-        seen.append(now)
-        if len(self._invites) > 10_000:  # forget quiet sources so a spoofed flood cannot grow this without bound
-            for quiet in [h for h, times in self._invites.items() if not times or times[-1] <= now - RATE_WINDOW_S]:
-                del self._invites[quiet]
-        return True
 
     def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
         assert call.local_sdp is not None
