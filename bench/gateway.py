@@ -82,6 +82,7 @@ from dialbridge.media.tts import SpeechSynthesizer  # noqa: E402
 from tests.engine import sipp  # noqa: E402
 from tests.engine.rtp_media import RtpStream  # noqa: E402
 from tests.engine.stack import options_ping  # noqa: E402
+from tests.helpers import page_config  # noqa: E402
 
 HTTP = "http://127.0.0.1:8080"  # serve's defaults, as `make run` ships them
 SIGNALLING = "ws://127.0.0.1:8080/rt/signalling"
@@ -787,8 +788,10 @@ async def browser_phone_call(pin: str, hz: float) -> tuple[RTCPeerConnection, st
         asyncio.get_running_loop().create_task(drain())
 
     await peer.setLocalDescription(await peer.createOffer())
+    html = (await asyncio.to_thread(request, "GET", "/phone")).decode()
+    token = page_config(html, "phone-config")["callToken"]  # what the page sends: its token
     answer = json.loads(
-        await asyncio.to_thread(request, "POST", "/api/phone/calls", {"sdp": peer.localDescription.sdp})
+        await asyncio.to_thread(request, "POST", "/api/phone/calls", {"sdp": peer.localDescription.sdp}, token)
     )
     await peer.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
     return peer, str(answer["call_id"])

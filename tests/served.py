@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.helpers import page_config
+from tests.helpers import page_config, phone_call_headers
 
 DIALBRIDGE = str(Path(sys.executable).with_name("dialbridge"))
 
@@ -129,6 +129,12 @@ def room_config(base: str, room: str) -> dict[str, Any]:
     """The room page's config (its tokens), as a browser opening `room` on the served server gets it."""
     with urllib.request.urlopen(f"{base}/room/{room}", timeout=10) as response:
         return page_config(response.read().decode())
+
+
+def phone_headers(base: str) -> dict[str, str]:
+    """The headers a browser phone sends with its calls, from `/phone` as the served server gives it."""
+    with urllib.request.urlopen(f"{base}/phone", timeout=10) as response:
+        return phone_call_headers(response.read().decode())
 
 
 def start_embedded(tmp_path: Path, **env: str) -> Served:

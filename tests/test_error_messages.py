@@ -17,6 +17,7 @@ from dialbridge.tokens import AUDIENCE, ISSUER, ParticipantTokens, TokenError
 from dialbridge.web.app import create_app
 from tests.conftest import FakeClock
 from tests.engine.stack import free_port
+from tests.helpers import phone_call_headers
 
 JSON = {"content-type": "application/json"}
 SECRET = "the-server-secret-" + "x" * 48  # 64 bytes: long enough for HS512 too
@@ -95,8 +96,10 @@ def test_the_browser_phone_without_its_gateway_says_which_process_to_start(
     # No gateway listens (the tests' namespace holds nothing on its port): the page is told what to run.
     alone = settings.model_copy(update={"voice_dir": str(tmp_path / "voice"), "gateway_api_port": free_port()})
     with TestClient(create_app(alone, clock=clock)) as client:
-        response = client.post("/api/phone/calls", json={"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"})
-        hangup = client.post("/api/phone/hangup", json={"call_id": "abc-123"})
+        headers = phone_call_headers(client.get("/phone").text)
+        offer = {"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"}
+        response = client.post("/api/phone/calls", json=offer, headers=headers)
+        hangup = client.post("/api/phone/hangup", json={"call_id": "abc-123"}, headers=headers)
 
     assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
     error = response.json()["error"]

@@ -21,6 +21,7 @@ def wrong_pin(_on_call: int, _by_caller: int, _room: object) -> tuple[None, PinR
 
 def enter(store: Store, call_uuid: str, now: float) -> None:
     entry = PinInput(CallParty.parse({"uuid": call_uuid, "from": "447700900001"}), "999999", False, f"at {now}")
+
     async def settle() -> None:
         await store.settle_pin_entry(entry, now - 3600, now, wrong_pin)
 

@@ -10,6 +10,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import jwt
 
@@ -59,20 +60,13 @@ class ParticipantTokens:
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def verify(self, token: str, *, now: float, session_id: str | None = None) -> ParticipantClaims:
-        try:
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256"],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                # Time is judged below against the caller's `now`, never PyJWT's own wall clock.
-                options={"require": ["exp", "sid", "room", "cid"], "verify_exp": False, "verify_iat": False},
-            )
-        except jwt.PyJWTError as exc:
-            raise TokenError(
-                f"invalid participant token: {_what_is_wrong(exc)}; reload the room page for a new one"
-            ) from None
+        claims = _decoded(
+            token,
+            self.secret,
+            audience=AUDIENCE,
+            require=["exp", "sid", "room", "cid"],
+            invalid="invalid participant token: {reason}; reload the room page for a new one",
+        )
         if int(claims["exp"]) <= now:
             raise TokenError("participant token has expired: reload the room page for a new one")
         if session_id is not None and claims["sid"] != session_id:
@@ -89,6 +83,52 @@ class ParticipantTokens:
             connection_id=str(claims["cid"]),
             expires_at=int(claims["exp"]),
         )
+
+
+PHONE_AUDIENCE = "dialbridge-phone"
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneCallTokens:
+    """What `/phone` gives its page, and what placing a browser-phone call takes (`Authorization: Bearer`): each call
+    costs a WebRTC peer in the gateway, so a script must at least load the page first, and the permission lapses
+    (`ttl_s`) — a page kept open longer is told to reload. A distinct audience: no room token opens it, nor it a room.
+    """
+
+    secret: str
+    ttl_s: int = 3600
+
+    def issue(self, now: float) -> str:
+        claims = {"iss": ISSUER, "aud": PHONE_AUDIENCE, "iat": int(now), "exp": int(now) + self.ttl_s}
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    def verify(self, token: str, *, now: float) -> None:
+        claims = _decoded(
+            token,
+            self.secret,
+            audience=PHONE_AUDIENCE,
+            require=["exp"],
+            invalid="invalid phone token: {reason}; reload the phone page",
+        )
+        if int(claims["exp"]) <= now:
+            raise TokenError("this phone page has been open too long to place calls: reload it")
+
+
+def _decoded(token: str, secret: str, *, audience: str, require: list[str], invalid: str) -> dict[str, Any]:
+    """The claims of an HS256 token of ours for `audience`; TokenError saying `invalid` (its `{reason}` in the
+    caller's words) otherwise. Time is judged by the caller against its own `now`, never PyJWT's wall clock."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=audience,
+            issuer=ISSUER,
+            options={"require": require, "verify_exp": False, "verify_iat": False},
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenError(invalid.format(reason=_what_is_wrong(exc))) from None
+    return claims
 
 
 def _what_is_wrong(exc: jwt.PyJWTError) -> str:

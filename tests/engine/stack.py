@@ -67,10 +67,9 @@ class VoiceStack:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-        )
+    def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        sent = headers or {"content-type": "application/json"}
+        request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), headers=sent)
         with urllib.request.urlopen(request, timeout=5) as response:
             result: dict[str, Any] = json.loads(response.read())
             return result

@@ -22,7 +22,7 @@ from dialbridge.gateway.phone import MAX_NEGOTIATING
 from tests.engine.stack import VoiceStack, voice_stack
 from tests.gateway.fake_browser import FakeBrowser, needs_loopback_only, run, until
 from tests.helpers import wait_until
-from tests.served import room_config
+from tests.served import phone_headers, room_config
 
 pytestmark = [needs_loopback_only, pytest.mark.timeout(120)]
 FLOOD = 40
@@ -110,7 +110,8 @@ def test_a_flood_of_offers_is_bounded_refused_cleanly_and_a_real_call_still_keys
 
     async def call() -> None:
         browser = FakeBrowser()
-        answer = await asyncio.to_thread(stack.post, "/api/phone/calls", {"sdp": await browser.offer()})
+        headers = await asyncio.to_thread(phone_headers, stack.base)  # as the page sends them: its token
+        answer = await asyncio.to_thread(stack.post, "/api/phone/calls", {"sdp": await browser.offer()}, headers)
         await browser.accept(answer["sdp"])
         await browser.wait_connected()
         await eventually(lambda: engine_calls(stack) == 1, 10)
@@ -155,9 +156,7 @@ def test_browser_phones_and_room_dials_share_the_gateways_max_calls(tmp_path: Pa
 
         # Through the app, the page is told there is no line free, and when to try again.
         request = urllib.request.Request(
-            f"{stack.base}/api/phone/calls",
-            data=json.dumps({"sdp": offer}).encode(),
-            headers={"content-type": "application/json"},
+            f"{stack.base}/api/phone/calls", data=json.dumps({"sdp": offer}).encode(), headers=phone_headers(stack.base)
         )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)

@@ -29,8 +29,8 @@ from dialbridge.dialout import (
 )
 from dialbridge.roster import CallNotLive, UnknownCall
 from dialbridge.store.dial_outs import ConferenceDialOutOpen, DialOut, DialOutLimitReached
-from dialbridge.tokens import Role, TokenError
-from dialbridge.web.errors import ApiError
+from dialbridge.tokens import Role
+from dialbridge.web.errors import ApiError, bearer_token
 from dialbridge.web.pages import check_room_id
 from dialbridge.web.responses import JsonResponse
 from dialbridge.web.services import Services, services
@@ -133,16 +133,14 @@ async def member_room(room_id: str, svc: ServicesDep, authorization: Annotated[s
 
 
 async def _room_and_role(room_id: str, svc: Services, authorization: str | None) -> tuple[Room, Role]:
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise TokenError("send the room's participant token as 'Authorization: Bearer <token>'")
+    token = bearer_token(authorization, "the room's participant token")
     now = svc.clock()
-    svc.tokens.verify(token.strip(), now=now)  # a forged or expired token learns nothing about rooms
+    svc.tokens.verify(token, now=now)  # a forged or expired token learns nothing about rooms
     check_room_id(room_id)
     room = await svc.rooms.find(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", f"no room {room_id!r}")
-    claims = svc.tokens.verify(token.strip(), now=now, session_id=room.session_id)
+    claims = svc.tokens.verify(token, now=now, session_id=room.session_id)
     return room, claims.role
 
 

@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error; the server log has the details"
 
 
+def bearer_token(authorization: str | None, what: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header; TokenError (401) naming `what` to send otherwise."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenError(f"send {what} as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
 class ApiError(Exception):
     """A refusal with its status, code and message: raised by the routes and by the webhook layer alike."""
 

@@ -20,12 +20,13 @@ from dialbridge.engine.rooms.hub import SignallingHub
 from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import VideoPlatform
 from dialbridge.platforms.embedded import GATEWAY_DIAL_S, EmbeddedVideo
+from dialbridge.rate import SourceRate
 from dialbridge.rooms import RoomDirectory
 from dialbridge.roster import Roster
 from dialbridge.store.database import create_db_engine, migrate
 from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
-from dialbridge.tokens import ParticipantTokens, new_secret, participant_id
+from dialbridge.tokens import ParticipantTokens, PhoneCallTokens, new_secret, participant_id
 from dialbridge.web.metrics import Metrics
 from dialbridge.web.signatures import WebhookSignatures
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 INPUT_PATH = "/webhooks/input"
 KEYPAD_PATH = "/webhooks/keypad"
+
+
+#: Browser-phone calls one address may place a minute (per web worker): a person redials a few times; a script
+#: that wants the gateway's peers gets no further. The gateway's own caps bound them all together.
+PHONE_CALLS_PER_SOURCE_PER_MINUTE = 6
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Services:
     calls: CallDesk
     dial_outs: DialOuts
     tokens: ParticipantTokens
+    phone_tokens: PhoneCallTokens
+    phone_call_rate: SourceRate[str]
     signatures: WebhookSignatures | None
     metrics: Metrics
     roster: Roster
@@ -107,6 +115,8 @@ def build_services(
         calls=calls,
         dial_outs=DialOuts(dial_out_store, platform, settings, clock),
         tokens=tokens,
+        phone_tokens=PhoneCallTokens(secret),
+        phone_call_rate=SourceRate(PHONE_CALLS_PER_SOURCE_PER_MINUTE, 60.0),
         signatures=signatures,
         metrics=Metrics(store, Path(settings.metrics_dir) if settings.metrics_dir else None),
         roster=roster,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Annotated, Any
 
 import httpx
 import orjson
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,7 +29,7 @@ from dialbridge.local_api import LocalApiClient
 from dialbridge.platforms.base import CallGone
 from dialbridge.store.dial_outs import LIVE, DialOut
 from dialbridge.tokens import is_sip_participant
-from dialbridge.web.errors import ApiError
+from dialbridge.web.errors import ApiError, bearer_token
 from dialbridge.web.pages import sip_address, templates
 from dialbridge.web.services import Services, services
 
@@ -126,6 +127,7 @@ async def phone_page(request: Request, svc: ServicesDep) -> Response:
     config = {
         "offerUrl": "/api/phone/calls",
         "hangupUrl": "/api/phone/hangup",
+        "callToken": svc.phone_tokens.issue(svc.clock()),
         "sipAddress": sip_address(settings),
         "dialInNumber": settings.dial_in_number,
     }
@@ -147,9 +149,29 @@ class PhoneHangup(BaseModel):
     call_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
 
 
-@router.post("/api/phone/calls", status_code=201)
-async def phone_call(offer: Annotated[PhoneOffer, Body()], gateway: GatewayDep) -> dict[str, str]:
+def phone_page_holder(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Only a page `/phone` served places or ends calls: its token, sent as `Authorization: Bearer` (401 else)."""
+    svc.phone_tokens.verify(bearer_token(authorization, "the phone page's token"), now=svc.clock())
+
+
+PhonePageHolder = Depends(phone_page_holder)
+
+
+@router.post("/api/phone/calls", status_code=201, dependencies=[PhonePageHolder])
+async def phone_call(
+    offer: Annotated[PhoneOffer, Body()], gateway: GatewayDep, request: Request, svc: ServicesDep
+) -> dict[str, str]:
     """A browser phone dials in: the gateway answers its offer and calls the voice engine like a SIP phone."""
+    source = request.client.host if request.client is not None else "unknown"
+    now = svc.clock()
+    if not svc.phone_call_rate.allow(source, now):
+        wait = max(1, math.ceil(svc.phone_call_rate.retry_after(source, now)))
+        raise ApiError(
+            429,
+            "too_many_calls",
+            f"this address placed {svc.phone_call_rate.limit} calls in the last minute; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     response = await _gateway_call(gateway, "POST", "/v1/browser-calls", {"sdp": offer.sdp}, read_s=35.0)
     if response.status_code == 201:
         answer = response.json()
@@ -163,7 +185,7 @@ async def phone_call(offer: Annotated[PhoneOffer, Body()], gateway: GatewayDep) 
     raise ApiError(502, "gateway_error", f"the gateway answered {response.status_code}: {detail}")
 
 
-@router.post("/api/phone/hangup", status_code=204)
+@router.post("/api/phone/hangup", status_code=204, dependencies=[PhonePageHolder])
 async def phone_hangup(body: Annotated[PhoneHangup, Body()], gateway: GatewayDep) -> Response:
     response = await _gateway_call(gateway, "DELETE", f"/v1/browser-calls/{body.call_id}")
     if response.status_code not in (204, 404):  # an ended call is hung up already

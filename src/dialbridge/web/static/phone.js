@@ -100,12 +100,16 @@
     });
   }
 
+  // The token this page was served with: only a page /phone served places or ends calls (it lapses after an hour;
+  // the server then says to reload).
+  const callHeaders = { "Content-Type": "application/json", Authorization: `Bearer ${config.callToken}` };
+
   async function postJson(url, body) {
     let response;
     try {
       response = await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: callHeaders,
         body: JSON.stringify(body),
       });
     } catch (error) {
@@ -215,7 +219,7 @@
     if (current.callId) {
       fetch(config.hangupUrl, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: callHeaders,
         body: JSON.stringify({ call_id: current.callId }),
         keepalive: true,  // still sent when hanging up because the page is going away
       }).catch(() => {});
