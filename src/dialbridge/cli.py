@@ -346,6 +346,7 @@ def voice(settings: Settings) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from dialbridge.engine.core import EngineSettings
     from dialbridge.engine.shell import VoiceServer, run_voice_engine
+    from dialbridge.sip.connections import TcpConnectionLimits
 
     engine_settings = EngineSettings(
         contact_host=settings.sip_contact_host,
@@ -366,6 +367,12 @@ def voice(settings: Settings) -> int:
         sip_host=settings.sip_host,
         sip_port=settings.sip_port,
         rtp_ports=settings.rtp_port_range,
+        tcp_limits=TcpConnectionLimits(
+            per_source=settings.sip_tcp_connections_per_source,
+            total=settings.sip_tcp_connections_total,
+            idle_s=settings.sip_tcp_idle_timeout_s,
+            incomplete_message_s=settings.sip_tcp_incomplete_message_timeout_s,
+        ),
         signature_secret=secret,
         control=(credentials, settings.voice_api_host, settings.voice_api_port),
         # Named by the SIP port, which no two engines on a machine share: one sharing VOICE_DIR with another (two

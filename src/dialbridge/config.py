@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     sip_allow_from: str = ""
     # INVITEs one source address may send per minute before it is refused (a SIP scanner must not exhaust the engine).
     sip_invites_per_source_per_minute: Annotated[int, Field(ge=1)] = 120
+    # SIP over TCP: open connections from one IP address and in all (more are closed at once), and how long one may
+    # stay silent (no call or transaction on it; CRLF keep-alives count) or sit on a half-received message.
+    sip_tcp_connections_per_source: Annotated[int, Field(ge=1)] = 32
+    sip_tcp_connections_total: Annotated[int, Field(ge=1)] = 1024
+    sip_tcp_idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    sip_tcp_incomplete_message_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
     # A short tone tells a conference's members that someone joined or left.

@@ -39,6 +39,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether `condition` became true within `timeout` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 @dataclass
 class VoiceStack:
     process: subprocess.Popen[str]
@@ -281,12 +291,7 @@ class NccoApp:
         return [event for event in found if uuid is None or event.get("uuid") == uuid]
 
     def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.05)
-        return condition()
+        return wait_until(condition, timeout)
 
     def __enter__(self) -> NccoApp:
         self._thread.start()

@@ -616,6 +616,34 @@ def test_tcp_answers_on_the_connection_with_a_tcp_contact() -> None:
     assert h.agent.next_timer() is not None and h.advance(31.0) == []  # no Timer E on TCP
 
 
+def test_tcp_peers_are_in_use_while_a_call_or_transaction_needs_their_connection() -> None:
+    # The engine closes idle TCP connections, but never one that a call's in-dialog requests come over.
+    h = Harness()
+    conn = ("192.0.2.20", 49152)
+    h.confirmed_call()  # over UDP: no connection to keep
+    assert h.agent.reliable_peers_in_use() == set()
+    h.send(
+        invite(call_id="tcp-call", branch="z9hG4bK-tcp-1", via="SIP/2.0/TCP 192.0.2.20:5061"),
+        source=conn,
+        transport="tcp",
+    )
+    (call,) = h.take()[0]
+    assert isinstance(call, IncomingCall)
+    assert h.agent.reliable_peers_in_use() == {conn}
+    h.agent.accept(call.leg_id, ANSWER, h.now)
+    tag = _response(h.take()[1][0]).to_addr.tag
+    ack = message("ACK", call_id="tcp-call", via="SIP/2.0/TCP 192.0.2.20:5061", branch="z9hG4bK-a", to_tag=tag)
+    h.send(ack, source=conn, transport="tcp")
+    h.advance(h.now + 100.0)  # the INVITE's transaction is long gone: the dialog alone keeps the connection
+    assert h.agent.reliable_peers_in_use() == {conn}
+    h.agent.hangup(call.leg_id, h.now)
+    (bye,) = h.take()[1]
+    h.send(_reply(_request(bye), 200), source=conn, transport="tcp")
+    h.take()
+    h.advance(h.now + 100.0)
+    assert h.agent.reliable_peers_in_use() == set()
+
+
 def test_malformed_oversized_and_garbage() -> None:
     h = Harness()
     h.send(invite().replace(b"Max-Forwards: 70", b"Max-Forwards: many"))

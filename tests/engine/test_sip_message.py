@@ -373,6 +373,16 @@ def test_framer_splits_messages_and_skips_keepalives() -> None:
     assert framer.feed(b"") == []
 
 
+def test_framer_says_when_a_message_is_partly_received() -> None:
+    # What the TCP connection bounds time: a message begun and not finished (keep-alives leave nothing behind).
+    framer = SipStreamFramer()
+    invite = sipp_invite()
+    assert framer.feed(b"\r\n\r\n") == [] and not framer.incomplete
+    assert framer.feed(invite[:50]) == [] and framer.incomplete
+    assert framer.feed(invite[50:-1]) == [] and framer.incomplete  # the head is whole, the body one byte short
+    assert framer.feed(invite[-1:] + b"\r\n\r\n") == [invite] and not framer.incomplete
+
+
 def test_framer_frames_bare_lf_messages_as_udp_parses_them() -> None:
     # RFC 3261 asks for CRLF, but the datagram parser tolerates bare LF: over TCP the same message must be framed
     # (head ended by a blank line of LFs, its Content-Length honoured), not left waiting for a CRLFCRLF.

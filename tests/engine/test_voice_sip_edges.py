@@ -30,6 +30,7 @@ from tests.engine.stack import (
     free_port,
     options_ping,
     voice_engine,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -425,6 +426,54 @@ def test_sources_outside_sip_allow_from_get_403(tmp_path: Path, app: NccoApp) ->
         assert len({e["uuid"] for e in app.events()}) == 1, "the refused caller's INVITE became a call"
         outsider.close()
         allowed.close()
+
+
+def _closed_by_engine(sock: socket.socket) -> bool:
+    """Whether the engine has closed `sock` (FIN or RST seen), without waiting; unread data counts as open."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_tcp_connections_beyond_the_cap_stalled_or_idle_are_closed_and_calls_go_on(
+    tmp_path: Path, app: NccoApp
+) -> None:
+    limits = {
+        "DIALBRIDGE_SIP_TCP_CONNECTIONS_PER_SOURCE": "4",
+        "DIALBRIDGE_SIP_TCP_INCOMPLETE_MESSAGE_TIMEOUT_S": "2",
+        "DIALBRIDGE_SIP_TCP_IDLE_TIMEOUT_S": "6",
+    }
+    with engine_for(tmp_path, app, **limits) as engine:
+        target = ("127.0.0.1", engine.sip_port)
+        flood = [socket.create_connection(target, timeout=5, source_address=("127.0.0.1", 0)) for _ in range(7)]
+        time.sleep(0.5)
+        assert sum(_closed_by_engine(s) for s in flood) == 3, "connections beyond the per-source cap stayed open"
+        # A call over TCP from another source: its connection carries the dialog, so idleness does not close it.
+        caller = Peer(engine.sip_port, host="127.0.0.4", transport="tcp")
+        tcp_call = RawCall.place(caller)
+        # A request that never completes, beside a connection from the same source that sends nothing.
+        stalled = socket.create_connection(target, timeout=5, source_address=("127.0.0.3", 0))
+        quiet = socket.create_connection(target, timeout=5, source_address=("127.0.0.3", 0))
+        stalled.sendall(b"OPTIONS sip:dialin@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.3:9;branch=z9hG4bK-s\r\n")
+        sent = time.monotonic()
+        # Meanwhile another source's UDP call is answered as usual.
+        udp_call = RawCall.place(Peer(engine.sip_port, host="127.0.0.2"))
+        assert udp_call.bye().status == 200
+        assert wait_until(lambda: _closed_by_engine(stalled), 4.0), "the stalled request's connection stayed open"
+        assert time.monotonic() - sent < 5.0 and not _closed_by_engine(quiet), "closed as idle, not as stalled"
+        # The idle ones close after the idle timeout; the call's connection stays and carries its BYE.
+        assert wait_until(lambda: all(_closed_by_engine(s) for s in [*flood, quiet]), 6.0), "idle ones stayed open"
+        assert not _closed_by_engine(caller.sock), "the connection of a call was closed as idle"
+        caller.sock.setblocking(True)
+        assert tcp_call.bye().status == 200
+        for sock in [*flood, stalled, quiet, caller.sock]:
+            sock.close()
+        refusals = [line for line in engine.log.read_text().splitlines() if "127.0.0.1" in line and "limit" in line]
+        assert len(refusals) == 1, f"refusals from one source should be logged once a minute: {refusals}"
 
 
 # ---- whole calls -----------------------------------------------------------------------------------------------

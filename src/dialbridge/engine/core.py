@@ -303,6 +303,10 @@ class VoiceEngine:
         self.agent.transport_failed(peer, now)
         self._after_sip(now)
 
+    def tcp_peers_in_use(self) -> set[Address]:
+        """The TCP peers whose connections carry a call or a transaction (not to be closed as idle)."""
+        return self.agent.reliable_peers_in_use()
+
     def receive_rtp(self, port: int, data: bytes, source: Address, now: float) -> None:
         call = self._by_port.get(port)
         if call is None or call.rtp is None:

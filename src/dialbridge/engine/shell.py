@@ -48,6 +48,7 @@ from dialbridge.engine.core import (
 from dialbridge.engine.service import ControlService
 from dialbridge.media.audiofile import load_audio
 from dialbridge.media.tts import SpeechSynthesizer, UnsupportedLanguage
+from dialbridge.sip.connections import SipTcpConnections, TcpConnectionLimits
 from dialbridge.sip.message import SipParseError, SipStreamFramer
 from dialbridge.udp_ports import UdpMediaPorts
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.020
 MAX_BEHIND_S = 0.100
 RECOVERED_EVENT_PATIENCE_S = 60.0  # how long a crashed engine's calls' final events wait for the application
+TCP_CHECK_S = 1.0  # how often idle and stalled TCP connections are looked for
 Address = tuple[str, int]
 
 
@@ -105,19 +107,22 @@ class SipTcp(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
         peer = transport.get_extra_info("peername")
         self._peer = (peer[0], peer[1])
-        self._server.tcp_connections[self._peer] = self._transport
+        accepted = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        if self._server.tcp_opened(self._peer, accepted):
+            self._transport = accepted
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None:  # closed at once (over a limit)
+            return
         try:
             messages = self._framer.feed(data)
         except SipParseError as exc:  # oversized or unframeable: answer it if we can, then drop the stream
             self._server.tcp_unframeable(exc, self._peer)
-            if self._transport is not None:
-                self._transport.close()
+            self._transport.close()
             return
+        self._server.tcp_received(self._peer, incomplete=self._framer.incomplete)
         for message in messages:
             self._server.sip_received(message, self._peer, "tcp")
 
@@ -134,6 +139,7 @@ class VoiceServer:
         sip_port: int,
         rtp_ports: tuple[int, int],
         signature_secret: str | None,
+        tcp_limits: TcpConnectionLimits | None = None,
         control: tuple[VoiceCredentials, str, int] | None = None,
         journal: Path | None = None,
     ) -> None:
@@ -147,6 +153,7 @@ class VoiceServer:
         self.control: ControlService | None = None
         self._secret = signature_secret
         self.tcp_connections: dict[Address, asyncio.Transport] = {}
+        self._tcp_bounds = SipTcpConnections(tcp_limits)
         self.ticks = TickStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keypad_posts: dict[str, asyncio.Task[Any]] = {}  # the last keypad post of each call
@@ -181,6 +188,7 @@ class VoiceServer:
         # The clock starts last: start-up's own pauses (the collection above) are not the first ticks' lateness.
         self._next_tick = loop.time() + TICK_S
         loop.call_at(self._next_tick, self._tick)
+        loop.call_later(TCP_CHECK_S, self._close_idle_tcp)
         if self._journal is not None:
             left = self._journal.recover(self.now())
             if left:
@@ -278,10 +286,37 @@ class VoiceServer:
         self.engine.answer_parse_error(error, peer, self.now())
         self.flush()
 
+    def tcp_opened(self, peer: Address, transport: asyncio.Transport) -> bool:
+        """Whether the connection from `peer` may stay; one over a limit is closed here."""
+        admission = self._tcp_bounds.admit(peer, self.now())
+        if not admission.accepted:
+            if admission.log:
+                log.warning(
+                    "SIP over TCP: closing connections from %s beyond the %s limit (logged once a minute per source)",
+                    peer[0],
+                    admission.limit,
+                )
+            transport.abort()
+            return False
+        self.tcp_connections[peer] = transport
+        return True
+
+    def tcp_received(self, peer: Address, *, incomplete: bool) -> None:
+        self._tcp_bounds.received(peer, self.now(), incomplete=incomplete)
+
     def tcp_closed(self, peer: Address) -> None:
-        self.tcp_connections.pop(peer, None)
+        if self.tcp_connections.pop(peer, None) is None:  # one closed at once over a limit: no call knew it
+            return
+        self._tcp_bounds.closed(peer)
         self.engine.transport_failed(peer, self.now())
         self.flush()
+
+    def _close_idle_tcp(self) -> None:
+        self._loop.call_later(TCP_CHECK_S, self._close_idle_tcp)
+        for peer in self._tcp_bounds.to_close(self.now(), self.engine.tcp_peers_in_use()):
+            transport = self.tcp_connections.get(peer)
+            if transport is not None:
+                transport.abort()  # idle or stalled: nothing worth flushing to it
 
     def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
         self.engine.receive_rtp(port, data, source, self.now())

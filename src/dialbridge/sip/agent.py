@@ -468,6 +468,14 @@ class SipAgent:
             if _reliable(leg.transport) and leg.source == destination:
                 self._end_leg(leg, "transport_error")
 
+    def reliable_peers_in_use(self) -> set[Address]:
+        """The TCP peers a call leg or a transaction still needs: their connections must stay open, however quiet
+        (an in-dialog request may come after a long silence)."""
+        peers = {leg.source for leg in self._legs.values() if _reliable(leg.transport)}
+        entries: list[_ServerEntry | _ClientEntry] = [*self._server.values(), *self._client.values()]
+        peers.update(entry.destination for entry in entries if _reliable(entry.transport))
+        return peers
+
     def next_timer(self) -> float | None:
         deadlines = [entry.transaction.next_timer() for entry in self._server.values()]
         deadlines += [entry.transaction.next_timer() for entry in self._client.values()]

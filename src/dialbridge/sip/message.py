@@ -878,6 +878,11 @@ class SipStreamFramer:
         self._buffer = bytearray()
         self.keepalives = 0  # CRLFCRLF pings seen; the transport may answer each with a single CRLF
 
+    @property
+    def incomplete(self) -> bool:
+        """Part of a message is buffered, waiting for the rest (keep-alive CRLFs are never kept)."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         messages: list[bytes] = []
