@@ -9,7 +9,11 @@ learned source, RTCP follows the RTP source, and ports are drawn at random from 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from dialbridge.rtp.events import TelephoneEvent
 from dialbridge.rtp.packet import RtpPacket, build_rtp
 from dialbridge.rtp.rtcp import ReceiverReport, ReportBlock, build_rtcp
 from dialbridge.rtp.session import LEARNING_PACKETS, DtmfDigit, RtpSession
+from dialbridge.udp_ports import NoMediaPorts, UdpMediaPorts
 from tests.engine.fake_engine import INPUT_URL, World, offer_sdp, ok, tone, tone_share
 from tests.engine.test_rtp_session import NAT_ADDRESS, OUR_SSRC, SDP_ADDRESS, SDP_RTCP, THEIR_SSRC, session
 
@@ -243,3 +248,50 @@ def test_rtcp_from_a_stranger_while_ringing_does_not_redirect_the_engines_report
     reports = [destination for sent_from, _, destination in world.rtcp_out if sent_from == port + 1]
     assert reports and STRANGER not in reports
     assert set(reports) == {(phone.rtp_address[0], phone.rtp_address[1] + 1)}
+
+
+# -- ports
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _ports(loop: asyncio.AbstractEventLoop, low: int, high: int, seed: int | None = None) -> UdpMediaPorts:
+    if seed is None:
+        return UdpMediaPorts(loop, "127.0.0.1", low, high, lambda *_: None, lambda *_: None)
+    return UdpMediaPorts(loop, "127.0.0.1", low, high, lambda *_: None, lambda *_: None, random=random.Random(seed))
+
+
+def test_ports_are_not_handed_out_in_order(loop: asyncio.AbstractEventLoop) -> None:
+    media = _ports(loop, 31000, 31200)
+    try:
+        opened = [media.open() for _ in range(20)]
+    finally:
+        media.close_all()
+    assert all(31000 <= port < 31200 and port % 2 == 0 for port in opened)
+    assert len(set(opened)) == 20
+    steps = {later - earlier for earlier, later in itertools.pairwise(opened)}
+    assert steps != {2}  # not the next pair each time: the port a call will get cannot be guessed
+
+
+def test_every_port_pair_in_the_range_can_be_handed_out(loop: asyncio.AbstractEventLoop) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 31011))  # another program holds one RTCP port: its pair is skipped
+    media = _ports(loop, 31000, 31020, seed=3)
+    try:
+        opened = {media.open() for _ in range(9)}
+        assert opened == set(range(31000, 31020, 2)) - {31010}
+        with pytest.raises(NoMediaPorts):
+            media.open()
+        media.close(31004)
+        assert media.open() == 31004  # a closed pair is free again
+        taken.close()
+        media.close(31000)
+        assert {media.open(), media.open()} == {31000, 31010}  # and a pair that was busy is tried again
+    finally:
+        media.close_all()
+        taken.close()
