@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import random as random_module
 import socket
 from collections.abc import Callable
 
@@ -16,7 +17,10 @@ class NoMediaPorts(OSError):
 
 
 class UdpMediaPorts:
-    """RTP/RTCP port pairs from a range, each bound to `host` and read through the loop's `add_reader`."""
+    """RTP/RTCP port pairs from a range, each bound to `host` and read through the loop's `add_reader`.
+
+    Each pair is drawn at random from the free ones, not the next in order: a port that can be guessed lets a stranger
+    send to a call's port before its caller does (see RtpSession's latching)."""
 
     def __init__(
         self,
@@ -27,33 +31,40 @@ class UdpMediaPorts:
         on_rtp: Callable[[int, bytes, Address], None],
         on_rtcp: Callable[[int, bytes, Address], None],
         setting: str = "DIALBRIDGE_RTP_PORTS",
+        *,
+        random: random_module.Random | None = None,
     ) -> None:
         self._range, self._setting = f"{low}-{high}", setting
         self._loop, self._host = loop, host
-        self._free = list(range(low + (low % 2), high, 2))  # even RTP ports whose RTCP port is inside the range
-        self._next = 0
+        self._random = random if random is not None else random_module.SystemRandom()
+        self._free = list(range(low + (low % 2), high, 2))  # even RTP ports whose RTCP port is inside the range, idle
         self._open: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._on_rtp, self._on_rtcp = on_rtp, on_rtcp
 
     def open(self) -> int:
-        for _ in range(len(self._free)):
-            port = self._free[self._next]
-            self._next = (self._next + 1) % len(self._free)
-            if port in self._open:
-                continue
-            try:
-                rtp = _udp_socket(self._host, port)
-            except OSError:
-                continue
-            try:
-                rtcp = _udp_socket(self._host, port + 1)
-            except OSError:
-                rtp.close()
-                continue
-            self._open[port] = (rtp, rtcp)
-            self._loop.add_reader(rtp.fileno(), self._drain, rtp, port, self._on_rtp)
-            self._loop.add_reader(rtcp.fileno(), self._drain, rtcp, port, self._on_rtcp)
-            return port
+        busy: list[int] = []  # pairs another program holds now: freed again afterwards, to be tried next time
+        try:
+            while self._free:
+                index = self._random.randrange(len(self._free))
+                self._free[index], self._free[-1] = self._free[-1], self._free[index]
+                port = self._free.pop()
+                try:
+                    rtp = _udp_socket(self._host, port)
+                except OSError:
+                    busy.append(port)
+                    continue
+                try:
+                    rtcp = _udp_socket(self._host, port + 1)
+                except OSError:
+                    rtp.close()
+                    busy.append(port)
+                    continue
+                self._open[port] = (rtp, rtcp)
+                self._loop.add_reader(rtp.fileno(), self._drain, rtp, port, self._on_rtp)
+                self._loop.add_reader(rtcp.fileno(), self._drain, rtcp, port, self._on_rtcp)
+                return port
+        finally:
+            self._free += busy
         raise NoMediaPorts(
             errno.EADDRINUSE,
             "no free RTP port pair: widen the RTP port range (DIALBRIDGE_RTP_PORTS, DIALBRIDGE_GATEWAY_RTP_PORTS)",
@@ -66,6 +77,7 @@ class UdpMediaPorts:
         for sock in pair:
             self._loop.remove_reader(sock.fileno())
             sock.close()
+        self._free.append(port)
 
     def send(self, port: int, data: bytes, destination: Address) -> None:
         pair = self._open.get(port - (port % 2))

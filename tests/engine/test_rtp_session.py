@@ -25,10 +25,11 @@ from dialbridge.rtp.rtcp import (
     ntp_middle,
     parse_rtcp,
 )
-from dialbridge.rtp.session import DtmfDigit, DtmfUnavailable, RtpSession
+from dialbridge.rtp.session import LEARNING_PACKETS, DtmfDigit, DtmfUnavailable, RtpSession
 from dialbridge.sdp import AudioParameters
 
 SDP_ADDRESS = ("203.0.113.5", 4000)
+SDP_RTCP = ("203.0.113.5", 4001)
 NAT_ADDRESS = ("198.51.100.9", 61000)
 ATTACKER = ("192.0.2.66", 4000)
 THEIR_SSRC = 0xCAFE
@@ -58,49 +59,56 @@ def frame(value: int) -> bytes:
     return bytes([value]) * 160
 
 
+def learn(rtp: RtpSession, source: tuple[str, int], now: float = 0.0) -> None:
+    """A caller behind NAT: the run of in-sequence packets that latches an address other than the SDP's."""
+    for index in range(1, LEARNING_PACKETS + 1):
+        rtp.receive(audio(index, 160 * index, frame(index)), source, now + 0.02 * index)
+
+
 # -- latching
 
 
 def test_sends_to_the_sdp_address_until_a_packet_latches_it() -> None:
     rtp = session()
     assert rtp.destination == SDP_ADDRESS and rtp.rtcp_destination == (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
-    rtp.receive(audio(1, 160), NAT_ADDRESS, 0.01)  # the NAT rewrote the source: that is where replies must go
+    learn(rtp, NAT_ADDRESS)  # the NAT rewrote the source: that is where replies must go
     assert rtp.destination == NAT_ADDRESS
     assert rtp.stats.latched == NAT_ADDRESS
 
 
 def test_after_latching_other_sources_are_ignored() -> None:
     rtp = session()
-    rtp.receive(audio(1, 160, frame(1)), NAT_ADDRESS, 0.0)
-    for index in range(2, 10):
+    learn(rtp, NAT_ADDRESS)
+    for index in range(LEARNING_PACKETS + 1, 10):
         rtp.receive(audio(index, 160 * index, frame(index)), NAT_ADDRESS, 0.02 * index)
     # Someone else sends audio and a digit to our port: neither is played nor reported, nor moves the stream.
     rtp.receive(audio(50, 8000, frame(99), ssrc=0xBAD), ATTACKER, 0.2)
     dtmf = build_rtp(RtpPacket(101, 51, 9000, 0xBAD, TelephoneEvent(5, False, 10, 160).to_bytes(), marker=True))
     assert rtp.receive(dtmf, ATTACKER, 0.21) == []
     assert rtp.destination == NAT_ADDRESS
-    assert rtp.stats.foreign_dropped == 2
+    assert rtp.stats.foreign_dropped == LEARNING_PACKETS - 1 + 2  # the run that latched, before it did; theirs
     played = [rtp.playout(0.2 + 0.02 * tick) for tick in range(10)]
     assert all(payload != frame(99) for payload, _ in played)
 
 
 def test_packets_of_payload_types_not_negotiated_do_not_latch() -> None:
     rtp = session()
-    rtp.receive(audio(1, 160, pt=97), ATTACKER, 0.0)  # e.g. SIPp's PT 97 filler, or a scan
-    assert rtp.destination == SDP_ADDRESS and rtp.stats.unknown_payload_dropped == 1
-    rtp.receive(audio(2, 320), NAT_ADDRESS, 0.02)
+    for index in range(LEARNING_PACKETS):
+        rtp.receive(audio(index, 160 * index, pt=97), NAT_ADDRESS, 0.02 * index)  # e.g. SIPp's PT 97 filler
+    assert rtp.destination == SDP_ADDRESS and rtp.stats.unknown_payload_dropped == LEARNING_PACKETS
+    learn(rtp, NAT_ADDRESS, 0.1)
     assert rtp.destination == NAT_ADDRESS
 
 
 def test_a_new_sdp_address_re_latches_the_same_one_does_not() -> None:
     rtp = session()
-    rtp.receive(audio(1, 160), NAT_ADDRESS, 0.0)
+    learn(rtp, NAT_ADDRESS)
     rtp.update(dataclasses.replace(PARAMS, ptime_ms=30), 1.0)  # session refresh, same address
     assert rtp.destination == NAT_ADDRESS
     moved = dataclasses.replace(PARAMS, remote_rtp=("203.0.113.77", 5000), remote_rtcp=("203.0.113.77", 5001))
     rtp.update(moved, 2.0)
     assert rtp.destination == ("203.0.113.77", 5000)
-    rtp.receive(audio(2, 320), ("198.51.100.10", 62000), 2.1)
+    learn(rtp, ("198.51.100.10", 62000), 2.1)
     assert rtp.destination == ("198.51.100.10", 62000)
 
 
@@ -195,7 +203,7 @@ def test_received_audio_plays_out() -> None:
     rtp = session()
     out = []
     for index in range(10):
-        rtp.receive(audio(100 + index, 8000 + 160 * index, frame(index + 1)), NAT_ADDRESS, index * 0.02)
+        rtp.receive(audio(100 + index, 8000 + 160 * index, frame(index + 1)), SDP_ADDRESS, index * 0.02)
         out.append(rtp.playout(index * 0.02 + 0.01))
     assert out[2] == (frame(1), FrameKind.RECEIVED)
     assert rtp.stats.packets_in == 10 and rtp.stats.bytes_in == 10 * 172
@@ -209,9 +217,9 @@ def test_headers_with_csrcs_extension_and_padding_play_out_like_plain_ones() -> 
     out = []
     for index in range(10):
         seq, ts, payload, now = 100 + index, 8000 + 160 * index, frame(index + 1), index * 0.02
-        plain.receive(audio(seq, ts, payload), NAT_ADDRESS, now)
+        plain.receive(audio(seq, ts, payload), SDP_ADDRESS, now)
         packet = RtpPacket(0, seq, ts, THEIR_SSRC, payload, csrcs=(7, 8), extension=extension, padding=index % 2 * 4)
-        dressed.receive(build_rtp(packet), NAT_ADDRESS, now)
+        dressed.receive(build_rtp(packet), SDP_ADDRESS, now)
         out.append(dressed.playout(now + 0.01))
         assert out[-1] == plain.playout(now + 0.01)
     assert out[2] == (frame(1), FrameKind.RECEIVED) and out[9] == (frame(8), FrameKind.RECEIVED)
@@ -234,11 +242,11 @@ def read_pcap_rtp(path: Path) -> list[bytes]:
 def test_sipp_dtmf_pcap_from_its_own_ssrc_alongside_audio() -> None:
     rtp = session()
     for index in range(20):
-        rtp.receive(audio(index, 160 * index), NAT_ADDRESS, index * 0.02)
+        rtp.receive(audio(index, 160 * index), SDP_ADDRESS, index * 0.02)
     digits = []
     for name in ("1", "pound"):
         for datagram in read_pcap_rtp(Path(f"/usr/share/sip-tester/dtmf_2833_{name}.pcap")):
-            digits += rtp.receive(datagram, NAT_ADDRESS, 0.5)
+            digits += rtp.receive(datagram, SDP_ADDRESS, 0.5)
     assert digits == [DtmfDigit("1"), DtmfDigit("#")]
     assert rtp.stats.packets_lost == 0  # SIPp's repeated end packets are not the audio stream's
 
@@ -255,7 +263,7 @@ def test_baresip_style_dtmf_in_the_audio_stream() -> None:
         for n, event in enumerate(packets):
             datagram = build_rtp(RtpPacket(101, seq, timestamp, THEIR_SSRC, event.to_bytes(), marker=n == 0))
             seq += 1
-            digits += rtp.receive(datagram, NAT_ADDRESS, seq * 0.05)
+            digits += rtp.receive(datagram, SDP_ADDRESS, seq * 0.05)
     assert [d.digit for d in digits] == ["1", "2", "1"]
     assert rtp.stats.packets_lost == 0
 
@@ -263,8 +271,8 @@ def test_baresip_style_dtmf_in_the_audio_stream() -> None:
 def test_comfort_noise_in_is_silence_not_loss() -> None:
     rtp = session()
     for index in range(5):
-        rtp.receive(audio(index, 160 * index), NAT_ADDRESS, index * 0.02)
-    rtp.receive(audio(5, 800, b"\x40", pt=13), NAT_ADDRESS, 0.1)
+        rtp.receive(audio(index, 160 * index), SDP_ADDRESS, index * 0.02)
+    rtp.receive(audio(5, 800, b"\x40", pt=13), SDP_ADDRESS, 0.1)
     kinds = [rtp.playout(0.01 + 0.02 * tick)[1] for tick in range(20)]
     assert FrameKind.CONCEALED not in kinds and kinds[-1] is FrameKind.SILENCE
     assert rtp.stats.packets_lost == 0
@@ -276,7 +284,7 @@ def test_loss_and_jitter_stats_from_a_known_arrival_pattern() -> None:
         if index in (30, 31, 70):
             continue
         late = 0.002 if index % 2 else 0.0  # every other packet 2 ms late: |D| = 16 timestamp units = 2 ms
-        rtp.receive(audio(65_500 + index, 2**32 - 4000 + 160 * index), NAT_ADDRESS, index * 0.02 + late)
+        rtp.receive(audio(65_500 + index, 2**32 - 4000 + 160 * index), SDP_ADDRESS, index * 0.02 + late)
     stats = rtp.stats
     assert stats.packets_lost == 3 and stats.packets_in == 97
     assert 1.7 < stats.jitter_ms <= 2.0
@@ -312,7 +320,7 @@ def test_receiver_report_tells_them_what_we_lost() -> None:
     rtp = session(dataclasses.replace(PARAMS, direction="recvonly"))
     for index in range(50):
         if index != 10:
-            rtp.receive(audio(index, 160 * index), NAT_ADDRESS, index * 0.02)
+            rtp.receive(audio(index, 160 * index), SDP_ADDRESS, index * 0.02)
     _, report = first_report(rtp)
     rr, sdes = parse_rtcp(report)
     assert isinstance(rr, ReceiverReport) and rr.ssrc == OUR_SSRC
@@ -350,18 +358,18 @@ def test_round_trip_time_and_their_view_of_our_stream() -> None:
         last_sr=ntp_middle(our_sr.ntp_timestamp),
         delay_since_last_sr=int(0.25 * 65536),
     )
-    rtp.receive_rtcp(build_rtcp([ReceiverReport(THEIR_SSRC, (block,))]), (NAT_ADDRESS[0], 61001), sent_at + 0.35)
+    rtp.receive_rtcp(build_rtcp([ReceiverReport(THEIR_SSRC, (block,))]), SDP_RTCP, sent_at + 0.35)
     stats = rtp.stats
     assert stats.round_trip_ms is not None and abs(stats.round_trip_ms - 100) < 0.1
     assert stats.remote_fraction_lost == 0.25 and stats.remote_packets_lost == 3 and stats.remote_jitter_ms == 5.0
-    assert rtp.rtcp_destination == (NAT_ADDRESS[0], 61001)
+    assert rtp.rtcp_destination == SDP_RTCP
 
 
 def test_their_sender_report_is_echoed_in_our_next_report() -> None:
     rtp = session(dataclasses.replace(PARAMS, direction="recvonly"))
-    rtp.receive(audio(1, 160), NAT_ADDRESS, 0.0)
+    rtp.receive(audio(1, 160), SDP_ADDRESS, 0.0)
     their_ntp = ntp_from_seconds(12345.5)
-    rtp.receive_rtcp(build_rtcp([SenderReport(THEIR_SSRC, their_ntp, 160, 1, 160)]), NAT_ADDRESS, 0.5)
+    rtp.receive_rtcp(build_rtcp([SenderReport(THEIR_SSRC, their_ntp, 160, 1, 160)]), SDP_ADDRESS, 0.5)
     now, report = first_report(rtp)
     (block,) = parse_rtcp(report)[0].reports  # type: ignore[union-attr]
     assert block.last_sr == ntp_middle(their_ntp)
@@ -371,7 +379,7 @@ def test_their_sender_report_is_echoed_in_our_next_report() -> None:
 def test_rtcp_from_another_address_after_latching_is_ignored() -> None:
     rtp = session()
     rtcp = build_rtcp([ReceiverReport(THEIR_SSRC, (ReportBlock(OUR_SSRC, 0, 0, 0, 0, 0, 0),))])
-    rtp.receive_rtcp(rtcp, (NAT_ADDRESS[0], 61001), 0.0)
+    rtp.receive_rtcp(rtcp, SDP_RTCP, 0.0)
     bogus = build_rtcp([ReceiverReport(0xBAD, (ReportBlock(OUR_SSRC, 255, 999, 0, 0, 0, 0),))])
     rtp.receive_rtcp(bogus, ATTACKER, 0.1)
     assert rtp.stats.remote_fraction_lost == 0 and rtp.stats.foreign_dropped == 1
@@ -382,7 +390,7 @@ def test_bye() -> None:
     packets = parse_rtcp(rtp.rtcp_bye(1.0, "hangup"))
     assert packets[-1].ssrcs == (OUR_SSRC,)  # type: ignore[union-attr]
     other = session()
-    other.receive_rtcp(rtp.rtcp_bye(1.0), NAT_ADDRESS, 1.0)
+    other.receive_rtcp(rtp.rtcp_bye(1.0), SDP_RTCP, 1.0)
     assert other.bye_received
 
 
@@ -418,7 +426,7 @@ def test_fuzz_session_input(datagrams: list[tuple[bool, bytes, tuple[str, int]]]
 def test_fuzz_session_with_valid_headers(packets: list[tuple[int, int, int, bytes]]) -> None:
     rtp = session()
     for step, (pt, seq, ts, payload) in enumerate(packets):
-        rtp.receive(build_rtp(RtpPacket(pt, seq, ts, THEIR_SSRC, payload)), NAT_ADDRESS, step * 0.02)
+        rtp.receive(build_rtp(RtpPacket(pt, seq, ts, THEIR_SSRC, payload)), SDP_ADDRESS, step * 0.02)
         assert len(rtp.playout(step * 0.02)[0]) == 160
     assert rtp.stats.packets_lost >= 0
 
@@ -430,21 +438,21 @@ def test_audio_after_in_stream_dtmf_plays_at_the_target_delay(event_ms: int) -> 
     rtp = session()
     seq, now = 0, 0.0
     for index in range(20):
-        rtp.receive(audio(seq, 160 * index, frame(1)), NAT_ADDRESS, now)
+        rtp.receive(audio(seq, 160 * index, frame(1)), SDP_ADDRESS, now)
         rtp.playout(now + 0.01)
         seq, now = seq + 1, now + 0.02
     event_packets = event_ms // 20
     for n in range(event_packets):
         event = TelephoneEvent(3, n == event_packets - 1, 10, 160 * (n + 1))
         rtp.receive(
-            build_rtp(RtpPacket(101, seq, 160 * 20, THEIR_SSRC, event.to_bytes(), marker=n == 0)), NAT_ADDRESS, now
+            build_rtp(RtpPacket(101, seq, 160 * 20, THEIR_SSRC, event.to_bytes(), marker=n == 0)), SDP_ADDRESS, now
         )
         rtp.playout(now + 0.01)
         seq, now = seq + 1, now + 0.02
     first_after = 20 + event_packets
     out = []
     for index in range(first_after, first_after + 10):
-        rtp.receive(audio(seq, 160 * index, frame(2)), NAT_ADDRESS, now)
+        rtp.receive(audio(seq, 160 * index, frame(2)), SDP_ADDRESS, now)
         out.append(rtp.playout(now + 0.01))
         seq, now = seq + 1, now + 0.02
     assert [kind for _, kind in out[2:]] == [FrameKind.RECEIVED] * 8
@@ -455,7 +463,7 @@ def test_audio_after_in_stream_dtmf_plays_at_the_target_delay(event_ms: int) -> 
 def test_rtcp_multiplexed_on_the_rtp_port_is_read_as_rtcp() -> None:
     rtp = session()
     block = ReportBlock(OUR_SSRC, 128, 7, 0, 0, 0, 0)
-    assert rtp.receive(build_rtcp([ReceiverReport(THEIR_SSRC, (block,))]), NAT_ADDRESS, 0.0) == []
+    assert rtp.receive(build_rtcp([ReceiverReport(THEIR_SSRC, (block,))]), SDP_ADDRESS, 0.0) == []
     assert rtp.stats.remote_fraction_lost == 0.5 and rtp.stats.packets_in == 0
 
 
@@ -483,7 +491,7 @@ def test_sipp_g711a_pcap_at_its_captured_timing_plays_every_sample() -> None:
     played = []
     for now, kind, datagram in sorted(events):
         if kind == 0:
-            rtp.receive(datagram, NAT_ADDRESS, now)
+            rtp.receive(datagram, SDP_ADDRESS, now)
         else:
             played.append(rtp.playout(now))
     audio_sent = b"".join(parse_rtp(datagram).payload for _, datagram in packets)

@@ -1,11 +1,16 @@
 """One call's RTP/RTCP session, sans-I/O: datagrams and the time in, audio frames, digits and datagrams out.
 
-Symmetric RTP with latching (RFC 4961 style, for phones behind NAT): until a packet arrives we send to the address
-in the SDP; the first RTP packet with a negotiated payload type, from whatever address (a NAT rewrites it), latches
-the destination to its source, and from then on packets from any other address are dropped (counted as foreign).
-We re-latch only when a new SDP (`update`) changes the remote address: re-latching on traffic alone would let anyone
-who can send one packet to our port, or who sees the stream on the path, take the call's audio over.
-RTCP latches the same way, separately (its port mapping through a NAT is its own).
+Symmetric RTP with strict latching (RFC 4961 style, for phones behind NAT; Asterisk's `strictrtp`): until we latch
+we send to the address in the SDP. A packet of a negotiated payload type from that address latches at once. From any
+other address (a NAT rewrote the caller's) only a run of LEARNING_PACKETS in-sequence packets (one SSRC, each
+sequence number the last one plus one) latches; until then its packets are dropped (counted as foreign), so one
+spoofed packet at a ringing call's port can neither take its audio nor speak its digits. The SDP's address still
+outranks a source learned that way: a forger's run before the caller's first packet is overruled by that packet.
+Once latched, packets from any other address are dropped; we re-latch on traffic only in that one case, or when a new
+SDP (`update`) changes the remote address: anyone who can send to our port, or who sees the stream on the path, could
+otherwise take the call's audio over.
+RTCP latches separately (its port mapping through a NAT is its own), but only to the SDP's RTCP address or to a port
+on the host the RTP latched to: a stranger's report never redirects ours.
 
 `now` is seconds on any monotonic clock the caller keeps; RTCP's NTP timestamps are built from it, which is all the
 round-trip time computation needs (it only ever subtracts our own timestamps).
@@ -16,7 +21,7 @@ from __future__ import annotations
 import random as random_module
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from dialbridge.rtp.events import DtmfReceiver, DtmfSender, TelephoneEventError, parse_telephone_event
 from dialbridge.rtp.jitter import FRAME_SAMPLES, FrameKind, JitterBuffer
@@ -37,19 +42,29 @@ from dialbridge.rtp.rtcp import (
 )
 from dialbridge.sdp import AudioParameters
 
-__all__ = ["DtmfDigit", "DtmfUnavailable", "FrameKind", "RtpSession", "RtpStats"]
+__all__ = ["LEARNING_PACKETS", "DtmfDigit", "DtmfUnavailable", "FrameKind", "RtpSession", "RtpStats"]
 
 SAMPLE_RATE: Final = 8000
 RTCP_MIN_INTERVAL: Final = 5.0  # seconds, RFC 3550 §6.2's Tmin
 _RTCP_COMPENSATION: Final = 2.718281828459045 - 1.5  # RFC 3550 §6.3.1: randomisation would otherwise shorten it
 _SENDING_DIRECTIONS: Final = frozenset({"sendrecv", "sendonly"})
 _RTP_HEADER: Final = struct.Struct("!BBHII")
+LEARNING_PACKETS: Final = 4  # in-sequence packets that latch an address other than the SDP's (80 ms of audio)
 
 
 @dataclass(frozen=True, slots=True)
 class DtmfDigit:
     digit: str
     source: str = "rfc4733"
+
+
+class _LearningRun(NamedTuple):
+    """In-sequence packets from one address other than the SDP's, before latching: LEARNING_PACKETS of them latch."""
+
+    source: tuple[str, int]
+    ssrc: int
+    sequence_number: int  # the last one's
+    packets: int
 
 
 class DtmfUnavailable(RuntimeError):
@@ -65,7 +80,7 @@ class RtpStats:
     packets_lost: int  # RFC 3550: expected (from the extended highest sequence number) minus received, >= 0
     late_dropped: int  # arrived after their audio was played
     duplicate_dropped: int
-    foreign_dropped: int  # RTP or RTCP from an address other than the latched one
+    foreign_dropped: int  # RTP or RTCP from an address other than the latched one, or (before latching) not yet shown
     malformed_dropped: int  # not parseable as RTP/RTCP/telephone-event
     unknown_payload_dropped: int  # a payload type we did not negotiate
     frames_received: int  # playout frames, by FrameKind
@@ -97,6 +112,7 @@ class RtpSession:
         self._packets_out_at_report = 0
         # Incoming.
         self._latched: tuple[str, int] | None = None
+        self._learning: _LearningRun | None = None
         self._rtcp_latched: tuple[str, int] | None = None
         self._jitter = JitterBuffer(silence_byte=params.silence_byte)
         self._source: ReceptionStatistics | None = None
@@ -149,6 +165,7 @@ class RtpSession:
         self._params = params
         if params.remote_rtp != old.remote_rtp:
             self._latched = None  # a new SDP is the one thing allowed to move the stream (see the module doc)
+            self._learning = None
             self._rtcp_latched = None
         if params.codec != old.codec or params.payload_type != old.payload_type:
             self._jitter = JitterBuffer(silence_byte=params.silence_byte)
@@ -194,9 +211,7 @@ class RtpSession:
         if payload_type not in (params.payload_type, params.dtmf_payload_type, params.cn_payload_type):
             self._unknown_payload += 1  # never latch on these: SIPp's PT 97 fillers, stray traffic
             return []
-        if self._latched is None:
-            self._latched = source
-        elif source != self._latched:
+        if source != self._latched and not self._admits(source, ssrc, sequence_number):
             self._foreign += 1
             return []
         self._packets_in += 1
@@ -227,6 +242,35 @@ class RtpSession:
             return []
         digit = self._dtmf_in.receive(ssrc, timestamp, second > 0x7F, event)
         return [DtmfDigit(digit)] if digit is not None else []
+
+    def _admits(self, source: tuple[str, int], ssrc: int, sequence_number: int) -> bool:
+        """A packet from an address we have not latched to: whether it is the caller's, latching to it if so."""
+        if source == self._params.remote_rtp:
+            self._latch(source)  # where the SDP said: at once, and over a source learned from traffic
+            return True
+        if self._latched is not None:
+            return False
+        run = self._learning
+        if (
+            run is not None
+            and run.source == source
+            and run.ssrc == ssrc
+            and sequence_number == (run.sequence_number + 1) & 0xFFFF
+        ):
+            run = _LearningRun(source, ssrc, sequence_number, run.packets + 1)
+        else:
+            run = _LearningRun(source, ssrc, sequence_number, 1)  # another source, or a gap: a run starts again
+        self._learning = run
+        if run.packets < LEARNING_PACKETS:
+            return False
+        self._latch(source)
+        return True
+
+    def _latch(self, source: tuple[str, int]) -> None:
+        self._latched = source
+        self._learning = None
+        if self._rtcp_latched is not None and self._rtcp_latched[0] != source[0]:
+            self._rtcp_latched = None  # RTCP follows the RTP to its host
 
     def _count(self, ssrc: int, sequence_number: int, timestamp: int, now: float) -> None:
         """An audio or comfort-noise packet, in the source's statistics (loss, and jitter: RFC 3550 A.8)."""
@@ -294,7 +338,7 @@ class RtpSession:
     # -- RTCP
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        if self._rtcp_latched is not None and source != self._rtcp_latched:
+        if source != self._rtcp_latched and not self._admits_rtcp(source):
             self._foreign += 1
             return
         try:
@@ -312,6 +356,16 @@ class RtpSession:
                 self._read_blocks(packet.reports, now)
             elif isinstance(packet, Bye):
                 self._bye_received = True
+
+    def _admits_rtcp(self, source: tuple[str, int]) -> bool:
+        """Before RTCP latches: from the SDP's RTCP or RTP address (RFC 5761 multiplexing), or from any port (a NAT
+        maps RTCP to one of its own) of the host the RTP latched to. Never from a stranger: its reports would
+        redirect ours."""
+        if self._rtcp_latched is not None:
+            return False
+        if source == self._params.remote_rtcp or source == self._params.remote_rtp:
+            return True
+        return self._latched is not None and source[0] == self._latched[0]
 
     def _read_blocks(self, blocks: tuple[ReportBlock, ...], now: float) -> None:
         for block in blocks:
