@@ -347,6 +347,16 @@ def test_a_bare_lf_request_is_answered_over_tcp_as_over_udp(engine: VoiceEngineP
             peer.close()
 
 
+def test_a_double_crlf_ping_over_tcp_gets_a_crlf_pong_and_the_connection_goes_on(engine: VoiceEngineProcess) -> None:
+    peer = Peer(engine.sip_port, transport="tcp")
+    try:
+        peer.send(b"\r\n\r\n")
+        assert peer.sock.recv(16) == b"\r\n"  # RFC 5626 §4.4.1
+        assert peer.final(peer.request("OPTIONS", call_id="after-a-ping")).status == 200
+    finally:
+        peer.close()
+
+
 def test_an_invite_for_an_unknown_user_gets_404(peer: Peer, app: NccoApp) -> None:
     response = peer.final(peer.request("INVITE", user="someone-else", call_id="nobody", body=offer(4000)))
     assert response.status == 404

@@ -116,12 +116,17 @@ class SipTcp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None:  # closed at once (over a limit)
             return
+        pings = self._framer.keepalives
         try:
             messages = self._framer.feed(data)
         except SipParseError as exc:  # oversized or unframeable: answer it if we can, then drop the stream
             self._server.tcp_unframeable(exc, self._peer)
             self._transport.close()
             return
+        if self._framer.keepalives > pings:
+            # RFC 5626 §4.4.1: a double-CRLF ping gets a single-CRLF pong, which is how a phone behind NAT learns
+            # that its connection (and its binding) is still alive; unanswered, it reconnects or gives up.
+            self._transport.write(b"\r\n" * (self._framer.keepalives - pings))
         self._server.tcp_received(self._peer, incomplete=self._framer.incomplete)
         for message in messages:
             self._server.sip_received(message, self._peer, "tcp")
