@@ -361,6 +361,17 @@ def test_headers_multimap() -> None:
 # --- stream framing ----------------------------------------------------------------------------------------------
 
 
+def test_framer_counts_a_ping_that_arrives_in_pieces_and_no_line_end_around_a_message() -> None:
+    framer = SipStreamFramer()
+    for piece in (b"\r\n", b"\r\n", b"\r", b"\n\r", b"\n"):
+        assert framer.feed(piece) == []
+    assert framer.keepalives == 2  # each gets its pong, however the network cut it
+    options = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert framer.feed(b"\r\n" + options + b"\r\n") == [options]
+    assert framer.feed(options) == [options]
+    assert framer.keepalives == 2 and not framer.incomplete
+
+
 def test_framer_splits_messages_and_skips_keepalives() -> None:
     framer = SipStreamFramer()
     one, two = sipp_invite(), sipp_invite(body=b"")

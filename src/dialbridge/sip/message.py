@@ -877,6 +877,7 @@ class SipStreamFramer:
         self.max_size = max_size
         self._buffer = bytearray()
         self.keepalives = 0  # CRLFCRLF pings seen; the transport may answer each with a single CRLF
+        self._between = b""  # line ends since the last message that may begin a ping another read completes
 
     @property
     def incomplete(self) -> bool:
@@ -891,8 +892,13 @@ class SipStreamFramer:
             while stripped < len(self._buffer) and self._buffer[stripped] in (0x0D, 0x0A):
                 stripped += 1
             if stripped:
-                self.keepalives += bytes(self._buffer[:stripped]).count(b"\r\n\r\n")
+                # A ping may come in two reads ("\r\n", then "\r\n"): the line ends are counted as one run.
+                run = self._between + bytes(self._buffer[:stripped])
+                self.keepalives += run.count(b"\r\n\r\n")
+                self._between = run[run.rfind(b"\r\n\r\n") + 4 :] if b"\r\n\r\n" in run else run[-3:]
                 del self._buffer[:stripped]
+            if self._buffer:
+                self._between = b""  # a message begins: what came before it was no ping's start
             bounds = _find_head_end(self._buffer)
             if bounds is None:
                 if len(self._buffer) > self.max_size:
