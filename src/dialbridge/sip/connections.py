@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 
+from dialbridge.rate import SourceRate
+
 Address = tuple[str, int]
 REFUSAL_LOG_INTERVAL_S = 60.0  # refusals are logged once per source per this interval, not once per connection
 
@@ -44,7 +46,7 @@ class SipTcpConnections:
         self.limits = limits or TcpConnectionLimits()
         self._open: dict[Address, _Connection] = {}
         self._per_source: dict[str, int] = {}
-        self._refusal_logged: dict[str, float] = {}  # source -> when its refusals were last logged
+        self._refusal_logs: SourceRate[str] = SourceRate(1, REFUSAL_LOG_INTERVAL_S)  # one line a source a minute
 
     def __len__(self) -> int:
         return len(self._open)
@@ -61,11 +63,7 @@ class SipTcpConnections:
         return Admission(accepted=True)
 
     def _refuse(self, source: str, limit: str, now: float) -> Admission:
-        logged = self._refusal_logged.get(source)
-        log = logged is None or now - logged >= REFUSAL_LOG_INTERVAL_S
-        if log:
-            self._refusal_logged[source] = now
-        return Admission(accepted=False, limit=limit, log=log)
+        return Admission(accepted=False, limit=limit, log=self._refusal_logs.allow(source, now))
 
     def received(self, peer: Address, now: float, *, incomplete: bool) -> None:
         """Bytes arrived from `peer` (messages or keep-alives); `incomplete`: a message is now partly buffered."""
@@ -104,7 +102,4 @@ class SipTcpConnections:
                 connection.last_active = now  # its idle time starts when its last call or transaction ends
             elif now - connection.last_active >= limits.idle_s:
                 names.append(peer)
-        for source, logged in list(self._refusal_logged.items()):
-            if now - logged >= REFUSAL_LOG_INTERVAL_S:
-                del self._refusal_logged[source]
         return names
