@@ -11,6 +11,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -277,9 +278,27 @@ def _start_beside(settings: Settings) -> list[SupervisedProcess]:
     print(f"  browser phone:    {settings.base_url}/phone", flush=True)
     engine = SupervisedProcess([sys.executable, "-m", "dialbridge.cli", "voice"], name="the voice engine")
     engine.start()
+    _close_dial_outs_left_open(settings)
     gateway = SupervisedProcess([sys.executable, "-m", "dialbridge.cli", "gateway"], name="the gateway")
     gateway.start()
     return [engine, gateway]
+
+
+def _close_dial_outs_left_open(settings: Settings) -> None:
+    """The gateway about to start holds no call: a dial-out an earlier run left dialling or live (serve killed before
+    its gateway's last report arrived, the machine restarted) would ring in its room for good, and a conference one
+    would refuse to bring the conference in again. (A gateway that dies under a running serve is SipParticipantWatch's
+    to handle, call by call.)"""
+    from dialbridge.store.database import create_db_engine
+    from dialbridge.store.dial_outs import DialOutStore
+
+    engine = create_db_engine(settings.database_url)
+    try:
+        closed = DialOutStore(engine).fail_all_open(time.time())
+    finally:
+        engine.dispose()
+    if closed:
+        print(f"  closed {closed} dial-out(s) an earlier run left open (its gateway is gone): failed", flush=True)
 
 
 def _ready_beside(settings: Settings, port_problems: list[str]) -> VoiceCredentials | None:

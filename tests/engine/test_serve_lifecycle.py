@@ -91,3 +91,38 @@ def test_a_voice_engine_that_dies_is_started_again(tmp_path: Path) -> None:
         assert engine_pid(stack) != first
         log = stack.log.read_text()
         assert "the voice engine stopped (killed by SIGKILL)" in log and "starting it again in 1 s" in log, log
+
+
+def test_dial_outs_an_earlier_run_left_open_are_closed_when_its_gateway_is_gone(tmp_path: Path) -> None:
+    """Found trying `make run` by hand: serve stopped while a dial-out rang (its gateway's last report lost), and the
+    next serve showed that phone ringing in the room for good (a conference one would block bringing it in again)."""
+    from dialbridge.store.database import create_db_engine, migrate
+    from dialbridge.store.dial_outs import DialOutStore
+    from dialbridge.store.store import Store
+    from tests.helpers import run_async
+    from tests.served import start_embedded
+
+    engine = create_db_engine(f"sqlite:///{tmp_path}/db.sqlite")  # the served tests' database
+    migrate(engine)
+    store = Store(engine)
+
+    async def a_room() -> None:
+        await store.claim_room("left", "123456", 1.0, 31.0)
+        await store.complete_room("left", "session-left")
+
+    run_async(a_room())
+    dial_outs = DialOutStore(engine)
+    dial_outs.start(dial_out_id="do_ringing", room_id="left", kind="phone", target="+14155550123", now=1.0)
+    dial_outs.start(dial_out_id="do_bridge", room_id="left", kind="conference", target="sip:dialin@x", now=1.0)
+    dial_outs.mark_live("do_bridge", platform_call_id="gw-1", connection_id="c-1", stream_id=None)
+    engine.dispose()
+
+    served = start_embedded(tmp_path)
+    try:
+        served.wait_healthy()
+        with sqlite3.connect(tmp_path / "db.sqlite") as db:
+            rows = db.execute("SELECT id, state, progress FROM dial_outs ORDER BY id").fetchall()
+        assert rows == [("do_bridge", "failed", "failed"), ("do_ringing", "failed", "failed")]
+    finally:
+        os.killpg(served.process.pid, signal.SIGTERM)
+        served.process.wait(timeout=30)

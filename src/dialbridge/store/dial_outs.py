@@ -150,6 +150,17 @@ class DialOutStore:
     def mark_failed(self, dial_out_id: str, now: float) -> None:
         self._set(dial_out_id, (DIALLING,), state=FAILED, ended_at=now)
 
+    def fail_all_open(self, now: float) -> int:
+        """Close every dial-out still dialling or live as failed; how many. For a gateway that starts afresh: it
+        holds no call, so what an earlier one left open (serve killed, the machine restarted) can never end."""
+        with writing(self.engine) as conn:
+            closed = conn.execute(
+                update(t.dial_outs)
+                .where(t.dial_outs.c.state.in_(OPEN_STATES))
+                .values(state=FAILED, progress=FAILED, ended_at=now)
+            ).rowcount
+        return int(closed)
+
     def mark_ended(self, dial_out_id: str, now: float) -> DialOut:
         self._set(dial_out_id, OPEN_STATES, state=ENDED, ended_at=now)
         return self._get_existing(dial_out_id)
