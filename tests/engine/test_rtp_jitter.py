@@ -296,3 +296,69 @@ def test_fuzz_anything_in_exactly_a_frame_out_bounded(operations: list[tuple[obj
     assert len(buffer._data) == len(buffer._present) == _RING_SAMPLES
     assert len(buffer._recent_sequences) <= 128
     assert buffer.stats.buffered_ms <= 200 + 120 + 20
+
+
+# -- release on arrival (the gateway's SIP leg: the browser's jitter buffer is the one on the path) ------------------
+
+
+def arrival_run(
+    stream: Stream, packets: int, *, skip: frozenset[int] = frozenset(), order: list[int] | None = None
+) -> list[list[tuple[bytes, FrameKind]]]:
+    """Each packet pushed in `order` (default: sent order), then what that arrival released."""
+    buffer = JitterBuffer(silence_byte=SILENCE, release_on_arrival=True)
+    released = []
+    for step, index in enumerate(order if order is not None else range(packets)):
+        if index in skip:
+            continue
+        stream.push(buffer, index, step * stream.packet_samples / 8000)
+        released.append(buffer.pop_arrived(step * stream.packet_samples / 8000))
+    return released
+
+
+def test_on_arrival_each_packet_releases_its_frame_at_once_with_no_delay_ever_added() -> None:
+    released = arrival_run(Stream(), 600)  # 12 s: longer than any window that would give delay back
+    assert [len(frames) for frames in released] == [1] * 600
+    assert b"".join(frame for frames in released for frame, _ in frames) == samples(0, 600 * 160)
+
+
+def test_on_arrival_ptime_30_releases_each_whole_frame_the_packet_completes_and_never_skips() -> None:
+    released = arrival_run(Stream(packet_samples=240), 400)  # 12 s of 30 ms packets
+    assert [len(frames) for frames in released[:6]] == [1, 2, 1, 2, 1, 2]
+    played = b"".join(frame for frames in released for frame, _ in frames)
+    assert played == samples(0, 400 * 240)  # the 80 samples left over after a packet wait for the next one
+
+
+def test_on_arrival_a_loss_is_concealed_when_the_next_packet_proves_it_and_a_pause_re_anchors() -> None:
+    lost = {10, 20, 21, 30, 31, 32}
+    released = arrival_run(Stream(), 60, skip=frozenset(lost))
+    by_packet = dict(zip(sorted(set(range(60)) - lost), released, strict=True))
+    assert by_packet[11] == [(samples(9 * 160, 160), CONCEALED), (samples(11 * 160, 160), RECEIVED)]
+    assert kinds(by_packet[22]) == [CONCEALED, CONCEALED, RECEIVED]
+    # Three frames missing: a pause, heard downstream as it passed; nothing is released to fill it.
+    assert by_packet[33] == [(samples(33 * 160, 160), RECEIVED)]
+
+
+def test_on_arrival_a_reordered_packet_costs_its_frame_and_a_comfort_noise_pause_releases_nothing() -> None:
+    released = arrival_run(Stream(), 12, order=[0, 1, 2, 4, 3, 5])
+    assert kinds(released[3]) == [CONCEALED, RECEIVED]  # 4 proves 3 missing: there is no waiting for it
+    assert released[4] == []  # 3, late
+    buffer = JitterBuffer(silence_byte=SILENCE, release_on_arrival=True)
+    stream = Stream()
+    stream.push(buffer, 0, 0.0)
+    assert len(buffer.pop_arrived(0.0)) == 1
+    assert buffer.push_comfort_noise(ssrc=stream.ssrc, sequence_number=1001, timestamp=50_160, now=0.02)
+    assert buffer.pop_arrived(0.02) == []
+    assert buffer.stats.target_delay_ms == 0
+
+
+def test_on_arrival_part_of_a_frame_left_over_after_every_packet_is_never_skipped_as_delay() -> None:
+    # A first packet of 80 samples, then 160-sample ones: half a frame waits after each release, for 12 s.
+    buffer = JitterBuffer(silence_byte=SILENCE, release_on_arrival=True)
+    played = bytearray()
+    for index in range(601):
+        start, size = (0, 80) if index == 0 else (80 + (index - 1) * 160, 160)
+        buffer.push(
+            ssrc=7, sequence_number=index, timestamp=start, payload=samples(start, size), marker=False, now=index / 50
+        )
+        played += b"".join(frame for frame, _ in buffer.pop_arrived(index / 50))
+    assert played == samples(0, 600 * 160)

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from dialbridge.gateway.phone import BrowserPhonePeer
 from dialbridge.gateway.webrtc import (
     FRAME_SAMPLES,
+    FRAME_SECONDS,
     MAX_BUFFERED_FRAMES,
+    OUTBOUND_MAX_WAITING,
     OUTBOUND_WAIT_S,
     SAMPLE_RATE,
     InboundAudio,
@@ -243,8 +245,8 @@ def test_buffers_stay_bounded_when_nobody_reads_and_the_newest_audio_still_plays
     buffered, dropped, queued, dropped_out, frame = run(scenario())
     assert buffered <= MAX_BUFFERED_FRAMES * FRAME_SAMPLES
     assert dropped >= 30 * FRAME_SAMPLES  # most of the second was dropped, not kept as delay
-    assert queued <= 1
-    assert dropped_out >= 90
+    assert queued <= OUTBOUND_MAX_WAITING
+    assert dropped_out >= 100 - OUTBOUND_MAX_WAITING
     assert frame is not None and rms(frame) > 1000.0  # the newest audio is still there to play
 
 
@@ -340,35 +342,41 @@ def test_inbound_audio_keeps_the_newest_samples_and_resamples_48k_stereo_to_8k_m
     assert abs(peak - 440.0) < 15.0
 
 
-def test_engine_audio_track_hands_each_pushed_frame_on_at_once_keeps_one_and_fills_a_late_tick_with_silence() -> None:
-    async def scenario() -> tuple[int, list[int], float, int, float]:
+def test_the_sip_legs_audio_track_hands_each_frame_on_at_once_keeps_a_burst_and_paces_silence_at_a_frames_time() -> (
+    None
+):
+    async def scenario() -> tuple[int, list[int], list[int], list[float], int, float]:
         track = PacedAudioTrack()
-        for value in range(12):  # the tick ran ahead of aiortc: only the newest frame waits
+        for value in range(12):  # arrivals ran ahead of aiortc (it stalled): only the newest few wait
             track.push(np.full(FRAME_SAMPLES, value * 1000, dtype=np.int16))
         queued = track.queued_frames
 
         def level(frame: av.AudioFrame) -> int:  # mid-frame, past the upsampling filter's first samples
             return round(int(frame.to_ndarray()[0, 1200]) / 1000)
 
-        firsts = [level(await track.recv())]
-        started = time.monotonic()
-        firsts.append(level(await track.recv()))  # no tick: silence after the wait
-        silent_after = time.monotonic() - started
+        burst = [level(await track.recv()) for _ in range(queued)]
+        silences, waits = [], []
+        for _ in range(3):  # nothing arrives: silence after the wait, then one each frame's time
+            started = time.monotonic()
+            silences.append(level(await track.recv()))
+            waits.append(time.monotonic() - started)
 
-        async def tick_later() -> None:
+        async def arrive_later() -> None:
             await asyncio.sleep(0.005)
             track.push(np.full(FRAME_SAMPLES, 21_000, dtype=np.int16))
 
-        pushing = asyncio.ensure_future(tick_later())
+        pushing = asyncio.ensure_future(arrive_later())
         started = time.monotonic()
         pushed = level(await track.recv())
         handed_after = time.monotonic() - started
         await pushing
         track.stop()
-        return queued, firsts, silent_after, pushed, handed_after
+        return queued, burst, silences, waits, pushed, handed_after
 
-    queued, firsts, silent_after, pushed, handed_after = run(scenario())
-    assert queued == 1
-    assert firsts == [11, 0]  # the newest, then silence: no old audio kept as delay
-    assert OUTBOUND_WAIT_S * 0.9 <= silent_after < OUTBOUND_WAIT_S + 0.05
-    assert pushed == 21 and handed_after < 0.015  # on to aiortc as soon as the tick pushes it
+    queued, burst, silences, waits, pushed, handed_after = run(scenario())
+    assert queued == OUTBOUND_MAX_WAITING
+    assert burst == list(range(12 - OUTBOUND_MAX_WAITING, 12))  # the newest, in order: the oldest were dropped
+    assert silences == [0, 0, 0]
+    assert OUTBOUND_WAIT_S * 0.9 <= waits[0] < OUTBOUND_WAIT_S + 0.05
+    assert all(FRAME_SECONDS * 0.9 <= wait < FRAME_SECONDS + 0.05 for wait in waits[1:])  # in step with the clock
+    assert pushed == 21 and handed_after < 0.015  # on to aiortc as soon as it arrives

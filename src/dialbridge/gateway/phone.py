@@ -3,8 +3,8 @@ SIP phone.
 
 The page offers audio and a data channel labelled ``dtmf``; `BrowserPhonePeer.answer` answers it with ICE gathering
 finished (no trickle), so the answer SDP is final. The peer is the WebRTC side of a gateway call (`shell.WebRtcSide`,
-as a room participant is for a room bridge): each 20 ms tick takes what the browser said (`take_mix`) for the SIP leg
-and gives it what the leg played out (`hear`).
+as a room participant is for a room bridge): each 20 ms tick takes what the browser said (`take_mix`) for the SIP leg,
+and what the leg sends is given to it as it arrives (`hear`).
 
 `BrowserPhones` makes such calls. The SIP leg is placed only once the peer is connected, so an offer whose browser
 never connects costs a peer and an RTP port for `connect_timeout_s`, never a call in the engine. It INVITEs the
@@ -158,7 +158,7 @@ class BrowserPhonePeer:
         return None if self._closed else self._inbound.take_frame()
 
     def hear(self, samples: npt.NDArray[np.int16]) -> None:
-        """Queue one tick (160 samples) for the browser to hear. Ignored once closed."""
+        """Queue one frame (160 samples) for the browser to hear. Ignored once closed."""
         if not self._closed:
             self._outbound.push(samples)
 

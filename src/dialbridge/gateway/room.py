@@ -8,7 +8,7 @@ so the gateway never trickles; the browsers do, and their candidates are added a
 
 What the room says is mixed here, once per media tick, by the caller (`take_mix`): each subscribed stream keeps its
 own bounded 8 kHz buffer (`InboundAudio`), so a stalled browser costs its own audio, never the others'. What the
-phone side says is pushed once per tick (`hear`) into one paced track, relayed to every browser that subscribes.
+phone side says is pushed as it arrives (`hear`) into one paced track, relayed to every browser that subscribes.
 
 Rules:
 - joined once `connected` arrives and our stream is `published`; `join` fails (RoomJoinFailed) otherwise, within
@@ -170,7 +170,7 @@ class RoomParticipant:
         raise RoomJoinFailed(f"could not join the room's session {self.session_id}: {reason}", bad_token=bad_token)
 
     def hear(self, samples: npt.NDArray[np.int16]) -> None:
-        """One tick of what the phone side said, for the room to hear."""
+        """One frame of what the phone side said, for the room to hear."""
         if not self._over:
             self._outbound.push(samples)
 

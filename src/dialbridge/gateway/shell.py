@@ -1,10 +1,13 @@
 """The gateway's asyncio shell: its SIP socket, its RTP ports, one 20 ms media clock, and its calls.
 
 A call (`GatewayCall`) is one WebRTC side (`WebRtcSide`: a room participant, `room.py`, or a browser phone's peer,
-`phone.py`) joined to one outbound SIP leg. Each tick moves one 20 ms frame each way for every call: what the WebRTC
-side said (the room's streams mixed, or the browser phone's microphone) is G.711-encoded into the leg's RTP session;
-what the leg's jitter buffer plays out is decoded and given to the WebRTC side to hear. The SIP agent and the RTP
-sessions are sans-I/O; this file only moves their bytes and keeps the clock.
+`phone.py`) joined to one outbound SIP leg. Each 20 ms tick moves one frame of what the WebRTC side said (the
+room's streams mixed, or the browser phone's microphone), G.711-encoded, into the leg's RTP session. The other way
+runs on no clock of ours: each frame the leg's packets complete is decoded and given to the WebRTC side as the
+packet arrives (`JitterBuffer`'s release on arrival). The browsers' own jitter buffers smooth it; playing it out on
+our tick would add a buffer's delay plus up to a tick, by a phase against the far end's clock that is chance (it
+cost issue 15's latency goal 20 ms in some runs). The SIP agent and the RTP sessions are sans-I/O; this file only
+moves their bytes and keeps the clock.
 
 A call ends, once, from whichever side ends first: the SIP leg fails or ends (the participant leaves the room), the
 participant is removed from the room or the room's last browser leaves, or the browser phone hangs up (the leg is
@@ -70,7 +73,7 @@ RETRY_FULL_S: Final = 30  # a full gateway frees a line when some call ends: min
 
 
 class WebRtcSide(Protocol):
-    """The WebRTC side of a call, as the media tick and the call's end see it."""
+    """The WebRTC side of a call, as the media tick, the SIP leg's arrivals and the call's end see it."""
 
     @property
     def peer_count(self) -> int: ...
@@ -80,7 +83,7 @@ class WebRtcSide(Protocol):
         ...
 
     def hear(self, samples: npt.NDArray[np.int16]) -> None:
-        """One tick of what the SIP leg played out."""
+        """One frame (160 samples) of what the SIP leg sent, as the packet completing it arrives."""
         ...
 
     async def leave(self) -> None:
@@ -443,7 +446,7 @@ class Gateway:
             return
         call.codec = params.codec
         if call.rtp is None:
-            call.rtp = RtpSession(params, ssrc=self._rng.getrandbits(32), now=now)
+            call.rtp = RtpSession(params, ssrc=self._rng.getrandbits(32), now=now, release_on_arrival=True)
         else:
             call.rtp.update(params, now)
 
@@ -451,8 +454,13 @@ class Gateway:
 
     def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
         call = self._by_port.get(port - (port % 2))
-        if call is not None and call.rtp is not None:
-            call.rtp.receive(data, source, time.monotonic())
+        if call is None or call.rtp is None:
+            return
+        now = time.monotonic()
+        call.rtp.receive(data, source, now)
+        for payload, _kind in call.rtp.arrived(now):
+            if call.state != "ended":
+                call.webrtc.hear(g711.decode(call.codec, payload))
 
     def _rtcp_received(self, port: int, data: bytes, source: Address) -> None:
         call = self._by_port.get(port - (port % 2))
@@ -488,8 +496,6 @@ class Gateway:
             for datagram in rtp.send(frame, now):
                 if destination is not None:
                     media.send(call.rtp_port, datagram, destination)
-            payload, _kind = rtp.playout(now)
-            call.webrtc.hear(g711.decode(call.codec, payload))
             report = rtp.rtcp_due(now)
             rtcp_to = rtp.rtcp_destination
             if report is not None and rtcp_to is not None:

@@ -1,9 +1,10 @@
 """WebRTC audio shared by every leg that ends in aiortc: 20 ms frames of 8 kHz audio in and out of a peer.
 
 Latency is the gateway's first cost (issue 15 wants at most 60 ms each way), so no stage holds audio it need not:
-- to the browser, the track hands each frame to aiortc as soon as the media tick pushes it (a silent frame when a
-  tick is late), and never keeps more than one waiting: a self-paced queue between two 20 ms clocks settles at
-  whatever depth it first reached, up to 100 ms for good. It hands 48 kHz stereo, exactly 960 samples a frame
+- to the browser, the track hands each frame to aiortc as soon as the SIP leg's packet completing it arrives (silent
+  frames, at 20 ms, while none comes), never paced by a clock of its own: a self-paced queue between two 20 ms
+  clocks settles at whatever depth it first reached, up to 100 ms for good. It hands 48 kHz stereo, exactly 960
+  samples a frame
   (`Upsampler`): given 8 kHz, aiortc's Opus encoder resamples, its resampler keeps a few samples back, and the
   encoder then waits for a whole 960-sample frame, one frame (20 ms) behind for the whole call;
 - from the browser, aiortc's receiver waits for 4 newer packets before it releases one (80 ms, always), then hands
@@ -47,8 +48,12 @@ INBOUND_PREFILL_FRAMES: Final = 2
 #: Takes over which inbound audio that always had a whole frame to spare gives one back (2 s); doubled per underrun.
 SHRINK_WINDOW_TAKES: Final = 100
 MAX_SHRINK_WINDOW_TAKES: Final = 1500
-#: How long the outbound track waits for the media tick's frame before it sends silence (a late tick).
+#: How long the outbound track waits for the SIP leg's next frame before it sends silence (a late or lost packet),
+#: and after that the silence's pace: a frame's time each, so the browser's clock and ours keep step through a pause.
 OUTBOUND_WAIT_S: Final = 0.040
+#: Frames the outbound track keeps for aiortc at most: a burst of arrivals (a packet of 60 ms, or packets held up
+#: together on the way) is sent on whole; more than this only piles up while aiortc is stalled, and is dropped.
+OUTBOUND_MAX_WAITING: Final = 8
 WIDEBAND_RATE: Final = 48_000  # what Opus (and so aiortc's encoder) runs at
 _UPSAMPLE: Final = WIDEBAND_RATE // SAMPLE_RATE
 _TAPS_PER_PHASE: Final = 16
@@ -352,17 +357,18 @@ class NarrowbandDecoder:
 
 
 class PacedAudioTrack(MediaStreamTrack):
-    """Audio for the browser to hear: the media tick `push`es a frame every 20 ms and aiortc's `recv` takes it.
+    """Audio for the browser to hear: the SIP leg's frames are `push`ed as they arrive and aiortc's `recv` takes them.
 
-    `recv` returns as soon as a frame is pushed, so the browser gets it within the tick; when none comes within
-    `OUTBOUND_WAIT_S` (a late tick) it returns silence, so the RTP stream never stops. At most one frame waits: when
-    the tick runs ahead of aiortc (aiortc's loop stalled), the older frames are dropped and counted, rather than
-    kept as delay for the rest of the call.
+    `recv` returns as soon as a frame is pushed, so it reaches the browser at once; when none comes within
+    `OUTBOUND_WAIT_S` (a late or lost packet, a far end that paused) it returns silence, then one more each frame's
+    time while none comes, so the RTP stream never stops and its timestamps keep pace with the clock. Frames queue
+    only while aiortc has not come back for the last one: at most `max_waiting`, the older dropped and counted
+    beyond that, rather than kept as delay for the rest of the call.
     """
 
     kind = "audio"
 
-    def __init__(self, *, max_waiting: int = 1) -> None:
+    def __init__(self, *, max_waiting: int = OUTBOUND_MAX_WAITING) -> None:
         super().__init__()
         self._frames: deque[npt.NDArray[np.int16]] = deque()
         self._max_waiting = max_waiting
@@ -370,6 +376,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._upsampler = Upsampler()
         self._pts = 0
+        self._wait_s = OUTBOUND_WAIT_S
         self.dropped_frames = 0
 
     @property
@@ -391,10 +398,13 @@ class PacedAudioTrack(MediaStreamTrack):
         if not self._frames:
             self._pushed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pushed.wait(), OUTBOUND_WAIT_S)
+                await asyncio.wait_for(self._pushed.wait(), self._wait_s)
         if self.readyState != "live":
             raise MediaStreamError
-        samples = self._frames.popleft() if self._frames else self._silence
+        if self._frames:
+            samples, self._wait_s = self._frames.popleft(), OUTBOUND_WAIT_S
+        else:
+            samples, self._wait_s = self._silence, FRAME_SECONDS
         wide = self._upsampler.upsample(samples)
         frame = av.AudioFrame.from_ndarray(wide.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = WIDEBAND_RATE

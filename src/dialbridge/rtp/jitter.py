@@ -19,6 +19,14 @@ that went backwards) does so when a second packet confirms it, so one stray old 
 
 Concealment. A missing frame repeats the last fully received one, at most twice in a row, then codec silence. After
 a comfort-noise packet (RFC 3389) missing frames are silence and neither concealment nor a cause to wait.
+
+Release on arrival (`release_on_arrival=True`, the gateway's SIP leg). When the audio goes on to a receiver with a
+jitter buffer of its own (a browser's NetEQ), a second one here only adds delay, and a clocked playout adds up to a
+tick more, whose phase against the sender's is chance. Then there is no target delay: `pop_arrived` releases every
+frame as soon as the packet completing it arrives, a frame that a later packet shows lost is concealed as above,
+and a gap of more than `MAX_CONCEALED_FRAMES` (silence suppression, a sender that paused) re-anchors at the packet
+that ends it rather than filling it: the receiver heard that time pass in real time already. A reordered packet
+arrives after its frame was released, and is dropped as late.
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ class JitterBuffer:
         "_read",
         "_recent_order",
         "_recent_sequences",
+        "_release_on_arrival",
         "_resyncs",
         "_shrink_frames",
         "_shrink_minimum",
@@ -105,11 +114,13 @@ class JitterBuffer:
         initial_delay_ms: int = 40,
         min_delay_ms: int = 40,
         max_delay_ms: int = 200,
+        release_on_arrival: bool = False,
     ) -> None:
         if not 0 < min_delay_ms <= initial_delay_ms <= max_delay_ms <= _MAX_DELAY_MS:
             raise ValueError("need 0 < min_delay_ms <= initial_delay_ms <= max_delay_ms <= 400")
         self._silence = bytes([silence_byte]) * FRAME_SAMPLES
-        self._initial_delay = initial_delay_ms * SAMPLES_PER_MS
+        self._release_on_arrival = release_on_arrival
+        self._initial_delay = 0 if release_on_arrival else initial_delay_ms * SAMPLES_PER_MS
         self._min_delay = min_delay_ms * SAMPLES_PER_MS
         self._max_delay = max_delay_ms * SAMPLES_PER_MS
         self._data = bytearray(self._silence[:1] * _RING_SAMPLES)
@@ -233,6 +244,8 @@ class JitterBuffer:
             resynced = True
         elif marker and self._newest_end <= self._read and ahead != self._target:
             self._anchor(extended)  # a talkspurt starts with nothing buffered: play it at the target delay
+        elif self._release_on_arrival and ahead > MAX_CONCEALED_FRAMES * FRAME_SAMPLES:
+            self._anchor(extended)  # a pause, heard downstream as it passed: not filled after the fact
         elif self._stalled and ahead - self._target >= FRAME_SAMPLES:
             # We waited for packets that this one shows were lost, not late: give the wait back.
             self._skip(min(self._stalled, (ahead - self._target) // FRAME_SAMPLES))
@@ -276,6 +289,8 @@ class JitterBuffer:
         if self._last_transit is not None:
             self._jitter += (abs(transit - self._last_transit) - self._jitter) / 16
         self._last_transit = transit
+        if self._release_on_arrival:
+            return  # no target delay to set
         wanted = FRAME_SAMPLES + self._packet_samples + 3 * int(self._jitter)
         self._target = max(self._min_delay, min(self._max_delay, wanted))
 
@@ -350,6 +365,16 @@ class JitterBuffer:
         mixed = bytes(f if p else s for f, p, s in zip(frame, present, filler, strict=True))
         return mixed, FrameKind.CONCEALED
 
+    def pop_arrived(self, now: float) -> list[tuple[bytes, FrameKind]]:
+        """Release on arrival: every frame the packets so far complete (or show lost), in order; none may wait."""
+        frames: list[tuple[bytes, FrameKind]] = []
+        while self._read is not None and self._newest_end - self._read >= FRAME_SAMPLES:
+            before = self._read
+            frames.append(self.pop(now))
+            if self._read == before:  # cannot happen with data past the frame, but a loop must not spin on it
+                break
+        return frames
+
     def _skip(self, frames: int) -> None:
         assert self._read is not None
         for _ in range(frames):
@@ -367,6 +392,8 @@ class JitterBuffer:
 
     def _maybe_shrink(self) -> None:
         assert self._read is not None
+        if self._release_on_arrival:
+            return  # what is left after a release is part of a frame still arriving, not delay
         buffered = self._newest_end - self._read
         if self._shrink_minimum is None or buffered < self._shrink_minimum:
             self._shrink_minimum = buffered

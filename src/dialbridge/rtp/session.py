@@ -96,8 +96,17 @@ class RtpStats:
 
 class RtpSession:
     def __init__(
-        self, params: AudioParameters, *, ssrc: int, now: float, random: random_module.Random | None = None
+        self,
+        params: AudioParameters,
+        *,
+        ssrc: int,
+        now: float,
+        random: random_module.Random | None = None,
+        release_on_arrival: bool = False,
     ) -> None:
+        """`release_on_arrival`: the received audio is taken with `arrived` as packets complete frames, not played
+        out once a tick with `playout` (the jitter buffer's two modes; see `rtp.jitter`)."""
+        self._release_on_arrival = release_on_arrival
         self._random = random if random is not None else random_module.SystemRandom()
         self._params = params
         self._ssrc = ssrc & 0xFFFFFFFF
@@ -114,7 +123,7 @@ class RtpSession:
         self._latched: tuple[str, int] | None = None
         self._learning: _LearningRun | None = None
         self._rtcp_latched: tuple[str, int] | None = None
-        self._jitter = JitterBuffer(silence_byte=params.silence_byte)
+        self._jitter = self._new_jitter_buffer(params)
         self._source: ReceptionStatistics | None = None
         self._dtmf_in = DtmfReceiver()
         self._dtmf_out = (
@@ -129,6 +138,9 @@ class RtpSession:
         self._round_trip: float | None = None
         self._bye_received = False
         self._next_rtcp = now + self._rtcp_interval(initial=True)
+
+    def _new_jitter_buffer(self, params: AudioParameters) -> JitterBuffer:
+        return JitterBuffer(silence_byte=params.silence_byte, release_on_arrival=self._release_on_arrival)
 
     @property
     def _packet_samples(self) -> int:
@@ -168,7 +180,7 @@ class RtpSession:
             self._learning = None
             self._rtcp_latched = None
         if params.codec != old.codec or params.payload_type != old.payload_type:
-            self._jitter = JitterBuffer(silence_byte=params.silence_byte)
+            self._jitter = self._new_jitter_buffer(params)
         if params.dtmf_payload_type is None:
             self._dtmf_out = None
         elif self._dtmf_out is None:
@@ -283,6 +295,10 @@ class RtpSession:
     def playout(self, now: float) -> tuple[bytes, FrameKind]:
         """Once per 20 ms tick: the next 160 encoded bytes to play, and what they are."""
         return self._jitter.pop(now)
+
+    def arrived(self, now: float) -> list[tuple[bytes, FrameKind]]:
+        """Released on arrival: the frames of 160 encoded bytes the packets received so far complete, in order."""
+        return self._jitter.pop_arrived(now)
 
     # -- sending
 
