@@ -100,6 +100,7 @@ TALKER_HZ, BROWSER_HZ = 1000.0, 2000.0
 CLICKS_AT_S = 8.0  # into the talker's audio: the PIN (from 0 s) and "you are joining" are over by then
 SENTENCE = "The quick brown fox jumps over the lazy dog. Please call me back at seven thirty tomorrow morning."
 LATENCY_GOAL_MS = 60.0
+ENGINE_CLOCK_MS = 1.0  # the resolution of the engine's tick timing (uvloop's timers and clock)
 MOS_GOAL = 0.15
 CPU_GOAL = 3.0  # % of a core per bridged browser
 
@@ -939,13 +940,17 @@ def report(
             )
         if alone is not None and bridged and cost.callers:
             with_all = bridged[-1]
-            unchanged = with_all.late_p99_ms <= max(alone.late_p99_ms * 1.2, alone.late_p99_ms + 0.5)
+            # The engine's clock is uvloop's: its timers fire, and its loop.time() reads, in whole milliseconds (an
+            # idle loop's 20 ms ticks land 0.0 or 1.0 ms late, nothing between), so p99 moves by 1 ms between runs of
+            # one build with the callers alone. A change smaller than that cannot be seen.
+            unchanged = with_all.late_p99_ms <= max(alone.late_p99_ms * 1.2, alone.late_p99_ms + ENGINE_CLOCK_MS)
             verdict = "ok" if unchanged and with_all.ticks_skipped <= alone.ticks_skipped else "MISSED"
             if alone.ticks_skipped:  # the engine skips no tick at 200 callers on a quiet machine (bench/voice.py)
                 verdict += f" (unreliable: the engine skipped {alone.ticks_skipped} ticks with its callers alone)"
             lines.append(
                 f"engine lateness p99 with {with_all.browsers} bridged browsers {with_all.late_p99_ms:.1f} ms vs "
-                f"{alone.late_p99_ms:.1f} ms alone (goal: unchanged, within 20 % or 0.5 ms): {verdict}"
+                f"{alone.late_p99_ms:.1f} ms alone (goal: unchanged, within 20 % or the clock's "
+                f"{ENGINE_CLOCK_MS:g} ms): {verdict}"
             )
     if phone is not None:
         lines += [
