@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -201,6 +202,7 @@ class WebhookRequest:
     verified: bool
     error: str | None
     at: float
+    status: int = 200  # what the app answered
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -214,7 +216,8 @@ class WebhookRequest:
 class NccoApp:
     """A Voice application on 127.0.0.1 for tests: answers `/answer` with `answer` (after `answer_delay_s`), any
     other path with `replies.get(path)` (none: an empty 200), and records every request with the verdict of
-    dialbridge's own signature verifier (`WebhookSignatures(secret).verify`, the raw query string for a GET)."""
+    dialbridge's own signature verifier (`WebhookSignatures(secret).verify`, the raw query string for a GET).
+    `event_status` is the HTTP status `/events` answers with (set it to 503 for an application that is down)."""
 
     def __init__(
         self,
@@ -230,6 +233,7 @@ class NccoApp:
         self.answer_delay_s = answer_delay_s
         self.replies = replies or {}
         self.requests: list[WebhookRequest] = []
+        self.event_status = 200
         self._lock = threading.Lock()
         verifier = WebhookSignatures(secret)
         app = self
@@ -246,8 +250,9 @@ class NccoApp:
                     verified, error = True, None
                 except SignatureError as exc:
                     verified, error = False, str(exc)
+                status = app.event_status if path == "/events" else 200
                 record = WebhookRequest(
-                    self.command, path, query.encode(), body, authorization, verified, error, time.monotonic()
+                    self.command, path, query.encode(), body, authorization, verified, error, time.monotonic(), status
                 )
                 with app._lock:
                     app.requests.append(record)
@@ -258,7 +263,7 @@ class NccoApp:
                 else:
                     reply = app.replies.get(path)
                 content = b"" if reply is None else json.dumps(reply).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(content)))
                 self.end_headers()
@@ -311,6 +316,20 @@ class VoiceEngineProcess:
     sip_port: int
     rtp_ports: tuple[int, int]
     log: Path
+    api_port: int = 0
+    voice_dir: Path | None = None
+
+    def metrics(self) -> str:
+        """GET /metrics of the engine's HTTPS control API (its own CA, from its voice dir)."""
+        from dialbridge.credentials import VoiceCredentials
+
+        assert self.voice_dir is not None
+        ca = VoiceCredentials.load_or_create(self.voice_dir).ca_bundle_path
+        context = ssl.create_default_context(cafile=str(ca))
+        url = f"https://127.0.0.1:{self.api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            text: str = response.read().decode()
+        return text
 
     @property
     def sip_target(self) -> str:
@@ -328,9 +347,10 @@ class VoiceEngineProcess:
 
 
 @contextmanager
-def voice_engine(tmp_path: Path, **env: str) -> Iterator[VoiceEngineProcess]:
-    """Run `dialbridge voice` with a signature secret; `env` adds settings (e.g. `NccoApp.env`)."""
-    sip_port, api_port = free_port(), free_port()
+def voice_engine(tmp_path: Path, *, sip_port: int | None = None, **env: str) -> Iterator[VoiceEngineProcess]:
+    """Run `dialbridge voice` with a signature secret; `env` adds settings (e.g. `NccoApp.env`). The same `sip_port`
+    and `tmp_path` make an engine the successor of an earlier one (its journal is per voice dir and SIP port)."""
+    sip_port, api_port = sip_port or free_port(), free_port()
     rtp_low = 40000 + (sip_port % 200) * 100
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIALBRIDGE_")}
     environment.update(
@@ -351,7 +371,7 @@ def voice_engine(tmp_path: Path, **env: str) -> Iterator[VoiceEngineProcess]:
             [DIALBRIDGE, "voice"], env=environment, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-    engine = VoiceEngineProcess(process, sip_port, (rtp_low, rtp_low + 99), log)
+    engine = VoiceEngineProcess(process, sip_port, (rtp_low, rtp_low + 99), log, api_port, tmp_path / "voice")
     try:
         deadline = time.monotonic() + 30
         while not options_ping(sip_port):

@@ -78,7 +78,7 @@ def test_a_call_a_dead_engine_held_is_ended_by_the_next_one(tmp_path: Path) -> N
         caller = caller_in_the_conference(stack, tmp_path / "caller")
         os.kill(engine_pid(stack), signal.SIGKILL)
         wait_until(lambda: call_statuses(stack.database) == ["completed"], 30, "the call's record to be ended")
-        assert "ending 1 calls a previous voice engine left live" in stack.log.read_text()
+        assert "sending 1 final events a previous voice engine left" in stack.log.read_text()
         caller.process.kill()
 
 

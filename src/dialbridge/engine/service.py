@@ -157,6 +157,11 @@ class EngineMetrics(Collector):
         yield CounterMetricFamily(
             "dialbridge_voice_ticks_skipped", "20 ms ticks skipped (frames dropped)", value=ticks.skipped
         )
+        yield GaugeMetricFamily(
+            "dialbridge_voice_final_events_pending",
+            "Final call events sent and not yet acknowledged by the application (retrying)",
+            value=server.final_events_pending,
+        )
         stats = server.webhooks.stats
         latency = CounterMetricFamily(
             "dialbridge_voice_webhook_seconds", "Time spent on webhook requests by purpose", labels=["purpose"]

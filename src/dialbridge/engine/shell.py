@@ -32,9 +32,10 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from dialbridge.conference.webhooks import FINAL_STATUSES
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient
-from dialbridge.engine.calls.journal import LiveCallJournal
+from dialbridge.engine.calls.journal import FinalEventRetry, LiveCallJournal
 from dialbridge.engine.core import (
     EngineRequest,
     EngineSettings,
@@ -55,7 +56,6 @@ from dialbridge.udp_ports import UdpMediaPorts
 log = logging.getLogger(__name__)
 TICK_S = 0.020
 MAX_BEHIND_S = 0.100
-RECOVERED_EVENT_PATIENCE_S = 60.0  # how long a crashed engine's calls' final events wait for the application
 TCP_CHECK_S = 1.0  # how often idle and stalled TCP connections are looked for
 Address = tuple[str, int]
 
@@ -151,6 +151,8 @@ class VoiceServer:
         """`journal`: where this engine notes its live calls, and finds those a crashed one left (journal.py)."""
         self.settings = settings
         self._journal = LiveCallJournal(journal) if journal is not None else None
+        self.final_event_retry = FinalEventRetry()
+        self.final_events_pending = 0  # final events sent and not acknowledged yet (retrying)
         self._sip_host, self._sip_port = sip_host, sip_port
         self._rtp_range = rtp_ports
         self.sip_address: Address = (sip_host, sip_port)
@@ -197,19 +199,51 @@ class VoiceServer:
         if self._journal is not None:
             left = self._journal.recover(self.now())
             if left:
-                log.warning("ending %d calls a previous voice engine left live (it stopped without them)", len(left))
-                self._spawn(self._send_recovered(left))
+                log.warning(
+                    "sending %d final events a previous voice engine left (calls it left live, or events the "
+                    "application had not acknowledged)",
+                    len(left),
+                )
+                for payload in left:
+                    # `serve` may start the application beside this engine at the same moment: it may not answer yet.
+                    self._in_order(str(payload.get("uuid", "")), self._deliver_final(self.settings.event_url, payload))
 
-    async def _send_recovered(self, payloads: list[dict[str, Any]]) -> None:
-        """The final events of a crashed engine's calls. Patient: `serve` may start the application beside this
-        engine at the same moment, so it may not answer yet."""
-        for payload in payloads:
-            deadline = self.now() + RECOVERED_EVENT_PATIENCE_S
-            while not (await self.webhooks.event(self.settings.event_url, payload)).ok:
-                if self.now() > deadline or self._stopping.is_set():
-                    log.warning("could not send call %s's final event; its record stays as it was", payload["uuid"])
-                    break
-                await asyncio.sleep(1.0)
+    async def _deliver_final(self, url: str, payload: dict[str, Any]) -> None:
+        """Send a call's final event until the application acknowledges it (a 2xx), backing off between tries; the
+        journal holds it meanwhile, so what is still unacknowledged when this engine stops goes out from the next."""
+        uuid = str(payload.get("uuid", ""))
+        retry = self.final_event_retry
+        give_up_at = self.now() + retry.patience_s
+        failures = 0
+        self.final_events_pending += 1
+        try:
+            while True:
+                result = await self.webhooks.event(url, payload)
+                if result.ok or not result.retryable:
+                    if not result.ok:
+                        log.warning(
+                            "the application refused call %s's final event (%s): not sent again", uuid, result.error
+                        )
+                    if self._journal is not None:
+                        self._journal.delivered(uuid)
+                    return
+                failures += 1
+                delay = retry.delay(failures)
+                if self.now() + delay > give_up_at:
+                    log.warning(
+                        "call %s's final event was not acknowledged in %g s: giving it up", uuid, retry.patience_s
+                    )
+                    if self._journal is not None:
+                        self._journal.delivered(uuid)
+                    return
+                if failures == 1:
+                    log.warning("call %s's final event failed (%s): trying again, backing off", uuid, result.error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    return  # kept in the journal: the next engine sends it
+        finally:
+            self.final_events_pending -= 1
 
     async def run(self) -> None:
         await self.start()
@@ -411,7 +445,11 @@ class VoiceServer:
         if self._journal is not None:
             self._journal.observe(request.payload, self.now())
         # One call's events arrive in the order they happened: each waits for the one before it.
-        self._in_order(str(request.payload.get("uuid", "")), self.webhooks.event(request.url, request.payload))
+        uuid = str(request.payload.get("uuid", ""))
+        if request.payload.get("status") in FINAL_STATUSES:
+            self._in_order(uuid, self._deliver_final(request.url, request.payload))
+        else:
+            self._in_order(uuid, self.webhooks.event(request.url, request.payload))
 
     def _in_order(self, key: str, work: Awaitable[Any]) -> None:
         """Run `work` after the work queued before it under `key` has finished (whatever its outcome)."""

@@ -55,6 +55,7 @@ class WebhookResult:
     ncco: tuple[Action, ...] | None
     error: str | None
     elapsed_s: float
+    retryable: bool = False  # failed in a way that trying again later may mend (no answer, timeout, 429, 5xx)
 
 
 def timestamp(now: float) -> str:

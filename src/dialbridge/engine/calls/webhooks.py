@@ -152,7 +152,9 @@ class WebhookClient:
                 break
             await asyncio.sleep(self._retry_delay_s)
         error = attempt.error if attempts == 1 or attempt.ok else f"{attempt.error} (after a retry)"
-        result = WebhookResult(attempt.ok, attempt.status, attempt.ncco, error, time.perf_counter() - started)
+        result = WebhookResult(
+            attempt.ok, attempt.status, attempt.ncco, error, time.perf_counter() - started, retryable=attempt.retry
+        )
         self.stats.record(purpose, result, attempts)
         if self._observer is not None:
             self._observer(purpose, result)
