@@ -26,6 +26,7 @@ from tests.engine.test_rtp_session import NAT_ADDRESS, OUR_SSRC, PARAMS, SDP_ADD
 
 Address = tuple[str, int]
 PROMPT = [{"action": "talk", "text": "prompt", "loop": 0}]  # audio for as long as the call lasts
+THIRD_PARTY = "198.51.100.7"
 
 
 class MediaLog:
@@ -118,3 +119,20 @@ def test_an_unconfirmed_session_sends_nothing_until_the_sdp_address_or_a_learned
     confirmed = RtpSession(PARAMS, ssrc=OUR_SSRC, now=0.0, random=random.Random(1), confirmed=False)
     confirmed.confirm()  # the ACK: the SDP's own addresses may be sent to
     assert confirmed.destination == SDP_ADDRESS and confirmed.rtcp_destination == SDP_RTCP
+
+
+# ---- Via received=
+
+
+def test_a_received_parameter_the_client_wrote_is_overwritten_with_the_packets_source() -> None:
+    world = World()
+    phone = world.phone()
+    host, port = phone.sip_address
+    invite = phone.invite_bytes()
+    forged = f"Via: SIP/2.0/UDP {host}:{port};branch={phone.invite_branch};received={THIRD_PARTY}"
+    lines = [forged if line.startswith("Via:") else line for line in invite.decode().split("\r\n")]
+    world.engine.receive_sip("\r\n".join(lines).encode(), phone.sip_address, world.now)
+    world.pump()
+    assert world.stray_sip == []  # nothing to 198.51.100.7
+    assert phone.statuses()[:2] == [100, 180]
+    assert {response.top_via.received for response in phone.responses} <= {None, host}
