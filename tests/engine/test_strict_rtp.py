@@ -245,6 +245,11 @@ def test_rtcp_from_a_stranger_while_ringing_does_not_redirect_the_engines_report
     [port] = world.ports.open_ports
     world.engine.receive_rtcp(port, rtcp_report(255), STRANGER, world.now)
     world.advance(12.0, step=0.1)
+    assert world.rtcp_out == []  # nor to the SDP's address: not before the ACK (test_reflection.py)
+    [fetch] = world.held_fetches
+    world.engine.answer_fetched(fetch.call_uuid, ok([{"action": "conversation", "name": "room"}]), world.now)
+    world.pump()
+    world.advance(12.0, step=0.1)
     reports = [destination for sent_from, _, destination in world.rtcp_out if sent_from == port + 1]
     assert reports and STRANGER not in reports
     assert set(reports) == {(phone.rtp_address[0], phone.rtp_address[1] + 1)}

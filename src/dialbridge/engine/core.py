@@ -580,7 +580,7 @@ class VoiceEngine:
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
-            self._start_media(call, params, now)
+            self._start_media(call, params, now, confirmed=False)  # until the ACK, or the caller's own RTP
         self.agent.ringing(call.leg_id, now)
         self._ring(call, now)
 
@@ -619,7 +619,8 @@ class VoiceEngine:
         self._run(call, commands, now)
 
     def _confirmed(self, call: Call, answer: bytes | None, now: float) -> None:
-        if call.rtp is not None:  # the INVITE's offer was answered in our 200: media already runs
+        if call.rtp is not None:  # the INVITE's offer was answered in our 200: its media may go out from now on
+            call.rtp.confirm()
             return
         # A late offer: ours went in the 200 and the ACK must carry the answer (RFC 3264 s. 5). Without a usable
         # one the call can have no media: it ends now (RFC 3261 s. 13.2.2.4), not as a silent call holding a slot.
@@ -634,7 +635,7 @@ class VoiceEngine:
             log.warning("call %s: %s in the ACK to our offer; hanging up", call.uuid, problem)
             self._end(call, now, f"failed: {problem}", send_bye=True)
             return
-        self._start_media(call, params, now)
+        self._start_media(call, params, now, confirmed=True)
 
     def _local_sdp(
         self, port: int, session_id: int, version: int, offer: bytes | None, *, initial: bool = False
@@ -667,14 +668,17 @@ class VoiceEngine:
         self.agent.answer_offer(call.leg_id, local, now)
         if params is None:
             return
-        if call.rtp is None:
-            self._start_media(call, params, now)
+        if call.rtp is None:  # an offer before the ACK (one after it found media running or ended the call)
+            self._start_media(call, params, now, confirmed=False)
         else:
             call.rtp.update(params, now)
             self._set_codec(call, params)
 
-    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float) -> None:
-        call.rtp = RtpSession(params, ssrc=self._random.getrandbits(32), now=now, random=self._random)
+    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float, *, confirmed: bool) -> None:
+        """`confirmed`: the call's ACK has come; before it, nothing is sent to an address the caller merely named."""
+        call.rtp = RtpSession(
+            params, ssrc=self._random.getrandbits(32), now=now, random=self._random, confirmed=confirmed
+        )
         self._set_codec(call, params)
         self._media.append(call)
         self._dtmf.add(call.uuid)

@@ -1,5 +1,12 @@
 """One call's RTP/RTCP session, sans-I/O: datagrams and the time in, audio frames, digits and datagrams out.
 
+Nothing is sent to an address the peer merely names: a caller's SDP can name anyone's, and a forged INVITE would
+then aim the call's media at that third party (reflection, ~540 times the INVITE's size until the 200 gives up on
+its ACK). A session created unconfirmed (a call we answer) sends neither RTP nor RTCP until the SIP dialog is
+confirmed (`confirm`: the ACK arrived, from the peer that named the address) or the peer's own RTP arrived and the
+session latched to its source — whichever comes first. The audio of the time before is not sent later: the clock
+runs on, as on hold.
+
 Symmetric RTP with strict latching (RFC 4961 style, for phones behind NAT; Asterisk's `strictrtp`): until we latch
 we send to the address in the SDP. A packet of a negotiated payload type from that address latches at once. From any
 other address (a NAT rewrote the caller's) only a run of LEARNING_PACKETS in-sequence packets (one SSRC, each
@@ -103,10 +110,14 @@ class RtpSession:
         now: float,
         random: random_module.Random | None = None,
         release_on_arrival: bool = False,
+        confirmed: bool = True,
     ) -> None:
         """`release_on_arrival`: the received audio is taken with `arrived` as packets complete frames, not played
-        out once a tick with `playout` (the jitter buffer's two modes; see `rtp.jitter`)."""
+        out once a tick with `playout` (the jitter buffer's two modes; see `rtp.jitter`). `confirmed`: whether the
+        SDP's address may be sent to from the start, as for a call we placed (the peer is the one we chose to
+        call); False for a call we answer, until `confirm` or the peer's first packet (see the module doc)."""
         self._release_on_arrival = release_on_arrival
+        self._confirmed = confirmed
         self._random = random if random is not None else random_module.SystemRandom()
         self._params = params
         self._ssrc = ssrc & 0xFFFFFFFF
@@ -160,16 +171,26 @@ class RtpSession:
 
     @property
     def destination(self) -> tuple[str, int] | None:
-        """Where to send RTP now: the latched source once latched, else the SDP's address; None on hold."""
-        if self._params.remote_rtp is None:
+        """Where to send RTP now: the latched source once latched, else the SDP's address; None on hold, and None
+        while the peer has proven no address (neither confirmed nor latched)."""
+        if self._params.remote_rtp is None or not self._proven:
             return None
         return self._latched or self._params.remote_rtp
 
     @property
     def rtcp_destination(self) -> tuple[str, int] | None:
-        if self._params.remote_rtp is None:
+        if self._params.remote_rtp is None or not self._proven:
             return None
         return self._rtcp_latched or self._params.remote_rtcp
+
+    @property
+    def _proven(self) -> bool:
+        """Whether media may go out: the dialog is confirmed, or the peer's own RTP showed where it is."""
+        return self._confirmed or self._latched is not None
+
+    def confirm(self) -> None:
+        """The SIP dialog is confirmed (the ACK to our 200 came): the SDP's addresses may be sent to from now on."""
+        self._confirmed = True
 
     def update(self, params: AudioParameters, now: float) -> None:
         """A new negotiation (re-INVITE): new address, hold/resume, new ptime, even a new codec."""

@@ -1288,10 +1288,12 @@ class SipAgent:
     # --- transport details ------------------------------------------------------------------------------------------
 
     def _stamp_via(self, request: SipRequest, source: Address) -> None:
-        """RFC 3261 18.2.1 received= when sent-by is not the source; RFC 3581 rport= when asked for."""
+        """RFC 3261 18.2.1 received= when sent-by is not the source; RFC 3581 rport= when asked for. A received=
+        the client wrote itself is overwritten with the source, whatever its sent-by: our responses go there, and
+        the client's own would send them to any third party it names (reflection)."""
         via = request.top_via
         changes: dict[str, str | None] = {}
-        if via.host.strip("[]").lower() != source[0].lower():
+        if via.received is not None or via.host.strip("[]").lower() != source[0].lower():
             changes["received"] = source[0]
         if via.has_rport and via.rport is None:
             changes["received"] = source[0]
