@@ -378,6 +378,7 @@ def voice(settings: Settings) -> int:
         allowed_networks=tuple(settings.sip_allowed_networks),
         max_calls=settings.max_calls,
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
+        messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,
     )
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     sip_allow_from: str = ""
     # INVITEs one source address may send per minute before it is refused (a SIP scanner must not exhaust the engine).
     sip_invites_per_source_per_minute: Annotated[int, Field(ge=1)] = 120
+    # SIP messages of any kind one source address may send per second; more are dropped before they are parsed.
+    sip_messages_per_source_per_second: Annotated[int, Field(ge=1)] = 100
     # SIP over TCP: open connections from one IP address and in all (more are closed at once), and how long one may
     # stay silent (no call or transaction on it; CRLF keep-alives count) or sit on a half-received message.
     sip_tcp_connections_per_source: Annotated[int, Field(ge=1)] = 32

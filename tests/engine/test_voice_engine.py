@@ -1000,6 +1000,96 @@ def test_a_trunk_in_the_allow_list_is_not_held_to_the_per_source_rate() -> None:
     assert stranger.statuses() == [100, 403]
 
 
+# ---- floods and unconfirmed calls -----------------------------------------------------------------------------------
+
+FLOODER = ("192.0.2.66", 5070)
+
+
+def _flood_message(method: str, n: int) -> bytes:
+    """Requests as a scanner sprays them: valid enough to be answered (405, 200), some with junk in them."""
+    host, port = FLOODER
+    lines = [
+        f"{method} sip:dialin@{ENGINE_HOST}:5060 SIP/2.0",
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-flood-{n}",
+        f"From: <sip:scanner@{host}>;tag=f{n}",
+        f"To: <sip:dialin@{ENGINE_HOST}>",
+        f"Call-ID: flood-{n}@{host}",
+        f"CSeq: 1 {method}",
+        "Max-Forwards: 70",
+        f"X-Junk: {'@' * (n % 50)}",
+        "Content-Length: 4",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\njunk").encode()
+
+
+def test_a_flood_of_non_invite_requests_is_dropped_unparsed_and_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dialbridge.sip.agent as agent_module
+
+    parsed: list[bytes] = []
+    real_parse = agent_module.parse_message
+
+    def counting_parse(data: bytes, **kwargs: Any) -> Any:
+        parsed.append(data)
+        return real_parse(data, **kwargs)
+
+    monkeypatch.setattr(agent_module, "parse_message", counting_parse)
+    world = world_with([conversation("room-1")])
+    engine = world.engine
+    limit = engine.settings.messages_per_source_per_second
+    before = (engine.agent.table_sizes(), engine.source_table_sizes())
+    methods = ("OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE")
+    caller = world.phone(host="203.0.113.9")
+    start = world.now
+    for n in range(20_000):
+        engine.receive_sip(_flood_message(methods[n % 4], n), FLOODER, start + n / 20_000)
+        if n == 10_000:  # mid-flood, another address calls: answered at once
+            world.now = start + n / 20_000
+            caller.invite()
+            assert caller.statuses() == [100, 180, 200]
+        if n == 15_000:  # past the limit, even what could never be parsed costs nothing
+            engine.receive_sip(b"\x00garbage that no parser would take", FLOODER, start + n / 20_000)
+    world.pump()
+
+    flood_parsed = [data for data in parsed if b"flood-" in data or b"garbage" in data]
+    assert len(flood_parsed) == limit  # the rest were dropped before parsing
+    assert engine.stats.sip_dropped == 20_001 - limit
+    sizes = engine.agent.table_sizes()
+    assert sizes["server_transactions"] <= limit + 2  # the flood's answered requests, and the call's INVITE
+    assert engine.source_table_sizes()["sip_messages"] == 2  # the flooder and the caller
+
+    world.advance(70.0)  # every transaction's timer and every rate window has run out
+    caller.bye()
+    world.advance(70.0)
+    assert (engine.agent.table_sizes(), engine.source_table_sizes()) == before
+    assert world.idle() == IDLE
+
+
+def test_a_source_over_its_message_rate_gets_through_again_a_second_later() -> None:
+    world = world_with([conversation("room-1")], settings=settings_with(messages_per_source_per_second=5))
+    phone = world.phone(host="203.0.113.10")
+    for n in range(5):
+        world.engine.receive_sip(_flood_message("OPTIONS", n), phone.sip_address, world.now)
+    phone.invite()  # the sixth message in the second: dropped, as UDP loses one; the phone would retransmit
+    assert phone.statuses() == []
+    world.run(1.0)
+    phone.invite()
+    assert phone.statuses()[:3] == [100, 180, 200]
+
+
+def test_the_message_rate_spares_a_trunk_in_the_allow_list() -> None:
+    trunk = ipaddress.ip_network("203.0.113.0/24")
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(messages_per_source_per_second=3, allowed_networks=(trunk,)),
+    )
+    phones = [world.phone(host="203.0.113.5") for _ in range(3)]
+    for phone in phones:  # nine messages and more from one address within the second
+        phone.invite()
+        assert phone.statuses()[:3] == [100, 180, 200]
+
+
 # ---- call control ------------------------------------------------------------------------------------------------
 
 

@@ -76,6 +76,7 @@ Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+MESSAGE_RATE_WINDOW_S = 1.0
 # With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
 INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
 SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
@@ -148,6 +149,8 @@ class EngineSettings:
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_calls: int = 500
     invites_per_source_per_minute: int = 120
+    # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
+    messages_per_source_per_second: int = 100
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
 
@@ -174,6 +177,7 @@ class EngineStats:
     calls_by_state: dict[str, int] = field(default_factory=dict)
     calls_total: int = 0
     refused: dict[int, int] = field(default_factory=dict)
+    sip_dropped: int = 0  # SIP messages over their source's rate, dropped unparsed
     rtp_in: int = 0
     rtp_out: int = 0
     digits: int = 0
@@ -278,6 +282,7 @@ class VoiceEngine:
         self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
         self._invites: SourceRate[str] = SourceRate(settings.invites_per_source_per_minute, RATE_WINDOW_S)
+        self._messages: SourceRate[str] = SourceRate(settings.messages_per_source_per_second, MESSAGE_RATE_WINDOW_S)
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
         self._started: set[str] = set()  # conferences a startOnEnter member has joined
@@ -290,6 +295,12 @@ class VoiceEngine:
     # ---- input ---------------------------------------------------------------------------------------------
 
     def receive_sip(self, data: bytes, source: Address, now: float, transport: str = "udp") -> None:
+        # Counted before anything is parsed, so that a flood from one address costs a table lookup per message, not
+        # a parse, a transaction and an answer. Over the rate it is dropped unanswered: an answer would need the
+        # parse, and would go to whoever the flood spoofs; a real client's retransmission gets through a second on.
+        if not self._messages.allow(source[0], now) and not self._is_trunk(source[0]):
+            self.stats.sip_dropped += 1
+            return
         self.agent.receive(data, source, now, transport)
         self._after_sip(now)
 
@@ -306,6 +317,10 @@ class VoiceEngine:
     def tcp_peers_in_use(self) -> set[Address]:
         """The TCP peers whose connections carry a call or a transaction (not to be closed as idle)."""
         return self.agent.reliable_peers_in_use()
+
+    def source_table_sizes(self) -> dict[str, int]:
+        """How many sources each rate limit remembers: all zero once a window has passed in silence."""
+        return {"invites": self._invites.sources, "sip_messages": self._messages.sources}
 
     def receive_rtp(self, port: int, data: bytes, source: Address, now: float) -> None:
         call = self._by_port.get(port)
@@ -465,6 +480,8 @@ class VoiceEngine:
         """Every 20 ms: timers, then one frame of audio in and out for every call."""
         self.agent.on_timer(now)
         self._after_sip(now)
+        self._invites.forget_idle(now)
+        self._messages.forget_idle(now)
         for call in list(self.calls.values()):
             runner = call.runner
             if runner is not None and not call.ended:
@@ -602,6 +619,10 @@ class VoiceEngine:
 
     def _at_capacity(self) -> bool:
         return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
+
+    def _is_trunk(self, host: str) -> bool:
+        networks = self.settings.allowed_networks
+        return bool(networks) and _allowed(host, networks)
 
     def _is_dial_in(self, user: str) -> bool:
         if user == self.settings.dial_in_user:
