@@ -1090,6 +1090,66 @@ def test_the_message_rate_spares_a_trunk_in_the_allow_list() -> None:
         assert phone.statuses()[:3] == [100, 180, 200]
 
 
+def _unacked_call(world: World, host: str) -> Phone:
+    """An INVITE from `host` whose 200 is never ACKed: a caller that holds a line for 64*T1 at no cost to itself.
+    An IPv6 caller writes its SIP as an IPv4 one does (the phone speaks IPv4 only); its packets come from `host`."""
+    phone = world.phone(host="192.0.2.200" if ":" in host else host)
+    phone.auto_ack = False
+    data = phone.invite_bytes()
+    phone.sip_address = (host, phone.sip_address[1])  # rport: the engine answers the packet's source
+    world.engine.receive_sip(data, phone.sip_address, world.now)
+    world.pump()
+    return phone
+
+
+def test_unconfirmed_calls_are_capped_per_network_and_in_all_and_confirmed_callers_still_get_in() -> None:
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(max_calls=10, max_unconfirmed_calls=5, max_unconfirmed_calls_per_network=2),
+    )
+    first = world.phone(host="198.51.100.20")
+    connected(world, first)
+
+    # Many addresses of one /24: two unconfirmed calls, then 503s.
+    one_net = [_unacked_call(world, f"203.0.113.{n}") for n in range(10, 16)]
+    assert [p.statuses()[-1] for p in one_net] == [200, 200, 503, 503, 503, 503]
+    for refused in one_net[2:]:
+        assert refused.last(503).headers.get("Retry-After") == "30"
+    # An IPv6 caller's network is its /64: a third address in one is refused, the next /64 is not.
+    six = [_unacked_call(world, host) for host in ("2001:db8:1:2::1", "2001:db8:1:2:ff::2", "2001:db8:1:2::3")]
+    assert [p.statuses()[-1] for p in six] == [200, 200, 503]
+    assert _unacked_call(world, "2001:db8:1:3::1").statuses()[-1] == 200
+    # The total: five unconfirmed calls are held now, so another network is refused too ...
+    assert _unacked_call(world, "192.0.2.77").statuses()[-1] == 503
+    assert world.engine.stats.refused[503] == 6
+
+    # ... and the calls already confirmed keep their lines, and MAX_CALLS was never filled.
+    assert len(world.engine.calls) == 6
+    world.advance(40.0)  # 64*T1: the unACKed calls are hung up
+    assert len(world.engine.calls) == 1
+    assert world.uuid_of(first) in world.engine.calls
+
+    # ACKed calls do not count: more callers from one /24 than its unconfirmed cap all get in.
+    callers = [world.phone(host=f"203.0.113.{n}") for n in range(20, 25)]
+    for caller in callers:
+        connected(world, caller)
+        assert caller.statuses()[:3] == [100, 180, 200]
+    assert len(world.engine.calls) == 6
+    for phone in (first, *callers):
+        phone.bye()
+    assert_idle(world)
+
+
+def test_a_trunk_in_the_allow_list_is_held_to_the_total_unconfirmed_cap_only() -> None:
+    trunk = ipaddress.ip_network("203.0.113.0/24")
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(allowed_networks=(trunk,), max_unconfirmed_calls=3, max_unconfirmed_calls_per_network=1),
+    )
+    calls = [_unacked_call(world, "203.0.113.5") for _ in range(4)]
+    assert [p.statuses()[-1] for p in calls] == [200, 200, 200, 503]
+
+
 # ---- call control ------------------------------------------------------------------------------------------------
 
 

@@ -148,6 +148,10 @@ class EngineSettings:
     dial_in_number: str | None = None  # E.164 with +
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_calls: int = 500
+    # Calls answered or ringing whose caller has not ACKed yet, in all and per caller network (/24, /64): a caller
+    # that never ACKs holds a line for 64*T1, so these caps keep lines free for callers that do.
+    max_unconfirmed_calls: int = 100
+    max_unconfirmed_calls_per_network: int = 10
     invites_per_source_per_minute: int = 120
     # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
     messages_per_source_per_second: int = 100
@@ -190,6 +194,7 @@ class Call:
         "alaw",
         "answered_at",
         "conference",
+        "confirmed",
         "conversation",
         "conversation_uuid",
         "dtmf_source",
@@ -203,6 +208,7 @@ class Call:
         "leg_id",
         "local_sdp",
         "muted",
+        "network",
         "overlay",
         "playback",
         "port",
@@ -247,6 +253,8 @@ class Call:
         self.inband_heard: tuple[str, float] | None = None  # the last digit detected in-band, and when
         self.dtmf_source: SignalledDtmf | None = None  # how this call signals digits, from its first signalled one
         self.source: Address = ("", 0)
+        self.network = ""  # the caller's /24 or /64 (`_caller_network`)
+        self.confirmed = False  # the caller has ACKed our answer
         self.x_headers: dict[str, str] = {}
 
     @property
@@ -533,6 +541,7 @@ class VoiceEngine:
         if call is None:
             return
         if isinstance(event, CallConfirmed):
+            call.confirmed = True
             self._confirmed(call, event.sdp, now)
         elif isinstance(event, CallCancelled):
             call.state = "cancelled"
@@ -571,7 +580,8 @@ class VoiceEngine:
         if not self._is_dial_in(event.request_user):
             self._refuse(event, 404, now)
             return
-        if self._at_capacity():
+        network = _caller_network(event.source[0])
+        if self._at_capacity() or self._unconfirmed_full(network):
             self._refuse(event, 503, now, {"Retry-After": "30"})
             return
         try:
@@ -594,6 +604,7 @@ class VoiceEngine:
         call = self._new_call(event.leg_id, event.from_user, event.request_user, now)
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
         call.sdp_session_id = session_id
+        call.network = network
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -619,6 +630,20 @@ class VoiceEngine:
 
     def _at_capacity(self) -> bool:
         return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
+
+    def _unconfirmed_full(self, network: str) -> bool:
+        """A caller that never ACKs our answer holds its line for 64*T1 at no cost to itself, so unconfirmed calls
+        get only a share of the lines, in all and per caller network (an attacker's addresses share one), and callers
+        that do ACK always find one. An allow list's trunks bring every caller from a few addresses: the total caps
+        them, not the per-network share."""
+        settings = self.settings
+        unconfirmed = [call for call in self.calls.values() if not call.confirmed]
+        if len(unconfirmed) >= settings.max_unconfirmed_calls:
+            return True
+        if settings.allowed_networks:
+            return False
+        same_network = sum(1 for call in unconfirmed if call.network == network)
+        return same_network >= settings.max_unconfirmed_calls_per_network
 
     def _is_trunk(self, host: str) -> bool:
         networks = self.settings.allowed_networks
@@ -974,6 +999,18 @@ def _relayed_digit(body: bytes) -> str | None:
         return None
     key = match.group(1).decode().upper()
     return event_to_digit(int(key)) if key.isdigit() else key
+
+
+def _caller_network(host: str) -> str:
+    """The network one party most likely holds whole: its IPv4 /24 or IPv6 /64 (a subscriber's prefix)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
