@@ -37,3 +37,17 @@ def test_the_least_recently_heard_source_is_forgotten_first() -> None:
 def test_nonsense_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         SourceRate(limit=0, window_s=60)
+
+
+def test_a_source_silent_for_a_window_is_forgotten_so_a_flood_leaves_nothing_behind() -> None:
+    rate: SourceRate[int] = SourceRate(limit=5, window_s=1.0)
+    for spoofed in range(1000):
+        rate.allow(spoofed, 10.0)
+    assert rate.allow(-1, 10.5)
+    rate.forget_idle(10.9)
+    assert rate.sources == 1001  # nobody has been silent for a whole window yet
+    rate.forget_idle(11.0)
+    assert rate.sources == 1  # the flood's sources are gone; -1 was heard from half a second later
+    rate.forget_idle(11.5)
+    assert rate.sources == 0
+    assert rate.allow(0, 11.6)  # counted afresh

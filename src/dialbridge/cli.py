@@ -377,7 +377,10 @@ def voice(settings: Settings) -> int:
         dial_in_number=settings.dial_in_number,
         allowed_networks=tuple(settings.sip_allowed_networks),
         max_calls=settings.max_calls,
+        max_unconfirmed_calls=settings.max_unconfirmed_calls,
+        max_unconfirmed_calls_per_network=settings.max_unconfirmed_calls_per_network,
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
+        messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,
     )
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None

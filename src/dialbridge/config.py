@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     sip_allow_from: str = ""
     # INVITEs one source address may send per minute before it is refused (a SIP scanner must not exhaust the engine).
     sip_invites_per_source_per_minute: Annotated[int, Field(ge=1)] = 120
+    # SIP messages of any kind one source address may send per second; more are dropped before they are parsed.
+    sip_messages_per_source_per_second: Annotated[int, Field(ge=1)] = 100
     # SIP over TCP: open connections from one IP address and in all (more are closed at once), and how long one may
     # stay silent (no call or transaction on it; CRLF keep-alives count) or sit on a half-received message.
     sip_tcp_connections_per_source: Annotated[int, Field(ge=1)] = 32
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
     sip_tcp_incomplete_message_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
+    # Calls answered or ringing but not yet ACKed by their caller, in all and per caller network (/24, /64).
+    max_unconfirmed_calls: Annotated[int, Field(ge=1)] = 100
+    max_unconfirmed_calls_per_network: Annotated[int, Field(ge=1)] = 10
     # A short tone tells a conference's members that someone joined or left.
     join_tones: bool = True
     # The engine's call-control API (Vonage's Voice REST shape, HTTPS) and browser-phone endpoint; the web app

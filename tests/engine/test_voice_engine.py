@@ -1000,6 +1000,156 @@ def test_a_trunk_in_the_allow_list_is_not_held_to_the_per_source_rate() -> None:
     assert stranger.statuses() == [100, 403]
 
 
+# ---- floods and unconfirmed calls -----------------------------------------------------------------------------------
+
+FLOODER = ("192.0.2.66", 5070)
+
+
+def _flood_message(method: str, n: int) -> bytes:
+    """Requests as a scanner sprays them: valid enough to be answered (405, 200), some with junk in them."""
+    host, port = FLOODER
+    lines = [
+        f"{method} sip:dialin@{ENGINE_HOST}:5060 SIP/2.0",
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-flood-{n}",
+        f"From: <sip:scanner@{host}>;tag=f{n}",
+        f"To: <sip:dialin@{ENGINE_HOST}>",
+        f"Call-ID: flood-{n}@{host}",
+        f"CSeq: 1 {method}",
+        "Max-Forwards: 70",
+        f"X-Junk: {'@' * (n % 50)}",
+        "Content-Length: 4",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\njunk").encode()
+
+
+def test_a_flood_of_non_invite_requests_is_dropped_unparsed_and_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dialbridge.sip.agent as agent_module
+
+    parsed: list[bytes] = []
+    real_parse = agent_module.parse_message
+
+    def counting_parse(data: bytes, **kwargs: Any) -> Any:
+        parsed.append(data)
+        return real_parse(data, **kwargs)
+
+    monkeypatch.setattr(agent_module, "parse_message", counting_parse)
+    world = world_with([conversation("room-1")])
+    engine = world.engine
+    limit = engine.settings.messages_per_source_per_second
+    before = (engine.agent.table_sizes(), engine.source_table_sizes())
+    methods = ("OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE")
+    caller = world.phone(host="203.0.113.9")
+    start = world.now
+    for n in range(20_000):
+        engine.receive_sip(_flood_message(methods[n % 4], n), FLOODER, start + n / 20_000)
+        if n == 10_000:  # mid-flood, another address calls: answered at once
+            world.now = start + n / 20_000
+            caller.invite()
+            assert caller.statuses() == [100, 180, 200]
+        if n == 15_000:  # past the limit, even what could never be parsed costs nothing
+            engine.receive_sip(b"\x00garbage that no parser would take", FLOODER, start + n / 20_000)
+    world.pump()
+
+    flood_parsed = [data for data in parsed if b"flood-" in data or b"garbage" in data]
+    assert len(flood_parsed) == limit  # the rest were dropped before parsing
+    assert engine.stats.sip_dropped == 20_001 - limit
+    sizes = engine.agent.table_sizes()
+    assert sizes["server_transactions"] <= limit + 2  # the flood's answered requests, and the call's INVITE
+    assert engine.source_table_sizes()["sip_messages"] == 2  # the flooder and the caller
+
+    world.advance(70.0)  # every transaction's timer and every rate window has run out
+    caller.bye()
+    world.advance(70.0)
+    assert (engine.agent.table_sizes(), engine.source_table_sizes()) == before
+    assert world.idle() == IDLE
+
+
+def test_a_source_over_its_message_rate_gets_through_again_a_second_later() -> None:
+    world = world_with([conversation("room-1")], settings=settings_with(messages_per_source_per_second=5))
+    phone = world.phone(host="203.0.113.10")
+    for n in range(5):
+        world.engine.receive_sip(_flood_message("OPTIONS", n), phone.sip_address, world.now)
+    phone.invite()  # the sixth message in the second: dropped, as UDP loses one; the phone would retransmit
+    assert phone.statuses() == []
+    world.run(1.0)
+    phone.invite()
+    assert phone.statuses()[:3] == [100, 180, 200]
+
+
+def test_the_message_rate_spares_a_trunk_in_the_allow_list() -> None:
+    trunk = ipaddress.ip_network("203.0.113.0/24")
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(messages_per_source_per_second=3, allowed_networks=(trunk,)),
+    )
+    phones = [world.phone(host="203.0.113.5") for _ in range(3)]
+    for phone in phones:  # nine messages and more from one address within the second
+        phone.invite()
+        assert phone.statuses()[:3] == [100, 180, 200]
+
+
+def _unacked_call(world: World, host: str) -> Phone:
+    """An INVITE from `host` whose 200 is never ACKed: a caller that holds a line for 64*T1 at no cost to itself.
+    An IPv6 caller writes its SIP as an IPv4 one does (the phone speaks IPv4 only); its packets come from `host`."""
+    phone = world.phone(host="192.0.2.200" if ":" in host else host)
+    phone.auto_ack = False
+    data = phone.invite_bytes()
+    phone.sip_address = (host, phone.sip_address[1])  # rport: the engine answers the packet's source
+    world.engine.receive_sip(data, phone.sip_address, world.now)
+    world.pump()
+    return phone
+
+
+def test_unconfirmed_calls_are_capped_per_network_and_in_all_and_confirmed_callers_still_get_in() -> None:
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(max_calls=10, max_unconfirmed_calls=5, max_unconfirmed_calls_per_network=2),
+    )
+    first = world.phone(host="198.51.100.20")
+    connected(world, first)
+
+    # Many addresses of one /24: two unconfirmed calls, then 503s.
+    one_net = [_unacked_call(world, f"203.0.113.{n}") for n in range(10, 16)]
+    assert [p.statuses()[-1] for p in one_net] == [200, 200, 503, 503, 503, 503]
+    for refused in one_net[2:]:
+        assert refused.last(503).headers.get("Retry-After") == "30"
+    # An IPv6 caller's network is its /64: a third address in one is refused, the next /64 is not.
+    six = [_unacked_call(world, host) for host in ("2001:db8:1:2::1", "2001:db8:1:2:ff::2", "2001:db8:1:2::3")]
+    assert [p.statuses()[-1] for p in six] == [200, 200, 503]
+    assert _unacked_call(world, "2001:db8:1:3::1").statuses()[-1] == 200
+    # The total: five unconfirmed calls are held now, so another network is refused too ...
+    assert _unacked_call(world, "192.0.2.77").statuses()[-1] == 503
+    assert world.engine.stats.refused[503] == 6
+
+    # ... and the calls already confirmed keep their lines, and MAX_CALLS was never filled.
+    assert len(world.engine.calls) == 6
+    world.advance(40.0)  # 64*T1: the unACKed calls are hung up
+    assert len(world.engine.calls) == 1
+    assert world.uuid_of(first) in world.engine.calls
+
+    # ACKed calls do not count: more callers from one /24 than its unconfirmed cap all get in.
+    callers = [world.phone(host=f"203.0.113.{n}") for n in range(20, 25)]
+    for caller in callers:
+        connected(world, caller)
+        assert caller.statuses()[:3] == [100, 180, 200]
+    assert len(world.engine.calls) == 6
+    for phone in (first, *callers):
+        phone.bye()
+    assert_idle(world)
+
+
+def test_a_trunk_in_the_allow_list_is_held_to_the_total_unconfirmed_cap_only() -> None:
+    trunk = ipaddress.ip_network("203.0.113.0/24")
+    world = world_with(
+        [conversation("room-1")],
+        settings=settings_with(allowed_networks=(trunk,), max_unconfirmed_calls=3, max_unconfirmed_calls_per_network=1),
+    )
+    calls = [_unacked_call(world, "203.0.113.5") for _ in range(4)]
+    assert [p.statuses()[-1] for p in calls] == [200, 200, 200, 503]
+
+
 # ---- call control ------------------------------------------------------------------------------------------------
 
 

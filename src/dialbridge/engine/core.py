@@ -76,6 +76,7 @@ Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+MESSAGE_RATE_WINDOW_S = 1.0
 # With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
 INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
 SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
@@ -147,7 +148,13 @@ class EngineSettings:
     dial_in_number: str | None = None  # E.164 with +
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_calls: int = 500
+    # Calls answered or ringing whose caller has not ACKed yet, in all and per caller network (/24, /64): a caller
+    # that never ACKs holds a line for 64*T1, so these caps keep lines free for callers that do.
+    max_unconfirmed_calls: int = 100
+    max_unconfirmed_calls_per_network: int = 10
     invites_per_source_per_minute: int = 120
+    # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
+    messages_per_source_per_second: int = 100
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
 
@@ -174,6 +181,7 @@ class EngineStats:
     calls_by_state: dict[str, int] = field(default_factory=dict)
     calls_total: int = 0
     refused: dict[int, int] = field(default_factory=dict)
+    sip_dropped: int = 0  # SIP messages over their source's rate, dropped unparsed
     rtp_in: int = 0
     rtp_out: int = 0
     digits: int = 0
@@ -186,6 +194,7 @@ class Call:
         "alaw",
         "answered_at",
         "conference",
+        "confirmed",
         "conversation",
         "conversation_uuid",
         "dtmf_source",
@@ -199,6 +208,7 @@ class Call:
         "leg_id",
         "local_sdp",
         "muted",
+        "network",
         "overlay",
         "playback",
         "port",
@@ -243,6 +253,8 @@ class Call:
         self.inband_heard: tuple[str, float] | None = None  # the last digit detected in-band, and when
         self.dtmf_source: SignalledDtmf | None = None  # how this call signals digits, from its first signalled one
         self.source: Address = ("", 0)
+        self.network = ""  # the caller's /24 or /64 (`_caller_network`)
+        self.confirmed = False  # the caller has ACKed our answer
         self.x_headers: dict[str, str] = {}
 
     @property
@@ -278,6 +290,7 @@ class VoiceEngine:
         self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
         self._invites: SourceRate[str] = SourceRate(settings.invites_per_source_per_minute, RATE_WINDOW_S)
+        self._messages: SourceRate[str] = SourceRate(settings.messages_per_source_per_second, MESSAGE_RATE_WINDOW_S)
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
         self._started: set[str] = set()  # conferences a startOnEnter member has joined
@@ -290,6 +303,12 @@ class VoiceEngine:
     # ---- input ---------------------------------------------------------------------------------------------
 
     def receive_sip(self, data: bytes, source: Address, now: float, transport: str = "udp") -> None:
+        # Counted before anything is parsed, so that a flood from one address costs a table lookup per message, not
+        # a parse, a transaction and an answer. Over the rate it is dropped unanswered: an answer would need the
+        # parse, and would go to whoever the flood spoofs; a real client's retransmission gets through a second on.
+        if not self._messages.allow(source[0], now) and not self._is_trunk(source[0]):
+            self.stats.sip_dropped += 1
+            return
         self.agent.receive(data, source, now, transport)
         self._after_sip(now)
 
@@ -306,6 +325,10 @@ class VoiceEngine:
     def tcp_peers_in_use(self) -> set[Address]:
         """The TCP peers whose connections carry a call or a transaction (not to be closed as idle)."""
         return self.agent.reliable_peers_in_use()
+
+    def source_table_sizes(self) -> dict[str, int]:
+        """How many sources each rate limit remembers: all zero once a window has passed in silence."""
+        return {"invites": self._invites.sources, "sip_messages": self._messages.sources}
 
     def receive_rtp(self, port: int, data: bytes, source: Address, now: float) -> None:
         call = self._by_port.get(port)
@@ -465,6 +488,8 @@ class VoiceEngine:
         """Every 20 ms: timers, then one frame of audio in and out for every call."""
         self.agent.on_timer(now)
         self._after_sip(now)
+        self._invites.forget_idle(now)
+        self._messages.forget_idle(now)
         for call in list(self.calls.values()):
             runner = call.runner
             if runner is not None and not call.ended:
@@ -516,6 +541,7 @@ class VoiceEngine:
         if call is None:
             return
         if isinstance(event, CallConfirmed):
+            call.confirmed = True
             self._confirmed(call, event.sdp, now)
         elif isinstance(event, CallCancelled):
             call.state = "cancelled"
@@ -554,7 +580,8 @@ class VoiceEngine:
         if not self._is_dial_in(event.request_user):
             self._refuse(event, 404, now)
             return
-        if self._at_capacity():
+        network = _caller_network(event.source[0])
+        if self._at_capacity() or self._unconfirmed_full(network):
             self._refuse(event, 503, now, {"Retry-After": "30"})
             return
         try:
@@ -577,6 +604,7 @@ class VoiceEngine:
         call = self._new_call(event.leg_id, event.from_user, event.request_user, now)
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
         call.sdp_session_id = session_id
+        call.network = network
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -602,6 +630,24 @@ class VoiceEngine:
 
     def _at_capacity(self) -> bool:
         return sum(1 for call in self.calls.values() if not call.ended) >= self.settings.max_calls
+
+    def _unconfirmed_full(self, network: str) -> bool:
+        """A caller that never ACKs our answer holds its line for 64*T1 at no cost to itself, so unconfirmed calls
+        get only a share of the lines, in all and per caller network (an attacker's addresses share one), and callers
+        that do ACK always find one. An allow list's trunks bring every caller from a few addresses: the total caps
+        them, not the per-network share."""
+        settings = self.settings
+        unconfirmed = [call for call in self.calls.values() if not call.confirmed]
+        if len(unconfirmed) >= settings.max_unconfirmed_calls:
+            return True
+        if settings.allowed_networks:
+            return False
+        same_network = sum(1 for call in unconfirmed if call.network == network)
+        return same_network >= settings.max_unconfirmed_calls_per_network
+
+    def _is_trunk(self, host: str) -> bool:
+        networks = self.settings.allowed_networks
+        return bool(networks) and _allowed(host, networks)
 
     def _is_dial_in(self, user: str) -> bool:
         if user == self.settings.dial_in_user:
@@ -957,6 +1003,18 @@ def _relayed_digit(body: bytes) -> str | None:
         return None
     key = match.group(1).decode().upper()
     return event_to_digit(int(key)) if key.isdigit() else key
+
+
+def _caller_network(host: str) -> str:
+    """The network one party most likely holds whole: its IPv4 /24 or IPv6 /64 (a subscriber's prefix)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 def _allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

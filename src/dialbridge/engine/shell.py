@@ -294,6 +294,7 @@ class VoiceServer:
             "calls": len(self.engine.calls),
             "calls_total": self.engine.stats.calls_total,
             "refused": {str(status): n for status, n in self.engine.stats.refused.items()},
+            "sip_dropped": self.engine.stats.sip_dropped,
             "rtp_in": self.engine.stats.rtp_in,
             "rtp_out": self.engine.stats.rtp_out,
             "live_calls_rtp": rtp,
