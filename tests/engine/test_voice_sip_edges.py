@@ -199,12 +199,17 @@ class RawCall:
     media: socket.socket
 
     @classmethod
-    def place(cls, peer: Peer, timeout: float = 10.0, contact: str | None = None) -> RawCall:
-        """`contact`: the INVITE's Contact (where the engine sends its in-dialog requests); the peer's own if None."""
+    def place(
+        cls, peer: Peer, timeout: float = 10.0, contact: str | None = None, extra: tuple[str, ...] = ()
+    ) -> RawCall:
+        """`contact`: the INVITE's Contact (where the engine sends its in-dialog requests); the peer's own if None.
+        `extra`: more header lines for the INVITE."""
         media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         media.bind(("127.0.0.1", 0))
         call_id = f"raw-{uuid.uuid4().hex}"
-        invite = peer.request("INVITE", call_id=call_id, body=offer(media.getsockname()[1]), contact=contact)
+        invite = peer.request(
+            "INVITE", call_id=call_id, body=offer(media.getsockname()[1]), contact=contact, extra=extra
+        )
         ok = peer.final(invite, timeout)
         assert ok.status == 200, f"the call was not answered: {ok.raw[:200]!r}"
         to_tag = (ok.header("to") or "").split("tag=")[1].split(";")[0]
@@ -594,18 +599,22 @@ def rtp_sequence_numbers(media: socket.socket, seconds: float) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "contact",
-    ["<sip:x@nohost.invalid>", "<sip:x@[::1]:5060>"],
-    ids=["a-name-that-does-not-resolve", "ipv6-from-an-ipv4-socket"],
+    ("contact", "extra"),
+    [
+        ("<sip:x@nohost.invalid>", ()),
+        ("<sip:x@[::1]:5060>", ()),
+        (None, ("Record-Route: <sip:proxy.nohost.invalid;lr>",)),
+    ],
+    ids=["a-contact-name-that-does-not-resolve", "an-ipv6-contact-to-an-ipv4-socket", "a-record-route-name"],
 )
 def test_a_bye_that_cannot_be_sent_costs_no_other_call_a_packet_and_ends_its_call_at_once(
-    tmp_path: Path, app: NccoApp, contact: str
+    tmp_path: Path, app: NccoApp, contact: str | None, extra: tuple[str, ...]
 ) -> None:
     with engine_for(tmp_path, app) as engine:
         peer = Peer(engine.sip_port)
         staying = RawCall.place(peer)
         app.answer = [{"action": "talk", "text": "Goodbye."}]  # the engine hangs this one up: its BYE is due
-        RawCall.place(peer, contact=contact)
+        RawCall.place(peer, contact=contact, extra=extra)
         # ~1 s of prompt, then the BYE and its retransmissions (T1, 2 T1, ...): each cost a tick's RTP before.
         numbers = rtp_sequence_numbers(staying.media, 4.0)
         assert len(numbers) > 150, f"the staying call received {len(numbers)} RTP packets in 4 s"
