@@ -125,6 +125,7 @@ class Peer:
         body: bytes = b"",
         extra: tuple[str, ...] = (),
         branch: str | None = None,
+        contact: str | None = None,
     ) -> bytes:
         host, port = self.local
         branch = branch or f"z9hG4bK-{uuid.uuid4().hex}"
@@ -136,7 +137,7 @@ class Peer:
             f"To: <sip:{user}@127.0.0.1>" + (f";tag={to_tag}" if to_tag else ""),
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} {method}",
-            f"Contact: <sip:tester@{host}:{port}>",
+            f"Contact: {contact or f'<sip:tester@{host}:{port}>'}",
             *extra,
         ]
         if body:
@@ -198,11 +199,18 @@ class RawCall:
     media: socket.socket
 
     @classmethod
-    def place(cls, peer: Peer, timeout: float = 10.0) -> RawCall:
+    def place(
+        cls, peer: Peer, timeout: float = 10.0, contact: str | None = None, extra: tuple[str, ...] = ()
+    ) -> RawCall:
+        """`contact`: the INVITE's Contact (where the engine sends its in-dialog requests); the peer's own if None.
+        `extra`: more header lines for the INVITE."""
         media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         media.bind(("127.0.0.1", 0))
         call_id = f"raw-{uuid.uuid4().hex}"
-        ok = peer.final(peer.request("INVITE", call_id=call_id, body=offer(media.getsockname()[1])), timeout)
+        invite = peer.request(
+            "INVITE", call_id=call_id, body=offer(media.getsockname()[1]), contact=contact, extra=extra
+        )
+        ok = peer.final(invite, timeout)
         assert ok.status == 200, f"the call was not answered: {ok.raw[:200]!r}"
         to_tag = (ok.header("to") or "").split("tag=")[1].split(";")[0]
         peer.send(peer.request("ACK", call_id=call_id, to_tag=to_tag))
@@ -571,6 +579,65 @@ def test_an_rtp_flood_leaves_memory_flat_and_the_call_working(tmp_path: Path, ap
         foreign.close()
         peer.close()
     assert [e["status"] for e in app.events()][-1] == "completed"
+
+
+# ---- destinations named by the peer ---------------------------------------------------------------------------------
+
+
+def rtp_sequence_numbers(media: socket.socket, seconds: float) -> list[int]:
+    """The sequence numbers of the RTP packets `media` receives in the next `seconds`."""
+    numbers: list[int] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        media.settimeout(left)
+        try:
+            data = media.recv(2048)
+        except TimeoutError:
+            break
+        numbers.append(struct.unpack("!H", data[2:4])[0])
+    return numbers
+
+
+@pytest.mark.parametrize(
+    ("contact", "extra"),
+    [
+        ("<sip:x@nohost.invalid>", ()),
+        ("<sip:x@[::1]:5060>", ()),
+        (None, ("Record-Route: <sip:proxy.nohost.invalid;lr>",)),
+    ],
+    ids=["a-contact-name-that-does-not-resolve", "an-ipv6-contact-to-an-ipv4-socket", "a-record-route-name"],
+)
+def test_a_bye_that_cannot_be_sent_costs_no_other_call_a_packet_and_ends_its_call_at_once(
+    tmp_path: Path, app: NccoApp, contact: str | None, extra: tuple[str, ...]
+) -> None:
+    with engine_for(tmp_path, app) as engine:
+        peer = Peer(engine.sip_port)
+        staying = RawCall.place(peer)
+        app.answer = [{"action": "talk", "text": "Goodbye."}]  # the engine hangs this one up: its BYE is due
+        RawCall.place(peer, contact=contact, extra=extra)
+        # ~1 s of prompt, then the BYE and its retransmissions (T1, 2 T1, ...): each cost a tick's RTP before.
+        numbers = rtp_sequence_numbers(staying.media, 4.0)
+        assert len(numbers) > 150, f"the staying call received {len(numbers)} RTP packets in 4 s"
+        missing = (numbers[-1] - numbers[0] + 1) - len(set(numbers))
+        assert missing == 0, f"the staying call lost {missing} of the engine's RTP packets"
+        # The BYE could not be sent: a transport error (RFC 3261 17.1.4) ends the call now, not Timer F's 32 s.
+        assert [e["status"] for e in app.events()].count("completed") == 1, app.events()
+        assert staying.bye().status == 200
+        peer.close()
+    log_text = engine.log.read_text()
+    assert log_text.count("cannot send SIP") == 1, log_text[-3000:]  # one line per destination, no traceback
+
+
+def test_a_bye_to_a_contact_named_localhost_is_delivered(tmp_path: Path, app: NccoApp) -> None:
+    with engine_for(tmp_path, app) as engine:
+        peer = Peer(engine.sip_port)
+        app.answer = [{"action": "talk", "text": "Goodbye."}]
+        RawCall.place(peer, contact=f"<sip:x@localhost:{peer.local[1]}>")
+        peer.sock.settimeout(5.0)
+        data, source = peer.sock.recvfrom(65535)
+        assert data.startswith(b"BYE sip:x@localhost:"), data[:200]
+        assert source == ("127.0.0.1", engine.sip_port)
+        peer.close()
 
 
 # ---- signatures ------------------------------------------------------------------------------------------------

@@ -318,7 +318,8 @@ class VoiceEngine:
         self._after_sip(now)
 
     def transport_failed(self, peer: Address, now: float) -> None:
-        """A TCP connection to `peer` is gone: its calls cannot be reached any more."""
+        """`peer` cannot be reached: its TCP connection is gone (its calls end), or a message to it could not be
+        sent (an unknown name, an address of the other family: its transactions fail)."""
         self.agent.transport_failed(peer, now)
         self._after_sip(now)
 

@@ -51,6 +51,7 @@ from dialbridge.media.audiofile import load_audio
 from dialbridge.media.tts import SpeechSynthesizer, UnsupportedLanguage
 from dialbridge.sip.connections import SipTcpConnections, TcpConnectionLimits
 from dialbridge.sip.message import SipParseError, SipStreamFramer
+from dialbridge.sip.resolver import SipUdpSender
 from dialbridge.udp_ports import UdpMediaPorts
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class VoiceServer:
         self.webhooks = WebhookClient(signature_secret=self._secret)
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: SipUdp(self), local_addr=(self._sip_host, self._sip_port)
+        )
+        self._sip_udp = SipUdpSender(
+            self._udp.sendto, self._udp.get_extra_info("socket").family, self._unreachable, label="voice engine"
         )
         self._tcp = await loop.create_server(lambda: SipTcp(self), self._sip_host, self._sip_port, reuse_address=True)
         if self._control_settings is not None:
@@ -389,13 +393,19 @@ class VoiceServer:
                 connection = self.tcp_connections.get(message.destination)
                 if connection is not None:
                     connection.write(message.data)
-            else:
-                self._udp.sendto(message.data, message.destination)
+            else:  # resolved, and isolated: a message that cannot be sent costs that message only
+                self._sip_udp.send(message.data, message.destination)
         send = self.media.send
         for port, data, destination in rtp:
             send(port, data, destination)
         for request in requests:
             self._dispatch(request)
+
+    def _unreachable(self, destination: Address) -> None:
+        """A SIP message to `destination` could not be sent (no such name, or an address of the other family): a
+        transport error for the transactions sending there (a BYE's call ends now, not after Timer F's 32 s)."""
+        self.engine.transport_failed(destination, self.now())
+        self.flush()
 
     def _dispatch(self, request: EngineRequest) -> None:
         if isinstance(request, FetchAnswer):

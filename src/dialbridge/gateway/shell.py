@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import socket
@@ -46,6 +45,7 @@ from dialbridge.sip import (
     SipAgent,
     SipUri,
 )
+from dialbridge.sip.resolver import SipUdpSender, Unreachable
 from dialbridge.udp_ports import NoMediaPorts, UdpMediaPorts
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class Gateway:
         self._by_leg: dict[str, GatewayCall] = {}
         self._by_port: dict[int, GatewayCall] = {}
         self._sip: asyncio.DatagramTransport | None = None
+        self._sip_udp: SipUdpSender | None = None  # sends on `_sip` to peer-named destinations, names resolved
         self._tcp = SipTcpConnections(self._tcp_received, self._tcp_lost, settings.max_calls)
         self._media: UdpMediaPorts | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -180,6 +181,8 @@ class Gateway:
             lambda: _SipUdp(self), local_addr=(self.settings.sip_host, self.settings.sip_port), family=family
         )
         self._sip = transport
+        # A destination that cannot be reached is the same transport error as a lost TCP connection.
+        self._sip_udp = SipUdpSender(transport.sendto, family, self._tcp_lost, label="gateway")
         self._media = UdpMediaPorts(
             loop,
             self.settings.sip_host,
@@ -552,11 +555,8 @@ class Gateway:
                 if message.transport == "tcp":
                     if not self._tcp.send(message.destination, message.data):  # it closed: what used it fails
                         self.agent.transport_failed(message.destination, time.monotonic())
-                elif self._sip is not None:
-                    try:
-                        self._sip.sendto(message.data, message.destination)
-                    except (OSError, ValueError) as exc:  # a message that cannot be sent costs that message only
-                        log.warning("gateway: could not send SIP to %s: %s", message.destination, exc)
+                elif self._sip_udp is not None:  # resolved, and a message that cannot be sent costs that message only
+                    self._sip_udp.send(message.data, message.destination)
             for event in events:
                 try:
                     self._on_sip_event(event)
@@ -564,16 +564,13 @@ class Gateway:
                     log.exception("gateway: handling %r failed", event)
 
     async def resolve(self, host: str, port: int) -> Address:
-        bare = host.strip("[]")
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(bare)
-            return (bare, port)
+        """`host:port` as an address the SIP socket can send to (names through the cache the in-dialog requests
+        use); DialRefused 502 when it has none."""
+        assert self._sip_udp is not None, "the gateway is not started"
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(bare, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise DialRefused(502, f"cannot resolve {host}: {exc}") from None
-        address = infos[0][4]
-        return (str(address[0]), int(address[1]))
+            return await self._sip_udp.address(host, port)
+        except Unreachable as exc:
+            raise DialRefused(502, str(exc)) from None
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

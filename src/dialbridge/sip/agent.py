@@ -39,8 +39,8 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
 no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
-the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell must resolve
-`Outgoing.destination` itself.
+the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell resolves
+`Outgoing.destination` itself (`sip/resolver.py`) and reports one it cannot reach with `transport_failed`.
 """
 
 from __future__ import annotations
@@ -451,7 +451,8 @@ class SipAgent:
             self._reply_stateless(error.request, error.status, str(error), source, transport.lower())
 
     def transport_failed(self, destination: Address, now: float) -> None:
-        """The engine could not reach `destination` (TCP connection lost or refused).
+        """The engine could not reach `destination` (TCP connection lost or refused, or a UDP datagram unsendable:
+        its name does not resolve, or its address is of the other family).
 
         Transactions sending there end (a BYE in flight then ends its call as "hangup"); calls that arrived on that
         TCP connection end with CallEnded("transport_error"), since nothing can reach the peer any more.
