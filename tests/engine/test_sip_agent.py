@@ -890,26 +890,65 @@ def test_answer_parse_error_from_the_tcp_framer() -> None:
     assert _response(too_big).status == 513
 
 
-def test_lost_tcp_connection_ends_its_calls() -> None:
-    h = Harness()
-    conn = ("192.0.2.20", 49152)
-    tcp_via = "SIP/2.0/TCP 192.0.2.20:5061"
-    h.send(invite(via=tcp_via), source=conn, transport="tcp")
+TCP_VIA = "SIP/2.0/TCP 192.0.2.20:5061"
+CONTACT_HOP = ("192.0.2.20", 5061)  # the Contact of `message()`, and the Via's sent-by
+
+
+def _tcp_call(h: Harness, conn: tuple[str, int]) -> str:
+    """A call that came in over the TCP connection from `conn`, answered and ACKed: its leg id."""
+    h.send(invite(via=TCP_VIA), source=conn, transport="tcp")
     (call,) = h.take()[0]
     assert isinstance(call, IncomingCall)
     h.agent.accept(call.leg_id, ANSWER, h.now)
     tag = _response(h.take()[1][0]).to_addr.tag
-    h.send(message("ACK", via=tcp_via, branch="z9hG4bK-a", to_tag=tag), source=conn, transport="tcp")
-    h.take()
-    h.send(invite(via=tcp_via, call_id="other@x", branch="z9hG4bK-2"), source=("192.0.2.21", 5060), transport="tcp")
+    h.send(message("ACK", via=TCP_VIA, branch="z9hG4bK-a", to_tag=tag), source=conn, transport="tcp")
+    assert h.take()[0] == [CallConfirmed(call.leg_id, None)]
+    return call.leg_id
+
+
+def test_a_lost_tcp_connection_ends_no_call_and_the_bye_then_goes_to_the_contact_over_a_new_one() -> None:
+    """Proxies close idle TCP connections mid-call (RFC 3261 18): the call goes on; our next request opens anew."""
+    h = Harness()
+    conn = ("192.0.2.20", 49152)
+    leg = _tcp_call(h, conn)
+    h.send(invite(via=TCP_VIA, call_id="other@x", branch="z9hG4bK-2"), source=("192.0.2.21", 5060), transport="tcp")
     (other,) = h.take()[0]
     h.agent.transport_failed(conn, h.now)
-    assert h.take() == ([CallEnded(call.leg_id, "transport_error")], [])
-    assert h.agent.table_sizes()["legs"] == 1  # the call on another connection is untouched
+    assert h.take() == ([], [])
+    assert h.agent.table_sizes()["legs"] == 2
+    h.agent.hangup(leg, h.now)
+    (bye,) = h.take()[1]
+    assert (_request(bye).method, bye.destination, bye.transport) == ("BYE", CONTACT_HOP, "tcp")
     assert isinstance(other, IncomingCall)
     h.agent.hangup(other.leg_id, h.now)
     h.take()
-    assert_empty_after(h)
+
+
+def test_a_peer_that_reconnects_makes_its_new_connection_the_calls_flow() -> None:
+    h = Harness()
+    old, new = ("192.0.2.20", 49152), ("192.0.2.20", 49999)
+    leg = _tcp_call(h, old)
+    h.agent.transport_failed(old, h.now)
+    tag = h.agent._legs[leg].dialog.local_tag
+    h.send(message("INFO", via=TCP_VIA, branch="z9hG4bK-i", cseq=2, to_tag=tag), source=new, transport="tcp")
+    events, (ok,) = h.take()
+    assert [type(e) for e in events] == [InfoReceived]
+    assert (_response(ok).status, ok.destination) == (200, new)
+    h.agent.hangup(leg, h.now)
+    (bye,) = h.take()[1]
+    assert (bye.destination, bye.transport) == (new, "tcp")  # the peer's new connection, which it keeps open
+
+
+def test_a_response_due_on_a_lost_connection_goes_to_the_vias_address_over_a_new_one() -> None:
+    h = Harness()
+    conn = ("192.0.2.20", 49152)
+    h.send(invite(via=TCP_VIA), source=conn, transport="tcp")
+    (call,) = h.take()[0]
+    assert isinstance(call, IncomingCall)
+    h.agent.transport_failed(conn, h.now)  # lost while the engine fetched the answer webhook
+    h.agent.accept(call.leg_id, ANSWER, h.now)
+    (ok,) = h.take()[1]
+    assert (_response(ok).status, ok.destination, ok.transport) == (200, CONTACT_HOP, "tcp")  # RFC 3261 18.2.2
 
 
 def test_bye_to_an_unreachable_peer_ends_as_hangup() -> None:

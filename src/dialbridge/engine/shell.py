@@ -51,13 +51,16 @@ from dialbridge.media.audiofile import load_audio
 from dialbridge.media.tts import SpeechSynthesizer, UnsupportedLanguage
 from dialbridge.sip.connections import SipTcpConnections, TcpConnectionLimits
 from dialbridge.sip.message import SipParseError, SipStreamFramer
-from dialbridge.sip.resolver import SipUdpSender
+from dialbridge.sip.resolver import SipUdpSender, Unreachable
+from dialbridge.sip.tcp_client import SipTcpClient, TcpUnavailable
 from dialbridge.udp_ports import UdpMediaPorts
 
 log = logging.getLogger(__name__)
 TICK_S = 0.020
 MAX_BEHIND_S = 0.100
 TCP_CHECK_S = 1.0  # how often idle and stalled TCP connections are looked for
+#: Connections the engine opens itself (to a peer whose own connection closed mid-call), at most: a few per trunk.
+MAX_OUTBOUND_TCP = 128
 Address = tuple[str, int]
 
 
@@ -133,7 +136,7 @@ class SipTcp(asyncio.Protocol):
             self._server.sip_received(message, self._peer, "tcp")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.tcp_closed(self._peer)
+        self._server.tcp_closed(self._peer, self._transport)
 
 
 class VoiceServer:
@@ -184,6 +187,15 @@ class VoiceServer:
         )
         self._sip_udp = SipUdpSender(
             self._udp.sendto, self._udp.get_extra_info("socket").family, self._unreachable, label="voice engine"
+        )
+        # The connections we open: where a peer's own connection closed mid-call (RFC 3261 18), the next request
+        # in the dialog (or a response, 18.2.2) goes over a new one.
+        self._tcp_client = SipTcpClient(
+            lambda data, peer: self.sip_received(data, peer, "tcp"),
+            self._unreachable,
+            MAX_OUTBOUND_TCP,
+            resolve=self._tcp_address,
+            label="voice engine",
         )
         self._tcp = await loop.create_server(lambda: SipTcp(self), self._sip_host, self._sip_port, reuse_address=True)
         if self._control_settings is not None:
@@ -271,6 +283,7 @@ class VoiceServer:
         self._tcp.close()
         for transport in list(self.tcp_connections.values()):
             transport.close()
+        self._tcp_client.close_all()
         self.media.close_all()
         await self.webhooks.aclose()
         self._audio.shutdown(wait=False, cancel_futures=True)
@@ -348,19 +361,29 @@ class VoiceServer:
     def tcp_received(self, peer: Address, *, incomplete: bool) -> None:
         self._tcp_bounds.received(peer, self.now(), incomplete=incomplete)
 
-    def tcp_closed(self, peer: Address) -> None:
-        if self.tcp_connections.pop(peer, None) is None:  # one closed at once over a limit: no call knew it
-            return
+    def tcp_closed(self, peer: Address, transport: asyncio.Transport | None) -> None:
+        if transport is None or self.tcp_connections.get(peer) is not transport:
+            return  # one closed at once over a limit (no call knew it), or no longer the flow from that address
+        del self.tcp_connections[peer]
         self._tcp_bounds.closed(peer)
         self.engine.transport_failed(peer, self.now())
         self.flush()
 
     def _close_idle_tcp(self) -> None:
         self._loop.call_later(TCP_CHECK_S, self._close_idle_tcp)
-        for peer in self._tcp_bounds.to_close(self.now(), self.engine.tcp_peers_in_use()):
+        in_use = self.engine.tcp_peers_in_use()
+        for peer in self._tcp_bounds.to_close(self.now(), in_use):
             transport = self.tcp_connections.get(peer)
             if transport is not None:
                 transport.abort()  # idle or stalled: nothing worth flushing to it
+        for peer in self._tcp_client.peers - in_use:
+            self._tcp_client.release(peer)  # ours: closed once nothing has used it for a while
+
+    async def _tcp_address(self, peer: Address) -> Address:
+        try:
+            return await self._sip_udp.address(*peer)
+        except Unreachable as exc:
+            raise TcpUnavailable(str(exc)) from None
 
     def _rtp_received(self, port: int, data: bytes, source: Address) -> None:
         self.engine.receive_rtp(port, data, source, self.now())
@@ -391,8 +414,10 @@ class VoiceServer:
         for message in sip:
             if message.transport == "tcp":
                 connection = self.tcp_connections.get(message.destination)
-                if connection is not None:
+                if connection is not None and not connection.is_closing():
                     connection.write(message.data)
+                else:  # its connection closed, or none ever came from there: we open one (or fail its transaction)
+                    self._tcp_client.send_or_connect(message.destination, message.data)
             else:  # resolved, and isolated: a message that cannot be sent costs that message only
                 self._sip_udp.send(message.data, message.destination)
         send = self.media.send
@@ -402,8 +427,9 @@ class VoiceServer:
             self._dispatch(request)
 
     def _unreachable(self, destination: Address) -> None:
-        """A SIP message to `destination` could not be sent (no such name, or an address of the other family): a
-        transport error for the transactions sending there (a BYE's call ends now, not after Timer F's 32 s)."""
+        """A SIP message to `destination` could not be sent (no such name, an address of the other family, a TCP
+        connection that closed or could not be opened): a transport error for the transactions sending there (a
+        BYE's call ends now, not after Timer F's 32 s)."""
         self.engine.transport_failed(destination, self.now())
         self.flush()
 

@@ -33,7 +33,6 @@ from dialbridge import sdp
 from dialbridge.gateway.events import CREATED, SipCallReporter, call_state, callback, event_name
 from dialbridge.gateway.events import CallState as LegState
 from dialbridge.gateway.room import RoomJoinFailed, RoomParticipant
-from dialbridge.gateway.tcp import SipTcpConnections, TcpUnavailable
 from dialbridge.media import g711
 from dialbridge.rtp.session import RtpSession
 from dialbridge.sip import (
@@ -46,6 +45,7 @@ from dialbridge.sip import (
     SipUri,
 )
 from dialbridge.sip.resolver import SipUdpSender, Unreachable
+from dialbridge.sip.tcp_client import SipTcpClient, TcpUnavailable
 from dialbridge.udp_ports import NoMediaPorts, UdpMediaPorts
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,13 @@ class Gateway:
         self._by_port: dict[int, GatewayCall] = {}
         self._sip: asyncio.DatagramTransport | None = None
         self._sip_udp: SipUdpSender | None = None  # sends on `_sip` to peer-named destinations, names resolved
-        self._tcp = SipTcpConnections(self._tcp_received, self._tcp_lost, settings.max_calls)
+        self._tcp = SipTcpClient(
+            self._tcp_received,
+            self._tcp_lost,
+            settings.max_calls,
+            label="gateway",
+            limit_setting="DIALBRIDGE_GATEWAY_MAX_CALLS",
+        )
         self._media: UdpMediaPorts | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

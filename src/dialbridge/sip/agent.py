@@ -32,7 +32,13 @@ Both, once the dialog is confirmed (in-dialog requests are handled alike whichev
     CONFIRMED --hangup()-->            ENDING    (BYE in a client non-INVITE transaction)
     ENDING    --401/407 to our BYE-->  ENDING    (UAC with credentials: BYE re-sent answering it, once per realm)
     ENDING    --BYE final/timeout-->   ENDED     (CallEnded("hangup") unless already reported)
-    any       --transport_failed()-->  ENDED     (TCP calls on that connection: CallEnded("transport_error"))
+
+A lost TCP connection ends no call (RFC 3261 18; proxies close idle connections mid-call: Kamailio after 120 s). The
+legs it carried are marked `flow_lost`: their next in-dialog request goes to the dialog's next hop (route set /
+Contact) over a new connection the shell opens, and an in-dialog request or ACK the peer sends over a new connection
+makes that the leg's flow. A server transaction's responses go, as 18.2.2 says, to the Via's received= address at its
+sent-by port over a new connection. What was in flight on the connection (a client transaction) fails with it, as
+does a call still being dialled (CallFailed(503)); a request to a next hop that cannot be reached fails as any does.
 
 Commands for a leg that no longer exists or is in the wrong state are ignored: the engine and the network race
 (a CANCEL can land while the engine is about to accept), and the engine learns the outcome from the events.
@@ -325,6 +331,7 @@ class CallLeg:
     hangup_requested: bool = False  # hangup() before the ACK: BYE waits for it (RFC 3261 15)
     invite_had_offer: bool = False
     dial: _Dial | None = None  # set on UAC legs (made by dial())
+    flow_lost: bool = False  # TCP: the connection `source` names is gone; requests go to the next hop anew
 
 
 # Every leg state change goes through `_move`, which enforces the diagrams in the module docstring. One table serves
@@ -381,6 +388,21 @@ def _dial_of(leg: CallLeg) -> _Dial:
 
 def _is_sdp(message: SipMessage) -> bool:
     return bool(message.body) and message.content_type == "application/sdp"
+
+
+def _reconnect_address(request: SipRequest, lost: Address) -> Address | None:
+    """RFC 3261 18.2.2: where a response goes over TCP once the request's connection is gone: the Via's received=
+    host (the source we stamped) at its sent-by port. None when that is the lost connection's own address."""
+    via = request.top_via
+    address = ((via.received or lost[0]).strip("[]"), via.port or 5060)
+    return None if address == lost else address
+
+
+def _adopt_flow(leg: CallLeg, source: Address, transport: str) -> None:
+    """A leg whose TCP connection was lost takes the one the peer now sends its in-dialog requests on."""
+    if leg.flow_lost and _reliable(transport) and _reliable(leg.transport):
+        leg.source = source
+        leg.flow_lost = False
 
 
 def _reliable(transport: str) -> bool:
@@ -451,14 +473,20 @@ class SipAgent:
             self._reply_stateless(error.request, error.status, str(error), source, transport.lower())
 
     def transport_failed(self, destination: Address, now: float) -> None:
-        """The engine could not reach `destination` (TCP connection lost or refused, or a UDP datagram unsendable:
-        its name does not resolve, or its address is of the other family).
+        """The engine could not reach `destination`: a TCP connection lost, or one that could not be opened, or a UDP
+        datagram unsendable (its name does not resolve, or its address is of the other family).
 
-        Transactions sending there end (a BYE in flight then ends its call as "hangup"); calls that arrived on that
-        TCP connection end with CallEnded("transport_error"), since nothing can reach the peer any more.
+        Client transactions sending there fail (a BYE in flight then ends its call as "hangup", a dial CallFailed
+        503). Server transactions answer at their request's Via address instead when that is another one (18.2.2),
+        and fail otherwise. Calls whose connection it was go on (`flow_lost`; see the module doc).
         """
         for server_entry in list(self._server.values()):
-            if server_entry.destination == destination:
+            if server_entry.destination != destination:
+                continue
+            elsewhere = _reconnect_address(server_entry.transaction.request, destination)
+            if _reliable(server_entry.transport) and elsewhere is not None:
+                server_entry.destination = elsewhere
+            else:
                 server_entry.transaction.transport_failed()
                 self._pump_server(server_entry)
         for client_entry in list(self._client.values()):
@@ -467,7 +495,13 @@ class SipAgent:
                 self._pump_client(client_entry, now)
         for leg in list(self._legs.values()):
             if _reliable(leg.transport) and leg.source == destination:
-                self._end_leg(leg, "transport_error")
+                leg.flow_lost = True
+                pending = leg.pending_2xx
+                if pending is not None and pending.destination == destination:
+                    invite = leg.invite_entry.transaction.request if leg.invite_entry is not None else None
+                    elsewhere = _reconnect_address(invite, destination) if invite is not None else None
+                    if elsewhere is not None:
+                        pending.destination = elsewhere
 
     def reliable_peers_in_use(self) -> set[Address]:
         """The TCP peers a call leg or a transaction still needs: their connections must stay open, however quiet
@@ -693,7 +727,7 @@ class SipAgent:
                 self._pump_server(existing)
                 return
         if request.method == "ACK":
-            self._on_ack(request, now)
+            self._on_ack(request, source, transport, now)
             return
         entry = self._new_server(request, key, destination, transport, now)
         if request.method == "CANCEL":
@@ -786,6 +820,7 @@ class SipAgent:
             self._respond(entry, 481, now)
             return
         entry.leg_id = leg.leg_id
+        _adopt_flow(leg, entry.destination, entry.transport)
         if not leg.dialog.check_remote_seq(request):
             self._respond(entry, 500, now, reason="CSeq Out of Order")
             return
@@ -836,11 +871,12 @@ class SipAgent:
             leg.pending_offer = _PendingOffer(entry=entry, method="UPDATE", had_offer=True)
             self._events.append(OfferReceived(leg.leg_id, request.body, "UPDATE"))
 
-    def _on_ack(self, request: SipRequest, now: float) -> None:
+    def _on_ack(self, request: SipRequest, source: Address, transport: str, now: float) -> None:
         to_tag = request.to_addr.tag
         leg = self._leg_for(request, to_tag) if to_tag else None
         if leg is None or leg.pending_2xx is None or request.cseq.number != leg.pending_2xx.cseq:
             return  # ACK for nothing we wait on (a retransmitted ACK, or an unknown dialog): dropped, never answered
+        _adopt_flow(leg, source, transport)
         pending = leg.pending_2xx
         leg.pending_2xx = None
         sdp = request.body if pending.offer_in_2xx and _is_sdp(request) else None
@@ -1120,14 +1156,23 @@ class SipAgent:
             leg.pending_offer = None
 
     def _send_bye(self, leg: CallLeg, now: float) -> None:
-        entry = self._new_bye(leg.dialog, leg.source, leg.transport, now, leg.leg_id)
+        entry = self._new_bye(leg.dialog, leg.source, leg.transport, now, leg.leg_id, flow_lost=leg.flow_lost)
         leg.bye_key = entry.key
         _move(leg, LegState.ENDING)
         leg.pending_2xx = None  # a re-INVITE's 2xx awaiting its ACK: the BYE supersedes it
         self._pump_client(entry, now)
 
-    def _new_bye(self, dialog: Dialog, source: Address, transport: str, now: float, leg_id: str | None) -> _ClientEntry:
-        destination, transport = self._in_dialog_destination(dialog, source, transport)
+    def _new_bye(
+        self,
+        dialog: Dialog,
+        source: Address,
+        transport: str,
+        now: float,
+        leg_id: str | None,
+        *,
+        flow_lost: bool = False,
+    ) -> _ClientEntry:
+        destination, transport = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
         request = dialog.create_request(
             "BYE",
             via_host=self.contact_host,
@@ -1148,10 +1193,13 @@ class SipAgent:
         return entry
 
     @staticmethod
-    def _in_dialog_destination(dialog: Dialog, source: Address, transport: str) -> tuple[Address, str]:
+    def _in_dialog_destination(
+        dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False
+    ) -> tuple[Address, str]:
         """Where a request in the dialog goes. On TCP we reuse the connection the call came in on or our INVITE
-        went out on (the peer may not accept inbound connections); on UDP the next hop (route set / Contact)."""
-        if _reliable(transport):
+        went out on (the peer may not accept inbound connections) while it lasts; on UDP, or once that connection
+        is gone, the next hop (route set / Contact)."""
+        if _reliable(transport) and not flow_lost:
             return source, transport
         hop = dialog.next_hop(transport)
         return hop.address, hop.transport
