@@ -1140,6 +1140,20 @@ def test_unconfirmed_calls_are_capped_per_network_and_in_all_and_confirmed_calle
     assert_idle(world)
 
 
+def test_calls_waiting_for_the_answer_webhook_are_not_unconfirmed_so_a_slow_app_refuses_nobody() -> None:
+    """Found by bench/voice.py: 400 callers from one /24 while the answer webhook took ~0.6 s under load had 275
+    refused with 503, when a call counted as unconfirmed from its INVITE. Only an answered, unACKed call holds a line
+    for an attacker."""
+    world = World(answer=lambda request: None, settings=settings_with(max_calls=20, max_unconfirmed_calls_per_network=2))
+    waiting = [_unacked_call(world, f"203.0.113.{n}") for n in range(10, 16)]  # the app has not answered any yet
+    assert [p.statuses()[-1] for p in waiting] == [180] * 6
+    assert len(world.held_fetches) == 6 and 503 not in world.engine.stats.refused
+    for fetch in world.held_fetches:  # the app answers; nobody ACKs: now they are unconfirmed
+        world.engine.answer_fetched(fetch.call_uuid, ok([conversation("room-1")]), world.now)
+    world.pump()
+    assert _unacked_call(world, "203.0.113.99").statuses()[-1] == 503
+
+
 def test_a_trunk_in_the_allow_list_is_held_to_the_total_unconfirmed_cap_only() -> None:
     trunk = ipaddress.ip_network("203.0.113.0/24")
     world = world_with(

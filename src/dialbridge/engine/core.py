@@ -634,11 +634,17 @@ class VoiceEngine:
 
     def _unconfirmed_full(self, network: str) -> bool:
         """A caller that never ACKs our answer holds its line for 64*T1 at no cost to itself, so unconfirmed calls
-        get only a share of the lines, in all and per caller network (an attacker's addresses share one), and callers
-        that do ACK always find one. An allow list's trunks bring every caller from a few addresses: the total caps
-        them, not the per-network share."""
+        (answered, the ACK not in) get only a share of the lines, in all and per caller network (an attacker's
+        addresses share one), and callers that do ACK always find one. A call still waiting for the answer webhook
+        is not one: that wait is ours, and under load it grows with every caller (bench/voice.py's 400, from one
+        /24, had 275 refused when it counted). An allow list's trunks bring every caller from a few addresses: the
+        total caps them, not the per-network share."""
         settings = self.settings
-        unconfirmed = [call for call in self.calls.values() if not call.confirmed]
+        unconfirmed = [
+            call
+            for call in self.calls.values()
+            if call.answered_at is not None and not call.confirmed and not call.ended
+        ]
         if len(unconfirmed) >= settings.max_unconfirmed_calls:
             return True
         if settings.allowed_networks:
