@@ -1144,7 +1144,8 @@ def test_calls_waiting_for_the_answer_webhook_are_not_unconfirmed_so_a_slow_app_
     """Found by bench/voice.py: 400 callers from one /24 while the answer webhook took ~0.6 s under load had 275
     refused with 503, when a call counted as unconfirmed from its INVITE. Only an answered, unACKed call holds a line
     for an attacker."""
-    world = World(answer=lambda request: None, settings=settings_with(max_calls=20, max_unconfirmed_calls_per_network=2))
+    settings = settings_with(max_calls=20, max_unconfirmed_calls_per_network=2)
+    world = World(answer=lambda request: None, settings=settings)
     waiting = [_unacked_call(world, f"203.0.113.{n}") for n in range(10, 16)]  # the app has not answered any yet
     assert [p.statuses()[-1] for p in waiting] == [180] * 6
     assert len(world.held_fetches) == 6 and 503 not in world.engine.stats.refused
