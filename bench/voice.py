@@ -18,6 +18,10 @@ What runs, per N, from scratch (a new engine process each time, with its default
   ticks (the engine's SIGUSR1 stats line: a cumulative histogram, differenced over the window), RTP in/out against
   the 50 packets a second each way a G.711 caller makes, and datagrams lost on the way in (the engine's sockets'
   drop counters in /proc/net/udp, late packets in the jitter buffers).
+- Where the engine's time went (its own perf_counter split, from the stats line: receive, timers, media, send, SIP,
+  and the rest), and right after each N's window the floor: bench/floor.py, a bare uvloop relay on the engine's core
+  moving the same packets (per caller 50 reads and 50 sends a second, nothing else), and the engine's cost as a
+  multiple of it: the figure that holds from one machine to the next.
 --profile N records the engine with py-spy (non-blocking, on core 1) during that N's window and prints the top
 functions by own time.
 """
@@ -362,6 +366,36 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
 
 
+FLOOR_BASE_PORT, FLOOR_SINK_PORT = 30000, 29990  # the engine's RTP range, free once its window is over
+
+
+def floor_share(n: int, seconds: float) -> float:
+    """% of a core a bare uvloop relay (bench/floor.py) takes on the engine's core to move N callers' packets."""
+    script = str(REPO / "bench" / "floor.py")
+    args = [str(n), str(FLOOR_BASE_PORT), str(FLOOR_SINK_PORT)]
+    relay = subprocess.Popen(
+        pinned(ENGINE_CORE, str(VENV_BIN / "python"), script, "relay", *args), stdout=subprocess.PIPE, text=True
+    )
+    load = subprocess.Popen(
+        pinned(PEER_CORE, str(VENV_BIN / "python"), script, "load", *args), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for process in (relay, load):
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError("bench/floor.py did not start")
+        time.sleep(2.0)  # past start-up
+        user0, system0 = cpu_seconds(relay.pid)
+        at0 = time.monotonic()
+        time.sleep(seconds)
+        user1, system1 = cpu_seconds(relay.pid)
+        return (user1 + system1 - user0 - system0) / (time.monotonic() - at0) * 100
+    finally:
+        for process in (relay, load):
+            process.kill()
+            process.wait()
+
+
 def engine_socket_drops() -> int:
     """Datagrams the kernel dropped on the engine's RTP/RTCP sockets (a full receive buffer), from /proc/net/udp."""
     drops = 0
@@ -432,6 +466,11 @@ class Result:
     quiet_before: float  # share of a core busy on the machine just before this N started
     profile_ramp: list[tuple[str, float]] = field(default_factory=list)
     profile_window: list[tuple[str, float]] = field(default_factory=list)
+    stages_s: dict[str, float] = field(default_factory=dict)  # the engine's own split of the window (StageSeconds)
+    floor_share: float = 0.0  # % of a core bench/floor.py's bare relay takes for the same N, right after
+
+
+STAGES = ("receive", "timers", "media", "send", "sip")  # the engine's StageSeconds, as its stats line gives them
 
 
 def histogram_percentiles(start: dict[str, int], end: dict[str, int]) -> tuple[float, float, float, int]:
@@ -557,6 +596,10 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Result:
         core_softirq_s=core1[1] - core0[1],
         core_steal_s=core1[2] - core0[2],
         quiet_before=quiet,
+        stages_s={
+            stage: stats1.get("stages_s", {}).get(stage, 0.0) - stats0.get("stages_s", {}).get(stage, 0.0)
+            for stage in STAGES
+        },
         profile_ramp=_top_functions(folder / "profile-ramp.txt") if n in args.profile else [],
         profile_window=_top_functions(folder / "profile-window.txt") if n in args.profile else [],
     )
@@ -696,6 +739,36 @@ def report(results: list[Result], args: argparse.Namespace, started: datetime) -
         )
     lines += [
         "",
+        "the floor: a bare uvloop relay moving the same packets on the same core (bench/floor.py: per caller 50",
+        "reads and 50 sends a second, nothing else), and the engine's cost as a multiple of it",
+        f"{'N':>5} {'relay %core':>11} {'engine %core':>12} {'multiple':>8}",
+    ]
+    for r in results:
+        engine_share = (r.cpu_user_s + r.cpu_system_s) / r.window_s * 100
+        multiple = f"{engine_share / r.floor_share:.2f}x" if r.floor_share > 0 else "-"
+        lines.append(f"{r.calls:>5} {r.floor_share:>11.1f} {engine_share:>12.1f} {multiple:>8}")
+    lines += [
+        "",
+        "where the engine's time went in the window (% of a core, then µs per caller per tick; the engine's own",
+        "perf_counter split: receive = an RTP packet into its call (1 in 8 timed), timers = SIP and NCCO timers,",
+        "media = mixing, encoding and packetizing, send = the tick's RTP sendto calls, sip = SIP messages;",
+        "other = the rest of its CPU time: the loop's reader callbacks and recvfrom, GC, HTTP)",
+        f"{'N':>5} " + " ".join(f"{stage:>15}" for stage in (*STAGES, "other")),
+    ]
+    for r in results:
+        if not r.stages_s:
+            continue
+        ticks = r.window_s / TICK_S
+        spent = {**r.stages_s, "other": r.cpu_user_s + r.cpu_system_s - sum(r.stages_s.values())}
+        lines.append(
+            f"{r.calls:>5} "
+            + " ".join(
+                f"{f'{seconds / r.window_s * 100:.1f}% {seconds / r.calls / ticks * 1e6:.1f}':>15}"
+                for seconds in spent.values()
+            )
+        )
+    lines += [
+        "",
         "interference on the engine's core during the window (anything above ~1% of the window: the figures above",
         "measure the machine's other load as much as the engine)",
         f"{'N':>5} {'rq wait':>8} {'core0 other':>11} {'of which softirq':>16} {'steal':>6} {'busy before':>11}",
@@ -775,7 +848,9 @@ def main() -> None:
     try:
         for n in [int(v) for v in args.calls.split(",") if v]:
             print(f"N={n} …", file=sys.stderr, flush=True)
-            results.append(run_one(n, args, root))
+            result = run_one(n, args, root)
+            result.floor_share = floor_share(n, min(args.seconds, 10.0))
+            results.append(result)
     finally:
         if args.keep:
             print(f"run folder: {root}", file=sys.stderr)

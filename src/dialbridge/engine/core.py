@@ -487,6 +487,11 @@ class VoiceEngine:
 
     def tick(self, now: float) -> None:
         """Every 20 ms: timers, then one frame of audio in and out for every call."""
+        self.run_timers(now)
+        self.run_media(now)
+
+    def run_timers(self, now: float) -> None:
+        """The first half of `tick`: SIP and NCCO timers, and the rate tables' upkeep."""
         self.agent.on_timer(now)
         self._after_sip(now)
         self._invites.forget_idle(now)
@@ -497,6 +502,9 @@ class VoiceEngine:
                 due = runner.next_timer()
                 if due is not None and due <= now:
                     self._run(call, runner.on_timer(now), now)
+
+    def run_media(self, now: float) -> None:
+        """The second half of `tick`: one frame of audio in and out for every call, and the RTCP reports due."""
         self._mix(now)
         if self._speaking_changed and now >= self._next_speaking_report:
             self._report_speaking(now)
