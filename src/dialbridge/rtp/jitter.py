@@ -361,9 +361,16 @@ class JitterBuffer:
         self._frames_concealed += 1
         if received == 0:
             return filler, FrameKind.CONCEALED
-        # Partly received (a lost 30 ms packet covers part of this frame): keep the samples we have.
-        mixed = bytes(f if p else s for f, p, s in zip(frame, present, filler, strict=True))
-        return mixed, FrameKind.CONCEALED
+        # Partly received (a lost 30 ms packet covers part of this frame): keep the samples we have, copied run by
+        # run (a prefix or a suffix, nearly always), not sample by sample in Python.
+        mixed = bytearray(filler)
+        position = 0
+        while (begin := present.find(1, position)) >= 0:
+            end = present.find(0, begin)
+            end = FRAME_SAMPLES if end < 0 else end
+            mixed[begin:end] = frame[begin:end]
+            position = end
+        return bytes(mixed), FrameKind.CONCEALED
 
     def pop_arrived(self, now: float) -> list[tuple[bytes, FrameKind]]:
         """Release on arrival: every frame the packets so far complete (or show lost), in order; none may wait."""
