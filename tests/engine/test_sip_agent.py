@@ -21,6 +21,7 @@ from dialbridge.sip.agent import (
     SipEvent,
 )
 from dialbridge.sip.message import SipParseError, SipRequest, SipResponse, SipStreamFramer, parse_message
+from tests.engine.sip_sent import parse_sent
 
 HOST = "203.0.113.10"
 PEER = ("192.0.2.20", 5061)
@@ -764,7 +765,7 @@ def _play_engine(agent: SipAgent, now: float, policy: str = "reject") -> None:
     """Answer like a minimal engine (calls per `policy`, offers accepted); check everything sent parses back."""
     events, out = agent.drain()
     for o in out:
-        parsed = parse_message(o.data)  # everything we send must parse back
+        parsed = parse_sent(o.data)  # everything we send must parse back
         if isinstance(parsed, SipResponse):
             assert 100 <= parsed.status <= 699
             for name in ("Via", "From", "To", "Call-ID", "CSeq"):

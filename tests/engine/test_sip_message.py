@@ -22,6 +22,7 @@ from dialbridge.sip.message import (
     build_response,
     parse_message,
 )
+from tests.engine.sip_sent import parse_sent
 
 SDP = (
     b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -173,6 +174,8 @@ def test_header_folding_and_case_insensitive_names() -> None:
             "tel:+1-201-555-0123;phone-context=example.com",
             SipUri("tel", "+1-201-555-0123", "", None, {"phone-context": "example.com"}),
         ),
+        # '?' and ';' in the user part are the user's (RFC 4475 3.1.1.2, 3.1.1.9): headers start after the host.
+        ("sip:a?b;c=d@example.com?h=v", SipUri("sip", "a?b;c=d", "example.com", headers={"h": "v"})),
     ],
 )
 def test_uri_parsing(text: str, expected: SipUri) -> None:
@@ -195,6 +198,18 @@ def test_foreign_uri_scheme_is_416() -> None:
     with pytest.raises(SipParseError) as info:
         SipUri.parse("mailto:a@b.c")
     assert info.value.status == 416
+    with pytest.raises(SipParseError) as info:
+        SipUri.parse("<sip:a@b.c>")  # no scheme at all: malformed, not foreign (RFC 4475 3.1.2.7)
+    assert info.value.status == 400
+
+
+def test_to_and_from_may_hold_any_absolute_uri_kept_as_sent() -> None:
+    """RFC 3261 20.10 / RFC 4475 3.3.4: an address header's URI may be of any scheme; it is kept, not read."""
+    for text in ("isbn:2983792873", "<http://www.example.com>;tag=3234233", "<name:John_Smith>"):
+        address = NameAddr.parse(text)
+        assert address.uri.user is None and address.uri.opaque is not None
+        assert NameAddr.parse(str(address)) == address
+    assert str(NameAddr.parse("<http://www.example.com>;tag=1").uri) == "http://www.example.com"
 
 
 def test_name_addr_params_belong_to_the_header_in_addr_spec_form() -> None:
@@ -226,7 +241,10 @@ def test_via_parsing() -> None:
     assert not spaced.has_rport
     stamped = via.with_params(rport="1234")
     assert str(stamped) == "SIP/2.0/UDP 192.0.2.1:5062;rport=1234;branch=z9hG4bKnashds8;received=198.51.100.7"
-    for bad in ("SIP/2.0/UDP", "SIP/1.0/UDP a", "HTTP/2.0/UDP a", "SIP/2.0/UDP a;rport=x", "SIP/2.0/UDP a:0"):
+    # Another version parses (the Request-Line's decides, with a 505 that must still reach the sender) and is kept.
+    other_version = Via.parse("SIP/7.0/UDP a;branch=z9hG4bK3").with_params(received="192.0.2.9")
+    assert str(other_version) == "SIP/7.0/UDP a;branch=z9hG4bK3;received=192.0.2.9"
+    for bad in ("SIP/2.0/UDP", "SIP//UDP a", "HTTP/2.0/UDP a", "SIP/2.0/UDP a;rport=x", "SIP/2.0/UDP a:0"):
         with pytest.raises(SipParseError):
             Via.parse(bad)
 
@@ -434,7 +452,7 @@ def _parse_or_error(data: bytes, stream: bool = False) -> None:
         assert exc.status in (400, 416, 505, 513)
         if exc.request is not None:
             # Whatever came back must be answerable: the response builds and re-parses.
-            reparsed = parse_message(build_response(exc.request, exc.status, to_tag="t").to_bytes())
+            reparsed = parse_sent(build_response(exc.request, exc.status, to_tag="t").to_bytes())
             assert isinstance(reparsed, SipResponse)
         return
     # What parsed must survive a round trip.

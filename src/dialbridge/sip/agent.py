@@ -107,6 +107,10 @@ Address = tuple[str, int]
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE")
 ALLOW = ", ".join(ALLOWED_METHODS)
+# Methods of other SIP extensions: known, so refused with 405; any other method is unknown: 501 (RFC 3261 8.2.1).
+_KNOWN_METHODS = frozenset(
+    (*ALLOWED_METHODS, "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)
 ACCEPT = "application/sdp"
 SUPPORTED: tuple[str, ...] = ()  # no extensions yet (no 100rel, timer, replaces): any Require gets 420
 # Headers dial() builds itself; `headers=` may not override them.
@@ -403,6 +407,13 @@ def _adopt_flow(leg: CallLeg, source: Address, transport: str) -> None:
     if leg.flow_lost and _reliable(transport) and _reliable(leg.transport):
         leg.source = source
         leg.flow_lost = False
+
+
+def _accepts_sdp(request: SipRequest) -> bool:
+    """Whether the request's Accept (if any) admits an SDP body in the answer (RFC 3261 20.1)."""
+    ranges = [value.split(";", 1)[0].strip().lower() for value in request.headers.get_all("Accept")]
+    ranges = [media_range for media_range in ranges if media_range]
+    return not ranges or any(r in ("application/sdp", "application/*", "*/*") for r in ranges)
 
 
 def _reliable(transport: str) -> bool:
@@ -767,7 +778,7 @@ class SipAgent:
         elif method in ("BYE", "INFO", "UPDATE", "PRACK"):
             self._respond(entry, 481, now, to_tag=self._new_tag())  # dialog-only methods without a dialog
         else:
-            self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+            self._refuse_method(entry, now, self._new_tag())
 
     def _on_register(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         """The registrar hook: REGISTER is refused until a registrar is plugged in here."""
@@ -777,6 +788,9 @@ class SipAgent:
         self._respond(entry, 100, now)
         if request.body and request.content_type != "application/sdp":
             self._respond(entry, 415, now, to_tag=self._new_tag(), headers=[("Accept", ACCEPT)])
+            return
+        if not _accepts_sdp(request):
+            self._respond(entry, 406, now, to_tag=self._new_tag())  # our answer must be SDP (RFC 4475 3.3.15)
             return
         request_uri = request.request_uri
         from_addr = request.from_addr
@@ -802,9 +816,9 @@ class SipAgent:
             IncomingCall(
                 leg_id=leg_id,
                 request_uri=request.uri,
-                request_user=request_uri.user or "",
+                request_user=request_uri.unescaped_user,
                 from_uri=str(from_addr.uri),
-                from_user=from_addr.uri.user or "",
+                from_user=from_addr.uri.unescaped_user,
                 from_display=from_addr.display_name,
                 to_uri=str(request.to_addr.uri),
                 x_headers=x_headers,
@@ -837,7 +851,12 @@ class SipAgent:
         elif method == "OPTIONS":
             self._respond_options(entry, now, None)
         else:
-            self._respond(entry, 405, now, headers=[("Allow", ALLOW)])
+            self._refuse_method(entry, now, None)
+
+    def _refuse_method(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
+        """405 for a method the engine knows but does not serve, 501 for one it does not know; both with Allow."""
+        status = 405 if entry.transaction.request.method in _KNOWN_METHODS else 501
+        self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", ALLOW)])
 
     def _on_bye(self, leg: CallLeg, entry: _ServerEntry, now: float) -> None:
         self._respond(entry, 200, now)

@@ -9,6 +9,7 @@ engine as sent). Parsing never uses backtracking regexes, so hostile input costs
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -167,6 +168,10 @@ REASON_PHRASES: dict[int, str] = {
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 3.1
+_SIP_SCHEMES = frozenset(("sip", "sips"))
+# Headers of which a request has exactly one (RFC 3261 20): two of them make it ambiguous (RFC 4475 3.3.8).
+_SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards")
 _HOST_RE = re.compile(r"[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\]")
 
 
@@ -301,7 +306,10 @@ def _quote(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SipUri:
-    """sip:, sips: or tel: URI (RFC 3261 19.1, RFC 3966). For tel:, `user` is the number and `host` is empty."""
+    """sip:, sips: or tel: URI (RFC 3261 19.1, RFC 3966). For tel:, `user` is the number and `host` is empty.
+
+    Parsed with `any_scheme=True` (the URI of a To, From or Contact, RFC 3261 20.10: any absolute URI), a URI of
+    another scheme keeps what follows the colon as `opaque`, unread; its `user` is None and its `host` empty."""
 
     scheme: str
     user: str | None
@@ -310,23 +318,36 @@ class SipUri:
     params: Mapping[str, str | None] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     password: str | None = None
+    opaque: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> SipUri:
+    def parse(cls, text: str, *, any_scheme: bool = False) -> SipUri:
         text = text.strip()
         scheme, colon, rest = text.partition(":")
+        if not colon or not rest or not _SCHEME_RE.fullmatch(scheme):
+            raise SipParseError(f"bad URI {text!r}")  # not a URI at all (`<sip:...>` has no scheme): 400, not 416
         scheme = scheme.lower()
-        if not colon or not rest:
-            raise SipParseError(f"bad URI {text!r}")
-        if scheme not in ("sip", "sips", "tel"):
-            raise SipParseError(f"unsupported URI scheme {scheme!r}", status=416)
         if any(c in rest for c in ' \t<>"\r\n'):
             raise SipParseError(f"bad URI {text!r}")
+        if scheme not in _SIP_SCHEMES and scheme != "tel":
+            if any_scheme:
+                return cls(scheme=scheme, user=None, host="", opaque=rest)
+            raise SipParseError(f"unsupported URI scheme {scheme!r}", status=416)
         if scheme == "tel":
             number, _, param_text = rest.partition(";")
             if not number:
                 raise SipParseError(f"bad tel URI {text!r}")
             return cls(scheme="tel", user=number, host="", params=_parse_params(param_text))
+        user: str | None = None
+        password: str | None = None
+        if "@" in rest:
+            # The last '@' ends the userinfo: no '@' may stand unescaped after it, while the user part may hold
+            # '?', ';' and '&' (RFC 3261 25.1 user-unreserved), which must not be read as headers or parameters.
+            userinfo, _, rest = rest.rpartition("@")
+            user, pcolon, pw = userinfo.partition(":")
+            password = pw if pcolon else None
+            if not user:
+                raise SipParseError(f"empty user in {text!r}")
         rest, _, header_text = rest.partition("?")
         headers: dict[str, str] = {}
         if header_text:
@@ -335,14 +356,6 @@ class SipUri:
                 if not name or not eq:
                     raise SipParseError(f"bad URI header {item!r}")
                 headers[name] = value
-        user: str | None = None
-        password: str | None = None
-        if "@" in rest:
-            userinfo, _, rest = rest.rpartition("@")
-            user, pcolon, pw = userinfo.partition(":")
-            password = pw if pcolon else None
-            if not user:
-                raise SipParseError(f"empty user in {text!r}")
         host_port, _, param_text = rest.partition(";")
         host, port = _parse_host_port(host_port)
         return cls(
@@ -356,6 +369,8 @@ class SipUri:
         )
 
     def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
         if self.scheme == "tel":
             return f"tel:{self.user}{_format_params(self.params)}"
         userinfo = ""
@@ -371,7 +386,14 @@ class SipUri:
         value = self.params.get("transport")
         return value.lower() if value else None
 
+    @property
+    def unescaped_user(self) -> str:
+        """The user part as the application compares it: % HEX HEX read as the octet (RFC 4475 3.1.1.3)."""
+        return urllib.parse.unquote(self.user or "")
+
     def without_params(self) -> SipUri:
+        if self.opaque is not None:
+            return self
         return SipUri(scheme=self.scheme, user=self.user, host=self.host, port=self.port, password=self.password)
 
 
@@ -403,7 +425,7 @@ class NameAddr:
                 if '"' in raw_display:
                     raise SipParseError(f"bad display name {raw_display!r}")
                 display = raw_display
-            uri = SipUri.parse(text[lt + 1 : gt])
+            uri = SipUri.parse(text[lt + 1 : gt], any_scheme=True)
             rest = text[gt + 1 :].strip()
             if rest and not rest.startswith(";"):
                 raise SipParseError(f"junk after name-addr {text!r}")
@@ -412,7 +434,7 @@ class NameAddr:
         uri_text, _, param_text = text.partition(";")
         if "?" in uri_text:
             raise SipParseError("addr-spec with URI headers must use <>")
-        return cls(uri=SipUri.parse(uri_text), params=_parse_params(param_text))
+        return cls(uri=SipUri.parse(uri_text, any_scheme=True), params=_parse_params(param_text))
 
     @property
     def tag(self) -> str | None:
@@ -456,24 +478,21 @@ class Via:
     host: str
     port: int | None = None
     params: Mapping[str, str | None] = field(default_factory=dict)
+    version: str = "2.0"
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        text = text.strip()
-        protocol, _, rest = text.partition(" ")
-        pieces = [p.strip() for p in protocol.split("/")]
-        if len(pieces) != 3 or pieces[0].upper() != "SIP" or pieces[1] != "2.0" or not pieces[2]:
-            # Tolerate "SIP / 2.0 / UDP" (LWS around slashes is legal) by re-joining the sent-protocol.
-            head, sep, tail = text.rpartition("/")
-            if not sep:
-                raise SipParseError(f"bad Via {text!r}")
-            proto_pieces = [p.strip() for p in head.split("/")]
-            transport_name, _, rest = tail.strip().partition(" ")
-            if len(proto_pieces) != 2 or proto_pieces[0].upper() != "SIP" or proto_pieces[1] != "2.0":
-                raise SipParseError(f"bad Via {text!r}")
-            pieces = ["SIP", "2.0", transport_name]
-        transport = pieces[2].upper()
-        if not transport or not all(c in _TOKEN_CHARS for c in transport):
+        # sent-protocol is "SIP / version / transport", LWS allowed around each slash (RFC 3261 25.1). Any version
+        # parses: only the Request-Line's version decides (505), and the answer must still find its way back.
+        pieces = text.strip().split("/", 2)
+        if len(pieces) != 3 or pieces[0].strip().upper() != "SIP":
+            raise SipParseError(f"bad Via {text!r}")
+        version = pieces[1].strip()
+        transport_and_rest = pieces[2].split(None, 1)
+        if not version or not all(c in _TOKEN_CHARS for c in version) or len(transport_and_rest) != 2:
+            raise SipParseError(f"bad Via {text!r}")
+        transport, rest = transport_and_rest[0].upper(), transport_and_rest[1]
+        if not all(c in _TOKEN_CHARS for c in transport):
             raise SipParseError(f"bad Via transport {text!r}")
         sent_by, _, param_text = rest.strip().partition(";")
         host, port = _parse_host_port(sent_by)
@@ -481,7 +500,7 @@ class Via:
         rport = params.get("rport")
         if rport is not None and not (_is_digits(rport) and 0 < int(rport) < 65536):
             raise SipParseError(f"bad rport {rport!r}")
-        return cls(transport=transport, host=host, port=port, params=params)
+        return cls(transport=transport, host=host, port=port, params=params, version=version)
 
     @property
     def branch(self) -> str | None:
@@ -505,10 +524,11 @@ class Via:
         return _format_host_port(self.host, self.port)
 
     def with_params(self, **changes: str | None) -> Via:
-        return Via(transport=self.transport, host=self.host, port=self.port, params={**self.params, **changes})
+        params = {**self.params, **changes}
+        return Via(transport=self.transport, host=self.host, port=self.port, params=params, version=self.version)
 
     def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {self.sent_by}{_format_params(self.params)}"
+        return f"SIP/{self.version}/{self.transport} {self.sent_by}{_format_params(self.params)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,24 +781,20 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, stream: bool
         else:
             headers.add(canonical, value)
 
-    message: SipMessage
     if start_line.startswith(SIP_VERSION + " ") or start_line.upper().startswith("SIP/"):
-        message = _parse_status_line(start_line, headers)
-    else:
-        message = _parse_request_line(start_line, headers)
-
+        response = _parse_status_line(start_line, headers)
+        _check_core_headers(response)  # a response that fails is dropped: nothing is owed to it
+        response.body = _take_body(headers, rest, stream)
+        return response
+    request = _parse_request_line(start_line, headers)
     try:
-        _check_core_headers(message)
+        _check_request_line(start_line)
+        _check_core_headers(request)
+        request.body = _take_body(headers, rest, stream)
+        _check_request(request)
     except SipParseError as exc:
-        raise SipParseError(str(exc), status=exc.status, request=None) from None
-    addressable = message if isinstance(message, SipRequest) else None
-    try:
-        message.body = _take_body(headers, rest, stream)
-        if isinstance(message, SipRequest):
-            _check_request(message)
-    except SipParseError as exc:
-        raise SipParseError(str(exc), status=exc.status, request=addressable) from None
-    return message
+        raise SipParseError(str(exc), status=exc.status, request=_if_addressable(request)) from None
+    return request
 
 
 def _parse_status_line(line: str, headers: Headers) -> SipResponse:
@@ -792,29 +808,46 @@ def _parse_status_line(line: str, headers: Headers) -> SipResponse:
 
 
 def _parse_request_line(line: str, headers: Headers) -> SipRequest:
-    parts = line.split(" ")
-    if len(parts) != 3 or not _METHOD_RE.fullmatch(parts[0]) or not parts[1]:
+    """The request as far as its Request-Line can be read: method, then the URI up to the last space.
+
+    Only a line without a method token cannot be a request at all; anything else wrong with it (a missing or extra
+    SP, LWS in the URI) is for `_check_request_line`, so that the request can still be answered 400."""
+    method, _, rest = line.partition(" ")
+    if not _METHOD_RE.fullmatch(method):
         raise SipParseError(f"bad request line {line[:80]!r}")
-    method, uri, version = parts
-    if version.upper() != SIP_VERSION:
-        request = SipRequest(method=method, uri=uri, headers=headers)
-        raise SipParseError(f"unsupported version {version!r}", status=505, request=_if_addressable(request))
+    uri, _, _ = rest.rpartition(" ")
     return SipRequest(method=method, uri=uri, headers=headers)
 
 
-def _if_addressable(message: SipMessage) -> SipRequest | None:
+def _check_request_line(line: str) -> None:
+    """Method SP Request-URI SP SIP-Version, each SP a single one (RFC 3261 25.1; RFC 4475 3.1.2.8-10)."""
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[1]:
+        raise SipParseError(f"bad request line {line[:80]!r}")
+    if parts[2].upper() != SIP_VERSION:
+        raise SipParseError(f"unsupported version {parts[2]!r}", status=505)
+
+
+def _if_addressable(request: SipRequest) -> SipRequest | None:
+    """`request` if it can be answered: the headers a response copies are there (RFC 3261 8.2.6.2) and its top Via,
+    which says where the response goes (18.2.2), parses. The others are copied as they came, however malformed."""
+    if any(request.headers.get(name) is None for name in ("Via", "From", "To", "Call-ID", "CSeq")):
+        return None
     try:
-        _check_core_headers(message)
+        request.top_via  # noqa: B018 - parsing is the check
     except SipParseError:
         return None
-    return message if isinstance(message, SipRequest) else None
+    return request
 
 
 def _check_core_headers(message: SipMessage) -> None:
-    """The headers every response is built from (RFC 3261 8.1.1); without them nothing can be answered."""
+    """The headers every response is built from (RFC 3261 8.1.1), each present once and well-formed."""
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if message.headers.get(name) is None:
             raise SipParseError(f"missing {name}")
+    for name in _SINGLE_HEADERS:
+        if len(message.headers.get_all(name)) > 1:
+            raise SipParseError(f"more than one {name}")
     message.top_via  # noqa: B018 - parsing is the check
     message.from_addr  # noqa: B018
     message.to_addr  # noqa: B018
@@ -826,16 +859,23 @@ def _check_core_headers(message: SipMessage) -> None:
 
 
 def _check_request(request: SipRequest) -> None:
-    request.request_uri  # noqa: B018 - a bad Request-URI: 400, or 416 for a foreign scheme
+    uri = request.request_uri  # a bad Request-URI: 400, or 416 for a foreign scheme
+    if uri.headers:
+        raise SipParseError("URI headers in the Request-URI")  # not allowed there (RFC 3261 19.1.1)
     for via in request.vias:
         _ = via.branch
     max_forwards = request.headers.get("Max-Forwards")
-    if max_forwards is not None and (not _is_digits(max_forwards) or len(max_forwards) > 3):
+    # Leading zeros are legal (RFC 4475 3.1.1.1); a value over 255 is not an error worth refusing for (3.1.2.4).
+    if max_forwards is not None and (not _is_digits(max_forwards) or len(max_forwards.lstrip("0")) > 3):
         raise SipParseError("bad Max-Forwards")
-    request.contacts  # noqa: B018
+    contacts = request.contacts
+    # What requests are sent to must be SIP URIs: the dialog's target (RFC 3261 8.1.1.8) and its route set.
+    if request.method == "INVITE" and any(contact.uri.scheme not in _SIP_SCHEMES for contact in contacts):
+        raise SipParseError("the Contact of an INVITE is not a SIP URI")
     for name in ("Route", "Record-Route"):
         for value in request.headers.get_all(name):
-            NameAddr.parse(value)
+            if NameAddr.parse(value).uri.scheme not in _SIP_SCHEMES:
+                raise SipParseError(f"{name} is not a SIP URI")
 
 
 def _take_body(headers: Headers, rest: bytes, stream: bool) -> bytes:
