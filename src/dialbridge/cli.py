@@ -379,6 +379,7 @@ def voice(settings: Settings) -> int:
         max_calls=settings.max_calls,
         max_unconfirmed_calls=settings.max_unconfirmed_calls,
         max_unconfirmed_calls_per_network=settings.max_unconfirmed_calls_per_network,
+        rtp_timeout_s=settings.rtp_timeout_s,
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,

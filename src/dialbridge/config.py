@@ -99,9 +99,11 @@ class Settings(BaseSettings):
     sip_tcp_incomplete_message_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
-    # Calls answered or ringing but not yet ACKed by their caller, in all and per caller network (/24, /64).
+    # Calls answered but not yet ACKed by their caller, in all and per caller network (/24, /64).
     max_unconfirmed_calls: Annotated[int, Field(ge=1)] = 100
     max_unconfirmed_calls_per_network: Annotated[int, Field(ge=1)] = 10
+    # An answered call whose peer has sent no RTP or RTCP for this long (and has not put it on hold) is hung up.
+    rtp_timeout_s: Annotated[float, Field(ge=0)] = 60.0
     # A short tone tells a conference's members that someone joined or left.
     join_tones: bool = True
     # The engine's call-control API (Vonage's Voice REST shape, HTTPS) and browser-phone endpoint; the web app

@@ -76,6 +76,7 @@ Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+MEDIA_CHECK_S = 1.0  # how often calls are looked over for a silent peer (rtp_timeout_s)
 MESSAGE_RATE_WINDOW_S = 1.0
 # With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
 INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
@@ -152,6 +153,9 @@ class EngineSettings:
     # that never ACKs holds a line for 64*T1, so these caps keep lines free for callers that do.
     max_unconfirmed_calls: int = 100
     max_unconfirmed_calls_per_network: int = 10
+    #: An answered call from which no RTP or RTCP has come for this long (the phone gone without a BYE: its
+    #: network, its battery, a TCP connection closed and never back) is hung up; 0: never. Not while on hold.
+    rtp_timeout_s: float = 60.0
     invites_per_source_per_minute: int = 120
     # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
     messages_per_source_per_second: int = 100
@@ -290,6 +294,7 @@ class VoiceEngine:
         self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
         self._invites: SourceRate[str] = SourceRate(settings.invites_per_source_per_minute, RATE_WINDOW_S)
+        self._next_media_check = 0.0
         self._messages: SourceRate[str] = SourceRate(settings.messages_per_source_per_second, MESSAGE_RATE_WINDOW_S)
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
@@ -496,12 +501,28 @@ class VoiceEngine:
         self._after_sip(now)
         self._invites.forget_idle(now)
         self._messages.forget_idle(now)
+        if now >= self._next_media_check:
+            self._next_media_check = now + MEDIA_CHECK_S
+            self._end_silent_calls(now)
         for call in list(self.calls.values()):
             runner = call.runner
             if runner is not None and not call.ended:
                 due = runner.next_timer()
                 if due is not None and due <= now:
                     self._run(call, runner.on_timer(now), now)
+
+    def _end_silent_calls(self, now: float) -> None:
+        """Hang up answered calls whose peer has sent no RTP or RTCP for `rtp_timeout_s` while it should have."""
+        timeout = self.settings.rtp_timeout_s
+        if timeout <= 0:
+            return
+        for call in list(self._media):
+            rtp = call.rtp
+            if call.ended or rtp is None or not call.confirmed or not rtp.expects_media:
+                continue
+            if now - rtp.heard_at > timeout:
+                log.info("call %s: no RTP or RTCP for %g s; hanging up", call.uuid, timeout)
+                self._end(call, now, "rtp_timeout", send_bye=True)
 
     def run_media(self, now: float) -> None:
         """The second half of `tick`: one frame of audio in and out for every call, and the RTCP reports due."""
