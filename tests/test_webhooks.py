@@ -17,8 +17,8 @@ from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.config import Settings
 from dialbridge.engine.calls.payloads import CallInfo, input_payload
 from dialbridge.web.app import create_app
-from dialbridge.web.signatures import WebhookSignatures
 from dialbridge.web.webhooks import WEBHOOKS, query_fields
+from dialbridge.webhook_signing import WebhookSignatures
 from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import actions, answer, conversation_name, enter, make_room, run_async
 from tests.test_callflow import VONAGE_MODELS
