@@ -233,3 +233,15 @@ def test_serve_refuses_bad_sip_accounts(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "error: DIALBRIDGE_SIP_ACCOUNTS entry 1 (alice): not user:password" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", ["SHA-1", "", "MD5,sha-999"])
+def test_unknown_sip_digest_algorithms_are_a_problem(value: str) -> None:
+    [problem] = [p for p in Settings(sip_digest_algorithms=value).problems() if "DIGEST" in p]
+    assert problem.startswith(f"DIALBRIDGE_SIP_DIGEST_ALGORITHMS={value!r}: list some of SHA-512-256, SHA-256, MD5")
+
+
+def test_sip_digest_algorithms_are_read_in_order_any_case() -> None:
+    settings = Settings(sip_digest_algorithms="md5, sha-256")
+    assert settings.sip_digest_algorithm_list == ("MD5", "SHA-256")
+    assert not [p for p in settings.problems() if "DIGEST" in p]

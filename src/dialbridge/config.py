@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dialbridge.sip.registrar import ACCOUNT_FORMAT, SipAccount, parse_accounts
+from dialbridge.sip.registrar import ACCOUNT_FORMAT, DIGEST_ALGORITHMS, SipAccount, parse_accounts
 
 
 class Backend(StrEnum):
@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # without a PIN), comma-separated; or a file of them, one a line (for passwords kept out of the environment).
     sip_accounts: SecretStr | None = None
     sip_accounts_file: str | None = None
+    # The digest algorithms their challenges offer, the preferred first (RFC 8760); MD5 alone for old phones.
+    sip_digest_algorithms: str = "SHA-256,MD5"
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
     # Calls answered or ringing but not yet ACKed by their caller, in all and per caller network (/24, /64).
@@ -229,6 +231,10 @@ class Settings(BaseSettings):
         return tuple(accounts)
 
     @property
+    def sip_digest_algorithm_list(self) -> tuple[str, ...]:
+        return tuple(name.strip().upper() for name in self.sip_digest_algorithms.split(",") if name.strip())
+
+    @property
     def sip_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
             ipaddress.ip_network(cidr.strip(), strict=False) for cidr in self.sip_allow_from.split(",") if cidr.strip()
@@ -322,6 +328,13 @@ class Settings(BaseSettings):
             found.append(
                 f"DIALBRIDGE_SIP_ALLOW_FROM: {exc}; list networks in CIDR form, comma-separated, "
                 "e.g. 10.0.0.0/8,203.0.113.7/32"
+            )
+        algorithms = self.sip_digest_algorithm_list
+        if not algorithms or any(algorithm not in DIGEST_ALGORITHMS for algorithm in algorithms):
+            found.append(
+                f"DIALBRIDGE_SIP_DIGEST_ALGORITHMS={self.sip_digest_algorithms!r}: list some of "
+                f"{', '.join(DIGEST_ALGORITHMS)}, the preferred first, comma-separated, e.g. SHA-256,MD5 (or MD5 "
+                "alone for phones that fail on any other challenge)"
             )
         try:
             self.sip_account_list()

@@ -105,6 +105,17 @@ def test_register_is_challenged_with_sha256_and_md5_then_bound_with_the_packets_
     assert (binding.source, binding.transport) == (PHONE, "udp")  # not the private Contact: reachable behind NAT
 
 
+def test_md5_alone_for_phones_that_fail_on_any_other_challenge() -> None:
+    phone = Phone()
+    phone.registrar = Registrar((ALICE,), domain=HOST, digest_algorithms=("MD5",))
+    phone.agent.registrar = phone.registrar
+    challenge = phone.request()
+    assert [c.algorithm for c in parse_challenges(challenge.headers.get_all("WWW-Authenticate"))] == ["MD5"]
+    assert phone.request(authorization=phone.answer(challenge)).status == 200
+    with pytest.raises(ValueError, match="digest algorithms must be some of SHA-512-256, SHA-256, MD5"):
+        Registrar((ALICE,), domain=HOST, digest_algorithms=("SHA-1",))
+
+
 def test_an_md5_only_phone_registers_too() -> None:
     phone = Phone()
     challenge = phone.request()

@@ -70,7 +70,7 @@ from dialbridge.sip.agent import (
     SipEvent,
 )
 from dialbridge.sip.message import SipParseError
-from dialbridge.sip.registrar import Registrar, SipAccount
+from dialbridge.sip.registrar import DEFAULT_DIGEST_ALGORITHMS, Registrar, SipAccount
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -159,6 +159,7 @@ class EngineSettings:
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
     sip_accounts: tuple[SipAccount, ...] = ()  # softphones that register; none: REGISTER gets 405
+    sip_digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # what their challenges offer, the best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +281,11 @@ class VoiceEngine:
         self._ports = ports
         self._random = random or random_module.Random()
         self._new_uuid = new_uuid
-        registrar = Registrar(settings.sip_accounts, domain=settings.contact_host) if settings.sip_accounts else None
+        registrar = None
+        if settings.sip_accounts:
+            registrar = Registrar(
+                settings.sip_accounts, domain=settings.contact_host, digest_algorithms=settings.sip_digest_algorithms
+            )
         self.agent = SipAgent(
             contact_host=settings.contact_host, contact_port=settings.contact_port, registrar=registrar
         )

@@ -35,8 +35,11 @@ Address = tuple[str, int]
 ACCOUNT_USER = re.compile(r"^[A-Za-z0-9_.!~*'()+-]{1,64}$")  # a SIP URI user part without escapes
 ACCOUNT_ROOM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # conference.rooms.ROOM_ID
 ACCOUNT_FORMAT = "user:password or user:password:room-id"
-# Strongest first: a client takes the first it supports (RFC 8760 2.4); MD5 for phones that know nothing else.
-CHALLENGE_ALGORITHMS = ("SHA-256", "MD5")
+# Strongest first: a client takes the topmost it supports (RFC 8760 2.4); MD5 for phones that know nothing else.
+# Some phones fail on any challenge but MD5, whatever its place (baresip 1.x's libre, pjsip before 2.14): for
+# them, `digest_algorithms` is ("MD5",).
+DIGEST_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
+DEFAULT_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +112,13 @@ class Registrar:
         *,
         domain: str,
         limits: RegistrarLimits | None = None,
+        digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS,
         random: random_module.Random | None = None,
     ) -> None:
+        unknown = [algorithm for algorithm in digest_algorithms if algorithm not in DIGEST_ALGORITHMS]
+        if unknown or not digest_algorithms:
+            raise ValueError(f"digest algorithms must be some of {', '.join(DIGEST_ALGORITHMS)}, not {unknown}")
+        self.digest_algorithms = digest_algorithms
         self.accounts = {account.username: account for account in accounts}
         self.domain = domain.strip("[]").lower()
         self.realm = domain
@@ -259,7 +267,7 @@ class Registrar:
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         headers = tuple(
             (name, build_challenge(self.realm, nonce, algorithm=algorithm, stale=stale))
-            for algorithm in CHALLENGE_ALGORITHMS
+            for algorithm in self.digest_algorithms
         )
         return Reply(407 if proxy else 401, headers)
 
