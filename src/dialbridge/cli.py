@@ -383,6 +383,8 @@ def voice(settings: Settings) -> int:
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,
+        sip_accounts=settings.sip_account_list(),
+        sip_digest_algorithms=settings.sip_digest_algorithm_list,
     )
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
     server = VoiceServer(

@@ -70,6 +70,7 @@ from dialbridge.sip.agent import (
     SipEvent,
 )
 from dialbridge.sip.message import SipParseError
+from dialbridge.sip.registrar import DEFAULT_DIGEST_ALGORITHMS, Registrar, SipAccount
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -161,6 +162,8 @@ class EngineSettings:
     messages_per_source_per_second: int = 100
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
+    sip_accounts: tuple[SipAccount, ...] = ()  # softphones that register; none: REGISTER gets 405
+    sip_digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # what their challenges offer, the best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,7 @@ class Call:
     """One phone call: its SIP leg, its media, its NCCO, and what it is hearing."""
 
     __slots__ = (
+        "account",
         "alaw",
         "answered_at",
         "conference",
@@ -260,6 +264,7 @@ class Call:
         self.network = ""  # the caller's /24 or /64 (`_caller_network`)
         self.confirmed = False  # the caller has ACKed our answer
         self.x_headers: dict[str, str] = {}
+        self.account: SipAccount | None = None  # the registrar's account the caller authenticated as
 
     @property
     def info(self) -> CallInfo:
@@ -280,7 +285,14 @@ class VoiceEngine:
         self._ports = ports
         self._random = random or random_module.Random()
         self._new_uuid = new_uuid
-        self.agent = SipAgent(contact_host=settings.contact_host, contact_port=settings.contact_port)
+        registrar = None
+        if settings.sip_accounts:
+            registrar = Registrar(
+                settings.sip_accounts, domain=settings.contact_host, digest_algorithms=settings.sip_digest_algorithms
+            )
+        self.agent = SipAgent(
+            contact_host=settings.contact_host, contact_port=settings.contact_port, registrar=registrar
+        )
         self.mixer = ConferenceMixer()
         self._dtmf = InbandDtmfBank()
         self.calls: dict[str, Call] = {}  # by uuid
@@ -599,7 +611,9 @@ class VoiceEngine:
 
     def _incoming(self, event: IncomingCall, now: float) -> None:
         settings = self.settings
-        if settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
+        account = self.agent.registrar.accounts.get(event.account) if self.agent.registrar and event.account else None
+        # A caller that proved it is one of our accounts may call from anywhere: the allow list is for trunks.
+        if account is None and settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
             self._refuse(event, 403, now)
             return
         # An allow list names the trunks, which carry every caller's call from a few addresses: the per-source rate
@@ -635,6 +649,7 @@ class VoiceEngine:
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
         call.sdp_session_id = session_id
         call.network = network
+        call.account = account
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -655,7 +670,13 @@ class VoiceEngine:
         """Tell the app the call exists and ask it what to do (Vonage: started, ringing, the answer webhook)."""
         self._event(call, "started", now)
         self._event(call, "ringing", now)
-        query = answer_query(call.info, call.x_headers)
+        account = call.account
+        query = answer_query(
+            call.info,
+            call.x_headers,
+            sip_account=account.username if account else None,
+            sip_account_room=account.room if account else None,
+        )
         self._requests.append(FetchAnswer(call.uuid, self.settings.answer_url, query))
 
     def _at_capacity(self) -> bool:

@@ -83,6 +83,7 @@ from dialbridge.sip.message import (
     build_response,
     parse_message,
 )
+from dialbridge.sip.registrar import Registrar, Reply
 from dialbridge.sip.transaction import (
     T1,
     T2,
@@ -150,6 +151,7 @@ class IncomingCall:
     sdp: bytes | None  # the offer, or None for a late offer (then accept() must carry ours)
     source: Address
     transport: str
+    account: str | None = None  # the registrar's account the caller authenticated as (407 challenge), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,8 +460,11 @@ class SipAgent:
         user_agent: str = "dialbridge",
         random: random_module.Random | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        registrar: Registrar | None = None,
     ) -> None:
         self.contact_host = _bracket(contact_host)
+        # Answers REGISTER and authenticates INVITEs from its accounts; without one, REGISTER gets 405.
+        self.registrar = registrar
         self.contact_port = contact_port
         self.user_agent = user_agent
         self.max_message_size = max_message_size
@@ -548,10 +553,17 @@ class SipAgent:
         peers = {leg.source for leg in self._legs.values() if _reliable(leg.transport)}
         entries: list[_ServerEntry | _ClientEntry] = [*self._server.values(), *self._client.values()]
         peers.update(entry.destination for entry in entries if _reliable(entry.transport))
+        if self.registrar is not None:  # a registered phone is reached over the connection it registered on
+            peers.update(source for source, transport in self.registrar.binding_sources() if _reliable(transport))
         return peers
 
     def next_timer(self) -> float | None:
-        """The earliest deadline of any transaction or leg, or None when nothing waits."""
+        """The earliest deadline of any transaction, leg or registration, or None when nothing waits."""
+        registrar = self.registrar.next_timer() if self.registrar is not None else None
+        ours = self._next_own_timer()
+        return min((d for d in (ours, registrar) if d is not None), default=None)
+
+    def _next_own_timer(self) -> float | None:
         timers = self._timers
         while timers:
             deadline, _, owner = timers[0]
@@ -586,6 +598,10 @@ class SipAgent:
                 self._pump_client(owner, now)
             else:
                 self._leg_timer(owner, now)
+        if self.registrar is not None:
+            registrar_due = self.registrar.next_timer()
+            if registrar_due is not None and registrar_due <= now:
+                self.registrar.on_timer(now)
 
     def drain(self) -> tuple[list[SipEvent], list[Outgoing]]:
         events, outgoing = self._events, self._outgoing
@@ -808,15 +824,22 @@ class SipAgent:
         elif method == "OPTIONS":
             self._respond_options(entry, now, self._new_tag())
         elif method == "REGISTER":
-            self._on_register(request, entry, now)
+            self._on_register(request, entry, source, transport, now)
         elif method in ("BYE", "INFO", "UPDATE", "PRACK"):
             self._respond(entry, 481, now, to_tag=self._new_tag())  # dialog-only methods without a dialog
         else:
             self._refuse_method(entry, now, self._new_tag())
 
-    def _on_register(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
-        """The registrar hook: REGISTER is refused until a registrar is plugged in here."""
-        self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+    def _on_register(
+        self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
+    ) -> None:
+        if self.registrar is None:
+            self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+            return
+        self._reply(entry, self.registrar.register(request, source, transport, now), now)
+
+    def _reply(self, entry: _ServerEntry, reply: Reply, now: float) -> None:
+        self._respond(entry, reply.status, now, to_tag=self._new_tag(), headers=list(reply.headers))
 
     def _on_invite(self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float) -> None:
         self._respond(entry, 100, now)
@@ -828,6 +851,14 @@ class SipAgent:
             return
         request_uri = request.request_uri
         from_addr = request.from_addr
+        account: str | None = None
+        if self.registrar is not None and self.registrar.is_local_user(from_addr.uri):
+            # A call from one of our accounts proves it, as a registrar's own users' calls do (RFC 3261 22.3).
+            outcome = self.registrar.authenticate(request, now, proxy=True)
+            if isinstance(outcome, Reply):
+                self._reply(entry, outcome, now)
+                return
+            account = outcome.username
         leg_id = self._new_leg_id()
         fallback = SipUri(scheme="sip", user=None, host=_bracket(source[0]), port=source[1])
         dialog = Dialog.as_uas(request, self._new_tag(), fallback)
@@ -859,6 +890,7 @@ class SipAgent:
                 sdp=request.body if _is_sdp(request) else None,
                 source=source,
                 transport=transport,
+                account=account,
             )
         )
 
