@@ -58,6 +58,7 @@ from dialbridge.rate import SourceRate
 from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
+    DEFAULT_MAX_SERVER_TRANSACTIONS,
     CallCancelled,
     CallConfirmed,
     CallEnded,
@@ -159,6 +160,8 @@ class EngineSettings:
     invites_per_source_per_minute: int = 120
     # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
     messages_per_source_per_second: int = 100
+    # SIP server transactions held at once: over it, new requests get a stateless 503 (see the agent's default).
+    max_sip_server_transactions: int = DEFAULT_MAX_SERVER_TRANSACTIONS
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
 
@@ -280,7 +283,11 @@ class VoiceEngine:
         self._ports = ports
         self._random = random or random_module.Random()
         self._new_uuid = new_uuid
-        self.agent = SipAgent(contact_host=settings.contact_host, contact_port=settings.contact_port)
+        self.agent = SipAgent(
+            contact_host=settings.contact_host,
+            contact_port=settings.contact_port,
+            max_server_transactions=settings.max_sip_server_transactions,
+        )
         self.mixer = ConferenceMixer()
         self._dtmf = InbandDtmfBank()
         self.calls: dict[str, Call] = {}  # by uuid

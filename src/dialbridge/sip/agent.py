@@ -52,10 +52,12 @@ the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from dialbridge.log_text import escaped_for_log
 from dialbridge.sip.auth import (
@@ -118,6 +120,10 @@ _DIAL_OWN_HEADERS = frozenset(
     h.lower()
     for h in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type", "Content-Length")
 )
+# Server transactions held at once (each up to 32 s, ~4.4 KB for an INVITE's): bounds what a flood from many
+# addresses, each under its own rate, can make us hold; 3/4 of it for requests outside a call in progress.
+DEFAULT_MAX_SERVER_TRANSACTIONS = 4096
+_FULL_RETRY_AFTER_S = 5  # our answer to a request refused while the server-transaction table is full
 _MAX_AUTH_ROUNDS = 4  # per call leg (INVITE and BYE): stale=true nonces could otherwise bounce us forever
 
 
@@ -416,6 +422,23 @@ def _accepts_sdp(request: SipRequest) -> bool:
     return not ranges or any(r in ("application/sdp", "application/*", "*/*") for r in ranges)
 
 
+def _unsupported(request: SipRequest) -> list[str]:
+    """The options the request's Require names that we do not support (420 Bad Extension)."""
+    options = [option.strip() for value in request.headers.get_all("Require") for option in value.split(",")]
+    return [option for option in options if option and option not in SUPPORTED]
+
+
+def _dialog_live(leg: CallLeg | None, method: str) -> TypeGuard[CallLeg]:
+    """An in-dialog request names a dialog of ours that it may still concern (else 481): one its tags name, and
+    once that dialog is ending, only a BYE."""
+    return leg is not None and leg.state is not LegState.ENDED and (leg.state is not LegState.ENDING or method == "BYE")
+
+
+def _method_refusal(method: str) -> int:
+    """405 for a method the engine knows but does not serve, 501 for one it does not know (RFC 3261 8.2.1)."""
+    return 405 if method in _KNOWN_METHODS else 501
+
+
 def _reliable(transport: str) -> bool:
     """TCP (and later TLS/WS): no retransmissions by transactions, and answers go back on the connection."""
     return transport != "udp"
@@ -434,12 +457,15 @@ class SipAgent:
         user_agent: str = "dialbridge",
         random: random_module.Random | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        max_server_transactions: int = DEFAULT_MAX_SERVER_TRANSACTIONS,
     ) -> None:
         self.contact_host = _bracket(contact_host)
         self.contact_port = contact_port
         self.user_agent = user_agent
         self.max_message_size = max_message_size
+        self.max_server_transactions = max_server_transactions
         self._random = random if random is not None else random_module.Random()
+        self._tag_key = self._random.getrandbits(128).to_bytes(16, "big")
         self._server: dict[TransactionKey, _ServerEntry] = {}
         self._client: dict[TransactionKey, _ClientEntry] = {}
         self._merge: dict[tuple[str, str, int, str], TransactionKey] = {}
@@ -740,12 +766,21 @@ class SipAgent:
         if request.method == "ACK":
             self._on_ack(request, source, transport, now)
             return
+        to_tag = request.to_addr.tag
+        leg = self._leg_for(request, to_tag)
+        stateless = self._stateless_answer(request, leg, transport)
+        if stateless is not None:
+            status, headers = stateless
+            self._reply_stateless(request, status, "", source, transport, headers)
+            return
+        if len(self._server) >= self._server_admission_limit(request, leg):
+            self._reply_stateless(request, 503, "", source, transport, [("Retry-After", str(_FULL_RETRY_AFTER_S))])
+            return
         entry = self._new_server(request, key, destination, transport, now)
         if request.method == "CANCEL":
             self._on_cancel(request, entry, now)
             return
 
-        to_tag = request.to_addr.tag
         if to_tag is None and entry.merge_key is not None:
             original = self._merge.get(entry.merge_key)
             if original is not None and original != key and original in self._server:
@@ -753,32 +788,63 @@ class SipAgent:
                 self._respond(entry, 482, now, to_tag=self._new_tag())
                 return
             self._merge[entry.merge_key] = key
-        unsupported = [option.strip() for value in request.headers.get_all("Require") for option in value.split(",")]
-        unsupported = [option for option in unsupported if option and option not in SUPPORTED]
+        unsupported = _unsupported(request)
         if unsupported:
             self._respond(
                 entry, 420, now, to_tag=to_tag or self._new_tag(), headers=[("Unsupported", ", ".join(unsupported))]
             )
             return
-        if to_tag is not None:
-            self._on_in_dialog(request, entry, to_tag, now)
-        else:
+        if to_tag is None:
             self._on_out_of_dialog(request, entry, source, transport, now)
+        elif _dialog_live(leg, request.method):
+            self._on_in_dialog(leg, request, entry, now)
+        else:
+            self._respond(entry, 481, now)
+
+    def _stateless_answer(
+        self, request: SipRequest, leg: CallLeg | None, transport: str
+    ) -> tuple[int, list[tuple[str, str]]] | None:
+        """The answer to a non-INVITE request that needs no transaction (RFC 3261 8.2.7): an OPTIONS outside a
+        dialog, and the refusals of requests that create nothing (405, 420, 481). A retransmission is simply
+        answered again, alike (the To-tag is derived from the request), so a flood from many addresses, each under
+        its own rate, is answered without holding anything. None: the request is taken in a server transaction.
+        (INVITEs always are; REGISTER too, for the registrar.)"""
+        method = request.method
+        if method == "INVITE":
+            return None
+        if method == "CANCEL":
+            target = self._server.get(server_key(request, method="INVITE"))
+            invite_pending = target is not None and isinstance(target.transaction, ServerInviteTransaction)
+            return None if invite_pending else (481, [])
+        unsupported = _unsupported(request)
+        if unsupported:
+            return 420, [("Unsupported", ", ".join(unsupported))]
+        if request.to_addr.tag is not None:
+            return None if _dialog_live(leg, method) else (481, [])
+        if method == "OPTIONS":
+            return 200, self._options_headers(transport)
+        if method == "REGISTER":
+            return None
+        if method in ("BYE", "INFO", "UPDATE", "PRACK"):
+            return 481, []  # dialog-only methods without a dialog
+        return _method_refusal(method), [("Allow", ALLOW)]
+
+    def _server_admission_limit(self, request: SipRequest, leg: CallLeg | None) -> int:
+        """How full the server-transaction table may be for `request` to get one. Requests of a call in progress
+        (in its dialog, or a CANCEL of its INVITE) may use it all; others only the first part, so that a flood of
+        INVITEs from many addresses leaves room for the BYE of a call that is already up."""
+        if leg is not None or request.method == "CANCEL":
+            return self.max_server_transactions
+        return self.max_server_transactions * 3 // 4
 
     def _on_out_of_dialog(
         self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
     ) -> None:
-        method = request.method
-        if method == "INVITE":
+        """INVITE and REGISTER: every other request outside a dialog was answered by `_stateless_answer`."""
+        if request.method == "INVITE":
             self._on_invite(request, entry, source, transport, now)
-        elif method == "OPTIONS":
-            self._respond_options(entry, now, self._new_tag())
-        elif method == "REGISTER":
-            self._on_register(request, entry, now)
-        elif method in ("BYE", "INFO", "UPDATE", "PRACK"):
-            self._respond(entry, 481, now, to_tag=self._new_tag())  # dialog-only methods without a dialog
         else:
-            self._refuse_method(entry, now, self._new_tag())
+            self._on_register(request, entry, now)
 
     def _on_register(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         """The registrar hook: REGISTER is refused until a registrar is plugged in here."""
@@ -828,11 +894,7 @@ class SipAgent:
             )
         )
 
-    def _on_in_dialog(self, request: SipRequest, entry: _ServerEntry, to_tag: str, now: float) -> None:
-        leg = self._leg_for(request, to_tag)
-        if leg is None or leg.state is LegState.ENDED or (leg.state is LegState.ENDING and request.method != "BYE"):
-            self._respond(entry, 481, now)
-            return
+    def _on_in_dialog(self, leg: CallLeg, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         entry.leg_id = leg.leg_id
         _adopt_flow(leg, entry.destination, entry.transport)
         if not leg.dialog.check_remote_seq(request):
@@ -849,13 +911,13 @@ class SipAgent:
             self._respond(entry, 200, now)
             self._events.append(InfoReceived(leg.leg_id, request.content_type or "", request.body))
         elif method == "OPTIONS":
-            self._respond_options(entry, now, None)
+            self._respond(entry, 200, now, headers=self._options_headers(entry.transport))
         else:
             self._refuse_method(entry, now, None)
 
     def _refuse_method(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
         """405 for a method the engine knows but does not serve, 501 for one it does not know; both with Allow."""
-        status = 405 if entry.transaction.request.method in _KNOWN_METHODS else 501
+        status = _method_refusal(entry.transaction.request.method)
         self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", ALLOW)])
 
     def _on_bye(self, leg: CallLeg, entry: _ServerEntry, now: float) -> None:
@@ -911,8 +973,7 @@ class SipAgent:
     def _on_cancel(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         invite_entry = self._server.get(server_key(request, method="INVITE"))
         if invite_entry is None or not isinstance(invite_entry.transaction, ServerInviteTransaction):
-            self._respond(entry, 481, now, to_tag=self._new_tag())
-            return
+            raise RuntimeError("a CANCEL without its INVITE's transaction is answered by _stateless_answer")
         leg = self._legs.get(invite_entry.leg_id) if invite_entry.leg_id else None
         to_tag = leg.dialog.local_tag if leg else self._new_tag()
         self._respond(entry, 200, now, to_tag=to_tag)  # 9.2: 200 even when the INVITE already has its final
@@ -1330,24 +1391,32 @@ class SipAgent:
             response.body = sdp
         return response
 
-    def _respond_options(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
-        headers = [
-            ("Contact", self._contact(entry.transport)),
+    def _options_headers(self, transport: str) -> list[tuple[str, str]]:
+        return [
+            ("Contact", self._contact(transport)),
             ("Allow", ALLOW),
             ("Accept", ACCEPT),
             ("Supported", ", ".join(SUPPORTED)),
         ]
-        self._respond(entry, 200, now, to_tag=to_tag, headers=headers)
 
-    def _reply_stateless(self, request: SipRequest, status: int, reason: str, source: Address, transport: str) -> None:
-        """Answer a request we will not process (malformed, oversized) without a transaction (RFC 3261 8.2)."""
+    def _reply_stateless(
+        self,
+        request: SipRequest,
+        status: int,
+        reason: str,
+        source: Address,
+        transport: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Answer a request without a transaction (RFC 3261 8.2.7): one we will not process (malformed, oversized,
+        over the server-transaction cap) or one answered without state (`_stateless_answer`)."""
         try:
             self._stamp_via(request, source)
             destination = self._response_destination(request.top_via, source, transport)
         except SipParseError:
             return
         phrase = "Bad Request" if status == 400 else None
-        response = build_response(request, status, phrase, to_tag=self._new_tag())
+        response = build_response(request, status, phrase, to_tag=self._stateless_tag(request), headers=headers)
         response.headers.add("Server", self.user_agent)
         if status == 400:
             response.headers.add("Warning", f'399 {self.contact_host} "{_warning_text(reason)}"')
@@ -1384,6 +1453,13 @@ class SipAgent:
     def _contact(self, transport: str) -> str:
         suffix = ";transport=tcp" if transport == "tcp" else ""
         return f"<sip:{self.contact_host}:{self.contact_port}{suffix}>"
+
+    def _stateless_tag(self, request: SipRequest) -> str:
+        """8.2.7: a stateless UAS gives a request's retransmissions the same To-tag: a keyed hash of what names the
+        request (the raw Via, From, Call-ID and CSeq), so that no one can make two requests share a tag on purpose."""
+        names = [request.headers.get(name) or "" for name in ("Via", "From", "Call-ID", "CSeq")]
+        digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8, key=self._tag_key)
+        return digest.hexdigest()
 
     def _new_tag(self) -> str:
         return f"{self._random.getrandbits(64):016x}"
