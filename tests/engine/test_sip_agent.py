@@ -386,6 +386,22 @@ def test_bye_follows_the_record_route_set() -> None:
     assert out.destination == ("edge.example.com", 5070)
 
 
+def test_a_next_hop_without_a_port_is_sent_as_such_for_the_shell_to_look_up_its_srv_records() -> None:
+    h = Harness()
+    leg, _ = h.confirmed_call(extra="Record-Route: <sip:proxy.example.com;lr>")
+    h.agent.hangup(leg, h.now)
+    (out,) = h.take()[1]
+    # RFC 3263 4.2: no port named, so SRV first (the shell's part); 5060 is where it goes without SRV records.
+    assert (out.destination, out.port_named) == (("proxy.example.com", 5060), False)
+    assert [o.port_named for _, o in h.advance(2.0)] == [False, False]  # its retransmissions too
+
+    h2 = Harness()
+    leg2, _ = h2.confirmed_call(extra="Record-Route: <sip:proxy.example.com:5060;lr>")
+    h2.agent.hangup(leg2, h2.now)
+    (named,) = h2.take()[1]
+    assert (named.destination, named.port_named) == (("proxy.example.com", 5060), True)
+
+
 def test_bye_through_a_strict_router() -> None:
     h = Harness()
     leg, _ = h.confirmed_call(extra="Record-Route: <sip:strict.example.com;maddr=10.0.0.1>")

@@ -46,7 +46,8 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
 no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
 the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell resolves
-`Outgoing.destination` itself (`sip/resolver.py`) and reports one it cannot reach with `transport_failed`.
+`Outgoing.destination` itself (`sip/resolver.py`; SRV first when `Outgoing.port_named` is False, RFC 3263) and
+reports one it cannot reach with `transport_failed`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from dialbridge.sip.auth import (
     parse_params,
     select_challenges,
 )
-from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
+from dialbridge.sip.dialog import Dialog, DialogId, DialogState, NextHop, response_record_routes
 from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
@@ -134,6 +135,9 @@ class Outgoing:
     data: bytes
     destination: Address
     transport: str  # "udp" | "tcp"
+    # False: the URI this goes to named no port; `destination` carries the default (5060), and for a host name the
+    # shell looks up the SIP service's SRV records first (RFC 3263 4.2), falling back to that port.
+    port_named: bool = True
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -282,6 +286,7 @@ class _ClientEntry:
     destination: Address
     transport: str
     leg_id: str | None = None
+    port_named: bool = True  # as `Outgoing.port_named`, for every (re)transmission of the request
     # INVITE only: the ACK sent for each 2xx, by To-tag, resent when that 2xx is retransmitted (13.2.2.4). Kept on
     # the transaction (Timer M) rather than the leg, so 2xx retransmits are still ACKed after the leg has gone.
     acks: dict[str, Outgoing] = field(default_factory=dict)
@@ -1057,12 +1062,12 @@ class SipAgent:
             return
         invite = entry.transaction.request
         dialog = Dialog.as_uac(invite, response)
-        destination, transport = self._in_dialog_destination(dialog, entry.destination, entry.transport)
+        hop = self._in_dialog_destination(dialog, entry.destination, entry.transport)
         ack = dialog.create_request(
             "ACK",
             via_host=self.contact_host,
             via_port=self.contact_port,
-            transport=transport,
+            transport=hop.transport,
             branch=self._new_branch(),
             user_agent=self.user_agent,
             cseq=invite.cseq.number,
@@ -1070,7 +1075,7 @@ class SipAgent:
         for name in ("Authorization", "Proxy-Authorization"):
             for value in invite.headers.get_all(name):
                 ack.headers.add(name, value)  # 13.2.2.4: the ACK carries the INVITE's credentials
-        out = Outgoing(ack.to_bytes(), destination, transport)
+        out = Outgoing(ack.to_bytes(), hop.address, hop.transport, hop.port_named)
         entry.acks[tag] = out
         self._outgoing.append(out)
         if leg is None:
@@ -1112,7 +1117,7 @@ class SipAgent:
         bye = self._authorized_retry(leg, entry.transaction.request, response)
         if bye is None:
             return False
-        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id)
+        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id, port_named=entry.port_named)
         leg.bye_key = retry.key
         self._pump_client(retry, now)
         return True
@@ -1252,37 +1257,41 @@ class SipAgent:
         *,
         flow_lost: bool = False,
     ) -> _ClientEntry:
-        destination, transport = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
+        hop = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
         request = dialog.create_request(
             "BYE",
             via_host=self.contact_host,
             via_port=self.contact_port,
-            transport=transport,
+            transport=hop.transport,
             branch=self._new_branch(),
             user_agent=self.user_agent,
         )
-        return self._new_client(request, destination, transport, now, leg_id)
+        return self._new_client(request, hop.address, hop.transport, now, leg_id, port_named=hop.port_named)
 
     def _new_client(
-        self, request: SipRequest, destination: Address, transport: str, now: float, leg_id: str | None
+        self,
+        request: SipRequest,
+        destination: Address,
+        transport: str,
+        now: float,
+        leg_id: str | None,
+        *,
+        port_named: bool = True,
     ) -> _ClientEntry:
         """A client non-INVITE transaction for `request`, registered; the caller pumps it to send it."""
         transaction = ClientNonInviteTransaction(request, now, reliable=_reliable(transport))
-        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id)
+        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id, port_named)
         self._client[entry.key] = entry
         return entry
 
     @staticmethod
-    def _in_dialog_destination(
-        dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False
-    ) -> tuple[Address, str]:
+    def _in_dialog_destination(dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False) -> NextHop:
         """Where a request in the dialog goes. On TCP we reuse the connection the call came in on or our INVITE
         went out on (the peer may not accept inbound connections) while it lasts; on UDP, or once that connection
         is gone, the next hop (route set / Contact)."""
         if _reliable(transport) and not flow_lost:
-            return source, transport
-        hop = dialog.next_hop(transport)
-        return hop.address, hop.transport
+            return NextHop(source[0], source[1], transport)
+        return dialog.next_hop(transport)
 
     def _end_leg(self, leg: CallLeg, reason: str) -> None:
         if not leg.end_reported:
@@ -1332,7 +1341,7 @@ class SipAgent:
     def _pump_client(self, entry: _ClientEntry, now: float) -> None:
         outbox, events = entry.transaction.take_output()
         for message in outbox:
-            self._send(message, entry.destination, entry.transport)
+            self._send(message, entry.destination, entry.transport, port_named=entry.port_named)
         if entry.transaction.terminated:
             self._client.pop(entry.key, None)
         for event in events:
@@ -1447,8 +1456,8 @@ class SipAgent:
             return (via.received.strip("[]"), via.port or 5060)
         return (via.host.strip("[]"), via.port or 5060)
 
-    def _send(self, message: SipMessage, destination: Address, transport: str) -> None:
-        self._outgoing.append(Outgoing(message.to_bytes(), destination, transport))
+    def _send(self, message: SipMessage, destination: Address, transport: str, *, port_named: bool = True) -> None:
+        self._outgoing.append(Outgoing(message.to_bytes(), destination, transport, port_named))
 
     def _contact(self, transport: str) -> str:
         suffix = ";transport=tcp" if transport == "tcp" else ""
