@@ -260,10 +260,11 @@ class SipUdpSender:
     async def address(self, host: str, port: int, *, transport: str = "udp", port_named: bool = True) -> Address:
         """`host:port` as an address this socket's family can reach (`transport` chooses the SRV records when the
         port was not named); Unreachable when it has none."""
-        answer = self._known(_lookup_key(host, transport, port_named))
+        key = _lookup_key(host, transport, port_named)
+        answer = self._known(key)
         if answer is None:
             found: asyncio.Future[Answer] = self._loop.create_future()
-            self._when_resolved(_lookup_key(host, transport, port_named), found.set_result)
+            self._when_resolved(key, found.set_result)
             answer = await found
         if isinstance(answer, Unresolvable):
             raise Unreachable(f"cannot resolve {host}: {answer.reason}")
