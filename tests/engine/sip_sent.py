@@ -11,7 +11,8 @@ _MALFORMED_REQUEST_ANSWERS = (400, 416, 505, 513)
 def parse_sent(data: bytes) -> SipMessage:
     """Parse a message the engine sent. Everything it sends parses, except an answer to a malformed request, which
     carries that request's broken headers back (RFC 4475 3.1.2 asks for the answer all the same): of that one, the
-    status line and the Vias that take it back must be sound, and the headers are returned as they are."""
+    status line and the top Via, which takes it back, must be sound (a Via below it is the request's own, copied
+    as it came, RFC 3261 8.2.6.2, however broken), and the headers are returned as they are."""
     try:
         return parse_message(data)
     except SipParseError:
@@ -19,5 +20,6 @@ def parse_sent(data: bytes) -> SipMessage:
         version, status, reason = lines[0].split(" ", 2)
         assert version == "SIP/2.0" and int(status) in _MALFORMED_REQUEST_ANSWERS, data
         headers = Headers([(name, value.strip()) for name, _, value in (line.partition(":") for line in lines[1:])])
-        assert headers.get_all("Via") and all(Via.parse(via) for via in headers.get_all("Via")), data
+        vias = headers.get_all("Via")
+        assert vias and Via.parse(vias[0]), data
         return SipResponse(status=int(status), reason=reason, headers=headers)

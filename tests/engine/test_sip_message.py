@@ -530,3 +530,25 @@ def test_adversarial_input_at_the_size_limit_is_fast(filler: bytes) -> None:
         with contextlib.suppress(SipParseError):
             parse_message(data)
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_target_refresh_or_its_answer_naming_a_contact_we_cannot_send_to_is_refused() -> None:
+    """Found by the agent's fuzz test: an UPDATE in a dialog with `Contact: <ip:alice@...>` became the dialog's
+    target, and the engine's BYE then went out with `ip:` as its Request-URI, which no peer can parse."""
+    head = (
+        "{method} sip:1234@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5061;branch=z9hG4bK-u\r\n"
+        "From: <sip:a@192.0.2.20>;tag=1\r\nTo: <sip:1234@203.0.113.10>;tag=2\r\nCall-ID: c@x\r\nCSeq: 4 {method}\r\n"
+        "Contact: {contact}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    for method in ("UPDATE", "INVITE"):
+        with pytest.raises(SipParseError) as refused:
+            parse_message(head.format(method=method, contact="<tel:+4930555>").encode())
+        assert refused.value.status == 400 and refused.value.request is not None  # answered 400
+    assert parse_message(head.format(method="INFO", contact="<tel:+4930555>").encode())  # no target: kept as sent
+    answer = (
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK-o\r\nFrom: <sip:gw@203.0.113.10>;tag=1\r\n"
+        "To: <sip:b@192.0.2.30>;tag=9\r\nCall-ID: o@x\r\nCSeq: 1 INVITE\r\nContact: <mailto:b@example.com>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    with pytest.raises(SipParseError):
+        parse_message(answer.encode())  # a 2xx whose dialog could never be reached: dropped, as any bad response

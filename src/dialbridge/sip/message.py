@@ -785,6 +785,8 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, stream: bool
         response = _parse_status_line(start_line, headers)
         _check_core_headers(response)  # a response that fails is dropped: nothing is owed to it
         response.body = _take_body(headers, rest, stream)
+        if response.status < 300 and response.cseq.method in _TARGET_REFRESHING:
+            _check_dialog_target(response, response.cseq.method)
         return response
     request = _parse_request_line(start_line, headers)
     try:
@@ -868,12 +870,23 @@ def _check_request(request: SipRequest) -> None:
     # Leading zeros are legal (RFC 4475 3.1.1.1); a value over 255 is not an error worth refusing for (3.1.2.4).
     if max_forwards is not None and (not _is_digits(max_forwards) or len(max_forwards.lstrip("0")) > 3):
         raise SipParseError("bad Max-Forwards")
-    contacts = request.contacts
-    # What requests are sent to must be SIP URIs: the dialog's target (RFC 3261 8.1.1.8) and its route set.
-    if request.method == "INVITE" and any(contact.uri.scheme not in _SIP_SCHEMES for contact in contacts):
-        raise SipParseError("the Contact of an INVITE is not a SIP URI")
+    _ = request.contacts  # a Contact that does not parse is a 400 whatever the method (RFC 4475 3.1.2.13)
+    _check_dialog_target(request, request.method, contact=request.method in _TARGET_REFRESHING)
+
+
+#: Requests (and their 1xx/2xx) whose Contact sets or refreshes a dialog's remote target: INVITE, and UPDATE (RFC
+#: 3311 5.1); a SUBSCRIBE or REFER would too, which the engine does not serve.
+_TARGET_REFRESHING = frozenset({"INVITE", "UPDATE"})
+
+
+def _check_dialog_target(message: SipMessage, method: str, *, contact: bool = True) -> None:
+    """What requests are sent to must be SIP URIs: the dialog's target (RFC 3261 8.1.1.8, 12.2.1.2; checked when
+    `contact`: a target refresh) and its route set. A `tel:` or other Contact in a target refresh would make every
+    later request of the dialog unsendable."""
+    if contact and any(c.uri.scheme not in _SIP_SCHEMES for c in message.contacts):
+        raise SipParseError(f"the Contact of an {method} is not a SIP URI")
     for name in ("Route", "Record-Route"):
-        for value in request.headers.get_all(name):
+        for value in message.headers.get_all(name):
             if NameAddr.parse(value).uri.scheme not in _SIP_SCHEMES:
                 raise SipParseError(f"{name} is not a SIP URI")
 
