@@ -382,6 +382,9 @@ def voice(settings: Settings) -> int:
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,
+        sip_trunk_uri=settings.sip_trunk_uri,
+        sip_trunk_username=settings.sip_trunk_username,
+        sip_trunk_password=settings.sip_trunk_password.get_secret_value() if settings.sip_trunk_password else None,
     )
     secret = settings.signature_secret.get_secret_value() if settings.signature_secret else None
     server = VoiceServer(
