@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dialbridge.engine.calls import WebhookResult
+from dialbridge.engine.calls import PhoneEndpoint, WebhookResult, parse_ncco
 from dialbridge.engine.core import SendWebhook
 from dialbridge.sip.auth import DigestCredentials, build_challenge, verify_authorization
-from tests.engine.fake_engine import EVENT_URL, Callee, Phone, World, ok, tone, tone_share
+from tests.engine.fake_engine import ANSWER_URL, EVENT_URL, Callee, Phone, World, ok, tone, tone_share
 from tests.engine.test_voice_engine import assert_idle, connected, settings_with, talk, world_with
 
 A_HZ, B_HZ, RINGBACK_HZ, NEXT_HZ = 440.0, 700.0, 425.0, 1000.0
@@ -227,3 +227,59 @@ def test_a_phone_endpoint_without_a_trunk_fails_and_the_ncco_carries_on() -> Non
 def test_events_of_a_connect_without_an_event_url_go_to_the_application() -> None:
     c = call_in([{**connect(), "eventUrl": None}], 0.5)
     assert c.world.event_urls[c.placed_uuid] == {EVENT_URL}
+
+
+# ---- POST /v1/calls: a call the application places ---------------------------------------------------------------
+
+
+def test_a_created_call_runs_its_ncco_once_answered_and_ends_with_it() -> None:
+    world = trunk_world([])
+    callee = Callee(world, host=TRUNK_HOST, sip_port=TRUNK_PORT, voice=tone(B_HZ, 1.0))
+    created = world.engine.create_call(
+        PhoneEndpoint(NUMBER), "447700900000", parse_ncco([talk("next")]), world.now, event_url=CONNECT_EVENTS
+    )
+    world.pump()
+    assert (created.status, created.direction, created.to) == ("started", "outbound", NUMBER)
+    world.run(1.0)
+
+    assert tone_share(callee.heard(world.now - 0.5), NEXT_HZ) > 0.5
+    assert world.statuses(created.uuid) == ["started", "ringing", "answered"]
+    assert world.event_urls[created.uuid] == {CONNECT_EVENTS}
+    answered = world.event(created.uuid, "answered")
+    assert (answered["direction"], answered["from"], answered["to"]) == ("outbound", "447700900000", NUMBER)
+    world.run(2.0)  # the talk is over: so is the NCCO, and the call
+    assert "BYE" in [r.method for r in callee.requests]
+    assert world.statuses(created.uuid)[-1] == "completed"
+    assert_idle(world)
+
+
+def test_a_created_call_with_an_answer_url_asks_it_once_answered() -> None:
+    world = trunk_world([talk("next")])
+    callee = Callee(world, host=TRUNK_HOST, sip_port=TRUNK_PORT, answer=None)
+    created = world.engine.create_call(PhoneEndpoint(NUMBER), "447700900000", ANSWER_URL, world.now)
+    world.run(1.0)
+    assert world.fetches == []  # not while it rings
+
+    callee.answer_invite()
+    world.run(1.0)
+
+    [fetch] = world.fetches
+    assert fetch.url == ANSWER_URL
+    assert fetch.query == {
+        "to": NUMBER,
+        "from": "447700900000",
+        "uuid": created.uuid,
+        "conversation_uuid": created.conversation_uuid,
+    }
+    assert tone_share(callee.heard(world.now - 0.5), NEXT_HZ) > 0.5
+    assert world.statuses(created.uuid) == ["started", "ringing", "answered"]  # answered once, by the callee
+
+
+def test_a_created_call_that_cannot_be_placed_comes_back_failed() -> None:
+    world = trunk_world([], sip_trunk_uri=None)
+    created = world.engine.create_call(PhoneEndpoint(NUMBER), "447700900000", ANSWER_URL, world.now)
+    world.pump()
+    assert created.status == "failed"
+    assert world.statuses(created.uuid) == ["started", "failed"]
+    assert world.engine.snapshot(created.uuid) == created
+    assert_idle(world)

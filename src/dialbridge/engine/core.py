@@ -190,6 +190,7 @@ class CallSnapshot:
     muted: bool
     earmuffed: bool
     conversation: str | None
+    direction: str = INBOUND
 
 
 @dataclass(slots=True)
@@ -225,10 +226,12 @@ class Call:
         "inband",
         "inband_heard",
         "leg_id",
+        "length_limit",
         "limit_at",
         "local_sdp",
         "muted",
         "network",
+        "on_answer",
         "overlay",
         "peer",
         "playback",
@@ -292,7 +295,10 @@ class Call:
         self.event_url = event_url  # where this call's events go
         self.peer: str | None = None  # the other call of a connect: the one it placed, or the one that placed it
         self.connect: Connect | None = None  # on a call a connect placed: that action
-        self.limit_at: float | None = None  # when a connected call has lasted its connect's limit
+        self.length_limit = 0.0  # a call we placed: how long it may last once answered (seconds)
+        self.limit_at: float | None = None  # ... and when it has lasted that long
+        # A call placed by POST /v1/calls: the NCCO to run when it is answered, or the answer URL to ask for one.
+        self.on_answer: tuple[Action, ...] | str | None = None
 
     @property
     def info(self) -> CallInfo:
@@ -499,6 +505,26 @@ class VoiceEngine:
             raise ValueError("this call's SDP has no telephone-event: it cannot be sent DTMF") from None
         return True
 
+    def create_call(
+        self,
+        to: Endpoint,
+        from_: str,
+        answer: tuple[Action, ...] | str,
+        now: float,
+        *,
+        event_url: str | None = None,
+        ringing_timer: float = 60.0,
+        length_timer: float = 7200.0,
+    ) -> CallSnapshot:
+        """POST /v1/calls: call `to`; once it answers, run `answer` on it (an NCCO, or the answer URL to GET one
+        from, as for a call that comes in). Its events go to `event_url` (else the application's). A call that
+        cannot be placed comes back ended, `failed`."""
+        call = self._dial(
+            to, from_, event_url or self.settings.event_url, "CON-" + self._new_uuid(), now, ringing_timer, length_timer
+        )
+        call.on_answer = answer
+        return self._snapshot(call, now)
+
     def _live(self, call_uuid: str) -> Call | None:
         call = self.calls.get(call_uuid)
         return None if call is None or call.ended else call
@@ -518,6 +544,7 @@ class VoiceEngine:
             muted=call.muted,
             earmuffed=call.earmuffed,
             conversation=call.conference,
+            direction=call.direction,
         )
 
     # ---- the clock -----------------------------------------------------------------------------------------
@@ -760,7 +787,9 @@ class VoiceEngine:
         the two (`_placed_answered`). The placed call's events go to the connect's eventUrl."""
         from_ = connect.from_ or self.settings.dial_in_number or caller.from_
         event_url = connect.event_url[0] if connect.event_url else self.settings.event_url
-        placed = self._dial(connect.endpoint, from_, event_url, caller.conversation_uuid, connect.timeout, now)
+        placed = self._dial(
+            connect.endpoint, from_, event_url, caller.conversation_uuid, now, connect.timeout, connect.limit
+        )
         placed.connect = connect
         placed.peer, caller.peer = caller.uuid, placed.uuid
         if connect.ringback_tone is not None and not placed.ended:
@@ -771,13 +800,20 @@ class VoiceEngine:
             self._peer_ended(caller, placed, None, now)
 
     def _dial(
-        self, endpoint: Endpoint, from_: str, event_url: str, conversation_uuid: str, ring_timeout: float, now: float
+        self,
+        endpoint: Endpoint,
+        from_: str,
+        event_url: str,
+        conversation_uuid: str,
+        now: float,
+        ring_timeout: float,
+        length_limit: float,
     ) -> Call:
         """Place a call (UAC) to `endpoint`: a new outbound call, reported `started` — or, when it cannot be placed
         (no trunk, a bad URI, no port or line free), already ended as `failed`."""
         to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri
-        call = Call("", self._new_uuid(), conversation_uuid, from_, to, now, event_url=event_url)
-        call.direction = OUTBOUND
+        call = Call("", self._new_uuid(), conversation_uuid, from_, to, now, event_url=event_url, direction=OUTBOUND)
+        call.length_limit = length_limit
         self.calls[call.uuid] = call
         self.stats.calls_total += 1
         self._event(call, "started", now)
@@ -843,12 +879,15 @@ class VoiceEngine:
         call.answered_at = now
         self._start_media(call, params, now, confirmed=True)
         self._event(call, "answered", now)
-        if call.connect is not None:
-            call.limit_at = now + call.connect.limit
+        call.limit_at = now + call.length_limit
         caller = self.calls.get(call.peer) if call.peer is not None else None
         if caller is not None:
             caller.hold = None  # the ringback tone
             self._bridge(caller, call)
+        elif isinstance(call.on_answer, str):
+            self._requests.append(FetchAnswer(call.uuid, call.on_answer, answer_query(call.info)))
+        elif call.on_answer is not None:
+            self._answer(call, call.on_answer, now)
 
     def _bridge(self, caller: Call, placed: Call) -> None:
         """Each of the two hears the other: both in a private conference of two, started."""

@@ -331,25 +331,39 @@ def _endpoint(f: _Fields) -> Endpoint:
     endpoints = f.data.get("endpoint")
     if not isinstance(endpoints, list) or len(endpoints) != 1 or not isinstance(endpoints[0], dict):
         f.fail("endpoint", "must be an array of one endpoint object")
-    fields = _Fields(f.index, f.name, {f"endpoint.{key}": value for key, value in endpoints[0].items()})
-    kind = fields.text("endpoint.type")
+    return _endpoint_fields(_Fields(f.index, f.name, {f"endpoint.{key}": value for key, value in endpoints[0].items()}))
+
+
+def parse_endpoint(data: Any, name: str) -> Endpoint:
+    """One endpoint object as a connect's or POST /v1/calls' `to` holds it; `NccoError` naming `name`'s fields."""
+    if not isinstance(data, dict):
+        raise NccoError(f"{name!r} must be an endpoint object")
+    fields = _Fields(0, name, {f"{name}.{key}": value for key, value in data.items()})
+    try:
+        return _endpoint_fields(fields, name)
+    except NccoError as exc:
+        raise NccoError(str(exc).removeprefix(f"action 0 ({name}): ")) from None
+
+
+def _endpoint_fields(fields: _Fields, prefix: str = "endpoint") -> Endpoint:
+    kind = fields.text(f"{prefix}.type")
     if kind == "phone":
-        number = fields.text("endpoint.number")
+        number = fields.text(f"{prefix}.number")
         if not _PHONE_NUMBER.fullmatch(number):
-            fields.fail("endpoint.number", "must be a phone number in E.164 format")
+            fields.fail(f"{prefix}.number", "must be a phone number in E.164 format")
         return PhoneEndpoint(number)
     if kind == "sip":
-        uri = fields.text("endpoint.uri")
+        uri = fields.text(f"{prefix}.uri")
         if not uri.lower().startswith("sip:"):
-            fields.fail("endpoint.uri", "must be a sip: URI (the embedded voice engine has no TLS: no sips:)")
-        headers = fields.data.get("endpoint.headers") or {}
+            fields.fail(f"{prefix}.uri", "must be a sip: URI (the embedded voice engine has no TLS: no sips:)")
+        headers = fields.data.get(f"{prefix}.headers") or {}
         if not isinstance(headers, dict) or not all(
             isinstance(name, str) and _HEADER_NAME.fullmatch(name) and isinstance(v, str) and _HEADER_VALUE.fullmatch(v)
             for name, v in headers.items()
         ):
-            fields.fail("endpoint.headers", "must be an object of header names and single-line string values")
+            fields.fail(f"{prefix}.headers", "must be an object of header names and single-line string values")
         return SipEndpoint(uri, tuple(headers.items()))
-    fields.fail("endpoint.type", 'must be "phone" or "sip" (the embedded voice engine calls no other kind)')
+    fields.fail(f"{prefix}.type", 'must be "phone" or "sip" (the embedded voice engine calls no other kind)')
 
 
 def _connect(f: _Fields) -> Connect:
