@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from pydantic import SecretStr
 
 from dialbridge.config import Settings
 from dialbridge.store.database import alembic_config, create_db_engine, migrate
@@ -179,3 +180,68 @@ def test_doctor_and_serve_refuse_a_public_base_url_that_is_not_one(command: str,
     assert "error: DIALBRIDGE_PUBLIC_BASE_URL='notaurl' is not an http:// or https:// URL with a host" in (
         result.stdout + result.stderr
     )
+
+
+def test_sip_accounts_come_from_the_setting_and_from_a_file_of_one_a_line(tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts"
+    accounts.write_text("# softphones\ncarol:pa55:standup\n\n  dave:word  \n")
+    settings = Settings(sip_accounts=SecretStr("alice:s3cret:standup,bob:pw"), sip_accounts_file=str(accounts))
+
+    assert [(a.username, a.password, a.room) for a in settings.sip_account_list()] == [
+        ("alice", "s3cret", "standup"),
+        ("bob", "pw", None),
+        ("carol", "pa55", "standup"),
+        ("dave", "word", None),
+    ]
+    assert not [p for p in settings.problems() if "SIP_ACCOUNTS" in p]
+
+
+@pytest.mark.parametrize(
+    ("setting", "file_text", "said"),
+    [
+        ("alice:hunter2:bad room", None, "DIALBRIDGE_SIP_ACCOUNTS entry 1 (alice): a room id is 1 to 64 characters"),
+        ("alice", None, "DIALBRIDGE_SIP_ACCOUNTS entry 1 (alice): not user:password or user:password:room-id"),
+        (None, "# one\nbob:pw\nalice:hunter2:x:y\n", "DIALBRIDGE_SIP_ACCOUNTS_FILE ({file}) line 3 (alice): not user"),
+        ("alice:hunter2", "alice:other\n", "account alice is listed in both DIALBRIDGE_SIP_ACCOUNTS and its file"),
+    ],
+)
+def test_a_bad_sip_account_is_a_problem_saying_how_to_write_one_and_never_its_password(
+    tmp_path: Path, setting: str | None, file_text: str | None, said: str
+) -> None:
+    accounts = tmp_path / "accounts"
+    if file_text is not None:
+        accounts.write_text(file_text)
+    settings = Settings(
+        sip_accounts=SecretStr(setting) if setting else None,
+        sip_accounts_file=str(accounts) if file_text is not None else None,
+    )
+    [problem] = [p for p in settings.problems() if "SIP_ACCOUNTS" in p]
+
+    assert problem.startswith(said.format(file=accounts)), problem
+    assert "write each account as user:password or user:password:room-id, e.g. alice:s3cret:team-room" in problem
+    assert "hunter2" not in problem
+
+
+def test_an_unreadable_sip_accounts_file_is_a_problem(tmp_path: Path) -> None:
+    [problem] = Settings(sip_accounts_file=str(tmp_path / "missing")).problems()[-1:]
+    assert problem.startswith("cannot read DIALBRIDGE_SIP_ACCOUNTS_FILE (No such file or directory: ")
+    assert "one a line as user:password or user:password:room-id" in problem
+
+
+def test_serve_refuses_bad_sip_accounts(tmp_path: Path) -> None:
+    result = run_cli("serve", tmp_path=tmp_path, DIALBRIDGE_SIP_ACCOUNTS="alice", DIALBRIDGE_PORT=str(free_port()))
+
+    assert result.returncode == 1
+    assert "error: DIALBRIDGE_SIP_ACCOUNTS entry 1 (alice): not user:password" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", ["SHA-1", "", "MD5,sha-999"])
+def test_unknown_sip_digest_algorithms_are_a_problem(value: str) -> None:
+    [problem] = [p for p in Settings(sip_digest_algorithms=value).problems() if "DIGEST" in p]
+    assert problem.startswith(f"DIALBRIDGE_SIP_DIGEST_ALGORITHMS={value!r}: list some of SHA-512-256, SHA-256, MD5")
+
+
+def test_sip_digest_algorithms_are_read_in_order_any_case() -> None:
+    settings = Settings(sip_digest_algorithms="md5, sha-256")
+    assert settings.sip_digest_algorithm_list == ("MD5", "SHA-256")
+    assert not [p for p in settings.problems() if "DIGEST" in p]

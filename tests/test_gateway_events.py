@@ -20,7 +20,7 @@ from dialbridge.roster import Roster
 from dialbridge.sip import CallAnswered, CallEnded, CallFailed, CallProgress
 from dialbridge.store.dial_outs import DialOut
 from dialbridge.web.app import create_app
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 from tests.aio import run_in_thread
 from tests.conftest import FakeClock
 from tests.helpers import make_room

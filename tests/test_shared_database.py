@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 from tests.conftest import on_both_databases
 from tests.served import Served, room_config, serving_embedded
 

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from dialbridge.config import Settings
 from dialbridge.web.app import create_app
-from dialbridge.web.signatures import SignatureError, WebhookSignatures
+from dialbridge.webhook_signing import SignatureError, WebhookSignatures
 from tests.conftest import FakeClock, on_both_databases
 from tests.direct_path import BOTH_PATHS, webhook_client
 from tests.helpers import make_room

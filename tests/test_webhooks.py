@@ -17,8 +17,8 @@ from dialbridge.conference.webhooks import MAX_FIELD
 from dialbridge.config import Settings
 from dialbridge.engine.calls.payloads import CallInfo, input_payload
 from dialbridge.web.app import create_app
-from dialbridge.web.signatures import WebhookSignatures
 from dialbridge.web.webhooks import WEBHOOKS, query_fields
+from dialbridge.webhook_signing import WebhookSignatures
 from tests.conftest import FakeClock, on_both_databases
 from tests.helpers import actions, answer, conversation_name, enter, make_room, run_async
 from tests.test_callflow import VONAGE_MODELS
@@ -50,6 +50,20 @@ def test_call_with_the_session_header_of_a_room_joins_it_directly(client: TestCl
     room = make_room(client, "standup")
     ncco = answer(client, "bridge-1", caller="sip-bridge", **{"SipHeader_X-OpenTok-SessionId": room["session_id"]})
     assert ncco == [{"action": "conversation", "name": room["session_id"]}]
+
+
+def test_a_call_from_a_sip_account_naming_a_room_joins_it_without_a_pin(client: TestClient) -> None:
+    room = make_room(client, "standup")
+    ncco = answer(client, "soft-1", caller="alice", sip_account="alice", sip_account_room="standup")
+    # as a right PIN: joining, "first participant", the keypad's asynchronous input, the conversation
+    assert actions(ncco) == ["talk", "talk", "input", "conversation"]
+    assert conversation_name(ncco) == room["session_id"]
+
+
+def test_a_sip_account_naming_no_room_gets_the_pin_prompt(client: TestClient) -> None:
+    make_room(client, "standup")
+    ncco = answer(client, "soft-2", caller="alice", sip_account="alice", sip_account_room="gone")
+    assert actions(ncco) == ["talk", "input"]
 
 
 def test_session_header_of_no_room_gets_the_pin_prompt(client: TestClient) -> None:

@@ -83,6 +83,18 @@ class CallDesk:
 
     async def answer(self, request: AnswerRequest) -> Ncco:
         now = self.clock()
+        account_room = await self.store.read(self.store.room, request.account_room) if request.account_room else None
+        if account_room is not None:
+            await self.store.record_call(request.call, "in_conference", now, account_room.room_id)
+            self._changed(account_room.room_id, request.call.uuid, account_room.session_id)
+            others = await self.listener.others_present(account_room, request.call.uuid) if self.listener else 0
+            return (await self._flow()).join_room(account_room, others_present=others)
+        if request.account_room:
+            log.warning(
+                "call %s: its SIP account names room %s, which does not exist: asking for a PIN",
+                request.call.uuid,
+                request.account_room,
+            )
         session_id = request.session_header
         bridge_room = await self.store.read(self.store.room_by_session, session_id) if session_id else None
         guesses_left = 1

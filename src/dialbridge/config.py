@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dialbridge.sip.registrar import ACCOUNT_FORMAT, DIGEST_ALGORITHMS, SipAccount, parse_accounts
+
 
 class Backend(StrEnum):
     EMBEDDED = "embedded"
@@ -97,11 +99,19 @@ class Settings(BaseSettings):
     sip_tcp_connections_total: Annotated[int, Field(ge=1)] = 1024
     sip_tcp_idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     sip_tcp_incomplete_message_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Softphones that register to the engine: `user:password` or `user:password:room-id` (calls join that room
+    # without a PIN), comma-separated; or a file of them, one a line (for passwords kept out of the environment).
+    sip_accounts: SecretStr | None = None
+    sip_accounts_file: str | None = None
+    # The digest algorithms their challenges offer, the preferred first (RFC 8760); MD5 alone for old phones.
+    sip_digest_algorithms: str = "SHA-256,MD5"
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     max_calls: Annotated[int, Field(ge=1)] = 500
-    # Calls answered or ringing but not yet ACKed by their caller, in all and per caller network (/24, /64).
+    # Calls answered but not yet ACKed by their caller, in all and per caller network (/24, /64).
     max_unconfirmed_calls: Annotated[int, Field(ge=1)] = 100
     max_unconfirmed_calls_per_network: Annotated[int, Field(ge=1)] = 10
+    # An answered call whose peer has sent no RTP or RTCP for this long (and has not put it on hold) is hung up.
+    rtp_timeout_s: Annotated[float, Field(ge=0)] = 60.0
     # A short tone tells a conference's members that someone joined or left.
     join_tones: bool = True
     # The engine's call-control API (Vonage's Voice REST shape, HTTPS) and browser-phone endpoint; the web app
@@ -207,6 +217,25 @@ class Settings(BaseSettings):
         own = [self.public_base_url] if self.public_base_url else []
         return frozenset(origin for origin in map(web_origin, [*own, *listed]) if origin)
 
+    def sip_account_list(self) -> tuple[SipAccount, ...]:
+        """The accounts of DIALBRIDGE_SIP_ACCOUNTS and DIALBRIDGE_SIP_ACCOUNTS_FILE. Raises ValueError (OSError for an
+        unreadable file) naming the bad entry, never a password."""
+        listed = self.sip_accounts.get_secret_value().split(",") if self.sip_accounts else []
+        accounts = list(parse_accounts(listed, where="DIALBRIDGE_SIP_ACCOUNTS entry"))
+        if self.sip_accounts_file:
+            lines = Path(self.sip_accounts_file).expanduser().read_text(encoding="utf-8").splitlines()
+            lines = ["" if line.lstrip().startswith("#") else line for line in lines]  # comments; lines keep numbers
+            accounts += parse_accounts(lines, where=f"DIALBRIDGE_SIP_ACCOUNTS_FILE ({self.sip_accounts_file}) line")
+        names = [account.username for account in accounts]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"account {', '.join(twice)} is listed in both DIALBRIDGE_SIP_ACCOUNTS and its file")
+        return tuple(accounts)
+
+    @property
+    def sip_digest_algorithm_list(self) -> tuple[str, ...]:
+        return tuple(name.strip().upper() for name in self.sip_digest_algorithms.split(",") if name.strip())
+
     @property
     def sip_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
@@ -301,6 +330,25 @@ class Settings(BaseSettings):
             found.append(
                 f"DIALBRIDGE_SIP_ALLOW_FROM: {exc}; list networks in CIDR form, comma-separated, "
                 "e.g. 10.0.0.0/8,203.0.113.7/32"
+            )
+        algorithms = self.sip_digest_algorithm_list
+        if not algorithms or any(algorithm not in DIGEST_ALGORITHMS for algorithm in algorithms):
+            found.append(
+                f"DIALBRIDGE_SIP_DIGEST_ALGORITHMS={self.sip_digest_algorithms!r}: list some of "
+                f"{', '.join(DIGEST_ALGORITHMS)}, the preferred first, comma-separated, e.g. SHA-256,MD5 (or MD5 "
+                "alone for phones that fail on any other challenge)"
+            )
+        try:
+            self.sip_account_list()
+        except OSError as exc:
+            found.append(
+                f"cannot read DIALBRIDGE_SIP_ACCOUNTS_FILE ({exc.strerror}: {exc.filename}); point it at a file of "
+                f"accounts, one a line as {ACCOUNT_FORMAT}"
+            )
+        except ValueError as exc:
+            found.append(
+                f"{exc}; write each account as {ACCOUNT_FORMAT}, e.g. alice:s3cret:team-room (comma-separated in "
+                "DIALBRIDGE_SIP_ACCOUNTS, one a line in DIALBRIDGE_SIP_ACCOUNTS_FILE)"
             )
         return found
 

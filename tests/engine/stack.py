@@ -227,7 +227,7 @@ class NccoApp:
         replies: dict[str, list[dict[str, Any]]] | None = None,
         secret: str = SECRET,
     ) -> None:
-        from dialbridge.web.signatures import SignatureError, WebhookSignatures
+        from dialbridge.webhook_signing import SignatureError, WebhookSignatures
 
         self.answer = answer
         self.answer_delay_s = answer_delay_s

@@ -74,7 +74,10 @@ snd_path {folder}/snd
 class Baresip:
     """One baresip process and its ctrl_tcp connection (commands answered in order; events collected)."""
 
-    def __init__(self, folder: Path, *, freq: float, rtp_low: int, auto_answer: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, freq: float, rtp_low: int, auto_answer: bool = False, account: str | None = None
+    ) -> None:
+        """`account`: baresip's accounts line (default: an unregistered `sip:baresip@127.0.0.1`)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "snd").mkdir(exist_ok=True)
@@ -87,7 +90,7 @@ class Baresip:
             )
         )  # fmt: skip
         answer = ";answermode=auto" if auto_answer else ""  # a callee that picks up at once
-        (folder / "accounts").write_text(f"<sip:baresip@127.0.0.1>;regint=0{answer}\n")
+        (folder / "accounts").write_text((account or f"<sip:baresip@127.0.0.1>;regint=0{answer}") + "\n")
         self.log = folder / "baresip.log"
         with self.log.open("w") as out:
             self.process = subprocess.Popen(

@@ -856,6 +856,28 @@ def test_hold_with_sendonly_is_answered_recvonly_and_stops_our_rtp_until_resumed
     assert phone.statuses("INVITE")[-1] == 200
 
 
+def test_a_call_whose_phone_went_silent_is_hung_up_after_the_rtp_timeout_but_not_one_on_hold() -> None:
+    """A phone gone without a BYE (its network, its battery; over TCP, a connection closed and never back: calls
+    outlive their connections now) would otherwise hold its line and its conference seat for good."""
+    world = world_with([conversation("room-1")], settings=settings_with(rtp_timeout_s=10.0))
+    gone, held, talking = (world.phone(voice=tone(hz, 30.0)) for hz in (A_HZ, B_HZ, A_HZ))
+    for phone in (gone, held, talking):
+        connected(world, phone)
+    held.reinvite(held.offer(direction="inactive", version=2))
+    assert held.last(200).cseq.number == 2
+    gone.sending = held.sending = False
+    world.advance(9.0)
+    assert not [r for r in gone.requests if r.method == "BYE"]
+    world.advance(3.0)
+    assert [r.method for r in gone.requests].count("BYE") == 1
+    (ended,) = [e for e in world.events if e["status"] == "completed"]
+    assert (ended["uuid"], ended["reason"]) == (world.uuid_of(gone), "rtp_timeout")
+    assert {world.uuid_of(held), world.uuid_of(talking)} <= set(world.engine.calls)
+    for phone in (held, talking):
+        phone.bye()
+    world.run(0.5)
+
+
 def test_reinvite_answers_keep_the_sdp_origin_and_step_its_version_once_per_change() -> None:
     """RFC 3264 §8: a later SDP has the same o= username, session id and address; its version goes up by one when
     the SDP changes and stays when it does not."""

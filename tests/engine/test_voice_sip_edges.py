@@ -645,7 +645,7 @@ def test_a_bye_to_a_contact_named_localhost_is_delivered(tmp_path: Path, app: Nc
 
 @pytest.mark.skipif(sipp.SIPP is None, reason="SIPp is not installed: make test installs the sip-tester package")
 def test_every_webhook_the_engine_sends_passes_the_apps_signature_verifier(tmp_path: Path) -> None:
-    from dialbridge.web.signatures import SignatureError, WebhookSignatures
+    from dialbridge.webhook_signing import SignatureError, WebhookSignatures
 
     with NccoApp([]) as app:
         app.answer = [

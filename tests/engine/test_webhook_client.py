@@ -24,8 +24,8 @@ from dialbridge.engine.calls.payloads import (
     input_payload,
 )
 from dialbridge.engine.calls.webhooks import WebhookClient, query_string
-from dialbridge.web.signatures import WebhookSignatures
 from dialbridge.web.webhooks import query_fields
+from dialbridge.webhook_signing import WebhookSignatures
 from tests.aio import run_in_thread
 
 SECRET = "a-signature-secret-of-decent-length"

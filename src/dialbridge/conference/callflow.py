@@ -3,6 +3,8 @@
 Rules (the web layer looks facts up and records outcomes; this module only decides):
 - A call that carries the video session header of an existing room is the room's own phone bridge: it joins the
   conversation named after that session at once.
+- A call from a SIP account that names a room (the engine's registrar authenticated it) joins that room as a right
+  PIN would (`join_room`): the account's password stood in for the PIN.
 - Any other caller is asked for the room PIN, followed by #.
 - A caller number that has used up its quota of wrong guesses in the current window hears goodbye and nothing
   after it, at answer and at every entry, whatever it keys; the guess that uses the quota up ends the call too.

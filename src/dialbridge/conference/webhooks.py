@@ -75,6 +75,8 @@ class CallParty:
 class AnswerRequest:
     call: CallParty
     sip_headers: Mapping[str, str] = field(default_factory=dict)
+    # The embedded engine's, never Vonage's: the room named by the SIP account the caller authenticated as.
+    account_room: str = ""
 
     @classmethod
     def parse(cls, fields: Mapping[str, Any]) -> AnswerRequest:
@@ -83,7 +85,7 @@ class AnswerRequest:
             for key, value in fields.items()
             if key.lower().startswith("sipheader_") and isinstance(value, str | int)
         }
-        return cls(call=CallParty.parse(fields), sip_headers=headers)
+        return cls(call=CallParty.parse(fields), sip_headers=headers, account_room=_text(fields, "sip_account_room"))
 
     def sip_header(self, name: str) -> str | None:
         return self.sip_headers.get(name.lower()) or None

@@ -80,12 +80,14 @@ from dialbridge.sip.agent import (
 )
 from dialbridge.sip.auth import DigestCredentials
 from dialbridge.sip.message import SipParseError, SipUri, trunk_uri
+from dialbridge.sip.registrar import DEFAULT_DIGEST_ALGORITHMS, Registrar, SipAccount
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
 # application/dtmf-relay: "Signal=" and the key, as itself or as its RFC 4733 event code (10 is *, 11 is #).
 DTMF_RELAY = re.compile(rb"signal\s*=\s*([0-9]{1,2}|[*#A-D])(?![0-9A-Z])", re.IGNORECASE)
 RATE_WINDOW_S = 60.0
+MEDIA_CHECK_S = 1.0  # how often calls are looked over for a silent peer (rtp_timeout_s)
 MESSAGE_RATE_WINDOW_S = 1.0
 # With a 488 for an offer without a codec we take (RFC 3261 §20.43; a pseudonym as the warn-agent: valid for any host).
 INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
@@ -164,6 +166,9 @@ class EngineSettings:
     # that never ACKs holds a line for 64*T1, so these caps keep lines free for callers that do.
     max_unconfirmed_calls: int = 100
     max_unconfirmed_calls_per_network: int = 10
+    #: An answered call from which no RTP or RTCP has come for this long (the phone gone without a BYE: its
+    #: network, its battery, a TCP connection closed and never back) is hung up; 0: never. Not while on hold.
+    rtp_timeout_s: float = 60.0
     invites_per_source_per_minute: int = 120
     # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
     messages_per_source_per_second: int = 100
@@ -173,6 +178,8 @@ class EngineSettings:
     sip_trunk_uri: str | None = None
     sip_trunk_username: str | None = None
     sip_trunk_password: str | None = field(default=None, repr=False)
+    sip_accounts: tuple[SipAccount, ...] = ()  # softphones that register; none: REGISTER gets 405
+    sip_digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # what their challenges offer, the best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,7 @@ class Call:
     """One phone call: its SIP leg, its media, its NCCO, and what it is hearing."""
 
     __slots__ = (
+        "account",
         "alaw",
         "answered_at",
         "conference",
@@ -299,6 +307,7 @@ class Call:
         self.limit_at: float | None = None  # ... and when it has lasted that long
         # A call placed by POST /v1/calls: the NCCO to run when it is answered, or the answer URL to ask for one.
         self.on_answer: tuple[Action, ...] | str | None = None
+        self.account: SipAccount | None = None  # the registrar's account the caller authenticated as
 
     @property
     def info(self) -> CallInfo:
@@ -319,7 +328,14 @@ class VoiceEngine:
         self._ports = ports
         self._random = random or random_module.Random()
         self._new_uuid = new_uuid
-        self.agent = SipAgent(contact_host=settings.contact_host, contact_port=settings.contact_port)
+        registrar = None
+        if settings.sip_accounts:
+            registrar = Registrar(
+                settings.sip_accounts, domain=settings.contact_host, digest_algorithms=settings.sip_digest_algorithms
+            )
+        self.agent = SipAgent(
+            contact_host=settings.contact_host, contact_port=settings.contact_port, registrar=registrar
+        )
         self.mixer = ConferenceMixer()
         self._dtmf = InbandDtmfBank()
         self.calls: dict[str, Call] = {}  # by uuid
@@ -333,6 +349,7 @@ class VoiceEngine:
         self._pending_sip_events: list[SipEvent] = []
         self._next_id = 0
         self._invites: SourceRate[str] = SourceRate(settings.invites_per_source_per_minute, RATE_WINDOW_S)
+        self._next_media_check = 0.0
         self._messages: SourceRate[str] = SourceRate(settings.messages_per_source_per_second, MESSAGE_RATE_WINDOW_S)
         self.stats = EngineStats()
         self._ended: deque[CallSnapshot] = deque(maxlen=1000)
@@ -560,6 +577,9 @@ class VoiceEngine:
         self._after_sip(now)
         self._invites.forget_idle(now)
         self._messages.forget_idle(now)
+        if now >= self._next_media_check:
+            self._next_media_check = now + MEDIA_CHECK_S
+            self._end_silent_calls(now)
         for call in list(self.calls.values()):
             runner = call.runner
             if runner is not None and not call.ended:
@@ -568,6 +588,19 @@ class VoiceEngine:
                     self._run(call, runner.on_timer(now), now)
             if call.limit_at is not None and call.limit_at <= now:
                 self._end(call, now, "limit", send_bye=True)
+
+    def _end_silent_calls(self, now: float) -> None:
+        """Hang up answered calls whose peer has sent no RTP or RTCP for `rtp_timeout_s` while it should have."""
+        timeout = self.settings.rtp_timeout_s
+        if timeout <= 0:
+            return
+        for call in list(self._media):
+            rtp = call.rtp
+            if call.ended or rtp is None or not call.confirmed or not rtp.expects_media:
+                continue
+            if now - rtp.heard_at > timeout:
+                log.info("call %s: no RTP or RTCP for %g s; hanging up", call.uuid, timeout)
+                self._end(call, now, "rtp_timeout", send_bye=True)
 
     def run_media(self, now: float) -> None:
         """The second half of `tick`: one frame of audio in and out for every call, and the RTCP reports due."""
@@ -652,7 +685,9 @@ class VoiceEngine:
 
     def _incoming(self, event: IncomingCall, now: float) -> None:
         settings = self.settings
-        if settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
+        account = self.agent.registrar.accounts.get(event.account) if self.agent.registrar and event.account else None
+        # A caller that proved it is one of our accounts may call from anywhere: the allow list is for trunks.
+        if account is None and settings.allowed_networks and not _allowed(event.source[0], settings.allowed_networks):
             self._refuse(event, 403, now)
             return
         # An allow list names the trunks, which carry every caller's call from a few addresses: the per-source rate
@@ -688,6 +723,7 @@ class VoiceEngine:
         call.port, call.local_sdp, call.source, call.x_headers = port, local, event.source, dict(event.x_headers)
         call.sdp_session_id = session_id
         call.network = network
+        call.account = account
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
@@ -714,7 +750,13 @@ class VoiceEngine:
         """Tell the app the call exists and ask it what to do (Vonage: started, ringing, the answer webhook)."""
         self._event(call, "started", now)
         self._event(call, "ringing", now)
-        query = answer_query(call.info, call.x_headers)
+        account = call.account
+        query = answer_query(
+            call.info,
+            call.x_headers,
+            sip_account=account.username if account else None,
+            sip_account_room=account.room if account else None,
+        )
         self._requests.append(FetchAnswer(call.uuid, self.settings.answer_url, query))
 
     def _at_capacity(self) -> bool:

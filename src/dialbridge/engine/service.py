@@ -10,24 +10,57 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dialbridge.credentials import VoiceCredentials
-from dialbridge.engine.calls import StreamSource, TalkSource, parse_ncco
+from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient, parse_ncco
 from dialbridge.engine.calls.ncco import parse_endpoint
 from dialbridge.engine.control import CallRecord, NewCall, create_control_app
 from dialbridge.engine.core import CallSnapshot, VoiceEngine
 from dialbridge.local_api import LocalApiServer
 
-if TYPE_CHECKING:
-    from dialbridge.engine.shell import VoiceServer
-
 log = logging.getLogger(__name__)
 DTMF_DIGITS = frozenset("0123456789*#pABCD")
+
+
+class TickFigures(Protocol):
+    """How late the engine's 20 ms clock ran (the shell's `TickStats`)."""
+
+    @property
+    def skipped(self) -> int: ...
+
+    @property
+    def max_late_ms(self) -> float: ...
+
+    def percentile(self, share: float) -> float: ...
+
+
+class EngineServer(Protocol):
+    """What this service needs of the process running the engine (`engine.shell.VoiceServer`, which imports this
+    module to start the service: described here rather than imported, so that the two do not import each other)."""
+
+    @property
+    def engine(self) -> VoiceEngine: ...
+
+    @property
+    def ticks(self) -> TickFigures: ...
+
+    @property
+    def webhooks(self) -> WebhookClient: ...
+
+    @property
+    def final_events_pending(self) -> int: ...
+
+    @property
+    def sip_address(self) -> tuple[str, int]: ...
+
+    def now(self) -> float: ...
+
+    def flush(self) -> None: ...
 
 
 def call_record(snapshot: CallSnapshot) -> CallRecord:
@@ -47,7 +80,7 @@ def call_record(snapshot: CallSnapshot) -> CallRecord:
 class EngineCallControl:
     """The call-control API's verbs over the engine; each one flushes what it made the engine send."""
 
-    def __init__(self, server: VoiceServer) -> None:
+    def __init__(self, server: EngineServer) -> None:
         self._server = server
 
     @property
@@ -122,7 +155,7 @@ class EngineCallControl:
 class EngineMetrics(Collector):
     """The engine's figures for Prometheus, read from its counters at each scrape."""
 
-    def __init__(self, server: VoiceServer) -> None:
+    def __init__(self, server: EngineServer) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -195,7 +228,7 @@ class EngineMetrics(Collector):
 class ControlService:
     """The engine's HTTPS server (call control, health, metrics) as a task on its loop."""
 
-    def __init__(self, server: VoiceServer, credentials: VoiceCredentials, host: str, port: int) -> None:
+    def __init__(self, server: EngineServer, credentials: VoiceCredentials, host: str, port: int) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(EngineMetrics(server))
         app = create_control_app(
@@ -214,7 +247,7 @@ class ControlService:
         await self._server.close()
 
 
-def _health(server: VoiceServer) -> Mapping[str, Any]:
+def _health(server: EngineServer) -> Mapping[str, Any]:
     engine = server.engine
     return {
         "engine": "voice",

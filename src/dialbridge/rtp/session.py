@@ -55,6 +55,7 @@ SAMPLE_RATE: Final = 8000
 RTCP_MIN_INTERVAL: Final = 5.0  # seconds, RFC 3550 §6.2's Tmin
 _RTCP_COMPENSATION: Final = 2.718281828459045 - 1.5  # RFC 3550 §6.3.1: randomisation would otherwise shorten it
 _SENDING_DIRECTIONS: Final = frozenset({"sendrecv", "sendonly"})
+_RECEIVING_DIRECTIONS: Final = frozenset({"sendrecv", "recvonly"})
 _RTP_HEADER: Final = struct.Struct("!BBHII")
 LEARNING_PACKETS: Final = 4  # in-sequence packets that latch an address other than the SDP's (80 ms of audio)
 
@@ -118,6 +119,9 @@ class RtpSession:
         call); False for a call we answer, until `confirm` or the peer's first packet (see the module doc)."""
         self._release_on_arrival = release_on_arrival
         self._confirmed = confirmed
+        #: When the peer's RTP or RTCP last arrived (from the address it proved), or the session began or was
+        #: renegotiated: what a media timeout measures from.
+        self.heard_at = now
         self._random = random if random is not None else random_module.SystemRandom()
         self._params = params
         self._ssrc = ssrc & 0xFFFFFFFF
@@ -192,10 +196,16 @@ class RtpSession:
         """The SIP dialog is confirmed (the ACK to our 200 came): the SDP's addresses may be sent to from now on."""
         self._confirmed = True
 
+    @property
+    def expects_media(self) -> bool:
+        """Whether the peer should be sending us RTP (it has not put the stream on hold or made it inactive)."""
+        return self._params.direction in _RECEIVING_DIRECTIONS
+
     def update(self, params: AudioParameters, now: float) -> None:
         """A new negotiation (re-INVITE): new address, hold/resume, new ptime, even a new codec."""
         old = self._params
         self._params = params
+        self.heard_at = now  # a new negotiation starts the media timeout again (a resume: RTP takes a moment)
         if params.remote_rtp != old.remote_rtp:
             self._latched = None  # a new SDP is the one thing allowed to move the stream (see the module doc)
             self._learning = None
@@ -249,6 +259,7 @@ class RtpSession:
             return []
         self._packets_in += 1
         self._bytes_in += len(data)
+        self.heard_at = now
         if payload_type == params.payload_type:
             self._count(ssrc, sequence_number, timestamp, now)
             self._jitter.push(
@@ -384,6 +395,7 @@ class RtpSession:
             self._malformed += 1
             return
         self._rtcp_latched = source
+        self.heard_at = now
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self._last_sr = ntp_middle(packet.ntp_timestamp)

@@ -52,6 +52,8 @@ the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
 import random as random_module
 from collections.abc import Mapping
@@ -81,6 +83,7 @@ from dialbridge.sip.message import (
     build_response,
     parse_message,
 )
+from dialbridge.sip.registrar import Registrar, Reply
 from dialbridge.sip.transaction import (
     T1,
     T2,
@@ -148,6 +151,7 @@ class IncomingCall:
     sdp: bytes | None  # the offer, or None for a late offer (then accept() must carry ours)
     source: Address
     transport: str
+    account: str | None = None  # the registrar's account the caller authenticated as (407 challenge), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +271,7 @@ class _ServerEntry:
     transport: str
     leg_id: str | None = None
     merge_key: tuple[str, str, int, str] | None = None
+    timer_at: float | None = None  # the deadline of its live record on the agent's timer heap
 
 
 @dataclass(eq=False, slots=True)
@@ -279,6 +284,7 @@ class _ClientEntry:
     # INVITE only: the ACK sent for each 2xx, by To-tag, resent when that 2xx is retransmitted (13.2.2.4). Kept on
     # the transaction (Timer M) rather than the leg, so 2xx retransmits are still ACKed after the leg has gone.
     acks: dict[str, Outgoing] = field(default_factory=dict)
+    timer_at: float | None = None  # the deadline of its live record on the agent's timer heap
 
 
 @dataclass(eq=False, slots=True)
@@ -336,6 +342,10 @@ class CallLeg:
     invite_had_offer: bool = False
     dial: _Dial | None = None  # set on UAC legs (made by dial())
     flow_lost: bool = False  # TCP: the connection `source` names is gone; requests go to the next hop anew
+    timer_at: float | None = None  # the deadline of its live record on the agent's timer heap
+
+
+TimerOwner = _ServerEntry | _ClientEntry | CallLeg
 
 
 # Every leg state change goes through `_move`, which enforces the diagrams in the module docstring. One table serves
@@ -390,6 +400,22 @@ def _dial_of(leg: CallLeg) -> _Dial:
     return leg.dial
 
 
+def _leg_deadline(leg: CallLeg) -> float | None:
+    """When the leg's own timers (`SipAgent._leg_timer`) next have something to do: resend a 2xx or give up on its
+    ACK; for dial(), the ring timeout while dialling and the end of the wait after our CANCEL."""
+    deadline: float | None = None
+    pending = leg.pending_2xx
+    if pending is not None:
+        deadline = min(pending.next_at, pending.give_up_at)
+    dial = leg.dial
+    if dial is not None:
+        if dial.ring_deadline is not None and leg.state in _DIALLING:
+            deadline = dial.ring_deadline if deadline is None else min(deadline, dial.ring_deadline)
+        if dial.give_up_at is not None and leg.state is LegState.CANCELLING:
+            deadline = dial.give_up_at if deadline is None else min(deadline, dial.give_up_at)
+    return deadline
+
+
 def _is_sdp(message: SipMessage) -> bool:
     return bool(message.body) and message.content_type == "application/sdp"
 
@@ -434,8 +460,11 @@ class SipAgent:
         user_agent: str = "dialbridge",
         random: random_module.Random | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        registrar: Registrar | None = None,
     ) -> None:
         self.contact_host = _bracket(contact_host)
+        # Answers REGISTER and authenticates INVITEs from its accounts; without one, REGISTER gets 405.
+        self.registrar = registrar
         self.contact_port = contact_port
         self.user_agent = user_agent
         self.max_message_size = max_message_size
@@ -445,9 +474,13 @@ class SipAgent:
         self._merge: dict[tuple[str, str, int, str], TransactionKey] = {}
         self._dialogs: dict[DialogId, str] = {}
         self._legs: dict[str, CallLeg] = {}
-        # The dial() legs among `_legs`: only they have dial timers, so incoming calls (the voice engine's, whose
-        # timers run every tick) cost next_timer()/on_timer() nothing for them.
-        self._dial_legs: dict[str, CallLeg] = {}
+        # Every transaction's and leg's next deadline, so that a tick with nothing due (the engine calls on_timer
+        # every 20 ms) looks at nothing. (deadline, order, owner): the order breaks ties, first scheduled first.
+        # Records are pushed by `_schedule` after anything that may have changed the owner's deadline and never
+        # removed; a record whose deadline is no longer its owner's `timer_at`, or whose owner is gone, is skipped
+        # when it comes up.
+        self._timers: list[tuple[float, int, TimerOwner]] = []
+        self._timer_order = itertools.count()
         self._events: list[SipEvent] = []
         self._outgoing: list[Outgoing] = []
 
@@ -520,36 +553,55 @@ class SipAgent:
         peers = {leg.source for leg in self._legs.values() if _reliable(leg.transport)}
         entries: list[_ServerEntry | _ClientEntry] = [*self._server.values(), *self._client.values()]
         peers.update(entry.destination for entry in entries if _reliable(entry.transport))
+        if self.registrar is not None:  # a registered phone is reached over the connection it registered on
+            peers.update(source for source, transport in self.registrar.binding_sources() if _reliable(transport))
         return peers
 
     def next_timer(self) -> float | None:
-        deadlines = [entry.transaction.next_timer() for entry in self._server.values()]
-        deadlines += [entry.transaction.next_timer() for entry in self._client.values()]
-        for leg in self._legs.values():
-            if leg.pending_2xx is not None:
-                deadlines.append(min(leg.pending_2xx.next_at, leg.pending_2xx.give_up_at))
-        for leg in self._dial_legs.values():
-            dial = _dial_of(leg)
-            deadlines.append(dial.give_up_at)
-            if leg.state in _DIALLING:
-                deadlines.append(dial.ring_deadline)
-        return min((d for d in deadlines if d is not None), default=None)
+        """The earliest deadline of any transaction, leg or registration, or None when nothing waits."""
+        registrar = self.registrar.next_timer() if self.registrar is not None else None
+        ours = self._next_own_timer()
+        return min((d for d in (ours, registrar) if d is not None), default=None)
+
+    def _next_own_timer(self) -> float | None:
+        timers = self._timers
+        while timers:
+            deadline, _, owner = timers[0]
+            if owner.timer_at == deadline and self._timer_owner_live(owner):
+                if self._deadline_of(owner) == deadline:
+                    return deadline
+                # A leg's deadline moved later or went (its ACK came, its call ended): look again where it is now.
+                heapq.heappop(timers)
+                owner.timer_at = None
+                self._schedule(owner)
+            else:
+                heapq.heappop(timers)
+        return None
 
     def on_timer(self, now: float) -> None:
-        for server_entry in list(self._server.values()):
-            deadline = server_entry.transaction.next_timer()
-            if deadline is not None and deadline <= now:
-                server_entry.transaction.on_timer(now)
-                self._pump_server(server_entry)
-        for client_entry in list(self._client.values()):
-            deadline = client_entry.transaction.next_timer()
-            if deadline is not None and deadline <= now:
-                client_entry.transaction.on_timer(now)
-                self._pump_client(client_entry, now)
-        for leg in list(self._legs.values()):
-            self._leg_2xx_timer(leg, now)
-        for leg in list(self._dial_legs.values()):
-            self._dial_timer(leg, now)
+        """Run what is due by `now`: each transaction or leg whose deadline has come, once, in deadline order."""
+        timers = self._timers
+        due: list[TimerOwner] = []
+        while timers and timers[0][0] <= now:
+            deadline, _, owner = heapq.heappop(timers)
+            if owner.timer_at == deadline:
+                owner.timer_at = None
+                due.append(owner)
+        for owner in due:
+            if not self._timer_owner_live(owner):  # ended by an earlier one's handler
+                continue
+            if isinstance(owner, _ServerEntry):
+                owner.transaction.on_timer(now)
+                self._pump_server(owner)
+            elif isinstance(owner, _ClientEntry):
+                owner.transaction.on_timer(now)
+                self._pump_client(owner, now)
+            else:
+                self._leg_timer(owner, now)
+        if self.registrar is not None:
+            registrar_due = self.registrar.next_timer()
+            if registrar_due is not None and registrar_due <= now:
+                self.registrar.on_timer(now)
 
     def drain(self) -> tuple[list[SipEvent], list[Outgoing]]:
         events, outgoing = self._events, self._outgoing
@@ -637,8 +689,8 @@ class SipAgent:
             ),
         )
         self._legs[leg_id] = leg
-        self._dial_legs[leg_id] = leg
         self._send_invite(leg, invite, now)
+        self._schedule(leg)  # the ring timeout
         return leg_id
 
     def ringing(self, leg_id: str, now: float) -> None:
@@ -658,7 +710,7 @@ class SipAgent:
         self._respond_with(entry, response, now)
         _move(leg, LegState.ACCEPTED)
         leg.dialog.state = DialogState.CONFIRMED
-        leg.pending_2xx = self._pending_2xx(response, entry, now, offer_in_2xx=not leg.invite_had_offer, initial=True)
+        self._await_ack(leg, response, entry, now, offer_in_2xx=not leg.invite_had_offer, initial=True)
 
     def reject(
         self,
@@ -706,9 +758,7 @@ class SipAgent:
         response = self._dialog_response(leg, request, 200, sdp=sdp)
         self._respond_with(pending.entry, response, now)
         if pending.method == "INVITE":
-            leg.pending_2xx = self._pending_2xx(
-                response, pending.entry, now, offer_in_2xx=not pending.had_offer, initial=False
-            )
+            self._await_ack(leg, response, pending.entry, now, offer_in_2xx=not pending.had_offer, initial=False)
 
     def reject_offer(self, leg_id: str, status: int, now: float, headers: Mapping[str, str] | None = None) -> None:
         if not 300 <= status <= 699:
@@ -774,15 +824,22 @@ class SipAgent:
         elif method == "OPTIONS":
             self._respond_options(entry, now, self._new_tag())
         elif method == "REGISTER":
-            self._on_register(request, entry, now)
+            self._on_register(request, entry, source, transport, now)
         elif method in ("BYE", "INFO", "UPDATE", "PRACK"):
             self._respond(entry, 481, now, to_tag=self._new_tag())  # dialog-only methods without a dialog
         else:
             self._refuse_method(entry, now, self._new_tag())
 
-    def _on_register(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
-        """The registrar hook: REGISTER is refused until a registrar is plugged in here."""
-        self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+    def _on_register(
+        self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
+    ) -> None:
+        if self.registrar is None:
+            self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+            return
+        self._reply(entry, self.registrar.register(request, source, transport, now), now)
+
+    def _reply(self, entry: _ServerEntry, reply: Reply, now: float) -> None:
+        self._respond(entry, reply.status, now, to_tag=self._new_tag(), headers=list(reply.headers))
 
     def _on_invite(self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float) -> None:
         self._respond(entry, 100, now)
@@ -794,6 +851,14 @@ class SipAgent:
             return
         request_uri = request.request_uri
         from_addr = request.from_addr
+        account: str | None = None
+        if self.registrar is not None and self.registrar.is_local_user(from_addr.uri):
+            # A call from one of our accounts proves it, as a registrar's own users' calls do (RFC 3261 22.3).
+            outcome = self.registrar.authenticate(request, now, proxy=True)
+            if isinstance(outcome, Reply):
+                self._reply(entry, outcome, now)
+                return
+            account = outcome.username
         leg_id = self._new_leg_id()
         fallback = SipUri(scheme="sip", user=None, host=_bracket(source[0]), port=source[1])
         dialog = Dialog.as_uas(request, self._new_tag(), fallback)
@@ -825,6 +890,7 @@ class SipAgent:
                 sdp=request.body if _is_sdp(request) else None,
                 source=source,
                 transport=transport,
+                account=account,
             )
         )
 
@@ -1094,6 +1160,7 @@ class SipAgent:
         entry = self._new_client(cancel, leg.source, leg.transport, now, None)
         dial.cancel_sent = True
         dial.give_up_at = now + 64 * T1
+        self._schedule(leg)
         self._pump_client(entry, now)
 
     def _dial_timer(self, leg: CallLeg, now: float) -> None:
@@ -1124,6 +1191,12 @@ class SipAgent:
         leg_id = self._dialogs.get((request.call_id, to_tag, request.from_addr.tag or ""))
         return self._legs.get(leg_id) if leg_id else None
 
+    def _leg_timer(self, leg: CallLeg, now: float) -> None:
+        self._leg_2xx_timer(leg, now)
+        if leg.dial is not None and leg.state is not LegState.ENDED:
+            self._dial_timer(leg, now)
+        self._schedule(leg)
+
     def _leg_2xx_timer(self, leg: CallLeg, now: float) -> None:
         pending = leg.pending_2xx
         if pending is None:
@@ -1142,10 +1215,18 @@ class SipAgent:
                 self._events.append(CallEnded(leg.leg_id, "ack_timeout"))
             self._send_bye(leg, now)
 
-    def _pending_2xx(
-        self, response: SipResponse, entry: _ServerEntry, now: float, *, offer_in_2xx: bool, initial: bool
-    ) -> _Pending2xx:
-        return _Pending2xx(
+    def _await_ack(
+        self,
+        leg: CallLeg,
+        response: SipResponse,
+        entry: _ServerEntry,
+        now: float,
+        *,
+        offer_in_2xx: bool,
+        initial: bool,
+    ) -> None:
+        """Resend the 2xx `response` (just sent) until its ACK comes (13.3.1.4)."""
+        leg.pending_2xx = _Pending2xx(
             response=response,
             cseq=entry.transaction.request.cseq.number,
             destination=entry.destination,
@@ -1156,6 +1237,7 @@ class SipAgent:
             offer_in_2xx=offer_in_2xx,
             initial=initial,
         )
+        self._schedule(leg)
 
     def _final_to_invite(
         self,
@@ -1235,8 +1317,34 @@ class SipAgent:
         leg.dialog.state = DialogState.TERMINATED
         leg.pending_2xx = None
         self._legs.pop(leg.leg_id, None)
-        self._dial_legs.pop(leg.leg_id, None)
         self._dialogs.pop(leg.dialog.id, None)
+
+    # --- the timer heap ---------------------------------------------------------------------------------------------
+
+    def _schedule(self, owner: TimerOwner) -> None:
+        """Put the owner's next deadline on the heap, if it has one and it is not there yet. Called after everything
+        that may have changed it: each pump of a transaction (every input to one is followed by a pump), and for a leg
+        each command or timer that sets one of its deadlines. One that moves later or goes without a call here (an
+        ACK, a call ending) only leaves a record that wakes the owner for nothing, which `next_timer` re-files."""
+        deadline = self._deadline_of(owner)
+        if deadline == owner.timer_at:
+            return
+        owner.timer_at = deadline
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._timer_order), owner))
+
+    @staticmethod
+    def _deadline_of(owner: TimerOwner) -> float | None:
+        if isinstance(owner, CallLeg):
+            return _leg_deadline(owner)
+        return owner.transaction.next_timer()
+
+    def _timer_owner_live(self, owner: TimerOwner) -> bool:
+        if isinstance(owner, _ServerEntry):
+            return self._server.get(owner.key) is owner
+        if isinstance(owner, _ClientEntry):
+            return self._client.get(owner.key) is owner
+        return self._legs.get(owner.leg_id) is owner
 
     # --- transactions -----------------------------------------------------------------------------------------------
 
@@ -1258,6 +1366,7 @@ class SipAgent:
 
     def _pump_server(self, entry: _ServerEntry) -> None:
         outbox, events = entry.transaction.take_output()
+        self._schedule(entry)
         for message in outbox:
             self._send(message, entry.destination, entry.transport)
         for event in events:
@@ -1270,6 +1379,7 @@ class SipAgent:
 
     def _pump_client(self, entry: _ClientEntry, now: float) -> None:
         outbox, events = entry.transaction.take_output()
+        self._schedule(entry)
         for message in outbox:
             self._send(message, entry.destination, entry.transport)
         if entry.transaction.terminated:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -221,6 +221,14 @@ async def participants(room: MemberRoomDep, svc: ServicesDep) -> JsonResponse:
     """Browsers (embedded backend) and phone participants, numbers masked; changes arrive as `participants`
     signals on the room's session."""
     return JsonResponse({"room_id": room.room_id, "participants": await svc.roster.participants(room)})
+
+
+@router.get("/rooms/{room_id}/phone-bridge")
+async def phone_bridge(room: MemberRoomDep, svc: ServicesDep) -> dict[str, Any]:
+    """The room's open conference dial-out, `{"bridge": {"call_id", "state"}}` or `{"bridge": null}` (any participant
+    token of the room): a page that did not dial it learns the id to hang it up with."""
+    bridge = await svc.dial_outs.open_conference(room)
+    return {"bridge": {"call_id": bridge.id, "state": bridge.state} if bridge else None}
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -66,19 +66,6 @@ async def room_page(room_id: str, request: Request, svc: ServicesDep) -> Respons
         },
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
     )
-
-
-@router.get("/api/rooms/{room_id}/phone-bridge")
-async def phone_bridge(
-    room_id: str, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
-) -> dict[str, Any]:
-    """The room's open conference dial-out, `{"bridge": {"call_id", "state"}}` or `{"bridge": null}` (any participant
-    token of the room): a page that did not dial it learns the id to hang it up with."""
-    from dialbridge.web.dialout import member_room  # it imports this module: import at call time
-
-    room = await member_room(room_id, svc, authorization)
-    bridge = await svc.dial_outs.open_conference(room)
-    return {"bridge": {"call_id": bridge.id, "state": bridge.state} if bridge else None}
 
 
 def sip_address(settings: Settings) -> str:

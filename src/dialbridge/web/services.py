@@ -28,7 +28,7 @@ from dialbridge.store.dial_outs import DialOutStore
 from dialbridge.store.store import Store
 from dialbridge.tokens import ParticipantTokens, PhoneCallTokens, new_secret, participant_id
 from dialbridge.web.metrics import Metrics
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from dialbridge.store.store import WebhookReplayed, WebhookTokenUse
 from dialbridge.web.errors import INTERNAL_ERROR, ApiError, error_body, not_json
 from dialbridge.web.metrics import CLIENT_CLOSED, timed
 from dialbridge.web.services import Services
-from dialbridge.web.signatures import SignatureError
+from dialbridge.webhook_signing import SignatureError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024

@@ -86,16 +86,23 @@ def answer_query(
     *,
     endpoint_type: str | None = None,
     region_url: str | None = None,
+    sip_account: str | None = None,
+    sip_account_room: str | None = None,
 ) -> dict[str, str]:
     """The answer webhook's fields (its GET query): to, from, uuid, conversation_uuid, and `SipHeader_<name>` for
     each of the INVITE's X- headers except X-Nexmo-* ones, which Vonage does not forward. `from_user` and
     `custom_data` belong to Client SDK calls and never apply to SIP; `endpoint_type` and `region_url` are sent
-    only if the engine has a value for them."""
+    only if the engine has a value for them. `sip_account` (and its `sip_account_room`) are the engine's own, not
+    Vonage's: the registrar's account the caller authenticated as, and the room that account's calls join."""
     query = {"to": call.to, "from": call.from_, "uuid": call.uuid, "conversation_uuid": call.conversation_uuid}
     if endpoint_type is not None:
         query["endpoint_type"] = endpoint_type
     if region_url is not None:
         query["region_url"] = region_url
+    if sip_account is not None:
+        query["sip_account"] = sip_account
+    if sip_account_room is not None:
+        query["sip_account_room"] = sip_account_room
     for name, value in (x_headers or {}).items():
         if name[:2].lower() == "x-" and not name.lower().startswith("x-nexmo"):
             query[f"SipHeader_{name}"] = value

@@ -27,7 +27,7 @@ import orjson
 
 from dialbridge.engine.calls.ncco import Action, NccoError, parse_ncco
 from dialbridge.engine.calls.payloads import WebhookResult
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 
 MAX_RESPONSE_BYTES = 256 * 1024  # an NCCO is a few kB; a larger answer is refused rather than buffered
 MAX_STREAM_BYTES = 32 * 1024 * 1024  # a stream action's audio file: minutes of MP3 or WAV, not a whole album
