@@ -245,3 +245,18 @@ def test_sip_digest_algorithms_are_read_in_order_any_case() -> None:
     settings = Settings(sip_digest_algorithms="md5, sha-256")
     assert settings.sip_digest_algorithm_list == ("MD5", "SHA-256")
     assert not [p for p in settings.problems() if "DIGEST" in p]
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [("", None), ("127.0.0.1:5353", ("127.0.0.1", 5353)), ("10.0.0.2", ("10.0.0.2", 53)), ("[::1]:53", ("::1", 53))],
+)
+def test_dns_server_is_an_address_with_an_optional_port(value: str, address: tuple[str, int] | None) -> None:
+    settings = Settings(dns_server=value)
+    assert settings.dns_server_address == address
+    assert not [p for p in settings.problems() if "DNS_SERVER" in p]
+
+
+@pytest.mark.parametrize("value", ["dns.example.com", "127.0.0.1:99999", "[::1]:x"])
+def test_a_dns_server_that_is_not_an_ip_address_and_port_is_a_problem(value: str) -> None:
+    assert [p for p in Settings(dns_server=value).problems() if p.startswith("DIALBRIDGE_DNS_SERVER:")]

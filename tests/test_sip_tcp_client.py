@@ -80,23 +80,23 @@ def test_send_or_connect_opens_a_connection_on_demand_and_sends_what_waited_in_o
     async def main() -> None:
         received: list[tuple[bytes, tuple[str, int]]] = []
         lost: list[tuple[str, int]] = []
-        resolved: list[tuple[str, int]] = []
+        resolved: list[tuple[tuple[str, int], bool]] = []
         peer = Peer()
         address = await peer.start()
 
-        async def resolve(named: tuple[str, int]) -> tuple[str, int]:
-            resolved.append(named)
+        async def resolve(named: tuple[str, int], port_named: bool) -> tuple[str, int]:
+            resolved.append((named, port_named))
             return (address[0], named[1]) if named[0] == "phone.test" else named
 
         connections = SipTcpClient(lambda d, p: received.append((d, p)), lost.append, 4, resolve=resolve)
         named = ("phone.test", address[1])
-        connections.send_or_connect(named, b"BYE 1\r\n")
+        connections.send_or_connect(named, b"BYE 1\r\n", port_named=False)  # resolve is told: SRV first
         connections.send_or_connect(named, b"BYE 2\r\n")  # while it is being opened: waits its turn
         for _ in range(50):
             if peer.writers:
                 break
             await asyncio.sleep(0.02)
-        assert resolved == [named] and connections.peers == {named}
+        assert resolved == [(named, False)] and connections.peers == {named}
         reader_side = peer.writers[0]
         reader_side.write(MESSAGE)  # its answer comes back under the name it was sent to
         await asyncio.sleep(0.1)

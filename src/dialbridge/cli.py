@@ -402,6 +402,7 @@ def voice(settings: Settings) -> int:
             incomplete_message_s=settings.sip_tcp_incomplete_message_timeout_s,
         ),
         signature_secret=secret,
+        dns_server=settings.dns_server_address,
         control=(credentials, settings.voice_api_host, settings.voice_api_port),
         # Named by the SIP port, which no two engines on a machine share: one sharing VOICE_DIR with another (two
         # instances started from one folder) must not take the other's live calls for a crashed engine's.

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # The digest algorithms their challenges offer, the preferred first (RFC 8760); MD5 alone for old phones.
     sip_digest_algorithms: str = "SHA-256,MD5"
     rtp_ports: str = Field(default="30000-39999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
+    # The DNS server the voice engine resolves the hosts peers name with (SRV, A/AAAA), as address[:port] or
+    # [IPv6]:port; empty: the system's resolver.
+    dns_server: str = ""
     max_calls: Annotated[int, Field(ge=1)] = 500
     # Calls answered but not yet ACKed by their caller, in all and per caller network (/24, /64).
     max_unconfirmed_calls: Annotated[int, Field(ge=1)] = 100
@@ -237,6 +240,23 @@ class Settings(BaseSettings):
         return tuple(name.strip().upper() for name in self.sip_digest_algorithms.split(",") if name.strip())
 
     @property
+    def dns_server_address(self) -> tuple[str, int] | None:
+        """`dns_server` parsed: (IP address, port, 53 unless given); None for the system's. ValueError if bad."""
+        value = self.dns_server.strip()
+        if not value:
+            return None
+        host, port = value, "53"
+        if value.startswith("["):
+            host, _, rest = value[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif value.count(":") == 1:
+            host, port = value.split(":")
+        ipaddress.ip_address(host)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{port!r} is not a port")
+        return host, int(port)
+
+    @property
     def sip_allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
             ipaddress.ip_network(cidr.strip(), strict=False) for cidr in self.sip_allow_from.split(",") if cidr.strip()
@@ -324,6 +344,10 @@ class Settings(BaseSettings):
                 f"DIALBRIDGE_RTP_PORTS ({self.rtp_ports}) and DIALBRIDGE_GATEWAY_RTP_PORTS ({self.gateway_rtp_ports}) "
                 "overlap: the voice engine and the gateway would take each other's ports; give each its own range"
             )
+        try:
+            self.dns_server_address  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            found.append(f"DIALBRIDGE_DNS_SERVER: {exc}; give an IP address, with a port if not 53: 127.0.0.1:5353")
         try:
             self.sip_allowed_networks  # noqa: B018 - parsed for its errors
         except ValueError as exc:

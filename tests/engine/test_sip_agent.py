@@ -386,6 +386,22 @@ def test_bye_follows_the_record_route_set() -> None:
     assert out.destination == ("edge.example.com", 5070)
 
 
+def test_a_next_hop_without_a_port_is_sent_as_such_for_the_shell_to_look_up_its_srv_records() -> None:
+    h = Harness()
+    leg, _ = h.confirmed_call(extra="Record-Route: <sip:proxy.example.com;lr>")
+    h.agent.hangup(leg, h.now)
+    (out,) = h.take()[1]
+    # RFC 3263 4.2: no port named, so SRV first (the shell's part); 5060 is where it goes without SRV records.
+    assert (out.destination, out.port_named) == (("proxy.example.com", 5060), False)
+    assert [o.port_named for _, o in h.advance(2.0)] == [False, False]  # its retransmissions too
+
+    h2 = Harness()
+    leg2, _ = h2.confirmed_call(extra="Record-Route: <sip:proxy.example.com:5060;lr>")
+    h2.agent.hangup(leg2, h2.now)
+    (named,) = h2.take()[1]
+    assert (named.destination, named.port_named) == (("proxy.example.com", 5060), True)
+
+
 def test_bye_through_a_strict_router() -> None:
     h = Harness()
     leg, _ = h.confirmed_call(extra="Record-Route: <sip:strict.example.com;maddr=10.0.0.1>")
@@ -564,6 +580,47 @@ def test_options_in_and_out_of_dialog() -> None:
     _, tag = h.confirmed_call()
     h.send(message("OPTIONS", branch="z9hG4bK-opt2", cseq=2, to_tag=tag))
     assert [r.status for r in h.responses()] == [200]
+
+
+def test_requests_that_create_nothing_are_answered_without_a_transaction_and_alike_when_retransmitted() -> None:
+    h = Harness()
+    requests = [
+        message("OPTIONS", branch="z9hG4bK-o"),
+        message("MESSAGE", branch="z9hG4bK-m", body=b"hi", content_type="text/plain"),
+        message("SUBSCRIBE", branch="z9hG4bK-s", extra="Event: presence"),
+        message("BYE", branch="z9hG4bK-b", cseq=2),
+        message("INFO", branch="z9hG4bK-i", cseq=3, to_tag="no-such-dialog"),
+        message("CANCEL", branch="z9hG4bK-no-invite"),
+        message("OPTIONS", branch="z9hG4bK-r", extra="Require: foo"),
+    ]
+    for data in requests:
+        h.send(data)
+        (first,) = h.take()[1]
+        assert h.agent.table_sizes() == dict.fromkeys(h.agent.table_sizes(), 0), data
+        h.send(data)  # the retransmission is answered again, the same way (8.2.7: the same To-tag)
+        (again,) = h.take()[1]
+        assert again == first
+
+
+def test_server_transactions_are_capped_and_a_call_in_progress_keeps_its_share() -> None:
+    h = Harness(max_server_transactions=8)
+    _, tag = h.confirmed_call()  # its INVITE transaction: one
+    for n in range(20):  # INVITEs from many callers, none answered: each holds a transaction
+        h.send(
+            invite(branch=f"z9hG4bK-flood-{n}", call_id=f"flood-{n}", from_tag=f"f{n}"), source=(f"10.0.{n}.1", 5060)
+        )
+    events, out = h.take()
+    assert len(events) == 5  # 3/4 of the table for requests outside a dialog: 6, the call's INVITE among them
+    refused = [_response(o) for o in out if _response(o).status == 503]
+    assert len(refused) == 15 and all(r.headers.get("Retry-After") for r in refused)
+    assert h.agent.table_sizes()["server_transactions"] == 6
+    h.send(
+        message(
+            "INFO", branch="z9hG4bK-i1", cseq=2, to_tag=tag, body=b"Signal=1", content_type="application/dtmf-relay"
+        )
+    )
+    h.send(message("BYE", branch="z9hG4bK-bye", cseq=3, to_tag=tag))
+    assert [r.status for r in [_response(o) for o in h.take()[1]]] == [200, 200]
 
 
 def test_unsupported_methods_register_and_require() -> None:

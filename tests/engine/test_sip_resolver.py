@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
+from collections import Counter
 
 import pytest
 
@@ -13,11 +15,14 @@ from dialbridge.sip.resolver import (
     Resolved,
     ResolverLimits,
     SipUdpSender,
+    SrvRecord,
     Unreachable,
     Unresolvable,
     Wait,
+    srv_order,
 )
 from tests.aio import run_in_thread
+from tests.dnsmasq import DNSMASQ, dns_server
 
 Address = tuple[str, int]
 HERE = Resolved("192.0.2.7")
@@ -148,3 +153,98 @@ def test_a_dial_target_is_resolved_through_the_same_cache() -> None:
     found, refused = run_in_thread(main, use_uvloop=True)
     assert found == ("127.0.0.1", 5080)
     assert refused.startswith("cannot resolve nohost.invalid")
+
+
+def test_an_answer_is_kept_for_its_records_ttl_within_max_ttl() -> None:
+    cache: NameCache[str] = NameCache(ResolverLimits(ttl_s=60, max_ttl_s=3600))
+    cache.wait("a.test", "m")
+    cache.resolved("a.test", HERE, 0, ttl=300)
+    assert cache.answer("a.test", 299.9) == HERE and cache.answer("a.test", 300) is None
+    cache.wait("b.test", "m")
+    cache.resolved("b.test", HERE, 0, ttl=86_400)
+    assert cache.answer("b.test", 3599.9) == HERE and cache.answer("b.test", 3600) is None
+
+
+# ---- RFC 3263 SRV: the order of targets, and a real DNS server ------------------------------------------------------
+
+
+def test_srv_targets_go_by_priority_then_by_weight() -> None:
+    records = [
+        SrvRecord(20, 0, 5080, "backup.test"),
+        SrvRecord(10, 60, 5070, "heavy.test"),
+        SrvRecord(10, 20, 5071, "light.test"),
+        SrvRecord(10, 0, 5072, "zero.test"),
+    ]
+    rng = random.Random(3)
+    orders = [[r.target for r in srv_order(records, rng)] for _ in range(8000)]
+    assert all(order[-1] == "backup.test" for order in orders)  # the higher priority number only after the rest
+    first = Counter(order[0] for order in orders)
+    assert 0.70 < first["heavy.test"] / 8000 < 0.80  # 60 of 80
+    assert 0.20 < first["light.test"] / 8000 < 0.30
+    assert first["zero.test"] / 8000 < 0.03  # weight 0: a small chance only (RFC 2782)
+    even = Counter(srv_order([SrvRecord(1, 0, 1, "a"), SrvRecord(1, 0, 2, "b")], rng)[0].target for _ in range(4000))
+    assert 0.45 < even["a"] / 4000 < 0.55  # all weights 0: an equal chance
+
+
+PBX_RECORDS = [
+    "_sip._udp.pbx.test,a.pbx.test,5070,10,100",
+    "_sip._udp.pbx.test,b.pbx.test,5080,20,100",
+    "_sip._tcp.pbx.test,t.pbx.test,5090,10,100",
+    "_sip._udp.dead.test,gone.test,5070,10,100",  # a target without an address: the next one is tried
+    "_sip._udp.dead.test,b.pbx.test,5080,20,100",
+]
+PBX_HOSTS = {
+    "pbx.test": "127.0.0.1",
+    "a.pbx.test": "127.0.0.2",
+    "b.pbx.test": "127.0.0.3",
+    "t.pbx.test": "127.0.0.4",
+    "nosrv.test": "127.0.0.5",
+}
+
+
+@pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq is not installed: make test installs the dnsmasq-base package")
+def test_a_name_without_a_port_goes_where_its_sip_srv_records_say_and_one_with_a_port_to_its_address() -> None:
+    sent: list[tuple[bytes, Address]] = []
+    unreachable: list[Address] = []
+
+    async def main(server: Address) -> tuple[Address, Address, bool, bool]:
+        sender = SipUdpSender(
+            lambda data, address: sent.append((data, address)), socket.AF_INET, unreachable.append, dns_server=server
+        )
+        sender.send(b"srv", ("pbx.test", 5060), port_named=False)
+        sender.send(b"named", ("pbx.test", 5060))  # sip:pbx.test:5060: the port is named, no SRV
+        sender.send(b"no-srv", ("nosrv.test", 5060), port_named=False)  # no SRV record: A on 5060
+        sender.send(b"next-target", ("dead.test", 5060), port_named=False)
+        sender.send(b"literal", ("127.0.0.9", 5060), port_named=False)  # an IP address is never looked up
+        sender.send(b"nowhere", ("nohost.test", 5060), port_named=False)
+        tcp = await sender.address("pbx.test", 5060, transport="tcp", port_named=False)
+        tcp_named = await sender.address("pbx.test", 5062, transport="tcp")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if len(sent) + len(unreachable) >= 6:
+                break
+        # Kept for the SRV record's TTL (dnsmasq's --local-ttl, 30 s), then looked up again.
+        now = asyncio.get_running_loop().time()
+        key = "SRV _sip._udp.pbx.test"
+        return (
+            tcp,
+            tcp_named,
+            sender.cache.answer(key, now + 28) is not None,
+            sender.cache.answer(key, now + 31) is None,
+        )
+
+    with dns_server(srv=PBX_RECORDS, hosts=PBX_HOSTS, ttl=30) as server:
+        tcp, tcp_named, kept, expired = run_in_thread(lambda: main(server), use_uvloop=True)
+    assert sorted(sent) == sorted(
+        [
+            (b"srv", ("127.0.0.2", 5070)),  # priority 10 before 20
+            (b"named", ("127.0.0.1", 5060)),
+            (b"no-srv", ("127.0.0.5", 5060)),
+            (b"next-target", ("127.0.0.3", 5080)),
+            (b"literal", ("127.0.0.9", 5060)),
+        ]
+    )
+    assert unreachable == [("nohost.test", 5060)]
+    assert tcp == ("127.0.0.4", 5090)  # _sip._tcp for TCP
+    assert tcp_named == ("127.0.0.1", 5062)
+    assert kept and expired

@@ -28,6 +28,7 @@ from dialbridge.engine.core import SPEAKING_REPORT_S, EngineSettings, FetchAnswe
 from dialbridge.log_text import escaped_for_log
 from dialbridge.rtp.events import parse_telephone_event
 from dialbridge.rtp.packet import RtpPacket, build_rtp
+from dialbridge.sip.message import SipResponse, parse_message
 from tests.engine.fake_engine import (
     ANSWER_URL,
     ENGINE_HOST,
@@ -36,6 +37,7 @@ from tests.engine.fake_engine import (
     INPUT_URL,
     NOW,
     SPEAKING_URL,
+    Address,
     Phone,
     World,
     failed,
@@ -1027,9 +1029,9 @@ def test_a_trunk_in_the_allow_list_is_not_held_to_the_per_source_rate() -> None:
 FLOODER = ("192.0.2.66", 5070)
 
 
-def _flood_message(method: str, n: int) -> bytes:
+def _flood_message(method: str, n: int, source: Address = FLOODER) -> bytes:
     """Requests as a scanner sprays them: valid enough to be answered (405, 200), some with junk in them."""
-    host, port = FLOODER
+    host, port = source
     lines = [
         f"{method} sip:dialin@{ENGINE_HOST}:5060 SIP/2.0",
         f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-flood-{n}",
@@ -1086,6 +1088,78 @@ def test_a_flood_of_non_invite_requests_is_dropped_unparsed_and_leaves_nothing_b
     world.advance(70.0)
     assert (engine.agent.table_sizes(), engine.source_table_sizes()) == before
     assert world.idle() == IDLE
+
+
+def _spoofed(n: int) -> Address:
+    """The n-th of the many addresses a flood comes from, each in a /24 of its own, each under its own limits."""
+    return (f"10.{n >> 8 & 255}.{n & 255}.{n >> 16 & 255 | 1}", 5060)
+
+
+def test_a_flood_from_many_addresses_is_answered_statelessly_and_holds_nothing() -> None:
+    world = world_with([conversation("room-1")])
+    engine = world.engine
+    before = engine.agent.table_sizes()
+    methods = ("OPTIONS", "MESSAGE", "SUBSCRIBE")
+    caller = world.phone(host="203.0.113.9")
+    start = world.now
+    for n in range(20_000):
+        at = start + n / 20_000
+        engine.receive_sip(_flood_message(methods[n % 3], n, _spoofed(n)), _spoofed(n), at)
+        if n == 10_000:  # mid-flood, a normal caller: answered at once
+            world.now = at
+            caller.invite()
+            assert caller.statuses() == [100, 180, 200]
+    world.pump()
+
+    answers = [parse_message(data) for _, data in world.stray_sip]
+    assert len(answers) == 20_000  # each spoofed request was answered: 200 to OPTIONS, 405 to the rest
+    assert {a.status for a in answers if isinstance(a, SipResponse)} == {200, 405}
+    assert engine.agent.table_sizes()["server_transactions"] == 1  # the caller's INVITE, no flood request
+
+    world.advance(70.0)  # every timer has run out
+    caller.bye()
+    world.advance(70.0)
+    assert engine.agent.table_sizes() == before
+    assert world.idle() == IDLE
+
+
+def test_invites_beyond_the_server_transaction_cap_get_503_and_calls_in_progress_go_on() -> None:
+    cap = 40
+    world = world_with([conversation("room-1")], settings=settings_with(max_sip_server_transactions=cap))
+    engine = world.engine
+    first = world.phone(host="198.51.100.20")
+    uuid = connected(world, first)
+    start = world.now
+    for n in range(200):  # INVITEs and REGISTERs from 200 addresses, never ACKed: each would hold 32 s
+        method = "INVITE" if n % 2 else "REGISTER"
+        data = _unacked_invite(world, _spoofed(n)) if method == "INVITE" else _flood_message(method, n, _spoofed(n))
+        engine.receive_sip(data, _spoofed(n), start + n / 1000)
+        assert engine.agent.table_sizes()["server_transactions"] <= cap
+    world.pump()
+    answers = [parse_message(data) for _, data in world.stray_sip]
+    refused = [a for a in answers if isinstance(a, SipResponse) and a.status == 503 and a.to_addr.tag]
+    assert refused and all(a.headers.get("Retry-After") for a in refused)
+    assert {a.cseq.method for a in refused} == {"INVITE", "REGISTER"}
+
+    # The call in progress: its in-dialog requests are still taken, and it ends as asked.
+    first.bye()
+    assert first.statuses("BYE") == [200]
+    assert world.event(uuid, "completed")
+    world.advance(70.0)
+    assert world.idle() == IDLE
+    second = world.phone(host="198.51.100.21")  # the table has room again
+    connected(world, second)
+    second.bye()
+    assert_idle(world)
+
+
+def _unacked_invite(world: World, source: Address) -> bytes:
+    """An INVITE from `source` by a caller that is not listening: its answers go astray, it never ACKs."""
+    caller = world.phone(host=source[0])
+    caller.sip_address = source
+    caller.auto_ack = False
+    world.phones.remove(caller)
+    return caller.invite_bytes()
 
 
 def test_a_source_over_its_message_rate_gets_through_again_a_second_later() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dnsmasq import DNS_PORT, DNSMASQ, dns_server
 from tests.engine import sipp
 from tests.engine.rtp_media import LoopbackCapture, RtpStream, received_audio
 from tests.engine.stack import (
@@ -636,6 +637,21 @@ def test_a_bye_to_a_contact_named_localhost_is_delivered(tmp_path: Path, app: Nc
         peer.sock.settimeout(5.0)
         data, source = peer.sock.recvfrom(65535)
         assert data.startswith(b"BYE sip:x@localhost:"), data[:200]
+        assert source == ("127.0.0.1", engine.sip_port)
+        peer.close()
+
+
+@pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq is not installed: make test installs the dnsmasq-base package")
+def test_a_bye_to_a_contact_without_a_port_goes_where_its_sip_srv_record_says(tmp_path: Path, app: NccoApp) -> None:
+    with engine_for(tmp_path, app, DIALBRIDGE_DNS_SERVER=f"127.0.0.1:{DNS_PORT}") as engine:
+        peer = Peer(engine.sip_port)
+        srv = f"_sip._udp.phone.test,host.phone.test,{peer.local[1]},10,100"  # RFC 3263 4.2: not 5060
+        with dns_server(srv=[srv], hosts={"host.phone.test": "127.0.0.1"}):
+            app.answer = [{"action": "talk", "text": "Goodbye."}]
+            RawCall.place(peer, contact="<sip:x@phone.test>")
+            peer.sock.settimeout(5.0)
+            data, source = peer.sock.recvfrom(65535)
+        assert data.startswith(b"BYE sip:x@phone.test SIP/2.0"), data[:200]
         assert source == ("127.0.0.1", engine.sip_port)
         peer.close()
 

@@ -64,6 +64,7 @@ from dialbridge.rate import SourceRate
 from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
+    DEFAULT_MAX_SERVER_TRANSACTIONS,
     CallAnswered,
     CallCancelled,
     CallConfirmed,
@@ -172,6 +173,8 @@ class EngineSettings:
     invites_per_source_per_minute: int = 120
     # Every SIP message, counted before it is parsed: past this a source's messages are dropped unread.
     messages_per_source_per_second: int = 100
+    # SIP server transactions held at once: over it, new requests get a stateless 503 (see the agent's default).
+    max_sip_server_transactions: int = DEFAULT_MAX_SERVER_TRANSACTIONS
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
     # Where calls to phone numbers go (a connect's phone endpoint): the trunk's URI, the number as its user part.
@@ -334,7 +337,10 @@ class VoiceEngine:
                 settings.sip_accounts, domain=settings.contact_host, digest_algorithms=settings.sip_digest_algorithms
             )
         self.agent = SipAgent(
-            contact_host=settings.contact_host, contact_port=settings.contact_port, registrar=registrar
+            contact_host=settings.contact_host,
+            contact_port=settings.contact_port,
+            registrar=registrar,
+            max_server_transactions=settings.max_sip_server_transactions,
         )
         self.mixer = ConferenceMixer()
         self._dtmf = InbandDtmfBank()

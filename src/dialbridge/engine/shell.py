@@ -168,8 +168,11 @@ class VoiceServer:
         tcp_limits: TcpConnectionLimits | None = None,
         control: tuple[VoiceCredentials, str, int] | None = None,
         journal: Path | None = None,
+        dns_server: Address | None = None,
     ) -> None:
-        """`journal`: where this engine notes its live calls, and finds those a crashed one left (journal.py)."""
+        """`journal`: where this engine notes its live calls, and finds those a crashed one left (journal.py).
+        `dns_server`: the DNS server to resolve peer-named hosts with (SRV, A/AAAA); None: the system's."""
+        self._dns_server = dns_server
         self.settings = settings
         self._journal = LiveCallJournal(journal) if journal is not None else None
         self.final_event_retry = FinalEventRetry()
@@ -205,7 +208,11 @@ class VoiceServer:
             lambda: SipUdp(self), local_addr=(self._sip_host, self._sip_port)
         )
         self._sip_udp = SipUdpSender(
-            self._udp.sendto, self._udp.get_extra_info("socket").family, self._unreachable, label="voice engine"
+            self._udp.sendto,
+            self._udp.get_extra_info("socket").family,
+            self._unreachable,
+            label="voice engine",
+            dns_server=self._dns_server,
         )
         # The connections we open: where a peer's own connection closed mid-call (RFC 3261 18), the next request
         # in the dialog (or a response, 18.2.2) goes over a new one.
@@ -401,9 +408,9 @@ class VoiceServer:
         for peer in self._tcp_client.peers - in_use:
             self._tcp_client.release(peer)  # ours: closed once nothing has used it for a while
 
-    async def _tcp_address(self, peer: Address) -> Address:
+    async def _tcp_address(self, peer: Address, port_named: bool) -> Address:
         try:
-            return await self._sip_udp.address(*peer)
+            return await self._sip_udp.address(*peer, transport="tcp", port_named=port_named)
         except Unreachable as exc:
             raise TcpUnavailable(str(exc)) from None
 
@@ -452,9 +459,9 @@ class VoiceServer:
                 if connection is not None and not connection.is_closing():
                     connection.write(message.data)
                 else:  # its connection closed, or none ever came from there: we open one (or fail its transaction)
-                    self._tcp_client.send_or_connect(message.destination, message.data)
+                    self._tcp_client.send_or_connect(message.destination, message.data, port_named=message.port_named)
             else:  # resolved, and isolated: a message that cannot be sent costs that message only
-                self._sip_udp.send(message.data, message.destination)
+                self._sip_udp.send(message.data, message.destination, port_named=message.port_named)
         if rtp:
             started = time.perf_counter()
             send = self.media.send

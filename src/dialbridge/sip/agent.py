@@ -46,18 +46,21 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
 no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
 the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell resolves
-`Outgoing.destination` itself (`sip/resolver.py`) and reports one it cannot reach with `transport_failed`.
+`Outgoing.destination` itself (`sip/resolver.py`; SRV first when `Outgoing.port_named` is False, RFC 3263) and
+reports one it cannot reach with `transport_failed`.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import heapq
 import itertools
 import logging
 import random as random_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from dialbridge.log_text import escaped_for_log
 from dialbridge.sip.auth import (
@@ -68,7 +71,7 @@ from dialbridge.sip.auth import (
     parse_params,
     select_challenges,
 )
-from dialbridge.sip.dialog import Dialog, DialogId, DialogState, response_record_routes
+from dialbridge.sip.dialog import Dialog, DialogId, DialogState, NextHop, response_record_routes
 from dialbridge.sip.message import (
     DEFAULT_MAX_SIZE,
     MAGIC_COOKIE,
@@ -121,6 +124,10 @@ _DIAL_OWN_HEADERS = frozenset(
     h.lower()
     for h in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type", "Content-Length")
 )
+# Server transactions held at once (each up to 32 s, ~4.4 KB for an INVITE's): bounds what a flood from many
+# addresses, each under its own rate, can make us hold; 3/4 of it for requests outside a call in progress.
+DEFAULT_MAX_SERVER_TRANSACTIONS = 4096
+_FULL_RETRY_AFTER_S = 5  # our answer to a request refused while the server-transaction table is full
 _MAX_AUTH_ROUNDS = 4  # per call leg (INVITE and BYE): stale=true nonces could otherwise bounce us forever
 
 
@@ -131,6 +138,9 @@ class Outgoing:
     data: bytes
     destination: Address
     transport: str  # "udp" | "tcp"
+    # False: the URI this goes to named no port; `destination` carries the default (5060), and for a host name the
+    # shell looks up the SIP service's SRV records first (RFC 3263 4.2), falling back to that port.
+    port_named: bool = True
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -281,6 +291,7 @@ class _ClientEntry:
     destination: Address
     transport: str
     leg_id: str | None = None
+    port_named: bool = True  # as `Outgoing.port_named`, for every (re)transmission of the request
     # INVITE only: the ACK sent for each 2xx, by To-tag, resent when that 2xx is retransmitted (13.2.2.4). Kept on
     # the transaction (Timer M) rather than the leg, so 2xx retransmits are still ACKed after the leg has gone.
     acks: dict[str, Outgoing] = field(default_factory=dict)
@@ -442,6 +453,23 @@ def _accepts_sdp(request: SipRequest) -> bool:
     return not ranges or any(r in ("application/sdp", "application/*", "*/*") for r in ranges)
 
 
+def _unsupported(request: SipRequest) -> list[str]:
+    """The options the request's Require names that we do not support (420 Bad Extension)."""
+    options = [option.strip() for value in request.headers.get_all("Require") for option in value.split(",")]
+    return [option for option in options if option and option not in SUPPORTED]
+
+
+def _dialog_live(leg: CallLeg | None, method: str) -> TypeGuard[CallLeg]:
+    """An in-dialog request names a dialog of ours that it may still concern (else 481): one its tags name, and
+    once that dialog is ending, only a BYE."""
+    return leg is not None and leg.state is not LegState.ENDED and (leg.state is not LegState.ENDING or method == "BYE")
+
+
+def _method_refusal(method: str) -> int:
+    """405 for a method the engine knows but does not serve, 501 for one it does not know (RFC 3261 8.2.1)."""
+    return 405 if method in _KNOWN_METHODS else 501
+
+
 def _reliable(transport: str) -> bool:
     """TCP (and later TLS/WS): no retransmissions by transactions, and answers go back on the connection."""
     return transport != "udp"
@@ -461,6 +489,7 @@ class SipAgent:
         random: random_module.Random | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
         registrar: Registrar | None = None,
+        max_server_transactions: int = DEFAULT_MAX_SERVER_TRANSACTIONS,
     ) -> None:
         self.contact_host = _bracket(contact_host)
         # Answers REGISTER and authenticates INVITEs from its accounts; without one, REGISTER gets 405.
@@ -468,7 +497,9 @@ class SipAgent:
         self.contact_port = contact_port
         self.user_agent = user_agent
         self.max_message_size = max_message_size
+        self.max_server_transactions = max_server_transactions
         self._random = random if random is not None else random_module.Random()
+        self._tag_key = self._random.getrandbits(128).to_bytes(16, "big")
         self._server: dict[TransactionKey, _ServerEntry] = {}
         self._client: dict[TransactionKey, _ClientEntry] = {}
         self._merge: dict[tuple[str, str, int, str], TransactionKey] = {}
@@ -790,12 +821,21 @@ class SipAgent:
         if request.method == "ACK":
             self._on_ack(request, source, transport, now)
             return
+        to_tag = request.to_addr.tag
+        leg = self._leg_for(request, to_tag)
+        stateless = self._stateless_answer(request, leg, transport)
+        if stateless is not None:
+            status, headers = stateless
+            self._reply_stateless(request, status, "", source, transport, headers)
+            return
+        if len(self._server) >= self._server_admission_limit(request, leg):
+            self._reply_stateless(request, 503, "", source, transport, [("Retry-After", str(_FULL_RETRY_AFTER_S))])
+            return
         entry = self._new_server(request, key, destination, transport, now)
         if request.method == "CANCEL":
             self._on_cancel(request, entry, now)
             return
 
-        to_tag = request.to_addr.tag
         if to_tag is None and entry.merge_key is not None:
             original = self._merge.get(entry.merge_key)
             if original is not None and original != key and original in self._server:
@@ -803,32 +843,63 @@ class SipAgent:
                 self._respond(entry, 482, now, to_tag=self._new_tag())
                 return
             self._merge[entry.merge_key] = key
-        unsupported = [option.strip() for value in request.headers.get_all("Require") for option in value.split(",")]
-        unsupported = [option for option in unsupported if option and option not in SUPPORTED]
+        unsupported = _unsupported(request)
         if unsupported:
             self._respond(
                 entry, 420, now, to_tag=to_tag or self._new_tag(), headers=[("Unsupported", ", ".join(unsupported))]
             )
             return
-        if to_tag is not None:
-            self._on_in_dialog(request, entry, to_tag, now)
-        else:
+        if to_tag is None:
             self._on_out_of_dialog(request, entry, source, transport, now)
+        elif _dialog_live(leg, request.method):
+            self._on_in_dialog(leg, request, entry, now)
+        else:
+            self._respond(entry, 481, now)
+
+    def _stateless_answer(
+        self, request: SipRequest, leg: CallLeg | None, transport: str
+    ) -> tuple[int, list[tuple[str, str]]] | None:
+        """The answer to a non-INVITE request that needs no transaction (RFC 3261 8.2.7): an OPTIONS outside a
+        dialog, and the refusals of requests that create nothing (405, 420, 481). A retransmission is simply
+        answered again, alike (the To-tag is derived from the request), so a flood from many addresses, each under
+        its own rate, is answered without holding anything. None: the request is taken in a server transaction.
+        (INVITEs always are; REGISTER too, for the registrar.)"""
+        method = request.method
+        if method == "INVITE":
+            return None
+        if method == "CANCEL":
+            target = self._server.get(server_key(request, method="INVITE"))
+            invite_pending = target is not None and isinstance(target.transaction, ServerInviteTransaction)
+            return None if invite_pending else (481, [])
+        unsupported = _unsupported(request)
+        if unsupported:
+            return 420, [("Unsupported", ", ".join(unsupported))]
+        if request.to_addr.tag is not None:
+            return None if _dialog_live(leg, method) else (481, [])
+        if method == "OPTIONS":
+            return 200, self._options_headers(transport)
+        if method == "REGISTER":
+            return None
+        if method in ("BYE", "INFO", "UPDATE", "PRACK"):
+            return 481, []  # dialog-only methods without a dialog
+        return _method_refusal(method), [("Allow", ALLOW)]
+
+    def _server_admission_limit(self, request: SipRequest, leg: CallLeg | None) -> int:
+        """How full the server-transaction table may be for `request` to get one. Requests of a call in progress
+        (in its dialog, or a CANCEL of its INVITE) may use it all; others only the first part, so that a flood of
+        INVITEs from many addresses leaves room for the BYE of a call that is already up."""
+        if leg is not None or request.method == "CANCEL":
+            return self.max_server_transactions
+        return self.max_server_transactions * 3 // 4
 
     def _on_out_of_dialog(
         self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
     ) -> None:
-        method = request.method
-        if method == "INVITE":
+        """INVITE and REGISTER: every other request outside a dialog was answered by `_stateless_answer`."""
+        if request.method == "INVITE":
             self._on_invite(request, entry, source, transport, now)
-        elif method == "OPTIONS":
-            self._respond_options(entry, now, self._new_tag())
-        elif method == "REGISTER":
-            self._on_register(request, entry, source, transport, now)
-        elif method in ("BYE", "INFO", "UPDATE", "PRACK"):
-            self._respond(entry, 481, now, to_tag=self._new_tag())  # dialog-only methods without a dialog
         else:
-            self._refuse_method(entry, now, self._new_tag())
+            self._on_register(request, entry, source, transport, now)
 
     def _on_register(
         self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
@@ -894,11 +965,7 @@ class SipAgent:
             )
         )
 
-    def _on_in_dialog(self, request: SipRequest, entry: _ServerEntry, to_tag: str, now: float) -> None:
-        leg = self._leg_for(request, to_tag)
-        if leg is None or leg.state is LegState.ENDED or (leg.state is LegState.ENDING and request.method != "BYE"):
-            self._respond(entry, 481, now)
-            return
+    def _on_in_dialog(self, leg: CallLeg, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         entry.leg_id = leg.leg_id
         _adopt_flow(leg, entry.destination, entry.transport)
         if not leg.dialog.check_remote_seq(request):
@@ -915,13 +982,13 @@ class SipAgent:
             self._respond(entry, 200, now)
             self._events.append(InfoReceived(leg.leg_id, request.content_type or "", request.body))
         elif method == "OPTIONS":
-            self._respond_options(entry, now, None)
+            self._respond(entry, 200, now, headers=self._options_headers(entry.transport))
         else:
             self._refuse_method(entry, now, None)
 
     def _refuse_method(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
         """405 for a method the engine knows but does not serve, 501 for one it does not know; both with Allow."""
-        status = 405 if entry.transaction.request.method in _KNOWN_METHODS else 501
+        status = _method_refusal(entry.transaction.request.method)
         self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", ALLOW)])
 
     def _on_bye(self, leg: CallLeg, entry: _ServerEntry, now: float) -> None:
@@ -977,8 +1044,7 @@ class SipAgent:
     def _on_cancel(self, request: SipRequest, entry: _ServerEntry, now: float) -> None:
         invite_entry = self._server.get(server_key(request, method="INVITE"))
         if invite_entry is None or not isinstance(invite_entry.transaction, ServerInviteTransaction):
-            self._respond(entry, 481, now, to_tag=self._new_tag())
-            return
+            raise RuntimeError("a CANCEL without its INVITE's transaction is answered by _stateless_answer")
         leg = self._legs.get(invite_entry.leg_id) if invite_entry.leg_id else None
         to_tag = leg.dialog.local_tag if leg else self._new_tag()
         self._respond(entry, 200, now, to_tag=to_tag)  # 9.2: 200 even when the INVITE already has its final
@@ -1062,12 +1128,12 @@ class SipAgent:
             return
         invite = entry.transaction.request
         dialog = Dialog.as_uac(invite, response)
-        destination, transport = self._in_dialog_destination(dialog, entry.destination, entry.transport)
+        hop = self._in_dialog_destination(dialog, entry.destination, entry.transport)
         ack = dialog.create_request(
             "ACK",
             via_host=self.contact_host,
             via_port=self.contact_port,
-            transport=transport,
+            transport=hop.transport,
             branch=self._new_branch(),
             user_agent=self.user_agent,
             cseq=invite.cseq.number,
@@ -1075,7 +1141,7 @@ class SipAgent:
         for name in ("Authorization", "Proxy-Authorization"):
             for value in invite.headers.get_all(name):
                 ack.headers.add(name, value)  # 13.2.2.4: the ACK carries the INVITE's credentials
-        out = Outgoing(ack.to_bytes(), destination, transport)
+        out = Outgoing(ack.to_bytes(), hop.address, hop.transport, hop.port_named)
         entry.acks[tag] = out
         self._outgoing.append(out)
         if leg is None:
@@ -1117,7 +1183,7 @@ class SipAgent:
         bye = self._authorized_retry(leg, entry.transaction.request, response)
         if bye is None:
             return False
-        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id)
+        retry = self._new_client(bye, entry.destination, entry.transport, now, leg.leg_id, port_named=entry.port_named)
         leg.bye_key = retry.key
         self._pump_client(retry, now)
         return True
@@ -1273,37 +1339,41 @@ class SipAgent:
         *,
         flow_lost: bool = False,
     ) -> _ClientEntry:
-        destination, transport = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
+        hop = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
         request = dialog.create_request(
             "BYE",
             via_host=self.contact_host,
             via_port=self.contact_port,
-            transport=transport,
+            transport=hop.transport,
             branch=self._new_branch(),
             user_agent=self.user_agent,
         )
-        return self._new_client(request, destination, transport, now, leg_id)
+        return self._new_client(request, hop.address, hop.transport, now, leg_id, port_named=hop.port_named)
 
     def _new_client(
-        self, request: SipRequest, destination: Address, transport: str, now: float, leg_id: str | None
+        self,
+        request: SipRequest,
+        destination: Address,
+        transport: str,
+        now: float,
+        leg_id: str | None,
+        *,
+        port_named: bool = True,
     ) -> _ClientEntry:
         """A client non-INVITE transaction for `request`, registered; the caller pumps it to send it."""
         transaction = ClientNonInviteTransaction(request, now, reliable=_reliable(transport))
-        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id)
+        entry = _ClientEntry(transaction.key, transaction, destination, transport, leg_id, port_named)
         self._client[entry.key] = entry
         return entry
 
     @staticmethod
-    def _in_dialog_destination(
-        dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False
-    ) -> tuple[Address, str]:
+    def _in_dialog_destination(dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False) -> NextHop:
         """Where a request in the dialog goes. On TCP we reuse the connection the call came in on or our INVITE
         went out on (the peer may not accept inbound connections) while it lasts; on UDP, or once that connection
         is gone, the next hop (route set / Contact)."""
         if _reliable(transport) and not flow_lost:
-            return source, transport
-        hop = dialog.next_hop(transport)
-        return hop.address, hop.transport
+            return NextHop(source[0], source[1], transport)
+        return dialog.next_hop(transport)
 
     def _end_leg(self, leg: CallLeg, reason: str) -> None:
         if not leg.end_reported:
@@ -1381,7 +1451,7 @@ class SipAgent:
         outbox, events = entry.transaction.take_output()
         self._schedule(entry)
         for message in outbox:
-            self._send(message, entry.destination, entry.transport)
+            self._send(message, entry.destination, entry.transport, port_named=entry.port_named)
         if entry.transaction.terminated:
             self._client.pop(entry.key, None)
         for event in events:
@@ -1440,24 +1510,32 @@ class SipAgent:
             response.body = sdp
         return response
 
-    def _respond_options(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
-        headers = [
-            ("Contact", self._contact(entry.transport)),
+    def _options_headers(self, transport: str) -> list[tuple[str, str]]:
+        return [
+            ("Contact", self._contact(transport)),
             ("Allow", ALLOW),
             ("Accept", ACCEPT),
             ("Supported", ", ".join(SUPPORTED)),
         ]
-        self._respond(entry, 200, now, to_tag=to_tag, headers=headers)
 
-    def _reply_stateless(self, request: SipRequest, status: int, reason: str, source: Address, transport: str) -> None:
-        """Answer a request we will not process (malformed, oversized) without a transaction (RFC 3261 8.2)."""
+    def _reply_stateless(
+        self,
+        request: SipRequest,
+        status: int,
+        reason: str,
+        source: Address,
+        transport: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Answer a request without a transaction (RFC 3261 8.2.7): one we will not process (malformed, oversized,
+        over the server-transaction cap) or one answered without state (`_stateless_answer`)."""
         try:
             self._stamp_via(request, source)
             destination = self._response_destination(request.top_via, source, transport)
         except SipParseError:
             return
         phrase = "Bad Request" if status == 400 else None
-        response = build_response(request, status, phrase, to_tag=self._new_tag())
+        response = build_response(request, status, phrase, to_tag=self._stateless_tag(request), headers=headers)
         response.headers.add("Server", self.user_agent)
         if status == 400:
             response.headers.add("Warning", f'399 {self.contact_host} "{_warning_text(reason)}"')
@@ -1488,12 +1566,19 @@ class SipAgent:
             return (via.received.strip("[]"), via.port or 5060)
         return (via.host.strip("[]"), via.port or 5060)
 
-    def _send(self, message: SipMessage, destination: Address, transport: str) -> None:
-        self._outgoing.append(Outgoing(message.to_bytes(), destination, transport))
+    def _send(self, message: SipMessage, destination: Address, transport: str, *, port_named: bool = True) -> None:
+        self._outgoing.append(Outgoing(message.to_bytes(), destination, transport, port_named))
 
     def _contact(self, transport: str) -> str:
         suffix = ";transport=tcp" if transport == "tcp" else ""
         return f"<sip:{self.contact_host}:{self.contact_port}{suffix}>"
+
+    def _stateless_tag(self, request: SipRequest) -> str:
+        """8.2.7: a stateless UAS gives a request's retransmissions the same To-tag: a keyed hash of what names the
+        request (the raw Via, From, Call-ID and CSeq), so that no one can make two requests share a tag on purpose."""
+        names = [request.headers.get(name) or "" for name in ("Via", "From", "Call-ID", "CSeq")]
+        digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8, key=self._tag_key)
+        return digest.hexdigest()
 
     def _new_tag(self) -> str:
         return f"{self._random.getrandbits(64):016x}"

@@ -38,6 +38,9 @@ class NextHop:
     host: str
     port: int
     transport: str  # "udp" | "tcp"
+    # False: the URI named no port and `port` is the default, so for a host name RFC 3263 4.2 asks DNS for SRV
+    # records first (the shell does: `Outgoing.port_named`).
+    port_named: bool = True
 
     @property
     def address(self) -> Address:
@@ -136,7 +139,8 @@ class Dialog:
         target = self.route_set[0].uri if self.route_set else self.remote_target
         transport = target.transport or default_transport
         default_port = 5061 if target.scheme == "sips" else 5060
-        return NextHop(host=target.host, port=target.port or default_port, transport=transport)
+        port_named = target.port is not None
+        return NextHop(target.host, target.port or default_port, transport, port_named)
 
     def create_request(
         self,

@@ -36,7 +36,7 @@ class TcpUnavailable(Exception):
     """No connection could be made (refused, unreachable, timed out, not resolvable, or too many are open)."""
 
 
-async def _as_is(peer: Address) -> Address:
+async def _as_is(peer: Address, port_named: bool) -> Address:
     return peer
 
 
@@ -77,11 +77,12 @@ class SipTcpClient:
         on_lost: Callable[[Address], None],
         max_connections: int,
         *,
-        resolve: Callable[[Address], Awaitable[Address]] = _as_is,
+        resolve: Callable[[Address, bool], Awaitable[Address]] = _as_is,
         label: str = "SIP",
         limit_setting: str = "",
     ) -> None:
-        """`resolve`: the address to connect to for a peer address (a name in it resolved); it raises
+        """`resolve`: the address to connect to for a peer address (a name in it resolved; the flag: its URI named
+        the port, else its SRV records are asked first, as `Outgoing.port_named` says); it raises
         `TcpUnavailable` (or OSError) when there is none. `limit_setting` names the setting `max_connections` is."""
         self.on_message = on_message
         self._on_lost = on_lost
@@ -124,9 +125,10 @@ class SipTcpClient:
         connection.transport.write(data)
         return True
 
-    def send_or_connect(self, peer: Address, data: bytes) -> None:
+    def send_or_connect(self, peer: Address, data: bytes, *, port_named: bool = True) -> None:
         """Write on `peer`'s connection, opening one first if there is none; `on_lost(peer)` (soon, never from
-        inside this call) when it cannot be opened or too many messages already wait for it."""
+        inside this call) when it cannot be opened or too many messages already wait for it. `port_named`: as
+        `Outgoing.port_named`, for `resolve`."""
         self._keep(peer)
         if self.send(peer, data):
             return
@@ -143,7 +145,7 @@ class SipTcpClient:
             self._fail_soon(peer, str(exc))
             return
         self._opening[peer] = [data]
-        task = asyncio.get_running_loop().create_task(self._open_and_flush(peer))
+        task = asyncio.get_running_loop().create_task(self._open_and_flush(peer, port_named))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -172,10 +174,10 @@ class SipTcpClient:
             setting = f" ({self._limit_setting})" if self._limit_setting else ""
             raise TcpUnavailable(f"the {self.label} holds {self._max} TCP connections{setting}")
 
-    async def _open_connection(self, peer: Address) -> _Connection:
+    async def _open_connection(self, peer: Address, port_named: bool = True) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            address = await self._resolve(peer)
+            address = await self._resolve(peer, port_named)
             _, connection = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, peer), *address), CONNECT_TIMEOUT_S
             )
@@ -183,9 +185,9 @@ class SipTcpClient:
             raise TcpUnavailable(f"cannot connect to {peer[0]}:{peer[1]} over TCP: {exc or 'timed out'}") from None
         return connection
 
-    async def _open_and_flush(self, peer: Address) -> None:
+    async def _open_and_flush(self, peer: Address, port_named: bool) -> None:
         try:
-            connection = await self._open_connection(peer)
+            connection = await self._open_connection(peer, port_named)
         except TcpUnavailable as exc:
             self._opening.pop(peer, None)
             self._report_lost(peer, str(exc))
