@@ -4,7 +4,6 @@ each other (RTP both ways, captured on the loopback). The official `vonage` SDK'
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from pathlib import Path
@@ -45,17 +44,6 @@ def uas(folder: Path, xml: str, port: int, media_port: int) -> sipp.SippRun:
     run = sipp.start(folder, sipp.scenario(xml, name="callee"), target=None, sip_port=port, media_port=media_port)
     time.sleep(0.5)  # SIPp binds its port
     return run
-
-
-def invites(folder: Path) -> list[tuple[str, str | None]]:
-    """The INVITEs SIPp received (its message log): each one's request line and its Authorization, if any."""
-    text = "\n".join(path.read_text(errors="replace") for path in folder.glob("*messages.log"))
-    found = []
-    for message in re.split(r"\n(?=INVITE sip:)", text)[1:]:
-        head = message.split("\n\n", 1)[0]
-        authorization = re.search(r"^Authorization: *(.+)$", head, re.MULTILINE | re.IGNORECASE)
-        found.append((head.splitlines()[0], authorization.group(1).strip() if authorization else None))
-    return found
 
 
 def test_a_connect_to_a_phone_goes_through_a_trunk_that_asks_for_a_digest_and_both_hear_each_other(
@@ -107,7 +95,7 @@ def test_a_connect_to_a_phone_goes_through_a_trunk_that_asks_for_a_digest_and_bo
     to_callee = received_audio(capture.rtp_to(trunk_media))
     assert tone_energy(to_caller[-8000 * 3 :], CALLEE_HZ) > 0.3, "the caller does not hear the callee"
     assert tone_energy(to_callee[-8000 * 3 :], CALLER_HZ) > 0.3, "the callee does not hear the caller"
-    (first, unanswered), (second, answer) = invites(trunk_folder)
+    (first, unanswered), (second, answer) = sipp.received_invites(trunk_folder, "Authorization")
     assert unanswered is None and answer is not None, (first, second)
     assert second.startswith(f"INVITE sip:{NUMBER}@127.0.0.1:{trunk_port}"), second
     assert verify_authorization(
