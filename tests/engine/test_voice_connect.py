@@ -283,3 +283,15 @@ def test_a_created_call_that_cannot_be_placed_comes_back_failed() -> None:
     assert world.statuses(created.uuid) == ["started", "failed"]
     assert world.engine.snapshot(created.uuid) == created
     assert_idle(world)
+
+
+def test_a_transfer_of_the_caller_hangs_up_the_call_its_connect_placed() -> None:
+    c = call_in([connect()], 1.0)
+
+    assert c.world.engine.transfer(c.caller_uuid, parse_ncco([talk("next")]), c.world.now)
+    c.world.run(1.0)
+
+    assert "BYE" in [r.method for r in c.callee.requests]
+    assert c.world.statuses(c.placed_uuid)[-1] == "completed"
+    assert tone_share(c.caller.heard(c.world.now - 0.5), NEXT_HZ) > 0.5
+    assert c.caller_uuid in c.world.engine.calls  # the caller carries on with its new NCCO
