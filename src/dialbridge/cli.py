@@ -383,6 +383,9 @@ def voice(settings: Settings) -> int:
         invites_per_source_per_minute=settings.sip_invites_per_source_per_minute,
         messages_per_source_per_second=settings.sip_messages_per_source_per_second,
         join_tone=settings.join_tones,
+        sip_trunk_uri=settings.sip_trunk_uri,
+        sip_trunk_username=settings.sip_trunk_username,
+        sip_trunk_password=settings.sip_trunk_password.get_secret_value() if settings.sip_trunk_password else None,
         sip_accounts=settings.sip_account_list(),
         sip_digest_algorithms=settings.sip_digest_algorithm_list,
     )

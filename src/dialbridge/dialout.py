@@ -30,7 +30,7 @@ from dialbridge.conference.webhooks import DIAL_OUT_HEADER, SESSION_HEADER, Payl
 from dialbridge.config import Backend, Settings
 from dialbridge.gateway.events import CREATED, DESTROYED, DIAL_OUT_STATES, FINAL_STATES, RINGING, UPDATED
 from dialbridge.platforms.base import ConnectionGone, NotSupported, SipDial, VideoPlatform
-from dialbridge.sip.message import SipParseError, SipUri
+from dialbridge.sip.message import SipParseError, SipUri, trunk_uri
 from dialbridge.store.dial_outs import CONFERENCE, LIVE, PHONE, DialOut, DialOutStore
 
 
@@ -293,11 +293,3 @@ def check_sip_uri(uri: str, *, tls: bool = True) -> SipUri:
 
 def digits(e164: str) -> str:
     return e164.removeprefix("+")
-
-
-def trunk_uri(trunk: str, number: str) -> str:
-    """The trunk's URI with the number as its user part: `sip:host;transport=tcp` → `sip:+1415…@host;transport=tcp`
-    (a user already in the setting is replaced: the number is who is called)."""
-    scheme, _, rest = trunk.partition(":")
-    host = rest.split("@", 1)[-1]
-    return f"{scheme}:{number}@{host}"

@@ -223,7 +223,7 @@ def test_a_number_through_a_trunk_that_asks_for_a_digest(
     page.click("#participant-list li[data-state='answered'] button.hang-up")
     assert run.wait(30) == 0, run.errors()
     participant_left(page, stack)
-    (first, unanswered), (second, answer) = _invites(folder)
+    (first, unanswered), (second, answer) = sipp.received_invites(folder, "Proxy-Authorization")
     assert unanswered is None and answer is not None, (first, second)
     assert verify_authorization(
         answer, method="INVITE", credentials=DigestCredentials(TRUNK_USER, TRUNK_PASSWORD), realm=REALM
@@ -372,18 +372,6 @@ def test_baresip_called_by_sip_uri_and_the_room_hear_each_other(
     assert heard["db"] - heard["medianDb"] > 30, heard
     tail = recorded[-rate * 2 :]
     assert tone_energy(tail, PAGE_HZ, rate) > 0.3, "baresip does not hear the page's 440 Hz"
-
-
-def _invites(folder: Path) -> list[tuple[str, str | None]]:
-    """The INVITEs SIPp received (from its message log, -trace_msg): each one's request line and its
-    Proxy-Authorization, if any."""
-    text = "\n".join(path.read_text(errors="replace") for path in folder.glob("*messages.log"))
-    found = []
-    for message in re.split(r"\n(?=INVITE sip:)", text)[1:]:
-        head = message.split("\n\n", 1)[0]
-        proxy = re.search(r"^Proxy-Authorization: *(.+)$", head, re.MULTILINE | re.IGNORECASE)
-        found.append((head.splitlines()[0], proxy.group(1).strip() if proxy else None))
-    return found
 
 
 def test_a_dial_out_whose_gateway_dies_ends_as_failed(

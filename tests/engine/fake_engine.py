@@ -325,6 +325,9 @@ class Phone:
             if message.status == 200 and self.media_port:
                 self.sending = True
 
+    def on_tick(self) -> None:
+        """A tick has begun (before the RTP of it is sent)."""
+
     def statuses(self, method: str = "INVITE") -> list[int]:
         return [r.status for r in self.responses if r.cseq.method == method]
 
@@ -397,6 +400,111 @@ class Phone:
         return [item.packet for item in self.rx if item.at >= since]
 
 
+class Callee(Phone):
+    """A phone the engine calls, answering as SIPp's UAS scenarios do: 100 and 180 at once, then — `answer` set —
+    that final status (200 with its SDP answer). `challenge`: the first INVITE gets a 401 with this digest
+    challenge first. It answers BYE and CANCEL, and sends RTP once it has answered, from `rtp_address`. What it
+    sends reaches the engine at the next tick, as over a network, not while the engine is still sending."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        host: str,
+        sip_port: int = 5060,
+        answer: int | None = 200,
+        challenge: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(world, host=host, **kwargs)
+        self.sip_address = (host, sip_port)
+        self.answer = answer
+        self.challenge = challenge
+        self.invites: list[SipRequest] = []
+        self.answered_invite: SipRequest | None = None
+        self.my_tag = f"callee{self.from_tag}"
+        self._outbox: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self._outbox.append(data)
+
+    def on_tick(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for data in outbox:
+            super().send(data)
+
+    def on_sip(self, data: bytes) -> None:
+        message = parse_message(data)
+        if isinstance(message, SipResponse):
+            self.responses.append(message)
+            return
+        self.requests.append(message)
+        if message.method == "INVITE":
+            self.invites.append(message)
+            if self.challenge is not None and len(self.invites) == 1:
+                self.respond(message, 401, extra={"WWW-Authenticate": self.challenge})
+                return
+            self.respond(message, 100)
+            self.respond(message, 180)
+            if self.answer is not None:
+                self.answer_invite(self.answer)
+        elif message.method == "BYE":
+            self.sending = False
+            self.respond(message, 200)
+        elif message.method == "CANCEL":
+            self.respond(message, 200)
+            self.respond(self.invites[-1], 487)
+
+    def answer_invite(self, status: int = 200) -> None:
+        invite = self.invites[-1]
+        if status != 200:
+            self.respond(invite, status)
+            return
+        for line in (invite.body or b"").decode().splitlines():
+            if line.startswith("m=audio "):
+                self.media_port = int(line.split()[1])
+        self.answered_invite = invite
+        self.respond(invite, 200, self.offer())
+        self.sending = True
+
+    def respond(self, request: SipRequest, status: int, body: bytes = b"", extra: dict[str, str] | None = None) -> None:
+        host, port = self.sip_address
+        to = request.headers.get("To") or ""
+        lines = [f"SIP/2.0 {status} Whatever"]
+        lines += [f"Via: {via}" for via in request.headers.get_all("Via")]
+        lines += [
+            f"From: {request.headers.get('From')}",
+            f"To: {to}" + (f";tag={self.my_tag}" if status > 100 and ";tag=" not in to else ""),
+            f"Call-ID: {request.call_id}",
+            f"CSeq: {request.headers.get('CSeq')}",
+            f"Contact: <sip:callee@{host}:{port}>",
+        ]
+        lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    def hang_up(self) -> None:
+        """A BYE in the dialog of the answered INVITE, as the called party sends it."""
+        invite = self.answered_invite
+        assert invite is not None
+        host, port = self.sip_address
+        contact = invite.contacts[0].uri if invite.contacts else invite.uri
+        self.sending = False
+        lines = [
+            f"BYE {contact} SIP/2.0",
+            f"Via: SIP/2.0/UDP {host}:{port};branch={self._branch()};rport",
+            f"From: {invite.headers.get('To')};tag={self.my_tag}",
+            f"To: {invite.headers.get('From')}",
+            f"Call-ID: {invite.call_id}",
+            f"CSeq: {self.cseq + 1} BYE",
+            "Max-Forwards: 70",
+            "Content-Length: 0",
+        ]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
 AnswerScript = Callable[[FetchAnswer], WebhookResult | None]
 WebhookScript = Callable[[SendWebhook], WebhookResult | None]
 
@@ -438,6 +546,7 @@ class World:
         )
         self.phones: list[Phone] = []
         self.events: list[dict[str, Any]] = []
+        self.event_urls: dict[str, set[str]] = {}  # by call uuid: where its events went
         self.speaking_reports: list[tuple[float, dict[str, Any]]] = []
         self.fetches: list[FetchAnswer] = []
         self.held_fetches: list[FetchAnswer] = []
@@ -501,6 +610,7 @@ class World:
         engine = self.engine
         if isinstance(request, SendEvent):
             self.events.append(request.payload)
+            self.event_urls.setdefault(str(request.payload.get("uuid")), set()).add(request.url)
         elif isinstance(request, ReportSpeaking):
             self.speaking_reports.append((self.now, request.payload))
         elif isinstance(request, FetchAnswer):
@@ -536,6 +646,8 @@ class World:
     def tick(self, count: int = 1, step: float = TICK) -> None:
         for _ in range(count):
             self.now = round(self.now + step, 6)
+            for phone in list(self.phones):
+                phone.on_tick()
             for phone in self.phones:
                 if phone.sending and phone.media_port is not None:
                     for datagram in phone.media_tick():

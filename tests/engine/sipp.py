@@ -3,6 +3,7 @@ callee (UAS) that the gateway dials: its replies."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -262,3 +263,15 @@ def uas_answer(payloads: str = "8", extra: str = "", status: str = "200 OK") -> 
         length="[len]",
         body=body,
     )
+
+
+def received_invites(folder: Path, credentials_header: str) -> list[tuple[str, str | None]]:
+    """The INVITEs a SIPp UAS received (from its message log, -trace_msg): each one's request line and its
+    `credentials_header` (Authorization, Proxy-Authorization), if any."""
+    text = "\n".join(path.read_text(errors="replace") for path in folder.glob("*messages.log"))
+    found = []
+    for message in re.split(r"\n(?=INVITE sip:)", text)[1:]:
+        head = message.split("\n\n", 1)[0]
+        value = re.search(rf"^{credentials_header}: *(.+)$", head, re.MULTILINE | re.IGNORECASE)
+        found.append((head.splitlines()[0], value.group(1).strip() if value else None))
+    return found

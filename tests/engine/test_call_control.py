@@ -33,10 +33,10 @@ from vonage import Auth, HttpClientOptions, Vonage
 from vonage_http_client.errors import AuthenticationError, HttpRequestError, NotFoundError
 from vonage_jwt.jwt import JwtClient
 from vonage_voice.models.ncco import Talk
-from vonage_voice.models.requests import AudioStreamOptions, ListCallsFilter, TtsStreamOptions
+from vonage_voice.models.requests import AudioStreamOptions, CreateCallRequest, ListCallsFilter, TtsStreamOptions
 
 from dialbridge.credentials import CredentialsError, TokenError, VoiceCredentials
-from dialbridge.engine.control import CALL_ACTIONS, CallRecord, create_control_app
+from dialbridge.engine.control import CALL_ACTIONS, CallRecord, NewCall, create_control_app
 
 NOW = 1_800_000_000.0
 CONVERSATION = "CON-5c4f5d0e-0000-4000-8000-00000000c0de"
@@ -66,6 +66,26 @@ class FakeControl:
         with self._lock:
             self.verbs.append(verb)
         return True
+
+    def create_call(self, call: NewCall) -> CallRecord:
+        if call.to.get("type") not in ("phone", "sip"):
+            raise ValueError('\'to.type\' must be "phone" or "sip"')
+        with self._lock:
+            self.verbs.append(("create_call", call))
+        to = call.to.get("number") or call.to.get("uri")
+        return self.add(
+            CallRecord(
+                uuid=f"NEW-{sum(1 for verb in self.verbs if verb[0] == 'create_call') - 1}",
+                conversation_uuid="CON-new",
+                from_number=call.from_number,
+                to_number=str(to),
+                status="started",
+                direction="outbound",
+                start_time=NOW,
+                end_time=None,
+                duration=None,
+            )
+        )
 
     def list_calls(self, conversation_uuid: str | None = None) -> list[CallRecord]:
         self.listed_with.append(conversation_uuid)
@@ -201,6 +221,64 @@ def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str
     assert body["type"] == f"https://developer.vonage.com/api-errors#{kind}"
     assert all(isinstance(body[key], str) and body[key] for key in PROBLEM_KEYS)
     return body
+
+
+# ---- POST /v1/calls ------------------------------------------------------------------------------------------------
+
+PHONE_TO = {"type": "phone", "number": "14155550100"}
+FROM = {"type": "phone", "number": "447700900000"}
+
+
+def test_create_call_answers_201_with_vonages_fields(api: Api, fake: FakeControl) -> None:
+    ncco = [{"action": "talk", "text": "Hello"}]
+    response = api.client.post(
+        "/v1/calls",
+        headers=api.headers(),
+        json={"to": [PHONE_TO], "from": FROM, "ncco": ncco, "event_url": ["https://app.example/ev"]},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "uuid": "NEW-0",
+        "status": "started",
+        "direction": "outbound",
+        "conversation_uuid": "CON-new",
+    }
+    assert fake.verbs == [
+        ("create_call", NewCall(PHONE_TO, "447700900000", ncco, None, "https://app.example/ev", 60, 7200))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "bad"),
+    [
+        ({"to": PHONE_TO}, "to"),
+        ({"to": [PHONE_TO, PHONE_TO]}, "to"),
+        ({"to": [{"type": "websocket", "uri": "wss://x"}]}, "to"),
+        ({"from": {"type": "sip", "uri": "sip:a@b"}}, "from"),
+        ({"from": {"type": "phone", "number": "call me"}}, "from.number"),
+        ({"ncco": None}, "ncco"),
+        ({"answer_url": ["https://app.example/answer"]}, "ncco"),
+        ({"ncco": "talk"}, "ncco"),
+        ({"ncco": None, "answer_url": "https://app.example/answer"}, "answer_url"),
+        ({"event_url": ["ftp://x"]}, "event_url"),
+        ({"ringing_timer": 0}, "ringing_timer"),
+        ({"length_timer": 7201}, "length_timer"),
+    ],
+)
+def test_bad_create_calls_are_400(api: Api, fake: FakeControl, change: dict[str, Any], bad: str) -> None:
+    body = {"to": [PHONE_TO], "from": FROM, "ncco": [{"action": "talk", "text": "Hello"}], **change}
+    body = {key: value for key, value in body.items() if value is not None}
+    response = api.client.post("/v1/calls", headers=api.headers(), json=body)
+    problem = assert_problem(response, 400, "invalid-params")
+    assert problem["invalid_parameters"][0]["name"].startswith(bad)
+    assert fake.verbs == []
+
+
+def test_create_call_refuses_what_the_engine_cannot_do(api: Api, fake: FakeControl) -> None:
+    body = {"to": [PHONE_TO], "random_from_number": True, "ncco": [{"action": "talk", "text": "Hello"}]}
+    problem = assert_problem(api.client.post("/v1/calls", headers=api.headers(), json=body), 400, "unsupported")
+    assert "random_from_number" in problem["detail"]
+    assert fake.verbs == []
 
 
 # ---- GET /v1/calls/{uuid} ------------------------------------------------------------------------------------------
@@ -817,6 +895,48 @@ def test_the_sdk_controls_calls(voice: Any, engine: Served) -> None:
         ("stop_stream", "LIVE-1"),
         ("send_dtmf", "LIVE-1", "1p2#"),
         ("hangup", "LIVE-1"),
+    ]
+
+
+def test_the_sdk_creates_calls(voice: Any, engine: Served) -> None:
+    created = voice.create_call(
+        CreateCallRequest(
+            to=[{"type": "phone", "number": "14155550100"}],
+            from_={"number": "447700900000"},
+            ncco=[Talk(text="Hello")],
+            event_url=["https://app.example/ev"],
+            ringing_timer=30,
+        )
+    )
+    assert (created.uuid, created.status, created.direction) == ("NEW-0", "started", "outbound")
+    assert created.conversation_uuid == "CON-new"
+    by_url = voice.create_call(
+        CreateCallRequest(
+            to=[{"type": "sip", "uri": "sip:alice@pbx.example"}],
+            from_={"number": "447700900000"},
+            answer_url=["https://app.example/answer"],
+        )
+    )
+    assert by_url.uuid == "NEW-1"
+    assert [verb[1] for verb in engine.fake.verbs] == [
+        NewCall(
+            {"type": "phone", "number": "14155550100"},
+            "447700900000",
+            [{"action": "talk", "text": "Hello"}],
+            None,
+            "https://app.example/ev",
+            30,
+            7200,
+        ),
+        NewCall(
+            {"type": "sip", "uri": "sip:alice@pbx.example"},
+            "447700900000",
+            None,
+            "https://app.example/answer",
+            None,
+            60,
+            7200,
+        ),
     ]
 
 

@@ -17,10 +17,13 @@ from dialbridge.conference.callflow import CallFlow
 from dialbridge.conference.ncco import ncco_json
 from dialbridge.conference.rooms import Room
 from dialbridge.engine.calls.ncco import (
+    Connect,
     Conversation,
     Input,
     NccoError,
     Notify,
+    PhoneEndpoint,
+    SipEndpoint,
     Stream,
     Talk,
     TransferDestination,
@@ -117,7 +120,31 @@ def test_every_field_is_read() -> None:
             "action 1 (conversation): 'mute' cannot be used together with canSpeak",
         ),
         ({"action": "notify", "eventUrl": [EVENTS]}, "action 1 (notify): 'payload' is required"),
-        ({"action": "connect", "endpoint": []}, "action 'connect' is not supported by the embedded voice engine"),
+        ({"action": "connect", "endpoint": []}, "action 1 (connect): 'endpoint' must be an array of one endpoint"),
+        (
+            {"action": "connect", "endpoint": [{"type": "websocket", "uri": "wss://x"}]},
+            'action 1 (connect): \'endpoint.type\' must be "phone" or "sip"',
+        ),
+        (
+            {"action": "connect", "endpoint": [{"type": "phone", "number": "call me"}]},
+            "action 1 (connect): 'endpoint.number' must be a phone number",
+        ),
+        (
+            {"action": "connect", "endpoint": [{"type": "sip", "uri": "sips:a@b"}]},
+            "action 1 (connect): 'endpoint.uri' must be a sip: URI",
+        ),
+        (
+            {"action": "connect", "endpoint": [{"type": "sip", "uri": "sip:a@b", "headers": {"A": "x\r\nB: y"}}]},
+            "action 1 (connect): 'endpoint.headers' must be an object of header names",
+        ),
+        (
+            {"action": "connect", "endpoint": [{"type": "phone", "number": "1"}], "timeout": 1},
+            "action 1 (connect): 'timeout' must be within 3..7200",
+        ),
+        (
+            {"action": "connect", "endpoint": [{"type": "phone", "number": "1"}], "eventType": "async"},
+            "action 1 (connect): 'eventType' must be \"synchronous\"",
+        ),
         ({"action": "record"}, "action 'record' is not supported by the embedded voice engine"),
         ({"action": "transfer", "conversationId": "c"}, "action 'transfer' is not supported"),
         ({"text": "no action"}, "action 1: 'action' is required"),
@@ -178,6 +205,36 @@ def test_not_json_and_not_an_array() -> None:
     assert parse_ncco(b"[]") == ()
 
 
+def test_connect_reads_vonages_fields_and_defaults() -> None:
+    [phone, sip] = parse_ncco(
+        [
+            {"action": "connect", "endpoint": [{"type": "phone", "number": "447700900001"}]},
+            {
+                "action": "connect",
+                "from": "447700900000",
+                "timeout": 20,
+                "limit": 600,
+                "eventUrl": [EVENTS],
+                "eventMethod": "GET",
+                "eventType": "synchronous",
+                "ringbackTone": "https://app.example/ring.mp3",
+                "endpoint": [{"type": "sip", "uri": "sip:alice@pbx.example", "headers": {"Room": "42"}}],
+            },
+        ]
+    )
+    assert phone == Connect(PhoneEndpoint("447700900001"), timeout=60, limit=7200)
+    assert sip == Connect(
+        SipEndpoint("sip:alice@pbx.example", (("Room", "42"),)),
+        from_="447700900000",
+        timeout=20,
+        limit=600,
+        event_url=(EVENTS,),
+        event_method="GET",
+        ringback_tone="https://app.example/ring.mp3",
+        synchronous=True,
+    )
+
+
 def test_transfer_bodies() -> None:
     inline = parse_transfer(
         {"action": "transfer", "destination": {"type": "ncco", "ncco": [{"action": "talk", "text": "moved"}]}}
@@ -185,8 +242,8 @@ def test_transfer_bodies() -> None:
     assert inline == TransferDestination(ncco=(Talk("moved"),))
     by_url = parse_transfer(b'{"action": "transfer", "destination": {"type": "ncco", "url": ["https://a.example/n"]}}')
     assert by_url == TransferDestination(url="https://a.example/n")
-    with pytest.raises(NccoError, match="action 0: action 'connect' is not supported"):
-        parse_transfer({"action": "transfer", "destination": {"type": "ncco", "ncco": [{"action": "connect"}]}})
+    with pytest.raises(NccoError, match="action 0: action 'record' is not supported"):
+        parse_transfer({"action": "transfer", "destination": {"type": "ncco", "ncco": [{"action": "record"}]}})
     with pytest.raises(NccoError, match="destination"):
         parse_transfer({"action": "transfer", "destination": {"type": "ncco"}})
     with pytest.raises(NccoError):
@@ -391,7 +448,7 @@ def _parses_or_refuses(data: Any) -> None:
     except NccoError:
         return
     assert isinstance(result, tuple)
-    assert all(isinstance(action, Talk | Stream | Input | Conversation | Notify) for action in result)
+    assert all(isinstance(action, Talk | Stream | Input | Conversation | Notify | Connect) for action in result)
 
 
 @settings(max_examples=400, deadline=None)

@@ -4,6 +4,8 @@ The app controls phone participants through the official `vonage` SDK's Voice cl
 at the engine (`api_host`, the engine's CA bundle, the engine's application credentials) the SDK sends the same
 requests as to Vonage and gets answers of the same shape:
 
+    POST   /v1/calls                  {"to": [endpoint], "from": {"type": "phone", "number"}, "ncco" | "answer_url",
+                                       "event_url"?, "ringing_timer"?, "length_timer"?}  → 201
     GET    /v1/calls                  ?status, conversation_uuid, date_start, date_end, page_size, record_index, order
     GET    /v1/calls/{uuid}
     PUT    /v1/calls/{uuid}           {"action": hangup|mute|unmute|earmuff|unearmuff|transfer, "destination"?}  → 204
@@ -21,6 +23,10 @@ Every /v1 request carries `Authorization: Bearer <JWT>` signed with the engine's
 verb (the detail says it ended), so "hang up a caller who just left" is a NotFoundError the app can ignore.
 
 Transfers take an inline NCCO only: `destination.url` (fetch the NCCO from an answer URL) is refused with 400.
+Creating a call places it through the engine's SIP (a `phone` endpoint through the SIP trunk, a `sip` one at its
+URI) and answers 201 at once, `started`; the rest arrives as events, as from Vonage. `random_from_number`,
+`machine_detection` and `advanced_machine_detection` are refused with 400; the answer and event URLs are always
+used with their default methods (GET, POST).
 
 Handlers are coroutines on purpose: Starlette runs plain functions in a thread pool, and `CallControl` must only
 be called on the engine's event loop.
@@ -36,7 +42,7 @@ import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -59,6 +65,9 @@ CALL_STATES = (
     "unanswered",
 )  # fmt: skip
 CALL_ACTIONS = ("hangup", "mute", "unmute", "earmuff", "unearmuff", "transfer")
+RINGING_TIMER_S = (1, 120, 60)  # POST /v1/calls: low, high, default (Vonage's)
+LENGTH_TIMER_S = (1, 7200, 7200)
+UNSUPPORTED_CREATE_FIELDS = ("random_from_number", "machine_detection", "advanced_machine_detection")
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 MAX_BODY_BYTES = 256 * 1024  # an NCCO is a few KiB; this only bounds what one request can make the engine hold
@@ -71,6 +80,7 @@ DEFAULT_LANGUAGE = "en-US"
 DTMF_DIGITS = re.compile(r"^[0-9*#pABCD]+$")
 LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}$")
 UNSIGNED = re.compile(r"^[0-9]{1,9}$")
+Checked = TypeVar("Checked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +123,27 @@ class CallRecord:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class NewCall:
+    """A POST /v1/calls request, its fields read; the engine validates `to` and `ncco` further."""
+
+    to: dict[str, Any]
+    from_number: str
+    ncco: list[dict[str, Any]] | None
+    answer_url: str | None
+    event_url: str | None
+    ringing_timer: int
+    length_timer: int
+
+
 class CallControl(Protocol):
     """The engine's live calls, as the REST API drives them. Implemented by the engine core; every method is
     synchronous and is called on the engine's event loop. A `bool` result is False when there is no such live
     call (stopping a talk or stream that is not playing is not a failure)."""
+
+    def create_call(self, call: NewCall) -> CallRecord:
+        """Raises ValueError, with a message saying what is wrong, for an endpoint or NCCO it cannot use."""
+        ...
 
     def list_calls(self, conversation_uuid: str | None = None) -> list[CallRecord]: ...
 
@@ -175,7 +202,7 @@ def create_control_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
-            _route(api, "/v1/calls", GET=api.list_calls),
+            _route(api, "/v1/calls", GET=api.list_calls, POST=api.create_call),
             _route(api, "/v1/calls/{uuid}", GET=api.get_call, PUT=api.update_call),
             _route(api, "/v1/calls/{uuid}/talk", PUT=api.start_talk, DELETE=api.stop_talk),
             _route(api, "/v1/calls/{uuid}/stream", PUT=api.start_stream, DELETE=api.stop_stream),
@@ -220,6 +247,18 @@ class _CallControlApi:
         except TokenError as exc:
             kind = "jwt-expired" if isinstance(exc, TokenExpired) else "unauthorized"
             raise _unauthorized(kind, f"The JWT was refused: {exc}.") from None
+
+    # POST /v1/calls
+    async def create_call(self, request: Request) -> Response:
+        new = _new_call(await _json_object(request))
+        call = self._engine_checks(lambda: self.control.create_call(new), "to" if new.ncco is None else "to or ncco")
+        body = {
+            "uuid": call.uuid,
+            "status": call.status,
+            "direction": call.direction,
+            "conversation_uuid": call.conversation_uuid,
+        }
+        return _json(body, 201)
 
     # GET /v1/calls
     async def list_calls(self, request: Request) -> Response:
@@ -325,7 +364,7 @@ class _CallControlApi:
         self._require_live(call_uuid, sent)
         return _json({"message": "DTMF sent", "uuid": call_uuid})
 
-    def _engine_checks(self, verb: Callable[[], bool], field: str) -> bool:
+    def _engine_checks(self, verb: Callable[[], Checked], field: str) -> Checked:
         """Run a verb whose input the engine validates further: its ValueError is the client's 400."""
         try:
             return verb()
@@ -458,6 +497,49 @@ def _call_uuid(request: Request) -> str:
     if len(call_uuid) > MAX_UUID_LENGTH:
         raise _Problem(404, "not-found", "Not Found", "There is no such call.")
     return call_uuid
+
+
+def _new_call(body: Mapping[str, Any]) -> NewCall:
+    for name in UNSUPPORTED_CREATE_FIELDS:
+        if body.get(name):
+            raise _Problem(400, "unsupported", "Not supported", f"{name} is not supported by the embedded engine.")
+    to = body.get("to")
+    if not isinstance(to, list) or len(to) != 1 or not isinstance(to[0], dict):
+        raise _invalid("to", "must be an array of one endpoint object")
+    caller = body.get("from")
+    number = caller.get("number") if isinstance(caller, dict) else None
+    if not isinstance(caller, dict) or caller.get("type") != "phone" or not isinstance(number, str) or not number:
+        raise _invalid("from", 'must be {"type": "phone", "number": "<E.164>"}')
+    if len(number) > 32 or not number.removeprefix("+").isdigit():
+        raise _invalid("from.number", "must be a phone number in E.164 format")
+    ncco, answer = body.get("ncco"), body.get("answer_url")
+    if (ncco is None) == (answer is None):
+        raise _invalid("ncco", "or answer_url is required, and not both")
+    if ncco is not None and (not isinstance(ncco, list) or not all(isinstance(action, dict) for action in ncco)):
+        raise _invalid("ncco", "must be an array of NCCO actions")
+    return NewCall(
+        to=to[0],
+        from_number=number,
+        ncco=ncco,
+        answer_url=None if answer is None else _one_url(answer, "answer_url"),
+        event_url=None if body.get("event_url") is None else _one_url(body["event_url"], "event_url"),
+        ringing_timer=_whole(body, "ringing_timer", *RINGING_TIMER_S),
+        length_timer=_whole(body, "length_timer", *LENGTH_TIMER_S),
+    )
+
+
+def _one_url(value: Any, name: str) -> str:
+    url = value[0] if isinstance(value, list) and len(value) == 1 else None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH:
+        raise _invalid(name, "must be an array of one http(s) URL")
+    return url
+
+
+def _whole(body: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(name, f"must be a whole number of seconds from {low} to {high}")
+    return value
 
 
 def _transfer_ncco(destination: Any) -> list[dict[str, Any]]:

@@ -34,11 +34,15 @@ from dialbridge.engine.calls import (
     Action,
     CallInfo,
     Command,
+    Connect,
     Conversation,
+    EndConnected,
     Hangup,
     JoinConversation,
     LeaveConversation,
     NccoRunner,
+    PhoneEndpoint,
+    PlaceCall,
     Play,
     PostWebhook,
     StopPlayback,
@@ -49,6 +53,8 @@ from dialbridge.engine.calls import (
     event_payload,
     timestamp,
 )
+from dialbridge.engine.calls.ncco import Endpoint
+from dialbridge.engine.calls.payloads import INBOUND, OUTBOUND
 from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.log_text import escaped_for_log
 from dialbridge.media import g711, tones
@@ -59,9 +65,12 @@ from dialbridge.rtp.events import event_to_digit
 from dialbridge.rtp.session import DtmfUnavailable, RtpSession
 from dialbridge.sip.agent import (
     DEFAULT_MAX_SERVER_TRANSACTIONS,
+    CallAnswered,
     CallCancelled,
     CallConfirmed,
     CallEnded,
+    CallFailed,
+    CallProgress,
     IncomingCall,
     InfoReceived,
     OfferAnswered,
@@ -70,7 +79,8 @@ from dialbridge.sip.agent import (
     SipAgent,
     SipEvent,
 )
-from dialbridge.sip.message import SipParseError
+from dialbridge.sip.auth import DigestCredentials
+from dialbridge.sip.message import SipParseError, SipUri, trunk_uri
 from dialbridge.sip.registrar import DEFAULT_DIGEST_ALGORITHMS, Registrar, SipAccount
 
 log = logging.getLogger(__name__)
@@ -84,6 +94,8 @@ MESSAGE_RATE_WINDOW_S = 1.0
 INCOMPATIBLE_MEDIA = {"Warning": '305 dialbridge "Incompatible media format"'}
 SAME_PRESS_S = 0.5  # a signalled digit this soon after the same key was heard in-band is that press again
 SPEAKING_REPORT_S = 0.25
+# How a call we placed that never connected is reported (Vonage's outbound statuses), by the final SIP status.
+_UNCONNECTED_STATUS = {486: "busy", 600: "busy", 403: "rejected", 603: "rejected"}
 
 
 class MediaPorts(Protocol):
@@ -165,6 +177,10 @@ class EngineSettings:
     max_sip_server_transactions: int = DEFAULT_MAX_SERVER_TRANSACTIONS
     join_tone: bool = True
     speaking_url: str | None = None  # where to report who speaks in each conversation; None: nowhere
+    # Where calls to phone numbers go (a connect's phone endpoint): the trunk's URI, the number as its user part.
+    sip_trunk_uri: str | None = None
+    sip_trunk_username: str | None = None
+    sip_trunk_password: str | None = field(default=None, repr=False)
     sip_accounts: tuple[SipAccount, ...] = ()  # softphones that register; none: REGISTER gets 405
     sip_digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # what their challenges offer, the best first
 
@@ -184,6 +200,7 @@ class CallSnapshot:
     muted: bool
     earmuffed: bool
     conversation: str | None
+    direction: str = INBOUND
 
 
 @dataclass(slots=True)
@@ -206,21 +223,28 @@ class Call:
         "answered_at",
         "conference",
         "confirmed",
+        "connect",
         "conversation",
         "conversation_uuid",
+        "direction",
         "dtmf_source",
         "earmuffed",
         "ended",
         "ended_at",
+        "event_url",
         "from_",
         "hold",
         "inband",
         "inband_heard",
         "leg_id",
+        "length_limit",
+        "limit_at",
         "local_sdp",
         "muted",
         "network",
+        "on_answer",
         "overlay",
+        "peer",
         "playback",
         "port",
         "rtp",
@@ -235,7 +259,18 @@ class Call:
         "x_headers",
     )
 
-    def __init__(self, leg_id: str, uuid: str, conversation_uuid: str, from_: str, to: str, now: float) -> None:
+    def __init__(
+        self,
+        leg_id: str,
+        uuid: str,
+        conversation_uuid: str,
+        from_: str,
+        to: str,
+        now: float,
+        *,
+        event_url: str,
+        direction: str = INBOUND,
+    ) -> None:
         self.leg_id = leg_id
         self.uuid = uuid
         self.conversation_uuid = conversation_uuid
@@ -267,6 +302,14 @@ class Call:
         self.network = ""  # the caller's /24 or /64 (`_caller_network`)
         self.confirmed = False  # the caller has ACKed our answer
         self.x_headers: dict[str, str] = {}
+        self.direction = direction
+        self.event_url = event_url  # where this call's events go
+        self.peer: str | None = None  # the other call of a connect: the one it placed, or the one that placed it
+        self.connect: Connect | None = None  # on a call a connect placed: that action
+        self.length_limit = 0.0  # a call we placed: how long it may last once answered (seconds)
+        self.limit_at: float | None = None  # ... and when it has lasted that long
+        # A call placed by POST /v1/calls: the NCCO to run when it is answered, or the answer URL to ask for one.
+        self.on_answer: tuple[Action, ...] | str | None = None
         self.account: SipAccount | None = None  # the registrar's account the caller authenticated as
 
     @property
@@ -485,6 +528,26 @@ class VoiceEngine:
             raise ValueError("this call's SDP has no telephone-event: it cannot be sent DTMF") from None
         return True
 
+    def create_call(
+        self,
+        to: Endpoint,
+        from_: str,
+        answer: tuple[Action, ...] | str,
+        now: float,
+        *,
+        event_url: str | None = None,
+        ringing_timer: float = 60.0,
+        length_timer: float = 7200.0,
+    ) -> CallSnapshot:
+        """POST /v1/calls: call `to`; once it answers, run `answer` on it (an NCCO, or the answer URL to GET one
+        from, as for a call that comes in). Its events go to `event_url` (else the application's). A call that
+        cannot be placed comes back ended, `failed`."""
+        call = self._dial(
+            to, from_, event_url or self.settings.event_url, "CON-" + self._new_uuid(), now, ringing_timer, length_timer
+        )
+        call.on_answer = answer
+        return self._snapshot(call, now)
+
     def _live(self, call_uuid: str) -> Call | None:
         call = self.calls.get(call_uuid)
         return None if call is None or call.ended else call
@@ -504,6 +567,7 @@ class VoiceEngine:
             muted=call.muted,
             earmuffed=call.earmuffed,
             conversation=call.conference,
+            direction=call.direction,
         )
 
     # ---- the clock -----------------------------------------------------------------------------------------
@@ -528,6 +592,8 @@ class VoiceEngine:
                 due = runner.next_timer()
                 if due is not None and due <= now:
                     self._run(call, runner.on_timer(now), now)
+            if call.limit_at is not None and call.limit_at <= now:
+                self._end(call, now, "limit", send_bye=True)
 
     def _end_silent_calls(self, now: float) -> None:
         """Hang up answered calls whose peer has sent no RTP or RTCP for `rtp_timeout_s` while it should have."""
@@ -602,6 +668,14 @@ class VoiceEngine:
             digit = _relayed_digit(event.body) if "dtmf" in event.content_type.lower() else None
             if digit is not None:
                 self._signalled_digit(call, digit, "info", now)
+        elif isinstance(event, CallProgress):
+            if call.state == "started" and event.status in (180, 183):
+                self._event(call, "ringing", now)
+        elif isinstance(event, CallAnswered):
+            self._placed_answered(call, event.sdp, now)
+        elif isinstance(event, CallFailed):
+            status = "timeout" if event.no_answer else _UNCONNECTED_STATUS.get(event.status, "failed")
+            self._end(call, now, f"{event.status} {event.reason}", send_bye=False, status=status)
         elif isinstance(event, OfferAnswered) and event.sdp is not None and call.rtp is not None:
             try:
                 params = sdp.accept_answer(event.sdp)
@@ -666,7 +740,13 @@ class VoiceEngine:
     def _new_call(self, leg_id: str, from_: str, request_user: str, now: float) -> Call:
         number = (self.settings.dial_in_number or "").lstrip("+")
         call = Call(
-            leg_id, self._new_uuid(), "CON-" + self._new_uuid(), from_=from_, to=number or request_user, now=now
+            leg_id,
+            self._new_uuid(),
+            "CON-" + self._new_uuid(),
+            from_=from_,
+            to=number or request_user,
+            now=now,
+            event_url=self.settings.event_url,
         )
         self.calls[call.uuid] = call
         self.stats.calls_total += 1
@@ -719,11 +799,13 @@ class VoiceEngine:
         return bool(number) and user.lstrip("+") == (number or "").lstrip("+")
 
     def _answer(self, call: Call, ncco: tuple[Action, ...] | None, now: float, failure: str = "") -> None:
-        assert call.local_sdp is not None
-        self.agent.accept(call.leg_id, call.local_sdp, now)
-        call.answered_at = now
-        self._event(call, "answered", now)
-        call.runner = NccoRunner(call.info, event_url=self.settings.event_url)
+        """Answer a call that rings here and run its NCCO; a call we placed has been answered already."""
+        if call.direction == INBOUND:
+            assert call.local_sdp is not None
+            self.agent.accept(call.leg_id, call.local_sdp, now)
+            call.answered_at = now
+            self._event(call, "answered", now)
+        call.runner = NccoRunner(call.info, event_url=call.event_url)
         commands = call.runner.start(ncco, now) if ncco is not None else call.runner.fail(failure, now)
         self._run(call, commands, now)
 
@@ -745,6 +827,149 @@ class VoiceEngine:
             self._end(call, now, f"failed: {problem}", send_bye=True)
             return
         self._start_media(call, params, now, confirmed=True)
+
+    # ---- calls we place -----------------------------------------------------------------------------------
+
+    def _place(self, caller: Call, connect: Connect, now: float) -> None:
+        """A connect: call its endpoint for `caller`, who hears the ringback tone (if any) until the answer bridges
+        the two (`_placed_answered`). The placed call's events go to the connect's eventUrl."""
+        from_ = connect.from_ or self.settings.dial_in_number or caller.from_
+        event_url = connect.event_url[0] if connect.event_url else self.settings.event_url
+        placed = self._dial(
+            connect.endpoint, from_, event_url, caller.conversation_uuid, now, connect.timeout, connect.limit
+        )
+        placed.connect = connect
+        placed.peer, caller.peer = caller.uuid, placed.uuid
+        if connect.ringback_tone is not None and not placed.ended:
+            self._next_id -= 1
+            caller.hold = _PendingPlayback(self._next_id, 0)
+            self._requests.append(PrepareAudio(caller.uuid, self._next_id, StreamSource(connect.ringback_tone, loop=0)))
+        if placed.ended:  # it could not even be dialled: its failed event is out, and the caller's NCCO goes on
+            self._peer_ended(caller, placed, None, now)
+
+    def _dial(
+        self,
+        endpoint: Endpoint,
+        from_: str,
+        event_url: str,
+        conversation_uuid: str,
+        now: float,
+        ring_timeout: float,
+        length_limit: float,
+    ) -> Call:
+        """Place a call (UAC) to `endpoint`: a new outbound call, reported `started` — or, when it cannot be placed
+        (no trunk, a bad URI, no port or line free), already ended as `failed`."""
+        to = endpoint.number if isinstance(endpoint, PhoneEndpoint) else endpoint.uri
+        call = Call("", self._new_uuid(), conversation_uuid, from_, to, now, event_url=event_url, direction=OUTBOUND)
+        call.length_limit = length_limit
+        self.calls[call.uuid] = call
+        self.stats.calls_total += 1
+        self._event(call, "started", now)
+        try:
+            target, credentials, headers = self._dial_target(endpoint)
+            uri = SipUri.parse(target)
+            destination = (uri.host.strip("[]"), uri.port or 5060)
+            if self._at_capacity():
+                raise ValueError(f"the engine holds its maximum of {self.settings.max_calls} calls")
+            call.port = self._ports.open()
+            self._by_port[call.port] = call
+            call.sdp_session_id = self._random.getrandbits(48)
+            call.local_sdp = sdp.make_offer(
+                local_host=self.settings.contact_host,
+                local_port=call.port,
+                session_id=call.sdp_session_id,
+                session_version=1,
+            )
+            call.leg_id = self.agent.dial(
+                target,
+                destination=destination,
+                transport=(uri.transport or "udp").lower(),
+                sdp=call.local_sdp,
+                now=now,
+                from_uri=f"sip:{from_}@{self.settings.contact_host}",
+                headers=headers,
+                credentials=credentials,
+                ring_timeout=ring_timeout,
+            )
+        except (ValueError, OSError) as exc:  # SipParseError is a ValueError; OSError: no RTP port free
+            log.warning("call %s could not be placed: %s", call.uuid, exc)
+            self._end(call, now, f"failed: {exc}", send_bye=False, status="failed")
+            return call
+        call.source = destination
+        self._by_leg[call.leg_id] = call
+        return call
+
+    def _dial_target(self, endpoint: Endpoint) -> tuple[str, DigestCredentials | None, dict[str, str]]:
+        """The Request-URI, credentials and headers for calling `endpoint`: a phone number through the trunk (as
+        the embedded backend's dial-out calls phones), a SIP URI as it is, its headers as X- headers (Vonage's)."""
+        if isinstance(endpoint, PhoneEndpoint):
+            settings = self.settings
+            if not settings.sip_trunk_uri:
+                raise ValueError("phones are called through a SIP trunk: set DIALBRIDGE_SIP_TRUNK_URI")
+            username, password = settings.sip_trunk_username, settings.sip_trunk_password
+            credentials = DigestCredentials(username, password) if username and password else None
+            return trunk_uri(settings.sip_trunk_uri, endpoint.number), credentials, {}
+        headers = {name if name[:2].lower() == "x-" else f"X-{name}": value for name, value in endpoint.headers}
+        return endpoint.uri, None, headers
+
+    def _placed_answered(self, call: Call, answer: bytes | None, now: float) -> None:
+        """A call we placed was answered (and ACKed): its media starts, to the address its answer names (ours to
+        trust: we chose whom to call), and it is bridged with the call whose connect placed it."""
+        try:
+            params = sdp.accept_answer(answer) if answer is not None else None
+        except sdp.SdpError:
+            params = None
+        if params is None:
+            log.warning("call %s: no usable SDP answer to our offer; hanging up", call.uuid)
+            self._end(call, now, "failed: no usable SDP answer", send_bye=True)
+            return
+        call.confirmed = True
+        call.answered_at = now
+        self._start_media(call, params, now, confirmed=True)
+        self._event(call, "answered", now)
+        call.limit_at = now + call.length_limit
+        caller = self.calls.get(call.peer) if call.peer is not None else None
+        if caller is not None:
+            caller.hold = None  # the ringback tone
+            self._bridge(caller, call)
+        elif isinstance(call.on_answer, str):
+            self._requests.append(FetchAnswer(call.uuid, call.on_answer, answer_query(call.info)))
+        elif call.on_answer is not None:
+            self._answer(call, call.on_answer, now)
+
+    def _bridge(self, caller: Call, placed: Call) -> None:
+        """Each of the two hears the other: both in a private conference of two, started."""
+        name = f"connect:{placed.uuid}"
+        self._started.add(name)
+        for call in (caller, placed):
+            call.conference, call.conversation = name, Conversation(name)
+            self.mixer.join(call.uuid, name, can_speak=self._can_speak(call), can_hear=self._can_hear(call))
+
+    def _unlink(self, call: Call) -> Call | None:
+        """Part `call` from the other call of its connect; that call, if it is still live."""
+        peer = self.calls.get(call.peer) if call.peer is not None else None
+        call.peer = None
+        if peer is None or peer.ended:
+            return None
+        peer.peer = None
+        return peer
+
+    def _peer_ended(self, survivor: Call, ended: Call, final: dict[str, Any] | None, now: float) -> None:
+        """One call of a connect has ended. The caller gone, the call placed for it goes too; the placed call gone
+        (or never connected), the caller's NCCO carries on — a synchronous connect's failure asking the eventUrl
+        first."""
+        if ended.connect is None:
+            self._end(survivor, now, "hangup" if survivor.answered_at is not None else "cancelled", send_bye=True)
+            return
+        survivor.hold = None
+        runner = survivor.runner
+        if runner is None:
+            return
+        if ended.connect.synchronous and ended.answered_at is None and final is not None:
+            commands = runner.connect_failed(ended.event_url, ended.connect.event_method, final, now)
+        else:
+            commands = runner.connect_ended(now)
+        self._run(survivor, commands, now)
 
     def _local_sdp(
         self, port: int, session_id: int, version: int, offer: bytes | None, *, initial: bool = False
@@ -851,6 +1076,12 @@ class VoiceEngine:
                 self._leave_conference(call, now)
             elif isinstance(command, JoinConversation):
                 self._join(call, command.name, command.conversation, now)
+            elif isinstance(command, PlaceCall):
+                self._place(call, command.connect, now)
+            elif isinstance(command, EndConnected):
+                placed = self._unlink(call)
+                if placed is not None:
+                    self._end(placed, now, "transferred", send_bye=True)
             elif isinstance(command, Hangup):
                 self._end(call, now, command.reason, send_bye=True)
 
@@ -922,12 +1153,16 @@ class VoiceEngine:
         call.conference = None
         call.hold = None
 
-    def _end(self, call: Call, now: float, reason: str, *, send_bye: bool) -> None:
+    def _end(self, call: Call, now: float, reason: str, *, send_bye: bool, status: str | None = None) -> None:
+        """`status`: the final event's, when the SIP outcome decides it (a placed call that never connected)."""
         if call.ended:
             return
         call.ended = True
         if send_bye:
             self.agent.hangup(call.leg_id, now)
+        peer = self._unlink(call)
+        if peer is not None and peer.conference is not None and peer.conference == call.conference:
+            self._drop_member(peer)  # the bridge is over: no leave tone for the one left
         self._leave_conference(call, now)
         call.playback = None
         if call in self._media:
@@ -941,7 +1176,10 @@ class VoiceEngine:
             self._ports.close(call.port)
         self._by_leg.pop(call.leg_id, None)
         del self.calls[call.uuid]
-        if call.state == "cancelled" or (call.answered_at is None and reason == "cancelled"):
+        final: dict[str, Any] | None = None
+        if status is not None:
+            final = self._event(call, status, now, reason=reason)
+        elif call.state == "cancelled" or (call.answered_at is None and reason == "cancelled"):
             self._event(call, "cancelled", now)
         elif call.answered_at is None and reason == "rejected":
             self._event(call, "rejected", now)
@@ -953,14 +1191,18 @@ class VoiceEngine:
         log.info("call %s: %s (%s%s)", call.uuid, call.state, reason, lasted)
         call.ended_at = now
         self._ended.append(self._snapshot(call))
+        if peer is not None:
+            self._peer_ended(peer, call, final, now)
 
-    def _event(self, call: Call, status: str, now: float, **extra: Any) -> None:
+    def _event(self, call: Call, status: str, now: float, **extra: Any) -> dict[str, Any]:
         call.state = status
         if status == "answered":  # this, joining a conference and the end: what an operator looks for in the log
             from_, to = escaped_for_log(call.from_), escaped_for_log(call.to)  # the caller wrote them
             log.info("call %s from %s to %s: answered", call.uuid, from_, to)
         self.stats.calls_by_state[status] = self.stats.calls_by_state.get(status, 0) + 1
-        self._requests.append(SendEvent(self.settings.event_url, event_payload(status, call.info, now, **extra)))
+        payload = event_payload(status, call.info, now, direction=call.direction, **extra)
+        self._requests.append(SendEvent(call.event_url, payload))
+        return payload
 
     def _report_speaking(self, now: float) -> None:
         """One report per conversation whose speakers changed, at most every SPEAKING_REPORT_S: a room's list shows

@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 
 from dialbridge.credentials import VoiceCredentials
 from dialbridge.engine.calls import StreamSource, TalkSource, WebhookClient, parse_ncco
-from dialbridge.engine.control import CallRecord, create_control_app
+from dialbridge.engine.calls.ncco import parse_endpoint
+from dialbridge.engine.control import CallRecord, NewCall, create_control_app
 from dialbridge.engine.core import CallSnapshot, VoiceEngine
 from dialbridge.local_api import LocalApiServer
 
@@ -69,7 +70,7 @@ def call_record(snapshot: CallSnapshot) -> CallRecord:
         from_number=snapshot.from_,
         to_number=snapshot.to,
         status=snapshot.status,
-        direction="inbound",
+        direction=snapshot.direction,
         start_time=snapshot.start_time,
         end_time=snapshot.end_time,
         duration=snapshot.duration,
@@ -89,6 +90,22 @@ class EngineCallControl:
     def _done(self, result: bool) -> bool:
         self._server.flush()
         return result
+
+    def create_call(self, call: NewCall) -> CallRecord:
+        to = parse_endpoint(call.to, "to")  # NccoError is a ValueError: a 400 naming the field
+        answer = parse_ncco(call.ncco) if call.ncco is not None else call.answer_url
+        assert answer is not None
+        snapshot = self._engine.create_call(
+            to,
+            call.from_number,
+            answer,
+            self._server.now(),
+            event_url=call.event_url,
+            ringing_timer=call.ringing_timer,
+            length_timer=call.length_timer,
+        )
+        self._server.flush()
+        return call_record(snapshot)
 
     def list_calls(self, conversation_uuid: str | None = None) -> list[CallRecord]:
         now = self._server.now()

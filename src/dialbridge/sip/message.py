@@ -397,6 +397,14 @@ class SipUri:
         return SipUri(scheme=self.scheme, user=self.user, host=self.host, port=self.port, password=self.password)
 
 
+def trunk_uri(trunk: str, number: str) -> str:
+    """The trunk's URI with the number as its user part: `sip:host;transport=tcp` → `sip:+1415…@host;transport=tcp`
+    (a user already in the setting is replaced: the number is who is called)."""
+    scheme, _, rest = trunk.partition(":")
+    host = rest.split("@", 1)[-1]
+    return f"{scheme}:{number}@{host}"
+
+
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """name-addr / addr-spec with header parameters (From, To, Contact, Route, Record-Route)."""

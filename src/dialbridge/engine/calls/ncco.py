@@ -1,11 +1,12 @@
 """NCCOs as the embedded voice engine reads them: a JSON array of actions, parsed into frozen dataclasses with
-Vonage's defaults and limits (NCCO reference: talk, stream, input, conversation, notify).
+Vonage's defaults and limits (NCCO reference: talk, stream, input, conversation, notify, connect).
 
 Rules:
 - `parse_ncco` returns typed actions or raises `NccoError` — for any input whatsoever, never another exception.
   The message names the offending action's index and field, e.g. "action 1 (input): 'dtmf.maxDigits' must be ...".
-- Supported: talk, stream, input (DTMF), conversation, notify. Every other Vonage action (connect, record, wait,
-  transfer, ...) is refused by name: the engine does not pretend to run what it cannot.
+- Supported: talk, stream, input (DTMF), conversation, notify, connect (to one `phone` or `sip` endpoint). Every
+  other Vonage action (record, wait, transfer, ...) and connect endpoint (websocket, app, vbc) is refused by name:
+  the engine does not pretend to run what it cannot.
 - Speech input is not supported: an input of type ["speech"] alone is refused; with ["dtmf", "speech"] DTMF is
   honoured and speech ignored, which the action records in `warnings`.
 - Vonage: once a talk or stream has bargeIn=true, "the next non-talk action must be an input" — an NCCO that
@@ -34,8 +35,13 @@ class NccoError(ValueError):
 MAX_TALK_CHARS = 1500  # excluding SSML tags
 MAX_DIGITS_LIMIT = 20
 MAX_INPUT_TIME_OUT_S = 10
-SUPPORTED_ACTIONS = ("talk", "stream", "input", "conversation", "notify")
+SUPPORTED_ACTIONS = ("talk", "stream", "input", "conversation", "notify", "connect")
+CONNECT_TIMEOUT_S = (3, 7200, 60)  # ring timeout: low, high, default (Vonage's)
+CONNECT_LIMIT_S = (1, 7200, 7200)  # the connected call's length
+_PHONE_NUMBER = re.compile(r"\+?[0-9]{1,20}")
 _SSML_TAG = re.compile(r"<[^>]*>")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")  # an RFC 3261 token
+_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]{0,1024}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,38 @@ class Notify:
     event_method: str = "POST"
 
 
-Action = Talk | Stream | Input | Conversation | Notify
+@dataclass(frozen=True, slots=True)
+class PhoneEndpoint:
+    """A phone number (E.164, `+` optional), called through the SIP trunk."""
+
+    number: str
+
+
+@dataclass(frozen=True, slots=True)
+class SipEndpoint:
+    uri: str
+    headers: tuple[tuple[str, str], ...] = ()  # sent as X-<name> headers of the INVITE, as Vonage sends them
+
+
+Endpoint = PhoneEndpoint | SipEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Call `endpoint` and, once it answers, bridge it with this call; the NCCO carries on when that call ends
+    (or when it never connected)."""
+
+    endpoint: Endpoint
+    from_: str | None = None
+    timeout: int = CONNECT_TIMEOUT_S[2]  # seconds of ringing before giving up
+    limit: int = CONNECT_LIMIT_S[2]  # seconds the connected call may last
+    event_url: tuple[str, ...] | None = None  # where the connected call's events go; None: the application's
+    event_method: str = "POST"
+    ringback_tone: str | None = None  # played to this call while the endpoint rings
+    synchronous: bool = False  # eventType "synchronous": a failed connect's event may answer with an NCCO
+
+
+Action = Talk | Stream | Input | Conversation | Notify | Connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,12 +327,72 @@ def _notify(f: _Fields) -> Notify:
     return Notify(payload=payload, event_url=urls, event_method=f.method("eventMethod"))
 
 
+def _endpoint(f: _Fields) -> Endpoint:
+    endpoints = f.data.get("endpoint")
+    if not isinstance(endpoints, list) or len(endpoints) != 1 or not isinstance(endpoints[0], dict):
+        f.fail("endpoint", "must be an array of one endpoint object")
+    return _endpoint_fields(_Fields(f.index, f.name, {f"endpoint.{key}": value for key, value in endpoints[0].items()}))
+
+
+def parse_endpoint(data: Any, name: str) -> Endpoint:
+    """One endpoint object as a connect's or POST /v1/calls' `to` holds it; `NccoError` naming `name`'s fields."""
+    if not isinstance(data, dict):
+        raise NccoError(f"{name!r} must be an endpoint object")
+    fields = _Fields(0, name, {f"{name}.{key}": value for key, value in data.items()})
+    try:
+        return _endpoint_fields(fields, name)
+    except NccoError as exc:
+        raise NccoError(str(exc).removeprefix(f"action 0 ({name}): ")) from None
+
+
+def _endpoint_fields(fields: _Fields, prefix: str = "endpoint") -> Endpoint:
+    kind = fields.text(f"{prefix}.type")
+    if kind == "phone":
+        number = fields.text(f"{prefix}.number")
+        if not _PHONE_NUMBER.fullmatch(number):
+            fields.fail(f"{prefix}.number", "must be a phone number in E.164 format")
+        return PhoneEndpoint(number)
+    if kind == "sip":
+        uri = fields.text(f"{prefix}.uri")
+        if not uri.lower().startswith("sip:"):
+            fields.fail(f"{prefix}.uri", "must be a sip: URI (the embedded voice engine has no TLS: no sips:)")
+        headers = fields.data.get(f"{prefix}.headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(name, str) and _HEADER_NAME.fullmatch(name) and isinstance(v, str) and _HEADER_VALUE.fullmatch(v)
+            for name, v in headers.items()
+        ):
+            fields.fail(f"{prefix}.headers", "must be an object of header names and single-line string values")
+        return SipEndpoint(uri, tuple(headers.items()))
+    fields.fail(f"{prefix}.type", 'must be "phone" or "sip" (the embedded voice engine calls no other kind)')
+
+
+def _connect(f: _Fields) -> Connect:
+    event_type = f.data.get("eventType")
+    if event_type not in (None, "synchronous"):
+        f.fail("eventType", 'must be "synchronous" when given')
+    ringback = f.text("ringbackTone") if f.has("ringbackTone") else None
+    if ringback is not None and not ringback.startswith(("http://", "https://")):
+        f.fail("ringbackTone", "must be an http:// or https:// URL")
+    from_ = f.text("from") if f.has("from") else None
+    return Connect(
+        endpoint=_endpoint(f),
+        from_=from_,
+        timeout=f.whole("timeout", CONNECT_TIMEOUT_S[2], *CONNECT_TIMEOUT_S[:2]),
+        limit=f.whole("limit", CONNECT_LIMIT_S[2], *CONNECT_LIMIT_S[:2]),
+        event_url=f.strings("eventUrl", urls=True),
+        event_method=f.method("eventMethod"),
+        ringback_tone=ringback,
+        synchronous=event_type == "synchronous",
+    )
+
+
 _PARSERS: dict[str, Callable[[_Fields], Action]] = {
     "talk": _talk,
     "stream": _stream,
     "input": _input,
     "conversation": _conversation,
     "notify": _notify,
+    "connect": _connect,
 }
 
 

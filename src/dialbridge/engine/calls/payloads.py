@@ -14,7 +14,8 @@ from typing import Any
 
 from dialbridge.engine.calls.ncco import Action
 
-DIRECTION = "inbound"  # the embedded engine answers calls; it does not place them
+INBOUND = "inbound"  # a call the engine answered
+OUTBOUND = "outbound"  # a call the engine placed (a connect, POST /v1/calls)
 EMBEDDED_PRICE = "0"  # nothing is billed on this machine
 EVENT_STATUSES = frozenset(
     {
@@ -115,6 +116,7 @@ def event_payload(
     *,
     start_time: float | None = None,
     end_time: float | None = None,
+    direction: str = INBOUND,
     **extra: Any,
 ) -> dict[str, Any]:
     """An event webhook body for `status`. `completed` needs `start_time` and `end_time` and carries the call's
@@ -124,7 +126,7 @@ def event_payload(
         raise ValueError(f"unknown call status {status!r}")
     payload: dict[str, Any] = {**parties(call), "status": status}
     if status not in _WITHOUT_DIRECTION:
-        payload["direction"] = DIRECTION
+        payload["direction"] = direction
     payload.update(extra)  # before the documented fields, which always keep Vonage's format
     if status == "answered":
         payload.update(start_time=None, rate=None, network=None)

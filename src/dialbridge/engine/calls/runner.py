@@ -28,8 +28,12 @@ Rules (Vonage NCCO reference; every transition is in the `_start_next`/`_submit`
   success, continue the call flow").
 - conversation: JoinConversation; the call stays there until the caller hangs up (the engine drops the runner)
   or `conversation_left`, after which the next action runs.
-- transfer (call control): stops whatever runs (StopPlayback / LeaveConversation / forgets a pending webhook)
-  and runs the given NCCO in place of the rest.
+- connect: PlaceCall; the call waits (CONNECTING) while the engine calls the endpoint and, once it answers, bridges
+  the two. `connect_ended` — the connected call ended, or never connected — runs the next action. With eventType
+  "synchronous", a connect that never connected instead posts its final event to the connect's eventUrl
+  (`connect_failed`) and waits for the answer, which is read as a notify's: a non-empty NCCO replaces the rest.
+- transfer (call control): stops whatever runs (StopPlayback / LeaveConversation / EndConnected / forgets a pending
+  webhook) and runs the given NCCO in place of the rest.
 - `fail(reason)`: the apology, then Hangup(reason) — for failures found by the engine (e.g. the answer webhook).
 - Once Hangup is returned the runner is ENDED and answers every event with no commands. Events that do not fit
   the state (a stale playback id, an unexpected request id, digits outside 0-9 * #) are ignored.
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from dialbridge.engine.calls.ncco import Action, Conversation, Input, Notify, Stream, Talk
+from dialbridge.engine.calls.ncco import Action, Connect, Conversation, Input, Notify, Stream, Talk
 from dialbridge.engine.calls.payloads import CallInfo, WebhookResult, input_payload
 
 DTMF_DIGITS = frozenset("0123456789*#")
@@ -87,7 +91,7 @@ class PostWebhook:
     url: str
     method: str
     payload: dict[str, Any]
-    purpose: Literal["input", "notify", "keypad"]
+    purpose: Literal["input", "notify", "keypad", "connect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +106,23 @@ class LeaveConversation:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaceCall:
+    """Call the connect action's endpoint and bridge it with this call once it answers."""
+
+    connect: Connect
+
+
+@dataclass(frozen=True, slots=True)
+class EndConnected:
+    """Hang up the call a connect placed (ringing or connected): a transfer moves this call on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Hangup:
     reason: str
 
 
-Command = Play | StopPlayback | PostWebhook | JoinConversation | LeaveConversation | Hangup
+Command = Play | StopPlayback | PostWebhook | JoinConversation | LeaveConversation | PlaceCall | EndConnected | Hangup
 
 
 class RunnerState(StrEnum):
@@ -115,6 +131,7 @@ class RunnerState(StrEnum):
     COLLECTING = "collecting"  # an input collects digits
     AWAITING_WEBHOOK = "awaiting_webhook"  # an input's or notify's request is out; its answer decides what is next
     IN_CONVERSATION = "in_conversation"
+    CONNECTING = "connecting"  # a connect's call rings or is connected
     APOLOGIZING = "apologizing"  # the apology plays; the call hangs up after it
     ENDED = "ended"  # Hangup was returned
 
@@ -211,7 +228,7 @@ class NccoRunner:
                 return self._apologize(f"input webhook failed: {_failure(result)}")
             if result.ncco is not None:
                 self._replace(result.ncco)
-        elif result.ok and result.ncco:  # notify: only a non-empty NCCO changes the course
+        elif result.ok and result.ncco:  # notify, connect: only a non-empty NCCO changes the course
             self._replace(result.ncco)
         return self._start_next(now)
 
@@ -219,6 +236,18 @@ class NccoRunner:
         if self._state is not RunnerState.IN_CONVERSATION:
             return []
         return self._start_next(now)
+
+    def connect_ended(self, now: float) -> list[Command]:
+        """The connect's call is over, or never connected: on with the next action."""
+        if self._state is not RunnerState.CONNECTING:
+            return []
+        return self._start_next(now)
+
+    def connect_failed(self, url: str, method: str, payload: dict[str, Any], now: float) -> list[Command]:
+        """A synchronous connect never connected: its final event goes to `url`, whose answer may hold an NCCO."""
+        if self._state is not RunnerState.CONNECTING:
+            return []
+        return self._post(url, method, payload, "connect")
 
     def transfer(self, ncco: Sequence[Action], now: float) -> list[Command]:
         if self._state is RunnerState.ENDED:
@@ -273,6 +302,9 @@ class NccoRunner:
         if isinstance(action, Conversation):
             self._state = RunnerState.IN_CONVERSATION
             return [JoinConversation(action.name, action)]
+        if isinstance(action, Connect):
+            self._state = RunnerState.CONNECTING
+            return [PlaceCall(action)]
         assert isinstance(action, Notify)
         return self._post(action.event_url[0], action.event_method, action.payload, "notify")
 
@@ -309,7 +341,7 @@ class NccoRunner:
         return self._post(url, action.event_method, payload, "input")
 
     def _post(
-        self, url: str, method: str, payload: dict[str, Any], purpose: Literal["input", "notify"]
+        self, url: str, method: str, payload: dict[str, Any], purpose: Literal["input", "notify", "connect"]
     ) -> list[Command]:
         self._request_id = self._new_id()
         self._state = RunnerState.AWAITING_WEBHOOK
@@ -322,6 +354,8 @@ class NccoRunner:
             commands.append(StopPlayback(self._playback_id))
         if self._state is RunnerState.IN_CONVERSATION and isinstance(self._current, Conversation):
             commands.append(LeaveConversation(self._current.name))
+        if self._state is RunnerState.CONNECTING:
+            commands.append(EndConnected())
         self._playback_id, self._request_id, self._deadline, self._digits = None, None, None, []
         return commands
 
