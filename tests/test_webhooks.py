@@ -178,6 +178,24 @@ def test_events_are_stored_against_the_call_and_its_room(client: TestClient, set
 
 
 @on_both_databases
+def test_the_engines_answered_event_after_the_call_desk_decided_leaves_its_status(client: TestClient) -> None:
+    """The engine posts `answered` once the answer webhook has returned, so it always comes after the call desk
+    wrote what the call is (in the room's conference, awaiting its PIN): a progress event must not overwrite that
+    (found with SIP accounts: such a caller showed as "answered" and was not counted as present in the room)."""
+    room = make_room(client, "standup")
+    answer(client, "bridge-1", caller="sip-bridge", **{"SipHeader_X-OpenTok-SessionId": room["session_id"]})
+    answer(client, "pin-1")
+    for uuid in ("bridge-1", "pin-1"):
+        for status in ("started", "ringing", "answered"):
+            assert client.post("/webhooks/events", json={"uuid": uuid, "status": status}).status_code == 204
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    assert (svc.store.call("bridge-1").status, svc.store.call("pin-1").status) == ("in_conference", "awaiting_pin")
+    completed = {"uuid": "bridge-1", "status": "completed", "duration": "5"}
+    assert client.post("/webhooks/events", json=completed).status_code == 204
+    assert svc.store.call("bridge-1").status == "completed"  # a final event still ends it
+
+
+@on_both_databases
 def test_every_field_as_long_as_the_parser_accepts_is_stored(client: TestClient) -> None:
     """PostgreSQL enforces column widths (SQLite ignores them): a value the parser accepts but a column cannot hold
     would be a 500 there."""

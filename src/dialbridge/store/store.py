@@ -99,9 +99,16 @@ ROOM_COLUMNS = (t.rooms.c.room_id, t.rooms.c.session_id, t.rooms.c.pin)
 COMPLETE = t.rooms.c.session_id.is_not(None)
 
 
+#: The engine's own progress statuses. They come as events, and `answered` always after the answer webhook (the
+#: engine answers with what it returned), `started` and `ringing` often after it too (each event is its own request):
+#: none of them may overwrite what the call desk decided the call is (in_conference, awaiting_pin, locked_out...).
+PROGRESS_STATUSES = ("started", "ringing", "answered")
+
+
 def _call_upsert(dialect_name: str) -> Any:
-    """INSERT a call, or merge into the existing row: blanks never erase what is known, and a call that has
-    ended keeps its final status when a late, out-of-order event arrives."""
+    """INSERT a call, or merge into the existing row: blanks never erase what is known, a call that has ended keeps
+    its final status when a late, out-of-order event arrives, and a progress event never overwrites the status the
+    call desk gave the call (`PROGRESS_STATUSES`)."""
     module = postgresql if dialect_name == "postgresql" else sqlite
     c = t.calls.c
     statement = module.insert(t.calls).values(
@@ -120,10 +127,16 @@ def _call_upsert(dialect_name: str) -> Any:
         keypad=literal_column("''"),
     )
     new = statement.excluded
+    # Literal values, not a bound list: the statement is compiled once, and an IN of bound values expands per call.
+    progress: list[Any] = [literal_column(f"'{status}'") for status in PROGRESS_STATUSES]
     return statement.on_conflict_do_update(
         index_elements=[c.uuid],
         set_={
-            "status": case((and_(c.ended_at.is_not(None), new.ended_at.is_(None)), c.status), else_=new.status),
+            "status": case(
+                (and_(c.ended_at.is_not(None), new.ended_at.is_(None)), c.status),
+                (and_(new.status.in_(progress), c.status.not_in(progress)), c.status),
+                else_=new.status,
+            ),
             "updated_at": new.updated_at,
             "room_id": func.coalesce(new.room_id, c.room_id),
             "conversation_uuid": func.coalesce(func.nullif(new.conversation_uuid, ""), c.conversation_uuid),
