@@ -89,6 +89,7 @@ class Binding:
     source: Address  # where its REGISTER came from: where requests to the phone go (NAT)
     transport: str
     expires_at: float
+    refreshed_at: float  # its latest REGISTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,13 +188,19 @@ class Registrar:
             if seconds == 0:
                 self._remove(outcome.username, contact)
             else:
-                self._bind(outcome.username, contact, source, transport, now + min(seconds, self.limits.max_expires))
+                expires_at = now + min(seconds, self.limits.max_expires)
+                self._bind(outcome.username, contact, source, transport, expires_at, now)
         if not self._bindings.get(outcome.username):
             self._bindings.pop(outcome.username, None)  # only removals: leave no empty table behind
         return Reply(200, self._contacts(outcome.username, now))
 
     def bindings(self, username: str) -> list[Binding]:
         return list(self._bindings.get(username, {}).values())
+
+    def latest_binding(self, username: str) -> Binding | None:
+        """The account's binding most recently refreshed (its phone last heard from), where a call to the account
+        goes; None when no phone is registered. Forking to them all in parallel (RFC 3261 16.7) is a later step."""
+        return max(self._bindings.get(username, {}).values(), key=lambda b: b.refreshed_at, default=None)
 
     def binding_sources(self) -> set[tuple[Address, str]]:
         """Where the bound phones are (source, transport): TCP connections to keep open to reach them."""
@@ -233,14 +240,16 @@ class Registrar:
             changes.append((str(contact.uri), _seconds(expires) if expires is not None else default))
         return changes
 
-    def _bind(self, username: str, contact: str, source: Address, transport: str, expires_at: float) -> None:
+    def _bind(
+        self, username: str, contact: str, source: Address, transport: str, expires_at: float, now: float
+    ) -> None:
         bindings = self._bindings.setdefault(username, {})
         if contact not in bindings:
             if len(bindings) >= self.limits.bindings_per_account:
                 self._remove(username, min(bindings.values(), key=lambda b: b.expires_at).contact)
                 bindings = self._bindings.setdefault(username, bindings)
             self._total += 1
-        bindings[contact] = Binding(contact, source, transport, expires_at)
+        bindings[contact] = Binding(contact, source, transport, expires_at, now)
         heapq.heappush(self._expiry, (expires_at, username, contact))
 
     def _remove(self, username: str, contact: str) -> None:
