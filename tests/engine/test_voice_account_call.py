@@ -187,6 +187,19 @@ def test_over_tcp_the_softphone_is_called_over_the_connection_it_registered_on()
     assert tone_share(alice.heard(world.now - 0.5), A_HZ) > 0.5
 
 
+def test_over_tcp_a_phone_whose_connection_closed_is_called_at_its_contact_over_a_new_one() -> None:
+    world = account_world([connect_alice()])
+    alice = softphone(world, transport="tcp", contact="sip:alice@192.0.2.44:5070;transport=tcp")
+    world.engine.transport_failed(alice.sip_address, world.now)  # the phone's connection closed
+    connected(world, world.phone())
+    world.run(0.2)
+
+    assert alice.invites == []  # its source port was the closed connection's: nothing listens there
+    [(destination, data)] = world.stray_sip
+    assert destination == ("192.0.2.44", 5070)  # where its Contact says it takes connections
+    assert data.startswith(b"INVITE sip:alice@192.0.2.44:5070;transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP ")
+
+
 def test_a_created_call_to_an_account_rings_its_registered_phone() -> None:
     world = account_world([])
     alice = softphone(world)

@@ -918,6 +918,8 @@ class VoiceEngine:
         binding = registrar.latest_binding(account)
         if binding is None:
             raise ValueError(f"account {account} has no phone registered")
+        if not binding.flow_open:  # the TCP connection it registered on is gone: a new one, to where it listens
+            return _DialTarget.at_uri(binding.contact, headers=headers)
         # The request goes to the Contact the phone registered, sent to where that REGISTER came from: behind NAT
         # the Contact names an address nobody can reach, and over TCP the source is the connection it came on.
         return _DialTarget(binding.contact, binding.source, binding.transport, None, headers, registered=True)

@@ -556,8 +556,11 @@ class SipAgent:
 
         Client transactions sending there fail (a BYE in flight then ends its call as "hangup", a dial CallFailed
         503). Server transactions answer at their request's Via address instead when that is another one (18.2.2),
-        and fail otherwise. Calls whose connection it was go on (`flow_lost`; see the module doc).
+        and fail otherwise. Calls whose connection it was go on (`flow_lost`; see the module doc). Phones registered
+        over it are reached at their Contact from now on (`Registrar.flow_closed`).
         """
+        if self.registrar is not None:
+            self.registrar.flow_closed(destination)
         for server_entry in list(self._server.values()):
             if server_entry.destination != destination:
                 continue
