@@ -423,6 +423,7 @@ class Callee(Phone):
         self.invites: list[SipRequest] = []
         self.answered_invite: SipRequest | None = None
         self.my_tag = f"callee{self.from_tag}"
+        self.contact = f"sip:callee@{host}:{sip_port}"  # what its responses' Contact names (behind NAT: not it)
         self._outbox: list[bytes] = []
 
     def send(self, data: bytes) -> None:
@@ -468,7 +469,6 @@ class Callee(Phone):
         self.sending = True
 
     def respond(self, request: SipRequest, status: int, body: bytes = b"", extra: dict[str, str] | None = None) -> None:
-        host, port = self.sip_address
         to = request.headers.get("To") or ""
         lines = [f"SIP/2.0 {status} Whatever"]
         lines += [f"Via: {via}" for via in request.headers.get_all("Via")]
@@ -477,7 +477,7 @@ class Callee(Phone):
             f"To: {to}" + (f";tag={self.my_tag}" if status > 100 and ";tag=" not in to else ""),
             f"Call-ID: {request.call_id}",
             f"CSeq: {request.headers.get('CSeq')}",
-            f"Contact: <sip:callee@{host}:{port}>",
+            f"Contact: <{self.contact}>",
         ]
         lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
         if body:

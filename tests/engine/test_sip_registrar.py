@@ -228,6 +228,24 @@ def test_a_tcp_binding_keeps_its_connection_open() -> None:
     assert phone.agent.reliable_peers_in_use() == {PHONE}
 
 
+def test_a_tcp_binding_whose_connection_closed_is_marked_until_the_phone_registers_over_a_new_one() -> None:
+    phone = Phone()
+    phone.register(transport="tcp", extra="Expires: 120")
+    phone.agent.transport_failed(PHONE, phone.now)
+    [closed] = phone.registrar.bindings("alice")
+    assert not closed.flow_open  # reached at its Contact from now on
+    assert phone.registrar.table_sizes()["flows"] == 0
+
+    again = ("198.51.100.7", 40999)
+    phone.register(transport="tcp", source=again, extra="Expires: 120")
+    [reopened] = phone.registrar.bindings("alice")
+    assert (reopened.source, reopened.flow_open) == (again, True)
+    assert phone.registrar.table_sizes()["flows"] == 1
+    phone.advance(121)
+    sizes = phone.registrar.table_sizes()
+    assert (sizes["bindings"], sizes["flows"]) == (0, 0)
+
+
 def test_an_invite_from_an_account_is_challenged_407_then_carries_the_account() -> None:
     phone = Phone()
     challenge = phone.request("INVITE", call_id="call-1")

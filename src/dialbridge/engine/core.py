@@ -866,9 +866,7 @@ class VoiceEngine:
         self.stats.calls_total += 1
         self._event(call, "started", now)
         try:
-            target, credentials, headers = self._dial_target(endpoint)
-            uri = SipUri.parse(target)
-            destination = (uri.host.strip("[]"), uri.port or 5060)
+            target = self._dial_target(endpoint)
             if self._at_capacity():
                 raise ValueError(f"the engine holds its maximum of {self.settings.max_calls} calls")
             call.port = self._ports.open()
@@ -881,36 +879,50 @@ class VoiceEngine:
                 session_version=1,
             )
             call.leg_id = self.agent.dial(
-                target,
-                destination=destination,
-                transport=(uri.transport or "udp").lower(),
+                target.request_uri,
+                destination=target.destination,
+                transport=target.transport,
                 sdp=call.local_sdp,
                 now=now,
                 from_uri=f"sip:{from_}@{self.settings.contact_host}",
-                headers=headers,
-                credentials=credentials,
+                headers=target.headers,
+                credentials=target.credentials,
                 ring_timeout=ring_timeout,
+                registered_flow=target.registered,
             )
         except (ValueError, OSError) as exc:  # SipParseError is a ValueError; OSError: no RTP port free
             log.warning("call %s could not be placed: %s", call.uuid, exc)
             self._end(call, now, f"failed: {exc}", send_bye=False, status="failed")
             return call
-        call.source = destination
+        call.source = target.destination
         self._by_leg[call.leg_id] = call
         return call
 
-    def _dial_target(self, endpoint: Endpoint) -> tuple[str, DigestCredentials | None, dict[str, str]]:
-        """The Request-URI, credentials and headers for calling `endpoint`: a phone number through the trunk (as
-        the embedded backend's dial-out calls phones), a SIP URI as it is, its headers as X- headers (Vonage's)."""
+    def _dial_target(self, endpoint: Endpoint) -> _DialTarget:
+        """How to call `endpoint`: a phone number through the trunk (as the embedded backend's dial-out calls
+        phones); one of our accounts at our domain at the phone registered for it; any other SIP URI as it is. A
+        SIP endpoint's headers go as X- headers (Vonage's). ValueError when it cannot be called: no trunk, a bad
+        URI, an account with no phone registered (Vonage's unreachable endpoint: `failed`)."""
         if isinstance(endpoint, PhoneEndpoint):
             settings = self.settings
             if not settings.sip_trunk_uri:
                 raise ValueError("phones are called through a SIP trunk: set DIALBRIDGE_SIP_TRUNK_URI")
             username, password = settings.sip_trunk_username, settings.sip_trunk_password
             credentials = DigestCredentials(username, password) if username and password else None
-            return trunk_uri(settings.sip_trunk_uri, endpoint.number), credentials, {}
+            return _DialTarget.at_uri(trunk_uri(settings.sip_trunk_uri, endpoint.number), credentials=credentials)
         headers = {name if name[:2].lower() == "x-" else f"X-{name}": value for name, value in endpoint.headers}
-        return endpoint.uri, None, headers
+        uri = SipUri.parse(endpoint.uri)
+        registrar, account = self.agent.registrar, uri.user
+        if registrar is None or account is None or not registrar.is_local_user(uri):
+            return _DialTarget.at_uri(endpoint.uri, headers=headers)
+        binding = registrar.latest_binding(account)
+        if binding is None:
+            raise ValueError(f"account {account} has no phone registered")
+        if not binding.flow_open:  # the TCP connection it registered on is gone: a new one, to where it listens
+            return _DialTarget.at_uri(binding.contact, headers=headers)
+        # The request goes to the Contact the phone registered, sent to where that REGISTER came from: behind NAT
+        # the Contact names an address nobody can reach, and over TCP the source is the connection it came on.
+        return _DialTarget(binding.contact, binding.source, binding.transport, None, headers, registered=True)
 
     def _placed_answered(self, call: Call, answer: bytes | None, now: float) -> None:
         """A call we placed was answered (and ACKed): its media starts, to the address its answer names (ours to
@@ -1289,6 +1301,29 @@ class VoiceEngine:
                 setattr(call, slot, None)
             else:
                 out[row] = np.clip(out[row].astype(np.int32) + frame, -32768, 32767)
+
+
+@dataclass(frozen=True, slots=True)
+class _DialTarget:
+    """Where and how a call we place goes: the INVITE's Request-URI, the address it is sent to (resolved) and over
+    which transport, credentials for a challenge, extra headers; `registered`: to a phone that registered from
+    `destination`, where every request of the call goes (`SipAgent.dial(registered_flow=)`)."""
+
+    request_uri: str
+    destination: Address
+    transport: str
+    credentials: DigestCredentials | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    registered: bool = False
+
+    @classmethod
+    def at_uri(
+        cls, request_uri: str, *, credentials: DigestCredentials | None = None, headers: dict[str, str] | None = None
+    ) -> _DialTarget:
+        """Sent where the URI names: its host and port (5060 if none), over its transport (UDP if none)."""
+        uri = SipUri.parse(request_uri)
+        destination = (uri.host.strip("[]"), uri.port or 5060)
+        return cls(request_uri, destination, (uri.transport or "udp").lower(), credentials, headers or {})
 
 
 class _PendingPlayback:

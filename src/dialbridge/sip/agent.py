@@ -45,7 +45,8 @@ Commands for a leg that no longer exists or is in the wrong state are ignored: t
 
 UAC limits for now: early dialogs are not tracked (requests inside one, e.g. UPDATE before the answer, get 481),
 no 100rel/PRACK, no late offer, and 3xx is reported (CallFailed) rather than followed. In-dialog requests go to
-the dialog's next hop (Record-Route / Contact) on UDP: if the peer names a host there, the shell resolves
+the dialog's next hop (Record-Route / Contact) on UDP (to a phone we called at its registration: where it
+registered from, `dial(registered_flow=)`): if the peer names a host there, the shell resolves
 `Outgoing.destination` itself (`sip/resolver.py`; SRV first when `Outgoing.port_named` is False, RFC 3263) and
 reports one it cannot reach with `transport_failed`.
 """
@@ -353,6 +354,8 @@ class CallLeg:
     invite_had_offer: bool = False
     dial: _Dial | None = None  # set on UAC legs (made by dial())
     flow_lost: bool = False  # TCP: the connection `source` names is gone; requests go to the next hop anew
+    # UAC: the callee is a phone registered from `source`: every request of the dialog goes there, over UDP too
+    registered_flow: bool = False
     timer_at: float | None = None  # the deadline of its live record on the agent's timer heap
 
 
@@ -553,8 +556,11 @@ class SipAgent:
 
         Client transactions sending there fail (a BYE in flight then ends its call as "hangup", a dial CallFailed
         503). Server transactions answer at their request's Via address instead when that is another one (18.2.2),
-        and fail otherwise. Calls whose connection it was go on (`flow_lost`; see the module doc).
+        and fail otherwise. Calls whose connection it was go on (`flow_lost`; see the module doc). Phones registered
+        over it are reached at their Contact from now on (`Registrar.flow_closed`).
         """
+        if self.registrar is not None:
+            self.registrar.flow_closed(destination)
         for server_entry in list(self._server.values()):
             if server_entry.destination != destination:
                 continue
@@ -655,6 +661,7 @@ class SipAgent:
         headers: Mapping[str, str] | None = None,
         credentials: DigestCredentials | None = None,
         ring_timeout: float | None = None,
+        registered_flow: bool = False,
     ) -> str:
         """Start an outbound call (UAC): send an INVITE with our offer to `destination` (already resolved).
 
@@ -665,6 +672,10 @@ class SipAgent:
         `ring_timeout` (seconds): with no final response by then, CallFailed(408) is reported and the INVITE is
         cancelled in the background (nothing more is reported for the leg). Without it, only Timer B (no response
         at all in 64*T1) or hangup() end an unanswered call: a 1xx stops Timer B (RFC 3261 17.1.1.2).
+
+        `registered_flow`: the callee is a phone that registered from `destination` (the request URI its Contact).
+        Behind NAT that Contact, and so the Contact of its answer, names an address nobody can reach: the ACK and
+        every later request of the dialog go to `destination` too (RFC 5626's flow), not to the dialog's next hop.
         """
         transport = transport.lower()
         if transport not in ("udp", "tcp"):
@@ -712,6 +723,7 @@ class SipAgent:
             transport=transport,
             state=LegState.CALLING,
             invite_had_offer=bool(sdp),
+            registered_flow=registered_flow,
             dial=_Dial(
                 invite=invite,
                 invite_key=(),
@@ -1128,7 +1140,9 @@ class SipAgent:
             return
         invite = entry.transaction.request
         dialog = Dialog.as_uac(invite, response)
-        hop = self._in_dialog_destination(dialog, entry.destination, entry.transport)
+        dialled = self._legs.get(entry.leg_id) if entry.leg_id else None  # `leg` is None once it was answered
+        registered_flow = dialled is not None and dialled.registered_flow
+        hop = self._in_dialog_destination(dialog, entry.destination, entry.transport, registered_flow=registered_flow)
         ack = dialog.create_request(
             "ACK",
             via_host=self.contact_host,
@@ -1147,7 +1161,7 @@ class SipAgent:
         if leg is None:
             # Another fork answered too (or the call is already answered, or gone): one dialog is all we want, so
             # this one is ACKed and ended at once (13.2.2.4).
-            bye = self._new_bye(dialog, entry.destination, entry.transport, now, None)
+            bye = self._new_bye(dialog, entry.destination, entry.transport, now, None, registered_flow=registered_flow)
             self._pump_client(bye, now)
             return
         leg.dialog = dialog
@@ -1323,7 +1337,15 @@ class SipAgent:
             leg.pending_offer = None
 
     def _send_bye(self, leg: CallLeg, now: float) -> None:
-        entry = self._new_bye(leg.dialog, leg.source, leg.transport, now, leg.leg_id, flow_lost=leg.flow_lost)
+        entry = self._new_bye(
+            leg.dialog,
+            leg.source,
+            leg.transport,
+            now,
+            leg.leg_id,
+            flow_lost=leg.flow_lost,
+            registered_flow=leg.registered_flow,
+        )
         leg.bye_key = entry.key
         _move(leg, LegState.ENDING)
         leg.pending_2xx = None  # a re-INVITE's 2xx awaiting its ACK: the BYE supersedes it
@@ -1338,8 +1360,11 @@ class SipAgent:
         leg_id: str | None,
         *,
         flow_lost: bool = False,
+        registered_flow: bool = False,
     ) -> _ClientEntry:
-        hop = self._in_dialog_destination(dialog, source, transport, flow_lost=flow_lost)
+        hop = self._in_dialog_destination(
+            dialog, source, transport, flow_lost=flow_lost, registered_flow=registered_flow
+        )
         request = dialog.create_request(
             "BYE",
             via_host=self.contact_host,
@@ -1367,11 +1392,14 @@ class SipAgent:
         return entry
 
     @staticmethod
-    def _in_dialog_destination(dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False) -> NextHop:
+    def _in_dialog_destination(
+        dialog: Dialog, source: Address, transport: str, *, flow_lost: bool = False, registered_flow: bool = False
+    ) -> NextHop:
         """Where a request in the dialog goes. On TCP we reuse the connection the call came in on or our INVITE
-        went out on (the peer may not accept inbound connections) while it lasts; on UDP, or once that connection
-        is gone, the next hop (route set / Contact)."""
-        if _reliable(transport) and not flow_lost:
+        went out on (the peer may not accept inbound connections) while it lasts, and to a registered phone we
+        keep to where it registered from (`dial(registered_flow=)`); on UDP otherwise, or once that connection is
+        gone, the next hop (route set / Contact)."""
+        if (_reliable(transport) or registered_flow) and not flow_lost:
             return NextHop(source[0], source[1], transport)
         return dialog.next_hop(transport)
 

@@ -10,7 +10,8 @@ Rules:
   capped at `max_expires`; below `min_expires` (but not 0) the request gets 423 with Min-Expires; 0 removes it.
   `Contact: *` with `Expires: 0` removes them all.
 - A binding keeps where the REGISTER came from (the packet's source and transport; over TCP that names the
-  connection), not only the Contact, which behind NAT names an address nobody can reach.
+  connection), not only the Contact, which behind NAT names an address nobody can reach. Once that connection
+  closes (`flow_closed`) the binding stays, marked: the phone is then reached at its Contact, over a new one.
 - Bounded: `bindings_per_account` (a new one replaces the binding that expires soonest: a phone behind NAT that
   re-registers from a new port leaves its old binding behind) and `bindings_total` (past it, 503).
 - Nonces are ours (unpredictable), live `nonce_lifetime_s`, at most `max_nonces` at once (the oldest forgotten);
@@ -25,7 +26,7 @@ import heapq
 import random as random_module
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dialbridge.sip.auth import DigestCredentials, build_challenge, parse_params, verify_authorization
 from dialbridge.sip.message import NameAddr, SipParseError, SipRequest, SipUri, split_quoted
@@ -89,6 +90,8 @@ class Binding:
     source: Address  # where its REGISTER came from: where requests to the phone go (NAT)
     transport: str
     expires_at: float
+    refreshed_at: float  # its latest REGISTER
+    flow_open: bool = True  # False: its TCP connection is gone, and `source` with it (reach the Contact instead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class Registrar:
         self._nonces: dict[str, _Nonce] = {}  # in the order issued: the oldest first
         self._bindings: dict[str, dict[str, Binding]] = {}  # by account, by Contact URI
         self._expiry: list[tuple[float, str, str]] = []  # heap of (expires_at, account, contact); stale entries skipped
+        self._by_flow: dict[Address, set[tuple[str, str]]] = {}  # TCP bindings by their connection: (account, contact)
         self._total = 0
 
     # --- requests ----------------------------------------------------------------------------------------------------
@@ -187,7 +191,8 @@ class Registrar:
             if seconds == 0:
                 self._remove(outcome.username, contact)
             else:
-                self._bind(outcome.username, contact, source, transport, now + min(seconds, self.limits.max_expires))
+                expires_at = now + min(seconds, self.limits.max_expires)
+                self._bind(outcome.username, contact, source, transport, expires_at, now)
         if not self._bindings.get(outcome.username):
             self._bindings.pop(outcome.username, None)  # only removals: leave no empty table behind
         return Reply(200, self._contacts(outcome.username, now))
@@ -195,9 +200,22 @@ class Registrar:
     def bindings(self, username: str) -> list[Binding]:
         return list(self._bindings.get(username, {}).values())
 
+    def latest_binding(self, username: str) -> Binding | None:
+        """The account's binding most recently refreshed (its phone last heard from), where a call to the account
+        goes; None when no phone is registered. Forking to them all in parallel (RFC 3261 16.7) is a later step."""
+        return max(self._bindings.get(username, {}).values(), key=lambda b: b.refreshed_at, default=None)
+
+    def flow_closed(self, source: Address) -> None:
+        """The TCP connection from `source` is gone: the bindings made over it are reached at their Contact now."""
+        for username, contact in self._by_flow.pop(source, ()):
+            binding = self._bindings[username][contact]
+            self._bindings[username][contact] = replace(binding, flow_open=False)
+
     def binding_sources(self) -> set[tuple[Address, str]]:
         """Where the bound phones are (source, transport): TCP connections to keep open to reach them."""
-        return {(b.source, b.transport) for bindings in self._bindings.values() for b in bindings.values()}
+        return {
+            (b.source, b.transport) for bindings in self._bindings.values() for b in bindings.values() if b.flow_open
+        }
 
     # --- timers ------------------------------------------------------------------------------------------------------
 
@@ -213,7 +231,12 @@ class Registrar:
         self._forget_nonces(now)
 
     def table_sizes(self) -> dict[str, int]:
-        return {"bindings": self._total, "nonces": len(self._nonces), "expiry_heap": len(self._expiry)}
+        return {
+            "bindings": self._total,
+            "nonces": len(self._nonces),
+            "expiry_heap": len(self._expiry),
+            "flows": len(self._by_flow),
+        }
 
     # --- details -----------------------------------------------------------------------------------------------------
 
@@ -233,25 +256,42 @@ class Registrar:
             changes.append((str(contact.uri), _seconds(expires) if expires is not None else default))
         return changes
 
-    def _bind(self, username: str, contact: str, source: Address, transport: str, expires_at: float) -> None:
+    def _bind(
+        self, username: str, contact: str, source: Address, transport: str, expires_at: float, now: float
+    ) -> None:
         bindings = self._bindings.setdefault(username, {})
         if contact not in bindings:
             if len(bindings) >= self.limits.bindings_per_account:
                 self._remove(username, min(bindings.values(), key=lambda b: b.expires_at).contact)
                 bindings = self._bindings.setdefault(username, bindings)
             self._total += 1
-        bindings[contact] = Binding(contact, source, transport, expires_at)
+        self._unflow(username, bindings.get(contact))
+        bindings[contact] = Binding(contact, source, transport, expires_at, now)
+        if transport != "udp":
+            self._by_flow.setdefault(source, set()).add((username, contact))
         heapq.heappush(self._expiry, (expires_at, username, contact))
 
     def _remove(self, username: str, contact: str) -> None:
         bindings = self._bindings.get(username)
-        if bindings is None or bindings.pop(contact, None) is None:
+        removed = bindings.pop(contact, None) if bindings is not None else None
+        if bindings is None or removed is None:
             return
+        self._unflow(username, removed)
         self._total -= 1
         if not bindings:
             del self._bindings[username]
         if not self._total:
             self._expiry.clear()  # nothing left to expire: drop the stale entries too
+
+    def _unflow(self, username: str, binding: Binding | None) -> None:
+        """`binding` (replaced or removed) is no longer one of its connection's."""
+        if binding is None or not binding.flow_open or binding.transport == "udp":
+            return
+        flow = self._by_flow.get(binding.source)
+        if flow is not None:
+            flow.discard((username, binding.contact))
+            if not flow:
+                del self._by_flow[binding.source]
 
     def _contacts(self, username: str, now: float) -> tuple[tuple[str, str], ...]:
         return tuple(
