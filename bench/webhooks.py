@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dialbridge.conference.pins import PinPolicy
 from dialbridge.store.database import create_db_engine, migrate
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-signature-secret-0123456789abcdef"

@@ -1,11 +1,14 @@
 """The package's import graph, read from the source: no module imports itself back through others (an import circle
 works only as long as nothing at import time needs the other half, and makes each half impossible to understand,
-test or move alone), and the voice engine, a process of its own, never imports the web application."""
+test or move alone), and neither the voice engine nor the media gateway, each a process of its own, imports the web
+application."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import dialbridge
 
@@ -116,12 +119,15 @@ def test_no_import_cycles() -> None:
     assert found == [], "import cycles:\n  " + "\n  ".join(arrows)
 
 
-def test_the_voice_engine_does_not_import_the_web_application() -> None:
+@pytest.mark.parametrize("process", ["dialbridge.engine", "dialbridge.gateway"])
+def test_a_process_of_its_own_does_not_import_the_web_application(process: str) -> None:
+    """The voice engine and the media gateway each run as a process of their own: what they share with the web
+    application lives below all three (e.g. `dialbridge.webhook_signing`), never in `dialbridge.web`."""
     graph = import_graph()
     upward = [
         f"{module} -> {target}"
         for module, targets in sorted(graph.items())
-        if module.startswith("dialbridge.engine")
+        if module == process or module.startswith(process + ".")
         for target in sorted(targets)
         if target == "dialbridge.web" or target.startswith("dialbridge.web.")
     ]

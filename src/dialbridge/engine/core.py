@@ -55,6 +55,7 @@ from dialbridge.engine.calls import (
 )
 from dialbridge.engine.calls.ncco import Endpoint
 from dialbridge.engine.calls.payloads import INBOUND, OUTBOUND
+from dialbridge.engine.deadlines import Deadlines
 from dialbridge.engine.playback import FRAME, Playback
 from dialbridge.log_text import escaped_for_log
 from dialbridge.media import g711, tones
@@ -348,6 +349,10 @@ class VoiceEngine:
         self._by_leg: dict[str, Call] = {}
         self._by_port: dict[int, Call] = {}
         self._media: list[Call] = []  # calls with an RTP session, in the rows of the tick's matrices
+        # Each call's next NCCO or length-limit deadline, and its next RTCP report: a tick looks only at the calls
+        # with one due. Filed again after whatever may move them (`_run`, an answer, a report sent).
+        self._timers: Deadlines[Call] = Deadlines(_call_deadline)
+        self._rtcp: Deadlines[Call] = Deadlines(_rtcp_deadline)
         self._alaw = np.zeros(0, np.bool_)
         self._requests: list[EngineRequest] = []
         self._rtp_out: list[tuple[int, bytes, Address]] = []
@@ -586,14 +591,17 @@ class VoiceEngine:
         if now >= self._next_media_check:
             self._next_media_check = now + MEDIA_CHECK_S
             self._end_silent_calls(now)
-        for call in list(self.calls.values()):
-            runner = call.runner
-            if runner is not None and not call.ended:
-                due = runner.next_timer()
-                if due is not None and due <= now:
-                    self._run(call, runner.on_timer(now), now)
-            if call.limit_at is not None and call.limit_at <= now:
-                self._end(call, now, "limit", send_bye=True)
+        with self._timers.due(now) as due_calls:
+            for call in due_calls:
+                if call.ended:  # ended by an earlier one's commands
+                    continue
+                runner = call.runner
+                if runner is not None:
+                    due = runner.next_timer()
+                    if due is not None and due <= now:
+                        self._run(call, runner.on_timer(now), now)
+                if not call.ended and call.limit_at is not None and call.limit_at <= now:
+                    self._end(call, now, "limit", send_bye=True)
 
     def _end_silent_calls(self, now: float) -> None:
         """Hang up answered calls whose peer has sent no RTP or RTCP for `rtp_timeout_s` while it should have."""
@@ -613,12 +621,13 @@ class VoiceEngine:
         self._mix(now)
         if self._speaking_changed and now >= self._next_speaking_report:
             self._report_speaking(now)
-        for call in list(self._media):
-            rtp = call.rtp
-            if rtp is not None and call.port is not None:
-                report = rtp.rtcp_due(now)
-                if report is not None and rtp.rtcp_destination is not None:
-                    self._rtp_out.append((call.port + 1, report, rtp.rtcp_destination))
+        with self._rtcp.due(now) as due_calls:
+            for call in due_calls:
+                rtp = call.rtp
+                if rtp is not None and call.port is not None and not call.ended:
+                    report = rtp.rtcp_due(now)
+                    if report is not None and rtp.rtcp_destination is not None:
+                        self._rtp_out.append((call.port + 1, report, rtp.rtcp_destination))
 
     def drain(self) -> tuple[list[Outgoing], list[tuple[int, bytes, Address]], list[EngineRequest]]:
         """SIP to send, RTP/RTCP to send (from local port, data, destination), and requests for the shell."""
@@ -940,6 +949,7 @@ class VoiceEngine:
         self._start_media(call, params, now, confirmed=True)
         self._event(call, "answered", now)
         call.limit_at = now + call.length_limit
+        self._timers.schedule(call)
         caller = self.calls.get(call.peer) if call.peer is not None else None
         if caller is not None:
             caller.hold = None  # the ringback tone
@@ -1027,6 +1037,7 @@ class VoiceEngine:
         )
         self._set_codec(call, params)
         self._media.append(call)
+        self._rtcp.schedule(call)
         self._dtmf.add(call.uuid)
         call.inband = True
         self._rows_changed()
@@ -1064,6 +1075,9 @@ class VoiceEngine:
             self._run(call, call.runner.digit(digit, now), now)
 
     def _run(self, call: Call, commands: list[Command], now: float) -> None:
+        """Carry out what the call's runner returned; every runner event comes through here, so this is where its
+        next deadline is filed."""
+        self._timers.schedule(call)
         for command in commands:
             if call.ended:
                 return
@@ -1170,6 +1184,8 @@ class VoiceEngine:
         if call.ended:
             return
         call.ended = True
+        self._timers.forget(call)
+        self._rtcp.forget(call)
         if send_bye:
             self.agent.hangup(call.leg_id, now)
         peer = self._unlink(call)
@@ -1334,6 +1350,18 @@ class _PendingPlayback:
     def __init__(self, playback_id: int, loop_count: int) -> None:
         self.playback_id = playback_id
         self.loop_count = loop_count
+
+
+def _call_deadline(call: Call) -> float | None:
+    """When a tick must look at the call next: its NCCO's timer (an input's timeout) or its length limit."""
+    if call.ended:
+        return None
+    runner = call.runner.next_timer() if call.runner is not None else None
+    return min((d for d in (runner, call.limit_at) if d is not None), default=None)
+
+
+def _rtcp_deadline(call: Call) -> float | None:
+    return call.rtp.rtcp_at if call.rtp is not None and not call.ended else None
 
 
 def _relayed_digit(body: bytes) -> str | None:

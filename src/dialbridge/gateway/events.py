@@ -31,7 +31,7 @@ import httpx
 import orjson
 
 from dialbridge.sip import CallAnswered, CallEnded, CallFailed, CallProgress
-from dialbridge.web.signatures import WebhookSignatures
+from dialbridge.webhook_signing import WebhookSignatures
 
 log = logging.getLogger(__name__)
 

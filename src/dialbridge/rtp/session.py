@@ -447,6 +447,11 @@ class RtpSession:
         self._packets_out_at_report = self._packets_out
         return [report, SourceDescription(((self._ssrc, self._cname),))]
 
+    @property
+    def rtcp_at(self) -> float:
+        """When `rtcp_due` has a report next (UNIX time)."""
+        return self._next_rtcp
+
     def rtcp_due(self, now: float) -> bytes | None:
         """Our SR or RR (with SDES CNAME) when its randomised RFC 3550 interval has passed, else None."""
         if now < self._next_rtcp:
