@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -204,3 +205,33 @@ def test_the_room_is_never_told_a_dial_out_went_back_to_ringing() -> None:
         return platform.sent
 
     assert run_in_thread(main) == ["answered", "completed"]
+
+
+class _SlowFirstSignals:
+    """A platform whose first signal takes longer to land than the ones after it (a slower request)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.calls = 0
+
+    async def signal(self, session_id: str, signal_type: str, data: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(0.05)
+        self.sent.append(orjson.loads(data)["participant"]["state"])
+
+
+def test_a_calls_signals_reach_the_room_in_the_order_they_were_sent() -> None:
+    """Found on the Vonage backend under load: each signal was its own request, so an earlier state could land
+    after "ended" and the room's list showed a hung-up call live again."""
+
+    async def main() -> list[str]:
+        platform = _SlowFirstSignals()
+        roster = Roster(None, platform, None, None, None, time.time)  # type: ignore[arg-type]
+        room = Room("standup", "emb_s", "123456")
+        roster.dial_out_changed(room, _dial_out("live", "ringing"))
+        roster.dial_out_changed(room, _dial_out("ended", "completed"))
+        await roster.drain()
+        return platform.sent
+
+    assert run_in_thread(main) == ["ringing", "completed"]

@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -79,6 +80,7 @@ class Roster:
         # How far each recent phone dial-out's signals have got (see dial_out_changed).
         self._dial_out_shown: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_of_call: dict[str, asyncio.Task[None]] = {}  # each call's signals go out one after the other
         # Who speaks, as the embedded engine reports it per conversation (a room's session); never stored.
         self._speaking_in: dict[str, frozenset[str]] = {}
         self._speaking: set[str] = set()
@@ -173,7 +175,7 @@ class Roster:
         this runs for every caller's answer and PIN."""
         if session_id is not None and self.hub is not None and not self.hub.connections(session_id):
             return
-        self._spawn(self._signal_call(room_id, call_uuid))
+        self._spawn(call_uuid, self._signal_call(room_id, call_uuid))
 
     def speaking(self, report: SpeakingReport) -> None:
         """The engine's report of who speaks in a conversation: each call that started or stopped speaking is sent
@@ -186,7 +188,7 @@ class Roster:
         if self.hub is not None and not self.hub.connections(report.conversation):
             return
         for call_uuid in before ^ report.speaking:
-            self._spawn(self._signal_call_of_any_room(call_uuid))
+            self._spawn(call_uuid, self._signal_call_of_any_room(call_uuid))
 
     def dial_out_changed(self, room: Room, dial_out: DialOut) -> None:
         """Signal a phone dial-out's state, never one behind what was signalled already: the dial request's own
@@ -203,21 +205,37 @@ class Roster:
         self.send(room.session_id, participant)
 
     def send(self, session_id: str, participant: PhoneParticipant) -> None:
-        self._spawn(self._signal(session_id, participant))
+        self._spawn(participant.call_id, self._signal(session_id, participant))
 
     async def drain(self) -> None:
         """Wait for the signals under way (tests, shutdown)."""
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, call_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` once the signals spawned before it for the same call are out: concurrent requests to the
+        platform's signal API arrive in any order, and a room's list that got a hung-up call's earlier "unmuted"
+        after its "ended" would show it live again (seen on the Vonage backend under load)."""
         if len(self._tasks) >= MAX_SIGNALS_QUEUED:
             work.close()
             log.warning("participant signal dropped: %d already waiting", len(self._tasks))
             return
-        task = asyncio.get_running_loop().create_task(work)
+        previous = self._last_of_call.get(call_id)
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})  # its outcome is its own: each signal logs its failure
+            await work
+
+        task = asyncio.get_running_loop().create_task(in_turn())
+        self._last_of_call[call_id] = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._signal_done, call_id))
+
+    def _signal_done(self, call_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._last_of_call.get(call_id) is task:
+            del self._last_of_call[call_id]
 
     async def _signal_call(self, room_id: str, call_uuid: str) -> None:
         try:

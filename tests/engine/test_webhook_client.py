@@ -239,7 +239,7 @@ def test_a_closed_port_fails_without_raising() -> None:
 
 
 def test_an_invalid_ncco_is_retried_once_then_reported() -> None:
-    invalid = orjson.dumps([{"action": "connect", "endpoint": [{"type": "phone", "number": "447700900001"}]}])
+    invalid = orjson.dumps([{"action": "record", "eventUrl": ["https://app.example/recordings"]}])  # not supported
 
     async def test() -> None:
         webhooks = client()
@@ -250,7 +250,7 @@ def test_an_invalid_ncco_is_retried_once_then_reported() -> None:
             result = await webhooks.post_json(server.url("/input"), {"a": 1}, expect_ncco=True)
             assert len(server.received) == 2
         assert not result.ok and result.status == 200
-        assert result.error is not None and "invalid NCCO" in result.error and "'connect'" in result.error
+        assert result.error is not None and "invalid NCCO" in result.error and "'record'" in result.error
         async with ScriptedServer(Reply(body=b"")) as server:
             empty_answer = await webhooks.answer(server.url("/answer"), {"uuid": "u"})
         assert not empty_answer.ok and empty_answer.error == "the answer held no NCCO (after a retry)"
