@@ -319,3 +319,39 @@ def test_bad_accounts_are_refused_naming_the_entry_never_the_password(text: str,
 
 def test_accounts_parse() -> None:
     assert parse_accounts(["alice:s3cret:room-1", " bob:pw ", ""]) == (ALICE, SipAccount("bob", "pw"))
+
+
+def test_allow_lists_register_only_while_a_registrar_serves_it() -> None:
+    phone = Phone()
+    options = phone.request("OPTIONS", contact=None)
+    assert options.status == 200
+    assert "REGISTER" in _allowed(options)
+    plain = SipAgent(contact_host=HOST, contact_port=5060, random=random.Random(7))
+    request = (
+        f"REGISTER sip:{HOST} SIP/2.0\r\nVia: SIP/2.0/UDP {PRIVATE};rport;branch=z9hG4bK-r\r\n"
+        f"From: <sip:alice@{HOST}>;tag=a\r\nTo: <sip:alice@{HOST}>\r\nCall-ID: r@x\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:alice@{PRIVATE}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    plain.receive(request.encode(), PHONE, 0.0)
+    (refused,) = [parse_message(o.data) for o in plain.drain()[1]]
+    assert isinstance(refused, SipResponse) and refused.status == 405
+    assert "INVITE" in _allowed(refused) and "REGISTER" not in _allowed(refused)
+
+
+def _allowed(response: SipResponse) -> set[str]:
+    return {m.strip() for value in response.headers.get_all("Allow") for m in value.split(",")}
+
+
+def test_a_late_register_of_the_same_call_id_and_a_lower_cseq_changes_nothing() -> None:
+    """RFC 3261 10.3 step 7: UDP may deliver a phone's older REGISTER (its retransmission, say) after a newer one;
+    applied, a de-registration that came late would unbind a phone that had just refreshed."""
+    phone = Phone()
+    assert phone.register(extra="Expires: 600").status == 200  # CSeq 1 challenged, 2 bound
+    (bound,) = phone.registrar.bindings("alice")
+    assert (bound.call_id, bound.cseq) == ("reg-1@192.168.1.20", 2)
+    phone.advance(40.0)  # past its transactions (a retransmission of the same branch would meet those instead)
+    phone.cseq = 0  # the late one: its CSeqs are 1 and 2 again, and it removes the binding
+    late = phone.request(authorization=phone.answer(phone.request()), extra="Expires: 0")
+    assert late.status == 500 and phone.registrar.bindings("alice") == [bound]
+    other_phone = phone.register(call_id="another-phone@192.168.1.21", extra="Expires: 0")  # another Call-ID: applies
+    assert other_phone.status == 200 and phone.registrar.bindings("alice") == []

@@ -497,6 +497,8 @@ class SipAgent:
         self.contact_host = _bracket(contact_host)
         # Answers REGISTER and authenticates INVITEs from its accounts; without one, REGISTER gets 405.
         self.registrar = registrar
+        #: What the Allow header says we serve: REGISTER too while a registrar is plugged in.
+        self.allow = f"{ALLOW}, REGISTER" if registrar is not None else ALLOW
         self.contact_port = contact_port
         self.user_agent = user_agent
         self.max_message_size = max_message_size
@@ -710,7 +712,7 @@ class SipAgent:
             body=sdp,
             cseq=dialog.local_seq,
         )
-        invite.headers.add("Allow", ALLOW)
+        invite.headers.add("Allow", self.allow)
         for name, value in extra:
             invite.headers.add(name, value)
         leg_id = self._new_leg_id()
@@ -894,7 +896,7 @@ class SipAgent:
             return None
         if method in ("BYE", "INFO", "UPDATE", "PRACK"):
             return 481, []  # dialog-only methods without a dialog
-        return _method_refusal(method), [("Allow", ALLOW)]
+        return _method_refusal(method), [("Allow", self.allow)]
 
     def _server_admission_limit(self, request: SipRequest, leg: CallLeg | None) -> int:
         """How full the server-transaction table may be for `request` to get one. Requests of a call in progress
@@ -917,7 +919,7 @@ class SipAgent:
         self, request: SipRequest, entry: _ServerEntry, source: Address, transport: str, now: float
     ) -> None:
         if self.registrar is None:
-            self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", ALLOW)])
+            self._respond(entry, 405, now, to_tag=self._new_tag(), headers=[("Allow", self.allow)])
             return
         self._reply(entry, self.registrar.register(request, source, transport, now), now)
 
@@ -1001,7 +1003,7 @@ class SipAgent:
     def _refuse_method(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
         """405 for a method the engine knows but does not serve, 501 for one it does not know; both with Allow."""
         status = _method_refusal(entry.transaction.request.method)
-        self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", ALLOW)])
+        self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", self.allow)])
 
     def _on_bye(self, leg: CallLeg, entry: _ServerEntry, now: float) -> None:
         self._respond(entry, 200, now)
@@ -1531,7 +1533,7 @@ class SipAgent:
             response_record_routes(request, response)
         response.headers.add("Contact", self._contact(leg.transport))
         if status >= 200:
-            response.headers.add("Allow", ALLOW)
+            response.headers.add("Allow", self.allow)
         response.headers.add("Server", self.user_agent)
         if sdp:
             response.headers.add("Content-Type", "application/sdp")
@@ -1541,7 +1543,7 @@ class SipAgent:
     def _options_headers(self, transport: str) -> list[tuple[str, str]]:
         return [
             ("Contact", self._contact(transport)),
-            ("Allow", ALLOW),
+            ("Allow", self.allow),
             ("Accept", ACCEPT),
             ("Supported", ", ".join(SUPPORTED)),
         ]

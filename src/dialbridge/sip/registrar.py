@@ -92,6 +92,8 @@ class Binding:
     expires_at: float
     refreshed_at: float  # its latest REGISTER
     flow_open: bool = True  # False: its TCP connection is gone, and `source` with it (reach the Contact instead)
+    call_id: str = ""  # of the REGISTER that made or refreshed it, with its CSeq: a late, reordered one is refused
+    cseq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,10 @@ class Registrar:
             changes = self._requested(request)
         except (SipParseError, ValueError):
             return Reply(400)
+        existing = self._bindings.get(outcome.username, {})
+        touched = list(existing) if changes is None else [contact for contact, _ in changes if contact in existing]
+        if any(_out_of_order(existing[contact], request) for contact in touched):
+            return Reply(500)  # 10.3 steps 6-7: a REGISTER older than what made the binding changes nothing
         if changes is None:  # Contact: * with Expires: 0
             for contact in list(self._bindings.get(outcome.username, {})):
                 self._remove(outcome.username, contact)
@@ -192,7 +198,7 @@ class Registrar:
                 self._remove(outcome.username, contact)
             else:
                 expires_at = now + min(seconds, self.limits.max_expires)
-                self._bind(outcome.username, contact, source, transport, expires_at, now)
+                self._bind(outcome.username, contact, source, transport, expires_at, now, request)
         if not self._bindings.get(outcome.username):
             self._bindings.pop(outcome.username, None)  # only removals: leave no empty table behind
         return Reply(200, self._contacts(outcome.username, now))
@@ -257,7 +263,14 @@ class Registrar:
         return changes
 
     def _bind(
-        self, username: str, contact: str, source: Address, transport: str, expires_at: float, now: float
+        self,
+        username: str,
+        contact: str,
+        source: Address,
+        transport: str,
+        expires_at: float,
+        now: float,
+        request: SipRequest,
     ) -> None:
         bindings = self._bindings.setdefault(username, {})
         if contact not in bindings:
@@ -266,7 +279,9 @@ class Registrar:
                 bindings = self._bindings.setdefault(username, bindings)
             self._total += 1
         self._unflow(username, bindings.get(contact))
-        bindings[contact] = Binding(contact, source, transport, expires_at, now)
+        bindings[contact] = Binding(
+            contact, source, transport, expires_at, now, call_id=request.call_id, cseq=request.cseq.number
+        )
         if transport != "udp":
             self._by_flow.setdefault(source, set()).add((username, contact))
         heapq.heappush(self._expiry, (expires_at, username, contact))
@@ -334,3 +349,9 @@ def _nonce_count(text: str | None) -> int:
         return int(text, 16) if text else 1
     except ValueError:
         return 0  # never above a nonce's last count: refused as a replay
+
+
+def _out_of_order(binding: Binding, request: SipRequest) -> bool:
+    """RFC 3261 10.3 step 7: a REGISTER of the same Call-ID as the one that made the binding, whose CSeq is not
+    higher, came late (UDP reorders, a retransmission outlived its transaction): it must not undo a newer one."""
+    return binding.call_id == request.call_id and request.cseq.number <= binding.cseq
