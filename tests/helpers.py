@@ -17,13 +17,6 @@ from dialbridge.platforms.base import CallGone
 T = TypeVar("T")
 
 
-ROOM_CONFIG = re.compile(r'<script id="room-config" type="application/json">(.*?)</script>', re.S)
-
-
-def _config_script(script_id: str) -> re.Pattern[str]:
-    return re.compile(rf'<script id="{re.escape(script_id)}" type="application/json">(.*?)</script>', re.S)
-
-
 def phone_call_headers(html: str) -> dict[str, str]:
     """What the phone page's script sends with a call (`callToken` of the page's config), from the page's HTML."""
     token = page_config(html, "phone-config")["callToken"]
@@ -33,7 +26,7 @@ def phone_call_headers(html: str) -> dict[str, str]:
 def page_config(html: str, script_id: str = "room-config") -> dict[str, Any]:
     """The JSON config a page carries for its script: the room page's (session, tokens, PIN) or, with
     `script_id="phone-config"`, the phone page's (its call token)."""
-    found = ROOM_CONFIG.search(html) if script_id == "room-config" else _config_script(script_id).search(html)
+    found = re.search(rf'<script id="{re.escape(script_id)}" type="application/json">(.*?)</script>', html, re.S)
     assert found, f"the page carries its JSON config ({script_id})"
     config: dict[str, Any] = json.loads(found.group(1).replace("<\\/", "</"))
     return config
