@@ -223,17 +223,18 @@ class Settings(BaseSettings):
     def sip_account_list(self) -> tuple[SipAccount, ...]:
         """The accounts of DIALBRIDGE_SIP_ACCOUNTS and DIALBRIDGE_SIP_ACCOUNTS_FILE. Raises ValueError (OSError for an
         unreadable file) naming the bad entry, never a password."""
-        listed = self.sip_accounts.get_secret_value().split(",") if self.sip_accounts else []
-        accounts = list(parse_accounts(listed, where="DIALBRIDGE_SIP_ACCOUNTS entry"))
+        entries = self.sip_accounts.get_secret_value().split(",") if self.sip_accounts else []
+        listed = parse_accounts(entries, where="DIALBRIDGE_SIP_ACCOUNTS entry")
+        filed: tuple[SipAccount, ...] = ()
         if self.sip_accounts_file:
             lines = Path(self.sip_accounts_file).expanduser().read_text(encoding="utf-8").splitlines()
             lines = ["" if line.lstrip().startswith("#") else line for line in lines]  # comments; lines keep numbers
-            accounts += parse_accounts(lines, where=f"DIALBRIDGE_SIP_ACCOUNTS_FILE ({self.sip_accounts_file}) line")
-        names = [account.username for account in accounts]
-        twice = sorted({name for name in names if names.count(name) > 1})
+            filed = parse_accounts(lines, where=f"DIALBRIDGE_SIP_ACCOUNTS_FILE ({self.sip_accounts_file}) line")
+        # parse_accounts refuses a user listed twice within one list: only the two lists can share one.
+        twice = sorted({account.username for account in listed} & {account.username for account in filed})
         if twice:
             raise ValueError(f"account {', '.join(twice)} is listed in both DIALBRIDGE_SIP_ACCOUNTS and its file")
-        return tuple(accounts)
+        return listed + filed
 
     @property
     def sip_digest_algorithm_list(self) -> tuple[str, ...]:
