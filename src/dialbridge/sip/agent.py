@@ -593,7 +593,7 @@ class SipAgent:
         entries: list[_ServerEntry | _ClientEntry] = [*self._server.values(), *self._client.values()]
         peers.update(entry.destination for entry in entries if _reliable(entry.transport))
         if self.registrar is not None:  # a registered phone is reached over the connection it registered on
-            peers.update(source for source, transport in self.registrar.binding_sources() if _reliable(transport))
+            peers.update(self.registrar.open_flows())
         return peers
 
     def next_timer(self) -> float | None:
