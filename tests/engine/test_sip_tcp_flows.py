@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dialbridge.sip.message import SipRequest, SipResponse, SipStreamFramer, parse_message
+from dialbridge.sip.message import SipRequest, SipResponse, SipStreamFramer, build_response, parse_message
 from tests.engine.stack import NccoApp, VoiceEngineProcess, voice_engine
 from tests.engine.test_voice_sip_edges import offer
 from tests.helpers import wait_until
@@ -114,12 +114,7 @@ def test_the_engines_bye_reaches_a_phone_whose_connection_closed_over_a_new_one(
     reopened.settimeout(10)
     bye = next(read_messages(reopened, SipStreamFramer()))
     assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.call_id == phone.call_id
-    reply = (
-        "SIP/2.0 200 OK\r\n"
-        + "".join(f"{name}: {bye.headers.get(name)}\r\n" for name in ("Via", "From", "To", "Call-ID", "CSeq"))
-        + "Content-Length: 0\r\n\r\n"
-    )
-    reopened.sendall(reply.encode())
+    reopened.sendall(build_response(bye, 200).to_bytes())
     wait_until(lambda: len(finals(app)) == 1, 10, "the call's final event")
     assert finals(app)[0]["status"] == "completed"
     assert "transport_error" not in engine.log.read_text()

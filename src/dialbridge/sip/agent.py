@@ -593,7 +593,7 @@ class SipAgent:
         entries: list[_ServerEntry | _ClientEntry] = [*self._server.values(), *self._client.values()]
         peers.update(entry.destination for entry in entries if _reliable(entry.transport))
         if self.registrar is not None:  # a registered phone is reached over the connection it registered on
-            peers.update(source for source, transport in self.registrar.binding_sources() if _reliable(transport))
+            peers.update(self.registrar.open_flows())
         return peers
 
     def next_timer(self) -> float | None:
@@ -998,12 +998,7 @@ class SipAgent:
         elif method == "OPTIONS":
             self._respond(entry, 200, now, headers=self._options_headers(entry.transport))
         else:
-            self._refuse_method(entry, now, None)
-
-    def _refuse_method(self, entry: _ServerEntry, now: float, to_tag: str | None) -> None:
-        """405 for a method the engine knows but does not serve, 501 for one it does not know; both with Allow."""
-        status = _method_refusal(entry.transaction.request.method)
-        self._respond(entry, status, now, to_tag=to_tag, headers=[("Allow", self.allow)])
+            self._respond(entry, _method_refusal(method), now, headers=[("Allow", self.allow)])
 
     def _on_bye(self, leg: CallLeg, entry: _ServerEntry, now: float) -> None:
         self._respond(entry, 200, now)

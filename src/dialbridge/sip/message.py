@@ -170,6 +170,8 @@ _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 3.1
 _SIP_SCHEMES = frozenset(("sip", "sips"))
+# What every response is built from (RFC 3261 8.1.1, 8.2.6.2): a request without one of them cannot be answered.
+_CORE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 # Headers of which a request has exactly one (RFC 3261 20): two of them make it ambiguous (RFC 4475 3.3.8).
 _SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards")
 _HOST_RE = re.compile(r"[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\]")
@@ -841,7 +843,7 @@ def _check_request_line(line: str) -> None:
 def _if_addressable(request: SipRequest) -> SipRequest | None:
     """`request` if it can be answered: the headers a response copies are there (RFC 3261 8.2.6.2) and its top Via,
     which says where the response goes (18.2.2), parses. The others are copied as they came, however malformed."""
-    if any(request.headers.get(name) is None for name in ("Via", "From", "To", "Call-ID", "CSeq")):
+    if any(request.headers.get(name) is None for name in _CORE_HEADERS):
         return None
     try:
         request.top_via  # noqa: B018 - parsing is the check
@@ -852,7 +854,7 @@ def _if_addressable(request: SipRequest) -> SipRequest | None:
 
 def _check_core_headers(message: SipMessage) -> None:
     """The headers every response is built from (RFC 3261 8.1.1), each present once and well-formed."""
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+    for name in _CORE_HEADERS:
         if message.headers.get(name) is None:
             raise SipParseError(f"missing {name}")
     for name in _SINGLE_HEADERS:

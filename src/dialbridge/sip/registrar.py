@@ -217,11 +217,9 @@ class Registrar:
             binding = self._bindings[username][contact]
             self._bindings[username][contact] = replace(binding, flow_open=False)
 
-    def binding_sources(self) -> set[tuple[Address, str]]:
-        """Where the bound phones are (source, transport): TCP connections to keep open to reach them."""
-        return {
-            (b.source, b.transport) for bindings in self._bindings.values() for b in bindings.values() if b.flow_open
-        }
+    def open_flows(self) -> set[Address]:
+        """The TCP connections bound phones registered over and are still reached on: to keep open."""
+        return set(self._by_flow)
 
     # --- timers ------------------------------------------------------------------------------------------------------
 
