@@ -511,10 +511,14 @@ class VoiceEngine:
             return False
         if call.runner is None:  # ringing: its NCCO has not come yet, and audio made now would have nowhere to go
             raise ValueError("the call is not answered yet; talk and stream play into answered calls")
-        self._next_id -= 1  # negative ids: never one of the runner's playbacks
-        call.overlay = _PendingPlayback(self._next_id, source.loop)
-        self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
+        call.overlay = self._prepare_audio(call, source)
         return True
+
+    def _prepare_audio(self, call: Call, source: TalkSource | StreamSource) -> _PendingPlayback:
+        """Ask the shell for audio the engine plays itself (not the runner): what the call holds until it is ready."""
+        self._next_id -= 1  # negative ids: never one of the runner's playbacks
+        self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
+        return _PendingPlayback(self._next_id, source.loop)
 
     def stop_playing_into_call(self, call_uuid: str) -> bool:
         call = self._live(call_uuid)
@@ -850,9 +854,7 @@ class VoiceEngine:
         placed.connect = connect
         placed.peer, caller.peer = caller.uuid, placed.uuid
         if connect.ringback_tone is not None and not placed.ended:
-            self._next_id -= 1
-            caller.hold = _PendingPlayback(self._next_id, 0)
-            self._requests.append(PrepareAudio(caller.uuid, self._next_id, StreamSource(connect.ringback_tone, loop=0)))
+            caller.hold = self._prepare_audio(caller, StreamSource(connect.ringback_tone, loop=0))
         if placed.ended:  # it could not even be dialled: its failed event is out, and the caller's NCCO goes on
             self._peer_ended(caller, placed, None, now)
 
@@ -1136,11 +1138,7 @@ class VoiceEngine:
             hears=conversation.can_hear,  # canHear: the legs this one may hear
         )
         if name not in self._started and conversation.music_on_hold_url:
-            self._next_id -= 1
-            call.hold = _PendingPlayback(self._next_id, 0)
-            self._requests.append(
-                PrepareAudio(call.uuid, self._next_id, StreamSource(conversation.music_on_hold_url[0], loop=0))
-            )
+            call.hold = self._prepare_audio(call, StreamSource(conversation.music_on_hold_url[0], loop=0))
         if others and self._join_tone is not None:
             self.mixer.play_to_conference(name, self._join_tone)
 
