@@ -746,7 +746,7 @@ class VoiceEngine:
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
-            self._start_media(call, params, now, confirmed=False)  # until the ACK, or the caller's own RTP
+            self._start_media(call, params, now)  # unconfirmed: until the ACK, or the caller's own RTP
         self.agent.ringing(call.leg_id, now)
         self._ring(call, now)
 
@@ -839,7 +839,7 @@ class VoiceEngine:
             log.warning("call %s: %s in the ACK to our offer; hanging up", call.uuid, problem)
             self._end(call, now, f"failed: {problem}", send_bye=True)
             return
-        self._start_media(call, params, now, confirmed=True)
+        self._start_media(call, params, now)
 
     # ---- calls we place -----------------------------------------------------------------------------------
 
@@ -948,7 +948,7 @@ class VoiceEngine:
             return
         call.confirmed = True
         call.answered_at = now
-        self._start_media(call, params, now, confirmed=True)
+        self._start_media(call, params, now)
         self._event(call, "answered", now)
         call.limit_at = now + call.length_limit
         self._timers.schedule(call)
@@ -1027,15 +1027,15 @@ class VoiceEngine:
         if params is None:
             return
         if call.rtp is None:  # an offer before the ACK (one after it found media running or ended the call)
-            self._start_media(call, params, now, confirmed=False)
+            self._start_media(call, params, now)
         else:
             call.rtp.update(params, now)
             self._set_codec(call, params)
 
-    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float, *, confirmed: bool) -> None:
-        """`confirmed`: the call's ACK has come; before it, nothing is sent to an address the caller merely named."""
+    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float) -> None:
+        """Before the call is confirmed (its ACK), nothing is sent to an address the caller merely named."""
         call.rtp = RtpSession(
-            params, ssrc=self._random.getrandbits(32), now=now, random=self._random, confirmed=confirmed
+            params, ssrc=self._random.getrandbits(32), now=now, random=self._random, confirmed=call.confirmed
         )
         self._set_codec(call, params)
         self._media.append(call)
