@@ -513,6 +513,12 @@ def ok(ncco: list[dict[str, Any]] | None) -> WebhookResult:
     return WebhookResult(True, 200, parse_ncco(ncco) if ncco is not None else None, None, 0.01)
 
 
+def kept(inputs: list[SendWebhook], request: SendWebhook) -> WebhookResult:
+    """An input webhook the app answers with nothing more to do, kept for the test to look at."""
+    inputs.append(request)
+    return ok(None)
+
+
 def failed(error: str = "connection refused") -> WebhookResult:
     return WebhookResult(False, None, None, error, 0.5)
 

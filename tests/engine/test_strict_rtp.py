@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from dialbridge.engine.calls import WebhookResult
 from dialbridge.engine.core import SendWebhook
 from dialbridge.rtp.events import TelephoneEvent
 from dialbridge.rtp.packet import RtpPacket, build_rtp
 from dialbridge.rtp.rtcp import ReceiverReport, ReportBlock, build_rtcp
 from dialbridge.rtp.session import LEARNING_PACKETS, DtmfDigit, RtpSession
 from dialbridge.udp_ports import NoMediaPorts, UdpMediaPorts
-from tests.engine.fake_engine import INPUT_URL, World, offer_sdp, ok, tone, tone_share
+from tests.engine.fake_engine import INPUT_URL, World, kept, offer_sdp, ok, tone, tone_share
 from tests.engine.test_rtp_session import NAT_ADDRESS, OUR_SSRC, SDP_ADDRESS, SDP_RTCP, THEIR_SSRC, session
 
 STRANGER = ("192.0.2.66", 4000)
@@ -161,11 +160,6 @@ def test_rtcp_from_the_sdp_rtcp_address_is_taken_before_rtp_latches() -> None:
 # -- the engine, whole
 
 
-def _kept(inputs: list[SendWebhook], request: SendWebhook) -> WebhookResult:
-    inputs.append(request)
-    return ok(None)
-
-
 PIN_NCCO: list[dict[str, Any]] = [
     {"action": "talk", "text": "prompt", "bargeIn": False},
     {
@@ -183,7 +177,7 @@ def test_a_spray_at_a_ringing_calls_port_takes_neither_its_audio_nor_its_pin(in_
     scanner's packets (each its own SSRC) never latch; a forger's in-sequence run passes for a caller behind NAT, so
     it gets the silence we send while the call rings, until the caller's first packet takes the stream back."""
     inputs: list[SendWebhook] = []
-    world = World(webhook=lambda request: _kept(inputs, request))  # the answer is held: the call rings
+    world = World(webhook=lambda request: kept(inputs, request))  # the answer is held: the call rings
     world.audio["prompt"] = tone(PROMPT_HZ, 0.5)
     phone = world.phone()
     phone.invite()
@@ -225,7 +219,7 @@ def test_a_spray_at_a_ringing_calls_port_takes_neither_its_audio_nor_its_pin(in_
 
 def test_a_caller_behind_nat_is_heard_and_hears_and_its_digits_count() -> None:
     inputs: list[SendWebhook] = []
-    world = World(answer=lambda request: ok(PIN_NCCO), webhook=lambda request: _kept(inputs, request))
+    world = World(answer=lambda request: ok(PIN_NCCO), webhook=lambda request: kept(inputs, request))
     world.audio["prompt"] = tone(PROMPT_HZ, 0.5)
     phone = world.phone()
     phone.invite(offer_sdp("10.0.0.5", 4000))  # its own idea of its address; its packets come from rtp_address

@@ -41,6 +41,7 @@ from tests.engine.fake_engine import (
     Phone,
     World,
     failed,
+    kept,
     ok,
     rms,
     tone,
@@ -80,12 +81,6 @@ def dtmf_input(*, max_digits: int = 4, time_out: int = 5, submit_on_hash: bool =
 
 def conversation(name: str, **options: Any) -> dict[str, Any]:
     return {"action": "conversation", "name": name, **options}
-
-
-def _kept(inputs: list[SendWebhook], request: SendWebhook) -> WebhookResult:
-    """An input webhook the app answers with nothing more to do, kept for the test to look at."""
-    inputs.append(request)
-    return ok(None)
 
 
 def world_with(answers: dict[str, list[dict[str, Any]]] | list[dict[str, Any]], **kwargs: Any) -> World:
@@ -903,7 +898,7 @@ def test_reinvite_answers_keep_the_sdp_origin_and_step_its_version_once_per_chan
 
 def test_a_reinvite_with_a_new_address_moves_our_rtp_there_and_the_old_address_is_then_foreign() -> None:
     inputs: list[SendWebhook] = []
-    world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: _kept(inputs, r))
+    world = world_with([dtmf_input(max_digits=2, time_out=10)], webhook=lambda r: kept(inputs, r))
     phone = world.phone()
     connected(world, phone)
     old = phone.rtp_address
@@ -1483,7 +1478,7 @@ def test_a_flood_of_rtp_from_a_foreign_source_is_ignored_and_grows_nothing() -> 
     inputs: list[SendWebhook] = []
     world = world_with(
         {"+15550000001": [conversation("room-1")], "+15550000002": [dtmf_input(max_digits=1, time_out=10)]},
-        webhook=lambda r: _kept(inputs, r),
+        webhook=lambda r: kept(inputs, r),
     )
     a = world.phone(caller="+15550000001", voice=tone(A_HZ, 1.0))
     b = world.phone(caller="+15550000001", voice=tone(B_HZ, 1.0))

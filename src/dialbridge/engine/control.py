@@ -559,10 +559,8 @@ def _transfer_ncco(destination: Any) -> list[dict[str, Any]]:
 
 
 def _stream_url(value: Any) -> str:
-    url = value[0] if isinstance(value, list) and len(value) == 1 else value
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH:
-        raise _invalid("stream_url", "must be an array of one http(s) URL")
-    return url
+    """As `_one_url`, and a bare URL too."""
+    return _one_url(value if isinstance(value, list) else [value], "stream_url")
 
 
 def _loop(body: Mapping[str, Any]) -> int:

@@ -511,10 +511,14 @@ class VoiceEngine:
             return False
         if call.runner is None:  # ringing: its NCCO has not come yet, and audio made now would have nowhere to go
             raise ValueError("the call is not answered yet; talk and stream play into answered calls")
-        self._next_id -= 1  # negative ids: never one of the runner's playbacks
-        call.overlay = _PendingPlayback(self._next_id, source.loop)
-        self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
+        call.overlay = self._prepare_audio(call, source)
         return True
+
+    def _prepare_audio(self, call: Call, source: TalkSource | StreamSource) -> _PendingPlayback:
+        """Ask the shell for audio the engine plays itself (not the runner): what the call holds until it is ready."""
+        self._next_id -= 1  # negative ids: never one of the runner's playbacks
+        self._requests.append(PrepareAudio(call.uuid, self._next_id, source))
+        return _PendingPlayback(self._next_id, source.loop)
 
     def stop_playing_into_call(self, call_uuid: str) -> bool:
         call = self._live(call_uuid)
@@ -742,7 +746,7 @@ class VoiceEngine:
         self._by_leg[call.leg_id] = call
         self._by_port[port] = call
         if params is not None:
-            self._start_media(call, params, now, confirmed=False)  # until the ACK, or the caller's own RTP
+            self._start_media(call, params, now)  # unconfirmed: until the ACK, or the caller's own RTP
         self.agent.ringing(call.leg_id, now)
         self._ring(call, now)
 
@@ -835,7 +839,7 @@ class VoiceEngine:
             log.warning("call %s: %s in the ACK to our offer; hanging up", call.uuid, problem)
             self._end(call, now, f"failed: {problem}", send_bye=True)
             return
-        self._start_media(call, params, now, confirmed=True)
+        self._start_media(call, params, now)
 
     # ---- calls we place -----------------------------------------------------------------------------------
 
@@ -850,9 +854,7 @@ class VoiceEngine:
         placed.connect = connect
         placed.peer, caller.peer = caller.uuid, placed.uuid
         if connect.ringback_tone is not None and not placed.ended:
-            self._next_id -= 1
-            caller.hold = _PendingPlayback(self._next_id, 0)
-            self._requests.append(PrepareAudio(caller.uuid, self._next_id, StreamSource(connect.ringback_tone, loop=0)))
+            caller.hold = self._prepare_audio(caller, StreamSource(connect.ringback_tone, loop=0))
         if placed.ended:  # it could not even be dialled: its failed event is out, and the caller's NCCO goes on
             self._peer_ended(caller, placed, None, now)
 
@@ -946,7 +948,7 @@ class VoiceEngine:
             return
         call.confirmed = True
         call.answered_at = now
-        self._start_media(call, params, now, confirmed=True)
+        self._start_media(call, params, now)
         self._event(call, "answered", now)
         call.limit_at = now + call.length_limit
         self._timers.schedule(call)
@@ -1025,15 +1027,15 @@ class VoiceEngine:
         if params is None:
             return
         if call.rtp is None:  # an offer before the ACK (one after it found media running or ended the call)
-            self._start_media(call, params, now, confirmed=False)
+            self._start_media(call, params, now)
         else:
             call.rtp.update(params, now)
             self._set_codec(call, params)
 
-    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float, *, confirmed: bool) -> None:
-        """`confirmed`: the call's ACK has come; before it, nothing is sent to an address the caller merely named."""
+    def _start_media(self, call: Call, params: sdp.AudioParameters, now: float) -> None:
+        """Before the call is confirmed (its ACK), nothing is sent to an address the caller merely named."""
         call.rtp = RtpSession(
-            params, ssrc=self._random.getrandbits(32), now=now, random=self._random, confirmed=confirmed
+            params, ssrc=self._random.getrandbits(32), now=now, random=self._random, confirmed=call.confirmed
         )
         self._set_codec(call, params)
         self._media.append(call)
@@ -1136,11 +1138,7 @@ class VoiceEngine:
             hears=conversation.can_hear,  # canHear: the legs this one may hear
         )
         if name not in self._started and conversation.music_on_hold_url:
-            self._next_id -= 1
-            call.hold = _PendingPlayback(self._next_id, 0)
-            self._requests.append(
-                PrepareAudio(call.uuid, self._next_id, StreamSource(conversation.music_on_hold_url[0], loop=0))
-            )
+            call.hold = self._prepare_audio(call, StreamSource(conversation.music_on_hold_url[0], loop=0))
         if others and self._join_tone is not None:
             self.mixer.play_to_conference(name, self._join_tone)
 

@@ -259,31 +259,27 @@ class VoiceServer:
         failures = 0
         self.final_events_pending += 1
         try:
-            while True:
-                result = await self.webhooks.event(url, payload)
-                if result.ok or not result.retryable:
-                    if not result.ok:
-                        log.warning(
-                            "the application refused call %s's final event (%s): not sent again", uuid, result.error
-                        )
-                    if self._journal is not None:
-                        self._journal.delivered(uuid)
-                    return
+            while not (result := await self.webhooks.event(url, payload)).ok:
+                if not result.retryable:
+                    log.warning(
+                        "the application refused call %s's final event (%s): not sent again", uuid, result.error
+                    )
+                    break
                 failures += 1
                 delay = retry.delay(failures)
                 if self.now() + delay > give_up_at:
                     log.warning(
                         "call %s's final event was not acknowledged in %g s: giving it up", uuid, retry.patience_s
                     )
-                    if self._journal is not None:
-                        self._journal.delivered(uuid)
-                    return
+                    break
                 if failures == 1:
                     log.warning("call %s's final event failed (%s): trying again, backing off", uuid, result.error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
                     return  # kept in the journal: the next engine sends it
+            if self._journal is not None:  # acknowledged, refused for good or given up: the journal lets it go
+                self._journal.delivered(uuid)
         finally:
             self.final_events_pending -= 1
 
